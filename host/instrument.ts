@@ -1,0 +1,360 @@
+/**
+ * Instrumentation: turns a guest module into one whose running state can be saved and restored.
+ *
+ * - Asyncify on exactly the imports that may block (host/abi.ts), its data kept in a secondary
+ *   memory so that the guest's own memory layout is untouched.
+ * - A dirty-page map: every store, memory.fill, memory.copy and memory.init marks the 64 KiB pages
+ *   it writes in a second secondary memory, so an incremental save reads only what changed.
+ * - memory.grow goes through a check against `fabric_memory_pages_max`, a global the host sets.
+ * - Every mutable global of the guest is exported, so memory + globals + Asyncify data is the whole
+ *   state of a suspended thread.
+ *
+ * Results are cached by the SHA-256 of the input, in memory and optionally on disk.
+ */
+
+import binaryen from 'binaryen'
+import { importModuleEnvironment, importModuleWasi, instrumentedNames, isBlockingImport } from './abi.ts'
+import { InvalidModuleError } from './errors.ts'
+import { appendMemory } from './wasm-binary.ts'
+
+/** Pages of Asyncify's own memory: bounds the depth of the guest's stack at a blocking call. */
+export const asyncifyMemoryPages = 16
+/** Bytes at the start of Asyncify's memory that hold its [current, end] pointer pair. */
+export const asyncifyHeaderBytes = 8
+export const hostGlobalMemoryPagesMax = 'fabric_memory_pages_max'
+export const hostGlobalMemoryRefusedPages = 'fabric_memory_refused_pages'
+export const wasmPageBytes = 65536
+export const wasmPagesMax = 65536
+
+const features =
+  binaryen.Features.MVP |
+  binaryen.Features.MutableGlobals |
+  binaryen.Features.SignExt |
+  binaryen.Features.NontrappingFPToInt |
+  binaryen.Features.BulkMemory |
+  binaryen.Features.BulkMemoryOpt |
+  binaryen.Features.Multivalue |
+  binaryen.Features.MultiMemory
+
+export interface InstrumentedModule {
+  /** The instrumented binary. */
+  bytes: Uint8Array
+  /** Number of guest mutable globals exported as `fabric_global_<n>`. */
+  globalCount: number
+  /** The export a plain run starts at: `_start` for WASI commands, else `main`. */
+  mainEntry: string
+  /** SHA-256 (hex) of the original module: a save names the module it belongs to. */
+  moduleDigest: string
+}
+
+/** Parts of binaryen.js that its type declarations leave out. */
+interface ExpressionSetters {
+  Store: { setPtr(expression: number, ptr: number): void }
+  MemoryGrow: { setDelta(expression: number, delta: number): void }
+  MemoryFill: BulkSetters
+  MemoryCopy: BulkSetters
+  MemoryInit: BulkSetters
+  _BinaryenFunctionAddVar(functionRef: number, type: number): number
+}
+interface BulkSetters {
+  setDest(expression: number, dest: number): void
+  setSize(expression: number, size: number): void
+}
+const setters = binaryen as unknown as ExpressionSetters
+
+type ChildKey = string
+const children: Partial<Record<number, readonly ChildKey[]>> = {
+  [binaryen.BlockId]: ['children'],
+  [binaryen.IfId]: ['condition', 'ifTrue', 'ifFalse'],
+  [binaryen.LoopId]: ['body'],
+  [binaryen.BreakId]: ['condition', 'value'],
+  [binaryen.SwitchId]: ['condition', 'value'],
+  [binaryen.CallId]: ['operands'],
+  [binaryen.CallIndirectId]: ['target', 'operands'],
+  [binaryen.LocalSetId]: ['value'],
+  [binaryen.GlobalSetId]: ['value'],
+  [binaryen.LoadId]: ['ptr'],
+  [binaryen.StoreId]: ['ptr', 'value'],
+  [binaryen.UnaryId]: ['value'],
+  [binaryen.BinaryId]: ['left', 'right'],
+  [binaryen.SelectId]: ['ifTrue', 'ifFalse', 'condition'],
+  [binaryen.DropId]: ['value'],
+  [binaryen.ReturnId]: ['value'],
+  [binaryen.MemoryGrowId]: ['delta'],
+  [binaryen.MemoryInitId]: ['dest', 'offset', 'size'],
+  [binaryen.MemoryCopyId]: ['dest', 'source', 'size'],
+  [binaryen.MemoryFillId]: ['dest', 'value', 'size'],
+  [binaryen.TupleMakeId]: ['operands'],
+  [binaryen.TupleExtractId]: ['tuple'],
+  [binaryen.RefIsNullId]: ['value'],
+  [binaryen.TableGetId]: ['index'],
+  [binaryen.TableSetId]: ['index', 'value'],
+  [binaryen.TableGrowId]: ['value', 'delta'],
+  [binaryen.NopId]: [],
+  [binaryen.LocalGetId]: [],
+  [binaryen.GlobalGetId]: [],
+  [binaryen.ConstId]: [],
+  [binaryen.MemorySizeId]: [],
+  [binaryen.UnreachableId]: [],
+  [binaryen.RefNullId]: [],
+  [binaryen.RefFuncId]: [],
+  [binaryen.DataDropId]: [],
+  [binaryen.TableSizeId]: [],
+}
+
+const markRangeFunction = 'fabric_mark_range'
+const checkGrowFunction = 'fabric_check_grow'
+
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>)
+  return Buffer.from(digest).toString('hex')
+}
+
+const memoryCache = new Map<string, Promise<InstrumentedModule>>()
+
+/** A second-level cache (the Node adapter keeps one on disk); keyed by the original's digest. */
+export interface InstrumentCache {
+  read(moduleDigest: string): Promise<InstrumentedModule | undefined>
+  write(module: InstrumentedModule): Promise<void>
+}
+
+export interface InstrumentOptions {
+  cache?: InstrumentCache
+}
+
+/** Instruments `bytes` (validated by the caller) or returns the cached result. */
+export async function instrument(bytes: Uint8Array, options: InstrumentOptions = {}): Promise<InstrumentedModule> {
+  const moduleDigest = await sha256Hex(bytes)
+  let pending = memoryCache.get(moduleDigest)
+  if (pending === undefined) {
+    pending = instrumentUncached(bytes, moduleDigest, options)
+    memoryCache.set(moduleDigest, pending)
+    pending.catch(() => memoryCache.delete(moduleDigest))
+  }
+  return pending
+}
+
+async function instrumentUncached(
+  bytes: Uint8Array,
+  moduleDigest: string,
+  options: InstrumentOptions,
+): Promise<InstrumentedModule> {
+  const cached = await options.cache?.read(moduleDigest)
+  if (cached !== undefined) return cached
+  const result = transform(bytes, moduleDigest)
+  await options.cache?.write(result)
+  return result
+}
+
+function transform(bytes: Uint8Array, moduleDigest: string): InstrumentedModule {
+  const module = readModule(appendMemory(bytes, 1))
+  try {
+    const dirtyMemory = '1'
+    module.getMemoryInfo(dirtyMemory)
+    const guestMemory = findGuestMemory(module)
+    const blockingImports = collectBlockingImports(module)
+    const globals = collectMutableGlobals(module)
+    addHostGlobalsAndHelpers(module, guestMemory, dirtyMemory)
+    instrumentFunctions(module, dirtyMemory)
+
+    binaryen.setOptimizeLevel(2)
+    binaryen.setShrinkLevel(0)
+    binaryen.setPassArgument('asyncify-imports', blockingImports.join(','))
+    binaryen.setPassArgument('asyncify-in-secondary-memory', '1')
+    binaryen.setPassArgument('asyncify-secondary-memory-size', String(asyncifyMemoryPages))
+    module.runPasses(['asyncify'])
+    binaryen.setPassArgument('asyncify-imports', null as unknown as string)
+
+    globals.forEach((name, index) => module.addGlobalExport(name, instrumentedNames.globalPrefix + index))
+    module.addMemoryExport(dirtyMemory, instrumentedNames.dirtyMemory)
+    module.addMemoryExport('asyncify_memory', instrumentedNames.asyncifyMemory)
+    if (!module.validate()) throw new InvalidModuleError('instrumentation produced an invalid module (a bug in Fabric)')
+    const mainEntry = hasExport(module, '_start') ? '_start' : 'main'
+    return { bytes: module.emitBinary(), globalCount: globals.length, mainEntry, moduleDigest }
+  } finally {
+    module.dispose()
+  }
+}
+
+function readModule(bytes: Uint8Array): binaryen.Module {
+  let module: binaryen.Module
+  try {
+    module = binaryen.readBinary(bytes)
+  } catch {
+    throw new InvalidModuleError('module could not be read by the instrumenter')
+  }
+  module.setFeatures(features)
+  if (!module.validate()) {
+    module.dispose()
+    throw new InvalidModuleError(
+      'module uses WebAssembly features Fabric does not support yet (SIMD, threads, GC, exceptions, memory64)',
+    )
+  }
+  return module
+}
+
+function hasExport(module: binaryen.Module, name: string): boolean {
+  for (let index = 0; index < module.getNumExports(); index++) {
+    if (binaryen.getExportInfo(module.getExportByIndex(index)).name === name) return true
+  }
+  return false
+}
+
+function findGuestMemory(module: binaryen.Module): string {
+  for (let index = 0; index < module.getNumExports(); index++) {
+    const info = binaryen.getExportInfo(module.getExportByIndex(index))
+    if (info.kind === binaryen.ExternalMemory && info.name === 'memory') return info.value
+  }
+  throw new InvalidModuleError('module does not export its memory as "memory"')
+}
+
+function collectBlockingImports(module: binaryen.Module): string[] {
+  const names: string[] = []
+  for (let index = 0; index < module.getNumFunctions(); index++) {
+    const info = binaryen.getFunctionInfo(module.getFunctionByIndex(index))
+    if (info.module && info.base && isBlockingImport(info.module, info.base)) names.push(`${info.module}.${info.base}`)
+  }
+  // Asyncify treats an empty list as "every import may block"; name one that cannot exist instead.
+  return names.length > 0 ? names : [`${importModuleEnvironment}.fabric_none`]
+}
+
+function collectMutableGlobals(module: binaryen.Module): string[] {
+  const names: string[] = []
+  for (let index = 0; index < module.getNumGlobals(); index++) {
+    const info = binaryen.getGlobalInfo(module.getGlobalByIndex(index))
+    if (!info.mutable) continue
+    if (info.module) throw new InvalidModuleError(`module imports mutable global ${info.module}.${info.base}`)
+    names.push(info.name)
+  }
+  return names
+}
+
+function addHostGlobalsAndHelpers(module: binaryen.Module, guestMemory: string, dirtyMemory: string): void {
+  const { i32 } = binaryen
+  module.addGlobal(hostGlobalMemoryPagesMax, i32, true, module.i32.const(wasmPagesMax))
+  module.addGlobal(hostGlobalMemoryRefusedPages, i32, true, module.i32.const(0))
+  module.addGlobalExport(hostGlobalMemoryPagesMax, hostGlobalMemoryPagesMax)
+  module.addGlobalExport(hostGlobalMemoryRefusedPages, hostGlobalMemoryRefusedPages)
+
+  // fabric_mark_range(start, length) -> length: marks every page of [start, start + length).
+  const start = () => module.local.get(0, i32)
+  const length = () => module.local.get(1, i32)
+  const page = () => module.local.get(2, i32)
+  module.addFunction(
+    markRangeFunction,
+    binaryen.createType([i32, i32]),
+    i32,
+    [i32, i32],
+    module.block(null, [
+      module.if(
+        length(),
+        module.block(null, [
+          module.local.set(2, module.i32.shr_u(start(), module.i32.const(16))),
+          module.local.set(
+            3,
+            module.i32.shr_u(module.i32.add(start(), module.i32.sub(length(), module.i32.const(1))), module.i32.const(16)),
+          ),
+          module.loop(
+            'mark',
+            module.block(null, [
+              module.i32.store8(0, 1, page(), module.i32.const(1), dirtyMemory),
+              module.local.set(2, module.i32.add(page(), module.i32.const(1))),
+              module.br('mark', module.i32.le_u(page(), module.local.get(3, i32))),
+            ]),
+          ),
+        ]),
+      ),
+      length(),
+    ], i32),
+  )
+
+  // fabric_check_grow(delta) -> delta, or -1 (a grow that must fail) past the host's page limit.
+  const delta = () => module.local.get(0, i32)
+  const wanted = module.i64.add(
+    module.i64.extend_u(module.memory.size(guestMemory)),
+    module.i64.extend_u(delta()),
+  )
+  module.addFunction(
+    checkGrowFunction,
+    i32,
+    i32,
+    [binaryen.i64],
+    module.block(
+      null,
+      [
+        module.local.set(1, wanted),
+        module.if(
+          module.i64.gt_u(module.local.get(1, binaryen.i64), module.i64.extend_u(module.global.get(hostGlobalMemoryPagesMax, i32))),
+          module.block(null, [
+            module.global.set(hostGlobalMemoryRefusedPages, module.i32.wrap(module.local.get(1, binaryen.i64))),
+            module.return(module.i32.const(-1)),
+          ]),
+        ),
+        delta(),
+      ],
+      i32,
+    ),
+  )
+}
+
+function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void {
+  const { i32 } = binaryen
+  for (let index = 0; index < module.getNumFunctions(); index++) {
+    const functionRef = module.getFunctionByIndex(index)
+    const info = binaryen.getFunctionInfo(functionRef)
+    if (info.module || info.name === markRangeFunction || info.name === checkGrowFunction) continue
+    let storeLocal = -1
+    const newLocal = () => setters._BinaryenFunctionAddVar(functionRef, i32)
+
+    const pending: number[] = [info.body]
+    while (pending.length > 0) {
+      const expression = pending.pop()!
+      if (expression === 0) continue
+      const id = binaryen.getExpressionId(expression)
+      const keys = children[id]
+      if (keys === undefined) {
+        throw new InvalidModuleError(`module uses an instruction Fabric cannot instrument yet (expression kind ${id})`)
+      }
+      if (keys.length === 0) continue
+      const expressionInfo = binaryen.getExpressionInfo(expression) as unknown as Record<string, number | number[]>
+      for (const key of keys) {
+        const child = expressionInfo[key]
+        if (Array.isArray(child)) pending.push(...child)
+        else if (typeof child === 'number') pending.push(child)
+      }
+      if (id === binaryen.StoreId) {
+        if (storeLocal < 0) storeLocal = newLocal()
+        const store = expressionInfo as unknown as { ptr: number; offset: number; bytes: number }
+        const local = () => module.local.get(storeLocal, i32)
+        const mark = (byteOffset: number) =>
+          module.i32.store8(
+            0,
+            1,
+            module.i32.shr_u(module.i32.add(local(), module.i32.const(byteOffset)), module.i32.const(16)),
+            module.i32.const(1),
+            dirtyMemory,
+          )
+        setters.Store.setPtr(
+          expression,
+          module.block(
+            null,
+            [module.local.set(storeLocal, store.ptr), mark(store.offset), mark(store.offset + store.bytes - 1), local()],
+            i32,
+          ),
+        )
+      } else if (id === binaryen.MemoryFillId || id === binaryen.MemoryCopyId || id === binaryen.MemoryInitId) {
+        const bulk = expressionInfo as unknown as { dest: number; size: number }
+        const destLocal = newLocal()
+        const kind =
+          id === binaryen.MemoryFillId ? setters.MemoryFill : id === binaryen.MemoryCopyId ? setters.MemoryCopy : setters.MemoryInit
+        kind.setDest(expression, module.local.tee(destLocal, bulk.dest, i32))
+        kind.setSize(expression, module.call(markRangeFunction, [module.local.get(destLocal, i32), bulk.size], i32))
+      } else if (id === binaryen.MemoryGrowId) {
+        const grow = expressionInfo as unknown as { delta: number }
+        setters.MemoryGrow.setDelta(expression, module.call(checkGrowFunction, [grow.delta], i32))
+      }
+    }
+  }
+}
+
+export const supportedImportModules = [importModuleWasi, importModuleEnvironment] as const

@@ -1,0 +1,191 @@
+/**
+ * Runs one guest thread on a pooled worker, from its start or from a chain of context saves, and
+ * reports what it does: output, host calls, saves, its end. The embedding answers the calls.
+ */
+
+import {
+  CpuBudgetExceededError,
+  deserializeError,
+  type FabricHostError,
+  WorkerLostError,
+} from './errors.ts'
+import type { ContextSave } from './snapshot.ts'
+import type { Lease, WorkerPool } from './worker-pool.ts'
+import type { CallMessage, FromWorker, StartMessage, ThreadLimits } from './worker/protocol.ts'
+
+export interface HostCall {
+  callSequence: number
+  module: string
+  name: string
+  args: number[]
+  payload: Uint8Array | null
+}
+
+export interface HostCallReply {
+  result: number
+  payload?: Uint8Array | null
+}
+
+export interface ThreadEvents {
+  /** stdout (1) / stderr (2) bytes; `callSequence` identifies the write for exactly-once output. */
+  output(fd: number, bytes: Uint8Array, callSequence: number): void
+  /** A host call from the guest (spawn, join, files...). */
+  call(call: HostCall): Promise<HostCallReply>
+  /** A context save was taken. */
+  save(save: ContextSave, costMs: number): void
+  /** A non-deterministic value the guest saw (replayed after a restore). */
+  log(callSequence: number, value: bigint): void
+}
+
+export type ThreadOutcome =
+  | { kind: 'exit'; code: number; result: Uint8Array | null }
+  | { kind: 'error'; error: FabricHostError }
+
+export interface ThreadStart {
+  module: WebAssembly.Module
+  globalCount: number
+  moduleDigest: string
+  entry: string
+  arg: Uint8Array
+  threadId: number
+  seed: number
+  args: string[]
+  env: string[]
+  limits: ThreadLimits & {
+    /** Time the thread may compute (not counting time suspended in host calls), ms. */
+    cpuBudgetMs: number
+  }
+  saveIntervalMs: number
+  restore: ContextSave[] | null
+  replayLog: Array<[number, bigint]>
+  nextSaveSequence: number
+}
+
+export class ThreadRunner {
+  readonly done: Promise<ThreadOutcome>
+  private finish!: (outcome: ThreadOutcome) => void
+  private lease: Lease | null = null
+  private ended = false
+  private computedMs = 0
+  private computingSince = 0
+  private budgetTimer: ReturnType<typeof setTimeout> | null = null
+  private readonly start: ThreadStart
+  private readonly events: ThreadEvents
+
+  constructor(pool: WorkerPool, start: ThreadStart, events: ThreadEvents) {
+    this.start = start
+    this.events = events
+    this.done = new Promise((resolve) => {
+      this.finish = resolve
+    })
+    void pool.acquire().then((lease) => this.begin(lease))
+  }
+
+  /** Ends the thread's worker as a crash would (tests; `fabric kill`). */
+  kill(reason = 'worker was killed'): void {
+    if (this.ended) return
+    if (this.lease === null) {
+      this.end({ kind: 'error', error: new WorkerLostError(reason) }, false)
+      return
+    }
+    this.end({ kind: 'error', error: new WorkerLostError(reason) }, false)
+  }
+
+  private begin(lease: Lease): void {
+    if (this.ended) {
+      lease.release(true)
+      return
+    }
+    this.lease = lease
+    const { worker } = lease
+    worker.onMessage((message) => this.onMessage(message))
+    worker.onCrash((reason) => this.end({ kind: 'error', error: new WorkerLostError(reason) }, false))
+    const { limits, ...rest } = this.start
+    const message: StartMessage = { type: 'start', ...rest, limits: { memoryPagesMax: limits.memoryPagesMax } }
+    this.computingSince = Date.now()
+    this.armBudget()
+    worker.post(message)
+  }
+
+  private onMessage(message: FromWorker): void {
+    if (this.ended) return
+    switch (message.type) {
+      case 'output':
+        this.events.output(message.fd, message.bytes, message.callSequence)
+        break
+      case 'log':
+        this.events.log(message.callSequence, message.value)
+        break
+      case 'save':
+        this.events.save(message.save, message.costMs)
+        break
+      case 'call':
+        this.answer(message)
+        break
+      case 'suspend':
+        this.computedMs += Date.now() - this.computingSince
+        this.disarmBudget()
+        this.lease?.suspend()
+        break
+      case 'resume':
+        this.computingSince = Date.now()
+        this.lease?.resume()
+        this.armBudget()
+        break
+      case 'exit':
+        this.end({ kind: 'exit', code: message.code, result: message.result }, true)
+        break
+      case 'error':
+        this.end({ kind: 'error', error: deserializeError(message.error) }, false)
+        break
+    }
+  }
+
+  private answer(message: CallMessage): void {
+    const { type: _type, ...call } = message
+    this.events.call(call).then(
+      (reply) => {
+        if (this.ended) return
+        this.lease?.worker.post({
+          type: 'reply',
+          callSequence: message.callSequence,
+          result: reply.result,
+          payload: reply.payload ?? null,
+        })
+      },
+      (error: unknown) => {
+        const failure = error instanceof Error ? error : new Error(String(error))
+        this.end({ kind: 'error', error: failure as FabricHostError }, false)
+      },
+    )
+  }
+
+  private armBudget(): void {
+    this.disarmBudget()
+    const remaining = this.start.limits.cpuBudgetMs - this.computedMs
+    this.budgetTimer = setTimeout(() => {
+      this.end(
+        {
+          kind: 'error',
+          error: new CpuBudgetExceededError(
+            `guest computed for more than its CPU budget of ${this.start.limits.cpuBudgetMs} ms (endless loop?)`,
+          ),
+        },
+        false,
+      )
+    }, Math.max(0, remaining))
+  }
+
+  private disarmBudget(): void {
+    if (this.budgetTimer !== null) clearTimeout(this.budgetTimer)
+    this.budgetTimer = null
+  }
+
+  private end(outcome: ThreadOutcome, reusable: boolean): void {
+    if (this.ended) return
+    this.ended = true
+    this.disarmBudget()
+    this.lease?.release(reusable)
+    this.finish(outcome)
+  }
+}

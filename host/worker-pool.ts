@@ -1,0 +1,147 @@
+/**
+ * A pool of workers for guest threads. At most `runningMax` threads compute at once (default: the
+ * cores); a thread suspended in a blocking call does not count. A thread that computes for a long
+ * time without blocking cannot starve the rest: once the oldest waiting thread has waited
+ * `starvationMs`, it starts anyway on another worker and the OS shares the cores (up to
+ * `workerCountMax` workers in all). Idle workers are kept for reuse.
+ */
+
+import type { FromWorker, ToWorker } from './worker/protocol.ts'
+
+/** A worker as the host sees it, whatever the platform. */
+export interface HostWorker {
+  post(message: ToWorker, transfer?: Transferable[]): void
+  onMessage(listener: (message: FromWorker) => void): void
+  /** Called once when the worker stops for any reason other than `terminate()`. */
+  onCrash(listener: (reason: string) => void): void
+  terminate(): void
+}
+
+export type WorkerFactory = () => HostWorker
+
+export interface WorkerPoolOptions {
+  createWorker: WorkerFactory
+  /** Threads computing at once; default 2. */
+  runningMax?: number
+  /** Workers alive at once, busy or idle; default 256. */
+  workerCountMax?: number
+  /** How long a ready thread may wait for a core before it starts anyway; default 50 ms. */
+  starvationMs?: number
+  /** Idle workers kept for reuse; default `runningMax`. */
+  idleMax?: number
+}
+
+export interface Lease {
+  worker: HostWorker
+  /** The thread stopped computing (suspended); lets another start. */
+  suspend(): void
+  /** The thread computes again. */
+  resume(): void
+  /** The thread ended; `reusable` says whether the worker can run another. */
+  release(reusable: boolean): void
+}
+
+interface Waiter {
+  since: number
+  grant: (lease: Lease) => void
+}
+
+export class WorkerPool {
+  private readonly options: Required<WorkerPoolOptions>
+  private readonly idle: HostWorker[] = []
+  private readonly waiters: Waiter[] = []
+  private running = 0
+  private alive = 0
+  private starvationTimer: ReturnType<typeof setTimeout> | null = null
+  private closed = false
+
+  constructor(options: WorkerPoolOptions) {
+    const runningMax = options.runningMax ?? 2
+    if (!Number.isInteger(runningMax) || runningMax < 1) {
+      throw new RangeError(`Expected runningMax to be a whole number from 1 up, got ${runningMax}`)
+    }
+    this.options = {
+      createWorker: options.createWorker,
+      runningMax,
+      workerCountMax: options.workerCountMax ?? 256,
+      starvationMs: options.starvationMs ?? 50,
+      idleMax: options.idleMax ?? runningMax,
+    }
+  }
+
+  get runningCount(): number {
+    return this.running
+  }
+
+  /** Resolves with a worker once the thread may compute. */
+  acquire(): Promise<Lease> {
+    if (this.closed) return Promise.reject(new Error('worker pool is closed'))
+    return new Promise((grant) => {
+      this.waiters.push({ since: Date.now(), grant })
+      this.admit()
+    })
+  }
+
+  close(): void {
+    this.closed = true
+    for (const worker of this.idle.splice(0)) worker.terminate()
+    if (this.starvationTimer !== null) clearTimeout(this.starvationTimer)
+  }
+
+  private admit(): void {
+    while (this.waiters.length > 0 && this.alive - this.idle.length < this.options.workerCountMax) {
+      const oldest = this.waiters[0]!
+      const starving = Date.now() - oldest.since >= this.options.starvationMs
+      if (this.running >= this.options.runningMax && !starving) break
+      this.waiters.shift()
+      oldest.grant(this.lease())
+    }
+    this.scheduleStarvationCheck()
+  }
+
+  private scheduleStarvationCheck(): void {
+    if (this.starvationTimer !== null || this.waiters.length === 0) return
+    const wait = Math.max(0, this.waiters[0]!.since + this.options.starvationMs - Date.now())
+    this.starvationTimer = setTimeout(() => {
+      this.starvationTimer = null
+      this.admit()
+    }, wait)
+  }
+
+  private lease(): Lease {
+    let worker = this.idle.pop()
+    if (worker === undefined) {
+      worker = this.options.createWorker()
+      this.alive++
+    }
+    this.running++
+    let computing = true
+    let released = false
+    const leased = worker
+    return {
+      worker: leased,
+      suspend: () => {
+        if (!computing || released) return
+        computing = false
+        this.running--
+        this.admit()
+      },
+      resume: () => {
+        if (computing || released) return
+        computing = true
+        this.running++
+      },
+      release: (reusable) => {
+        if (released) return
+        released = true
+        if (computing) this.running--
+        if (reusable && !this.closed && this.idle.length < this.options.idleMax) this.idle.push(leased)
+        else {
+          leased.terminate()
+          this.alive--
+        }
+        this.admit()
+      },
+    }
+  }
+}

@@ -1,0 +1,101 @@
+/** Messages between a thread's worker and the host that drives it (structured-clone safe). */
+
+import type { SerializedError } from '../errors.ts'
+import type { ContextSave, PendingCall } from '../snapshot.ts'
+
+export interface ThreadLimits {
+  /** Maximum guest linear memory, in 64 KiB pages. */
+  memoryPagesMax: number
+}
+
+export interface StartMessage {
+  type: 'start'
+  module: WebAssembly.Module
+  globalCount: number
+  moduleDigest: string
+  entry: string
+  arg: Uint8Array
+  threadId: number
+  seed: number
+  args: string[]
+  env: string[]
+  limits: ThreadLimits
+  /** Minimum time between automatic saves at blocking calls; 0 saves at every blocking call. */
+  saveIntervalMs: number
+  /** A chain to restore from (full save first), or none for a fresh start. */
+  restore: ContextSave[] | null
+  /** Results of non-deterministic calls made after the last save, by call sequence number. */
+  replayLog: Array<[number, bigint]>
+  /** Number of the save to take next (continues the chain after a restore). */
+  nextSaveSequence: number
+}
+
+export interface ReplyMessage {
+  type: 'reply'
+  callSequence: number
+  result: number
+  payload: Uint8Array | null
+}
+
+export type ToWorker = StartMessage | ReplyMessage
+
+export interface OutputMessage {
+  type: 'output'
+  callSequence: number
+  fd: number
+  bytes: Uint8Array
+}
+
+export interface CallMessage {
+  type: 'call'
+  callSequence: number
+  module: string
+  name: string
+  args: number[]
+  payload: Uint8Array | null
+}
+
+export interface SaveMessage {
+  type: 'save'
+  save: ContextSave
+  /** Wall time the save took inside the worker. */
+  costMs: number
+}
+
+export interface LogMessage {
+  type: 'log'
+  callSequence: number
+  value: bigint
+}
+
+export interface SuspendMessage {
+  type: 'suspend' | 'resume'
+}
+
+export interface ExitMessage {
+  type: 'exit'
+  code: number
+  result: Uint8Array | null
+}
+
+export interface ErrorMessage {
+  type: 'error'
+  error: SerializedError
+}
+
+export type FromWorker =
+  | OutputMessage
+  | CallMessage
+  | SaveMessage
+  | LogMessage
+  | SuspendMessage
+  | ExitMessage
+  | ErrorMessage
+
+/** The two ends of a worker, whatever the platform. */
+export interface WorkerPort {
+  post(message: FromWorker, transfer?: Transferable[]): void
+  onMessage(listener: (message: ToWorker) => void): void
+}
+
+export type { PendingCall }

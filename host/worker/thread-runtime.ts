@@ -1,0 +1,450 @@
+/**
+ * Runs one guest thread inside a worker: instantiates the instrumented module, drives Asyncify at
+ * blocking calls, takes context saves (full or incremental), restores from a chain of saves, and
+ * turns traps into typed errors. Platform-free: the worker adapters give it a `WorkerPort`.
+ */
+
+import { fabricImports, importModuleEnvironment, importModuleFabric, importModuleWasi, instrumentedNames, isBlockingImport } from '../abi.ts'
+import {
+  FabricHostError,
+  GuestCallError,
+  GuestTrapError,
+  MemoryLimitError,
+  serializeError,
+  StackOverflowError,
+} from '../errors.ts'
+import { asyncifyHeaderBytes, hostGlobalMemoryPagesMax, hostGlobalMemoryRefusedPages, wasmPageBytes } from '../instrument.ts'
+import { applyChain, checkChain, type ContextSave, type PendingCall } from '../snapshot.ts'
+import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
+import type { CallMessage, ReplyMessage, StartMessage, WorkerPort } from './protocol.ts'
+
+const asyncifyStateUnwinding = 1
+const asyncifyStateRewinding = 2
+/** A delta chain is folded into a new full save once its deltas add up to this share of memory. */
+const deltaShareOfMemoryMax = 1
+const deltaCountMax = 64
+
+interface AsyncifyExports {
+  asyncify_start_unwind(address: number): void
+  asyncify_stop_unwind(): void
+  asyncify_start_rewind(address: number): void
+  asyncify_stop_rewind(): void
+  asyncify_get_state(): number
+}
+
+interface Reply {
+  result: number
+  payload: Uint8Array | null
+}
+
+/** splitmix64: the thread's deterministic random stream, keyed by seed and call sequence number. */
+function splitmix64(seed: bigint): bigint {
+  let z = (seed + 0x9e3779b97f4a7c15n) & 0xffffffffffffffffn
+  z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & 0xffffffffffffffffn
+  z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & 0xffffffffffffffffn
+  return z ^ (z >> 31n)
+}
+
+export class GuestThread {
+  private readonly start: StartMessage
+  private readonly port: WorkerPort
+  private instance!: WebAssembly.Instance
+  private memory!: WebAssembly.Memory
+  private dirty!: WebAssembly.Memory
+  private asyncifyMemory!: WebAssembly.Memory
+  private asyncify!: AsyncifyExports
+  private globals: WebAssembly.Global[] = []
+  private callSequence = 0
+  private pending: Promise<Reply> | null = null
+  private pendingCall: PendingCall | null = null
+  private rewindReply: Reply | null = null
+  private readonly implementations = new Map<string, (...args: number[]) => number | Promise<number>>()
+  private readonly replies = new Map<number, (reply: Reply) => void>()
+  private readonly replayLog: Map<number, bigint>
+  private result: Uint8Array | null = null
+  private saveSequence: number
+  private lastSave: { sequence: number; memoryPages: number; takenAtMs: number } | null = null
+  private deltaBytesSinceFull = 0
+  private deltaCountSinceFull = 0
+  private saveRequested = false
+  private readonly textDecoder = new TextDecoder()
+
+  constructor(start: StartMessage, port: WorkerPort) {
+    this.start = start
+    this.port = port
+    this.replayLog = new Map(start.replayLog)
+    this.saveSequence = start.nextSaveSequence
+  }
+
+  onReply(message: ReplyMessage): void {
+    const resolve = this.replies.get(message.callSequence)
+    if (resolve === undefined) return
+    this.replies.delete(message.callSequence)
+    resolve({ result: message.result, payload: message.payload })
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.instantiate()
+      const restoring = this.start.restore !== null
+      if (restoring) this.restore(this.start.restore!)
+      const code = await this.drive(restoring)
+      this.port.post({ type: 'exit', code, result: this.result })
+    } catch (error) {
+      this.port.post({ type: 'error', error: serializeError(this.classify(error)) })
+    }
+  }
+
+  private async instantiate(): Promise<void> {
+    const blocking = (module: string, name: string, implementation: (...args: number[]) => number | Promise<number>) =>
+      this.wrapImport(module, name, implementation)
+    const imports: WebAssembly.Imports = {
+      [importModuleFabric]: this.fabricImports(blocking),
+      [importModuleWasi]: this.wasiImports(blocking),
+      [importModuleEnvironment]: this.environmentImports(),
+    }
+    this.instance = await WebAssembly.instantiate(this.start.module, imports)
+    const exports = this.instance.exports as Record<string, unknown>
+    this.memory = exports.memory as WebAssembly.Memory
+    this.dirty = exports[instrumentedNames.dirtyMemory] as WebAssembly.Memory
+    this.asyncifyMemory = exports[instrumentedNames.asyncifyMemory] as WebAssembly.Memory
+    this.asyncify = exports as unknown as AsyncifyExports
+    for (let index = 0; index < this.start.globalCount; index++) {
+      this.globals.push(exports[instrumentedNames.globalPrefix + index] as WebAssembly.Global)
+    }
+    const pagesMax = this.start.limits.memoryPagesMax
+    const pagesNow = this.memory.buffer.byteLength / wasmPageBytes
+    if (pagesNow > pagesMax) {
+      throw new MemoryLimitError(`guest starts with ${pagesNow} pages of memory; the limit is ${pagesMax} pages`)
+    }
+    ;(exports[hostGlobalMemoryPagesMax] as WebAssembly.Global).value = pagesMax
+  }
+
+  private fabricImports(blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown) {
+    const table: Record<string, (...args: number[]) => number | Promise<number>> = {
+      spawn: (entryPointer, entryLength, argPointer, argLength) =>
+        this.callHost('spawn', [], this.packSpawn(entryPointer, entryLength, argPointer, argLength)).then(
+          (reply) => reply.result,
+        ),
+      join: (handle, outPointer, outCapacity) =>
+        this.callHost('join', [handle]).then((reply) => {
+          if (reply.payload !== null && reply.result >= 0) {
+            this.bytes().set(reply.payload.subarray(0, Math.min(outCapacity, reply.payload.length)), outPointer)
+          }
+          return reply.result
+        }),
+      checkpoint: () => {
+        this.saveRequested = true
+        return Promise.resolve(0)
+      },
+      yield: () => (this.saveDue() ? Promise.resolve(0) : 0),
+      arg_length: () => this.start.arg.length,
+      arg_read: (pointer) => {
+        this.bytes().set(this.start.arg, pointer)
+        return 0
+      },
+      set_result: (pointer, length) => {
+        this.result = this.bytes().slice(pointer, pointer + length)
+        return 0
+      },
+      thread_id: () => this.start.threadId,
+    }
+    const wrapped: Record<string, unknown> = {}
+    for (const name of Object.keys(fabricImports)) wrapped[name] = blocking(importModuleFabric, name, table[name]!)
+    return wrapped as WebAssembly.ModuleImports
+  }
+
+  private wasiImports(blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown) {
+    const wasi = createWasi({
+      memory: () => this.memory,
+      args: this.start.args,
+      env: this.start.env,
+      writeOutput: (fd, bytes) => {
+        this.port.post({ type: 'output', callSequence: this.callSequence, fd, bytes }, [bytes.buffer as ArrayBuffer])
+      },
+      clockNs: (clockId) => this.logged(() => (clockId === 0 ? BigInt(Date.now()) * 1_000_000n : BigInt(Math.round(performance.now() * 1e6)))),
+      fillRandom: (target) => this.fillRandom(target),
+      files: this.fileCalls(),
+    })
+    return new Proxy(
+      {},
+      {
+        get: (_target, name: string) => blocking(importModuleWasi, name, wasi[name] as (...args: number[]) => number),
+      },
+    ) as WebAssembly.ModuleImports
+  }
+
+  /** The embedding's file system, reached through host calls (blocking: the reply comes later). */
+  private fileCalls(): FileCalls | null {
+    return null
+  }
+
+  private environmentImports(): WebAssembly.ModuleImports {
+    return {
+      abort: (messagePointer: number, filePointer: number, line: number, column: number) => {
+        const message = this.readAssemblyScriptString(messagePointer)
+        const file = this.readAssemblyScriptString(filePointer)
+        throw new GuestTrapError(`guest aborted: ${message} at ${file}:${line}:${column}`)
+      },
+      seed: () => {
+        const value = splitmix64(BigInt(this.start.seed) ^ 0x5eedn)
+        return Number(value >> 11n) / 2 ** 53
+      },
+      trace: (messagePointer: number) => {
+        const text = `trace: ${this.readAssemblyScriptString(messagePointer)}\n`
+        const bytes = new TextEncoder().encode(text)
+        this.port.post({ type: 'output', callSequence: this.callSequence, fd: 2, bytes }, [bytes.buffer])
+      },
+    }
+  }
+
+  private readAssemblyScriptString(pointer: number): string {
+    if (pointer === 0) return ''
+    const view = new DataView(this.memory.buffer)
+    if (pointer < 4 || pointer > this.memory.buffer.byteLength) return '(bad string pointer)'
+    const length = view.getUint32(pointer - 4, true)
+    if (pointer + length > this.memory.buffer.byteLength) return '(bad string length)'
+    return new TextDecoder('utf-16le').decode(new Uint8Array(this.memory.buffer, pointer, length))
+  }
+
+  private bytes(): Uint8Array {
+    return new Uint8Array(this.memory.buffer)
+  }
+
+  private packSpawn(entryPointer: number, entryLength: number, argPointer: number, argLength: number): Uint8Array {
+    const memory = this.bytes()
+    if (entryPointer + entryLength > memory.length || argPointer + argLength > memory.length) {
+      throw new GuestCallError('spawn: entry or argument lies outside guest memory')
+    }
+    const entry = memory.subarray(entryPointer, entryPointer + entryLength)
+    const out = new Uint8Array(4 + entryLength + argLength)
+    new DataView(out.buffer).setUint32(0, entryLength, true)
+    out.set(entry, 4)
+    out.set(memory.subarray(argPointer, argPointer + argLength), 4 + entryLength)
+    return out
+  }
+
+  private callHost(name: string, args: number[], payload: Uint8Array | null = null): Promise<Reply> {
+    const callSequence = this.callSequence
+    const message: CallMessage = { type: 'call', callSequence, module: importModuleFabric, name, args, payload }
+    return new Promise<Reply>((resolve) => {
+      this.replies.set(callSequence, resolve)
+      this.port.post(message)
+    })
+  }
+
+  /** A value the guest sees that a replay must see again: logged to the host, replayed from its log. */
+  private logged(read: () => bigint): bigint {
+    const replayed = this.replayLog.get(this.callSequence)
+    if (replayed !== undefined) return replayed
+    const value = read()
+    this.port.post({ type: 'log', callSequence: this.callSequence, value })
+    return value
+  }
+
+  private fillRandom(target: Uint8Array): void {
+    let state = splitmix64((BigInt(this.start.seed) << 32n) ^ BigInt(this.callSequence))
+    for (let offset = 0; offset < target.length; offset += 8) {
+      state = splitmix64(state)
+      for (let byte = 0; byte < 8 && offset + byte < target.length; byte++) {
+        target[offset + byte] = Number((state >> BigInt(byte * 8)) & 0xffn)
+      }
+    }
+  }
+
+  private wrapImport(module: string, name: string, implementation: ((...args: number[]) => number | Promise<number>) | undefined) {
+    const mayBlock = isBlockingImport(module, name)
+    if (implementation !== undefined) this.implementations.set(`${module}.${name}`, implementation)
+    return (...args: number[]) => {
+      if (this.asyncify.asyncify_get_state() === asyncifyStateRewinding) {
+        this.asyncify.asyncify_stop_rewind()
+        const reply = this.rewindReply!
+        this.rewindReply = null
+        return reply.result
+      }
+      this.callSequence++
+      if (implementation === undefined) throw new GuestCallError(`guest called ${module}.${name}, which the host lacks`)
+      const outcome = implementation(...args)
+      if (typeof outcome === 'number' || typeof outcome === 'bigint' || outcome === undefined) return outcome
+      if (!mayBlock) throw new Error(`bug: non-blocking import ${module}.${name} returned a promise`)
+      this.pending = outcome.then((result) => ({ result, payload: null }))
+      this.pendingCall = { module, name, args: args.map(Number) }
+      this.writeAsyncifyHeader()
+      this.asyncify.asyncify_start_unwind(0)
+      return 0
+    }
+  }
+
+  private writeAsyncifyHeader(): void {
+    const view = new DataView(this.asyncifyMemory.buffer)
+    view.setUint32(0, asyncifyHeaderBytes, true)
+    view.setUint32(4, this.asyncifyMemory.buffer.byteLength, true)
+  }
+
+  private entryFunction(): () => unknown {
+    const entry = (this.instance.exports as Record<string, unknown>)[this.start.entry]
+    if (typeof entry !== 'function') throw new GuestCallError(`module has no function export "${this.start.entry}"`)
+    return entry as () => unknown
+  }
+
+  private async drive(restoring: boolean): Promise<number> {
+    const entry = this.entryFunction()
+    let rewinding = restoring
+    for (;;) {
+      if (rewinding) this.asyncify.asyncify_start_rewind(0)
+      let returned: unknown
+      try {
+        returned = entry()
+      } catch (error) {
+        if (error instanceof ExitSignal) return error.code
+        throw error
+      }
+      if (this.asyncify.asyncify_get_state() !== asyncifyStateUnwinding) {
+        return typeof returned === 'number' ? returned : 0
+      }
+      this.asyncify.asyncify_stop_unwind()
+      if (this.saveRequested || this.saveDue()) await this.save()
+      this.port.post({ type: 'suspend' })
+      this.rewindReply = await this.pending!
+      this.port.post({ type: 'resume' })
+      this.pending = null
+      rewinding = true
+    }
+  }
+
+  private saveDue(): boolean {
+    if (this.start.saveIntervalMs <= 0) return true
+    const last = this.lastSave?.takenAtMs ?? 0
+    return Date.now() - last >= this.start.saveIntervalMs
+  }
+
+  /** Takes a save while the guest is unwound; incremental when a previous save exists. */
+  private async save(): Promise<void> {
+    const startedAt = performance.now()
+    this.saveRequested = false
+    const memoryPages = this.memory.buffer.byteLength / wasmPageBytes
+    const dirty = new Uint8Array(this.dirty.buffer, 0, Math.min(memoryPages, this.dirty.buffer.byteLength))
+    const memoryBytes = memoryPages * wasmPageBytes
+    const full =
+      this.lastSave === null ||
+      this.deltaCountSinceFull >= deltaCountMax ||
+      this.deltaBytesSinceFull >= memoryBytes * deltaShareOfMemoryMax
+    const pages: number[] = []
+    for (let page = 0; page < memoryPages; page++) {
+      if (full || page >= this.lastSave!.memoryPages || dirty[page] !== 0) pages.push(page)
+    }
+    const pageIndexes = Uint32Array.from(pages)
+    const pageData = new Uint8Array(pages.length * wasmPageBytes)
+    const memory = this.bytes()
+    pages.forEach((page, index) => {
+      pageData.set(memory.subarray(page * wasmPageBytes, (page + 1) * wasmPageBytes), index * wasmPageBytes)
+    })
+    dirty.fill(0)
+    const asyncifyUsed = new DataView(this.asyncifyMemory.buffer).getUint32(0, true)
+    const sequence = this.saveSequence++
+    const save: ContextSave = {
+      moduleDigest: this.start.moduleDigest,
+      threadId: this.start.threadId,
+      sequence,
+      baseSequence: full ? null : this.lastSave!.sequence,
+      callSequence: this.callSequence,
+      memoryPages,
+      pageIndexes,
+      pageData,
+      globals: this.globals.map((global) => global.value as number | bigint),
+      asyncifyData: new Uint8Array(this.asyncifyMemory.buffer, 0, asyncifyUsed).slice(),
+      pendingCall: this.pendingCall!,
+      record: {
+        entry: this.start.entry,
+        arg: this.start.arg,
+        threadId: this.start.threadId,
+        seed: this.start.seed,
+        result: this.result,
+      },
+      takenAtMs: Date.now(),
+    }
+    if (full) {
+      this.deltaBytesSinceFull = 0
+      this.deltaCountSinceFull = 0
+    } else {
+      this.deltaBytesSinceFull += pageData.length
+      this.deltaCountSinceFull++
+    }
+    this.lastSave = { sequence, memoryPages, takenAtMs: save.takenAtMs }
+    this.replayLog.clear()
+    this.port.post({ type: 'save', save, costMs: performance.now() - startedAt }, [pageData.buffer, save.asyncifyData.buffer as ArrayBuffer])
+  }
+
+  /** Puts a fresh instance into the state of the chain's last save, ready to rewind. */
+  private restore(chain: ContextSave[]): void {
+    const last = checkChain(chain)
+    if (last.moduleDigest !== this.start.moduleDigest) {
+      throw new GuestCallError('context save belongs to a different module')
+    }
+    const pagesNow = this.memory.buffer.byteLength / wasmPageBytes
+    if (last.memoryPages > this.start.limits.memoryPagesMax) {
+      throw new MemoryLimitError(`context save needs ${last.memoryPages} pages; the limit is ${this.start.limits.memoryPagesMax}`)
+    }
+    if (last.memoryPages > pagesNow) this.memory.grow(last.memoryPages - pagesNow)
+    applyChain(chain, this.bytes())
+    if (last.globals.length !== this.globals.length) throw new GuestCallError('context save has the wrong number of globals')
+    last.globals.forEach((value, index) => {
+      this.globals[index]!.value = value
+    })
+    new Uint8Array(this.asyncifyMemory.buffer).set(last.asyncifyData, 0)
+    this.callSequence = last.callSequence
+    this.result = last.record.result
+    this.lastSave = { sequence: last.sequence, memoryPages: last.memoryPages, takenAtMs: Date.now() }
+    const baseIndex = chain.length - 1
+    this.deltaCountSinceFull = baseIndex
+    this.deltaBytesSinceFull = chain.slice(1).reduce((sum, save) => sum + save.pageData.length, 0)
+    // The thread was suspended in `pendingCall`; issue it again (effects carry op ids, so a call the
+    // embedding already applied returns its recorded result).
+    this.pendingCall = last.pendingCall
+    this.pending = this.reissue(last.pendingCall)
+  }
+
+  private reissue(call: PendingCall): Promise<Reply> {
+    if (call.module === importModuleFabric && (call.name === 'checkpoint' || call.name === 'yield')) {
+      return Promise.resolve({ result: 0, payload: null })
+    }
+    const implementation = this.implementations.get(`${call.module}.${call.name}`)
+    if (implementation === undefined) throw new GuestCallError(`context save is suspended in unknown call ${call.name}`)
+    return Promise.resolve(implementation(...call.args)).then((result) => ({ result, payload: null }))
+  }
+
+  private classify(error: unknown): unknown {
+    if (error instanceof FabricHostError) {
+      if (error instanceof GuestTrapError) return this.memoryRefused() ?? error
+      return error
+    }
+    if (error instanceof RangeError && /call stack/i.test(error.message)) {
+      return new StackOverflowError('guest overflowed its call stack (unbounded recursion?)')
+    }
+    if (error instanceof WebAssembly.RuntimeError) {
+      return this.memoryRefused() ?? new GuestTrapError(`guest trapped: ${error.message}`)
+    }
+    return error
+  }
+
+  private memoryRefused(): MemoryLimitError | undefined {
+    const refused = (this.instance?.exports as Record<string, WebAssembly.Global> | undefined)?.[hostGlobalMemoryRefusedPages]
+    if (refused === undefined || refused.value === 0) return undefined
+    return new MemoryLimitError(
+      `guest asked for ${refused.value} pages of memory (${(refused.value * wasmPageBytes) / 2 ** 20} MiB); the limit is ${this.start.limits.memoryPagesMax} pages`,
+    )
+  }
+}
+
+/** Worker main: waits for `start`, runs the thread, routes replies. */
+export function serveThread(port: WorkerPort): void {
+  let thread: GuestThread | null = null
+  port.onMessage((message) => {
+    if (message.type === 'start') {
+      thread = new GuestThread(message, port)
+      void thread.run()
+    } else if (message.type === 'reply') {
+      thread?.onReply(message)
+    }
+  })
+}
