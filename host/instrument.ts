@@ -123,7 +123,10 @@ export interface InstrumentOptions {
 }
 
 /** Instruments `bytes` (validated by the caller) or returns the cached result. */
-export async function instrument(bytes: Uint8Array, options: InstrumentOptions = {}): Promise<InstrumentedModule> {
+export async function instrument(
+  bytes: Uint8Array,
+  options: InstrumentOptions = {},
+): Promise<InstrumentedModule> {
   const moduleDigest = await sha256Hex(bytes)
   let pending = memoryCache.get(moduleDigest)
   if (pending === undefined) {
@@ -168,7 +171,8 @@ function transform(bytes: Uint8Array, moduleDigest: string): InstrumentedModule 
     globals.forEach((name, index) => module.addGlobalExport(name, instrumentedNames.globalPrefix + index))
     module.addMemoryExport(dirtyMemory, instrumentedNames.dirtyMemory)
     module.addMemoryExport('asyncify_memory', instrumentedNames.asyncifyMemory)
-    if (!module.validate()) throw new InvalidModuleError('instrumentation produced an invalid module (a bug in Fabric)')
+    if (!module.validate())
+      throw new InvalidModuleError('instrumentation produced an invalid module (a bug in Fabric)')
     const mainEntry = hasExport(module, '_start') ? '_start' : 'main'
     return { bytes: module.emitBinary(), globalCount: globals.length, mainEntry, moduleDigest }
   } finally {
@@ -212,7 +216,8 @@ function collectBlockingImports(module: binaryen.Module): string[] {
   const names: string[] = []
   for (let index = 0; index < module.getNumFunctions(); index++) {
     const info = binaryen.getFunctionInfo(module.getFunctionByIndex(index))
-    if (info.module && info.base && isBlockingImport(info.module, info.base)) names.push(`${info.module}.${info.base}`)
+    if (info.module && info.base && isBlockingImport(info.module, info.base))
+      names.push(`${info.module}.${info.base}`)
   }
   // Asyncify treats an empty list as "every import may block"; name one that cannot exist instead.
   return names.length > 0 ? names : [`${importModuleEnvironment}.fabric_none`]
@@ -245,27 +250,34 @@ function addHostGlobalsAndHelpers(module: binaryen.Module, guestMemory: string, 
     binaryen.createType([i32, i32]),
     i32,
     [i32, i32],
-    module.block(null, [
-      module.if(
+    module.block(
+      null,
+      [
+        module.if(
+          length(),
+          module.block(null, [
+            module.local.set(2, module.i32.shr_u(start(), module.i32.const(16))),
+            module.local.set(
+              3,
+              module.i32.shr_u(
+                module.i32.add(start(), module.i32.sub(length(), module.i32.const(1))),
+                module.i32.const(16),
+              ),
+            ),
+            module.loop(
+              'mark',
+              module.block(null, [
+                module.i32.store8(0, 1, page(), module.i32.const(1), dirtyMemory),
+                module.local.set(2, module.i32.add(page(), module.i32.const(1))),
+                module.br('mark', module.i32.le_u(page(), module.local.get(3, i32))),
+              ]),
+            ),
+          ]),
+        ),
         length(),
-        module.block(null, [
-          module.local.set(2, module.i32.shr_u(start(), module.i32.const(16))),
-          module.local.set(
-            3,
-            module.i32.shr_u(module.i32.add(start(), module.i32.sub(length(), module.i32.const(1))), module.i32.const(16)),
-          ),
-          module.loop(
-            'mark',
-            module.block(null, [
-              module.i32.store8(0, 1, page(), module.i32.const(1), dirtyMemory),
-              module.local.set(2, module.i32.add(page(), module.i32.const(1))),
-              module.br('mark', module.i32.le_u(page(), module.local.get(3, i32))),
-            ]),
-          ),
-        ]),
-      ),
-      length(),
-    ], i32),
+      ],
+      i32,
+    ),
   )
 
   // fabric_check_grow(delta) -> delta, or -1 (a grow that must fail) past the host's page limit.
@@ -284,9 +296,15 @@ function addHostGlobalsAndHelpers(module: binaryen.Module, guestMemory: string, 
       [
         module.local.set(1, wanted),
         module.if(
-          module.i64.gt_u(module.local.get(1, binaryen.i64), module.i64.extend_u(module.global.get(hostGlobalMemoryPagesMax, i32))),
+          module.i64.gt_u(
+            module.local.get(1, binaryen.i64),
+            module.i64.extend_u(module.global.get(hostGlobalMemoryPagesMax, i32)),
+          ),
           module.block(null, [
-            module.global.set(hostGlobalMemoryRefusedPages, module.i32.wrap(module.local.get(1, binaryen.i64))),
+            module.global.set(
+              hostGlobalMemoryRefusedPages,
+              module.i32.wrap(module.local.get(1, binaryen.i64)),
+            ),
             module.return(module.i32.const(-1)),
           ]),
         ),
@@ -313,10 +331,15 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
       const id = binaryen.getExpressionId(expression)
       const keys = children[id]
       if (keys === undefined) {
-        throw new InvalidModuleError(`module uses an instruction Fabric cannot instrument yet (expression kind ${id})`)
+        throw new InvalidModuleError(
+          `module uses an instruction Fabric cannot instrument yet (expression kind ${id})`,
+        )
       }
       if (keys.length === 0) continue
-      const expressionInfo = binaryen.getExpressionInfo(expression) as unknown as Record<string, number | number[]>
+      const expressionInfo = binaryen.getExpressionInfo(expression) as unknown as Record<
+        string,
+        number | number[]
+      >
       for (const key of keys) {
         const child = expressionInfo[key]
         if (Array.isArray(child)) pending.push(...child)
@@ -338,17 +361,33 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
           expression,
           module.block(
             null,
-            [module.local.set(storeLocal, store.ptr), mark(store.offset), mark(store.offset + store.bytes - 1), local()],
+            [
+              module.local.set(storeLocal, store.ptr),
+              mark(store.offset),
+              mark(store.offset + store.bytes - 1),
+              local(),
+            ],
             i32,
           ),
         )
-      } else if (id === binaryen.MemoryFillId || id === binaryen.MemoryCopyId || id === binaryen.MemoryInitId) {
+      } else if (
+        id === binaryen.MemoryFillId ||
+        id === binaryen.MemoryCopyId ||
+        id === binaryen.MemoryInitId
+      ) {
         const bulk = expressionInfo as unknown as { dest: number; size: number }
         const destLocal = newLocal()
         const kind =
-          id === binaryen.MemoryFillId ? setters.MemoryFill : id === binaryen.MemoryCopyId ? setters.MemoryCopy : setters.MemoryInit
+          id === binaryen.MemoryFillId
+            ? setters.MemoryFill
+            : id === binaryen.MemoryCopyId
+              ? setters.MemoryCopy
+              : setters.MemoryInit
         kind.setDest(expression, module.local.tee(destLocal, bulk.dest, i32))
-        kind.setSize(expression, module.call(markRangeFunction, [module.local.get(destLocal, i32), bulk.size], i32))
+        kind.setSize(
+          expression,
+          module.call(markRangeFunction, [module.local.get(destLocal, i32), bulk.size], i32),
+        )
       } else if (id === binaryen.MemoryGrowId) {
         const grow = expressionInfo as unknown as { delta: number }
         setters.MemoryGrow.setDelta(expression, module.call(checkGrowFunction, [grow.delta], i32))

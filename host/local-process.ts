@@ -6,7 +6,9 @@
  * (fabric/) does the same across nodes; this is the single-machine embedding of the host.
  */
 
-import { GuestCallError, type FabricHostError, WorkerLostError } from './errors.ts'
+import { importModuleWasi } from './abi.ts'
+import { type FabricHostError, GuestCallError, WorkerLostError } from './errors.ts'
+import type { GuestFileSystem } from './files.ts'
 import type { Program } from './program.ts'
 import type { ContextSave } from './snapshot.ts'
 import { type HostCall, type HostCallReply, type ThreadOutcome, ThreadRunner } from './thread-runner.ts'
@@ -37,6 +39,8 @@ export interface ProcessOptions {
   cpuBudgetMs?: number
   /** Minimum time between automatic saves at blocking calls; default 1000 ms. */
   saveIntervalMs?: number
+  /** The file system guests see through WASI; none by default. */
+  files?: GuestFileSystem
   /** Called with each piece of output as it arrives, at most once per write. */
   onOutput?: (threadId: number, fd: number, bytes: Uint8Array) => void
   /** Called after each context save (replication hooks here in fabric/). */
@@ -168,6 +172,7 @@ export class LocalProcess {
           cpuBudgetMs: this.options.cpuBudgetMs ?? defaultLimits.cpuBudgetMs,
         },
         saveIntervalMs: this.options.saveIntervalMs ?? 1000,
+        files: this.options.files !== undefined,
         restore,
         replayLog: thread.log.slice(),
         nextSaveSequence: (thread.chain.at(-1)?.sequence ?? 0) + 1,
@@ -187,7 +192,11 @@ export class LocalProcess {
     thread.runner = runner
     runner.done.then((outcome) => {
       if (thread.runner !== runner || this.finished) return
-      if (outcome.kind === 'error' && outcome.error instanceof WorkerLostError && thread.restarts < restartCountMax) {
+      if (
+        outcome.kind === 'error' &&
+        outcome.error instanceof WorkerLostError &&
+        thread.restarts < restartCountMax
+      ) {
         thread.restarts++
         this.launch(thread)
         return
@@ -212,6 +221,11 @@ export class LocalProcess {
     const opId = `${thread.threadId}:${call.callSequence}`
     const recorded = this.applied.get(opId)
     if (recorded !== undefined) return recorded
+    if (call.module === importModuleWasi) {
+      if (this.options.files === undefined)
+        throw new GuestCallError('guest made a file call, but no file system is mapped')
+      return this.options.files.handle(thread.threadId, call)
+    }
     switch (call.name) {
       case 'spawn': {
         const reply = this.spawn(call.payload)

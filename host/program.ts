@@ -3,7 +3,14 @@
  * instrumentation (cached by content hash) and compilation.
  */
 
-import { abiVersion, environmentImports, fabricImports, importModuleEnvironment, importModuleFabric, importModuleWasi } from './abi.ts'
+import {
+  abiVersion,
+  environmentImports,
+  fabricImports,
+  importModuleEnvironment,
+  importModuleFabric,
+  importModuleWasi,
+} from './abi.ts'
 import { InvalidModuleError } from './errors.ts'
 import { type InstrumentCache, instrument } from './instrument.ts'
 
@@ -40,7 +47,9 @@ export async function validateModule(bytes: Uint8Array): Promise<WebAssembly.Mod
     const known =
       (entry.module === importModuleFabric && entry.name in fabricImports && entry.kind === 'function') ||
       (entry.module === importModuleWasi && entry.kind === 'function') ||
-      (entry.module === importModuleEnvironment && environmentImports.has(entry.name) && entry.kind === 'function')
+      (entry.module === importModuleEnvironment &&
+        environmentImports.has(entry.name) &&
+        entry.kind === 'function')
     if (!known) {
       throw new InvalidModuleError(
         `module imports ${entry.kind} ${entry.module}.${entry.name}, which Fabric does not provide (guests may import "fabric" and "wasi_snapshot_preview1")`,
@@ -48,9 +57,12 @@ export async function validateModule(bytes: Uint8Array): Promise<WebAssembly.Mod
     }
   }
   const exports = new Map(WebAssembly.Module.exports(module).map((entry) => [entry.name, entry.kind]))
-  if (exports.get('memory') !== 'memory') throw new InvalidModuleError('module does not export its memory as "memory"')
+  if (exports.get('memory') !== 'memory')
+    throw new InvalidModuleError('module does not export its memory as "memory"')
   if (exports.get('_start') !== 'function' && exports.get('main') !== 'function') {
-    throw new InvalidModuleError('module has no entry point: export a function "_start" (WASI command) or "main"')
+    throw new InvalidModuleError(
+      'module has no entry point: export a function "_start" (WASI command) or "main"',
+    )
   }
   return module
 }
@@ -63,7 +75,8 @@ function declaredAbiVersion(module: WebAssembly.Module): number | null {
   if (sections.length === 0) return null
   const text = new TextDecoder().decode(sections[0])
   const version = Number.parseInt(text, 10)
-  if (!Number.isInteger(version)) throw new InvalidModuleError(`module's ${abiSectionName} section is not a number`)
+  if (!Number.isInteger(version))
+    throw new InvalidModuleError(`module's ${abiSectionName} section is not a number`)
   return version
 }
 
@@ -76,7 +89,9 @@ export async function loadProgram(bytes: Uint8Array, options: LoadOptions = {}):
   const plain = await validateModule(bytes)
   const version = declaredAbiVersion(plain)
   if (version !== null && version !== abiVersion) {
-    throw new InvalidModuleError(`module was built for Fabric ABI ${version}; this host runs ABI ${abiVersion}`)
+    throw new InvalidModuleError(
+      `module was built for Fabric ABI ${version}; this host runs ABI ${abiVersion}`,
+    )
   }
   const instrumented = await instrument(bytes, options)
   const module = await WebAssembly.compile(instrumented.bytes as Uint8Array<ArrayBuffer>)

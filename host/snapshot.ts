@@ -80,7 +80,8 @@ export async function encodeSave(save: ContextSave): Promise<Uint8Array> {
 }
 
 export async function decodeSave(bytes: Uint8Array): Promise<ContextSave> {
-  if (bytes.length > snapshotBytesMax) throw new SnapshotError(`context save of ${bytes.length} bytes is over the limit`)
+  if (bytes.length > snapshotBytesMax)
+    throw new SnapshotError(`context save of ${bytes.length} bytes is over the limit`)
   let envelope: { formatVersion?: unknown; digest?: unknown; body?: unknown }
   try {
     envelope = decoder.decode(bytes)
@@ -88,7 +89,9 @@ export async function decodeSave(bytes: Uint8Array): Promise<ContextSave> {
     throw new SnapshotError('context save is not valid CBOR')
   }
   if (envelope?.formatVersion !== snapshotFormatVersion) {
-    throw new SnapshotError(`context save has format version ${String(envelope?.formatVersion)}; this host reads ${snapshotFormatVersion}`)
+    throw new SnapshotError(
+      `context save has format version ${String(envelope?.formatVersion)}; this host reads ${snapshotFormatVersion}`,
+    )
   }
   if (!(envelope.body instanceof Uint8Array) || !(envelope.digest instanceof Uint8Array)) {
     throw new SnapshotError('context save lacks its body or digest')
@@ -119,11 +122,14 @@ function checkShape(save: ContextSave): void {
 /** Checks that a chain (full save first, then deltas in order) fits together; returns its last save. */
 export function checkChain(chain: readonly ContextSave[]): ContextSave {
   const first = chain[0]
-  if (first === undefined || first.baseSequence !== null) throw new SnapshotError('a restore needs a full save first')
+  if (first === undefined || first.baseSequence !== null)
+    throw new SnapshotError('a restore needs a full save first')
   let previous: ContextSave | undefined
   for (const save of chain) {
     if (previous !== undefined && save.baseSequence !== previous.sequence) {
-      throw new SnapshotError(`save ${save.sequence} is a delta on ${save.baseSequence}, not on ${previous.sequence}`)
+      throw new SnapshotError(
+        `save ${save.sequence} is a delta on ${save.baseSequence}, not on ${previous.sequence}`,
+      )
     }
     if (save.moduleDigest !== first.moduleDigest || save.threadId !== first.threadId) {
       throw new SnapshotError('saves in one chain belong to different modules or threads')
@@ -139,8 +145,12 @@ export function applyChain(chain: readonly ContextSave[], memory: Uint8Array): v
   for (const save of chain) {
     for (let index = 0; index < save.pageIndexes.length; index++) {
       const page = save.pageIndexes[index]!
-      if (page >= pagesMax) throw new SnapshotError(`save ${save.sequence} holds page ${page} past the memory's end`)
-      memory.set(save.pageData.subarray(index * wasmPageBytes, (index + 1) * wasmPageBytes), page * wasmPageBytes)
+      if (page >= pagesMax)
+        throw new SnapshotError(`save ${save.sequence} holds page ${page} past the memory's end`)
+      memory.set(
+        save.pageData.subarray(index * wasmPageBytes, (index + 1) * wasmPageBytes),
+        page * wasmPageBytes,
+      )
     }
   }
 }

@@ -3,15 +3,10 @@
  * reports what it does: output, host calls, saves, its end. The embedding answers the calls.
  */
 
-import {
-  CpuBudgetExceededError,
-  deserializeError,
-  type FabricHostError,
-  WorkerLostError,
-} from './errors.ts'
+import { CpuBudgetExceededError, deserializeError, type FabricHostError, WorkerLostError } from './errors.ts'
 import type { ContextSave } from './snapshot.ts'
-import type { Lease, WorkerPool } from './worker-pool.ts'
 import type { CallMessage, FromWorker, StartMessage, ThreadLimits } from './worker/protocol.ts'
+import type { Lease, WorkerPool } from './worker-pool.ts'
 
 export interface HostCall {
   callSequence: number
@@ -56,6 +51,8 @@ export interface ThreadStart {
     cpuBudgetMs: number
   }
   saveIntervalMs: number
+  /** Whether `ThreadEvents.call` serves WASI file calls. */
+  files: boolean
   restore: ContextSave[] | null
   replayLog: Array<[number, bigint]>
   nextSaveSequence: number
@@ -101,7 +98,11 @@ export class ThreadRunner {
     worker.onMessage((message) => this.onMessage(message))
     worker.onCrash((reason) => this.end({ kind: 'error', error: new WorkerLostError(reason) }, false))
     const { limits, ...rest } = this.start
-    const message: StartMessage = { type: 'start', ...rest, limits: { memoryPagesMax: limits.memoryPagesMax } }
+    const message: StartMessage = {
+      type: 'start',
+      ...rest,
+      limits: { memoryPagesMax: limits.memoryPagesMax },
+    }
     this.computingSince = Date.now()
     this.armBudget()
     worker.post(message)
@@ -163,17 +164,20 @@ export class ThreadRunner {
   private armBudget(): void {
     this.disarmBudget()
     const remaining = this.start.limits.cpuBudgetMs - this.computedMs
-    this.budgetTimer = setTimeout(() => {
-      this.end(
-        {
-          kind: 'error',
-          error: new CpuBudgetExceededError(
-            `guest computed for more than its CPU budget of ${this.start.limits.cpuBudgetMs} ms (endless loop?)`,
-          ),
-        },
-        false,
-      )
-    }, Math.max(0, remaining))
+    this.budgetTimer = setTimeout(
+      () => {
+        this.end(
+          {
+            kind: 'error',
+            error: new CpuBudgetExceededError(
+              `guest computed for more than its CPU budget of ${this.start.limits.cpuBudgetMs} ms (endless loop?)`,
+            ),
+          },
+          false,
+        )
+      },
+      Math.max(0, remaining),
+    )
   }
 
   private disarmBudget(): void {

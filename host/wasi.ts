@@ -47,7 +47,12 @@ export type FileCalls = Record<string, (...args: number[]) => WasiResult>
 
 const encoder = new TextEncoder()
 
-function writeStringTable(memory: WebAssembly.Memory, strings: readonly string[], pointers: number, buffer: number) {
+function writeStringTable(
+  memory: WebAssembly.Memory,
+  strings: readonly string[],
+  pointers: number,
+  buffer: number,
+) {
   const view = new DataView(memory.buffer)
   const bytes = new Uint8Array(memory.buffer)
   let cursor = buffer
@@ -61,10 +66,19 @@ function writeStringTable(memory: WebAssembly.Memory, strings: readonly string[]
   return errno.success
 }
 
-function tableSizes(memory: WebAssembly.Memory, strings: readonly string[], countPointer: number, sizePointer: number) {
+function tableSizes(
+  memory: WebAssembly.Memory,
+  strings: readonly string[],
+  countPointer: number,
+  sizePointer: number,
+) {
   const view = new DataView(memory.buffer)
   view.setUint32(countPointer, strings.length, true)
-  view.setUint32(sizePointer, strings.reduce((sum, value) => sum + encoder.encode(value).length + 1, 0), true)
+  view.setUint32(
+    sizePointer,
+    strings.reduce((sum, value) => sum + encoder.encode(value).length + 1, 0),
+    true,
+  )
   return errno.success
 }
 
@@ -90,8 +104,7 @@ export function gatherIovecs(memory: WebAssembly.Memory, iovs: number, iovsLengt
 export function createWasi(context: WasiContext): Record<string, (...args: never[]) => WasiResult> {
   const memory = () => context.memory()
   const files = context.files
-  const file = (name: string, fallback: number) =>
-    files?.[name] ?? ((..._args: number[]) => fallback)
+  const file = (name: string, fallback: number) => files?.[name] ?? ((..._args: number[]) => fallback)
 
   const core: Record<string, (...args: number[]) => WasiResult> = {
     args_sizes_get: (count, size) => tableSizes(memory(), context.args, count, size),
@@ -138,7 +151,8 @@ export function createWasi(context: WasiContext): Record<string, (...args: never
     fd_prestat_get: (fd, result) => file('fd_prestat_get', errno.badf)(fd, result),
     fd_prestat_dir_name: (fd, path, length) => file('fd_prestat_dir_name', errno.badf)(fd, path, length),
     fd_close: (fd) => (fd <= 2 ? errno.success : file('fd_close', errno.badf)(fd)),
-    fd_seek: (fd, offset, whence, result) => (fd <= 2 ? errno.badf : file('fd_seek', errno.badf)(fd, offset, whence, result)),
+    fd_seek: (fd, offset, whence, result) =>
+      fd <= 2 ? errno.badf : file('fd_seek', errno.badf)(fd, offset, whence, result),
     fd_read: (fd, iovs, iovsLength, read) => {
       if (fd === 0) {
         new DataView(memory().buffer).setUint32(read, 0, true)

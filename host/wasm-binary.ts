@@ -14,7 +14,8 @@ function readUnsignedLeb(bytes: Uint8Array, start: number): { value: number; nex
   let shift = 0
   let position = start
   for (;;) {
-    if (position >= bytes.length || shift > 28) throw new InvalidModuleError('malformed LEB128 number in module')
+    if (position >= bytes.length || shift > 28)
+      throw new InvalidModuleError('malformed LEB128 number in module')
     const byte = bytes[position++]!
     value |= (byte & 0x7f) << shift
     shift += 7
@@ -61,12 +62,17 @@ export function appendMemory(bytes: Uint8Array, pages: number): Uint8Array {
     if (section.id === sectionMemory) {
       const { value: count, next } = readUnsignedLeb(section.body, 0)
       const limits = [0x01, ...writeUnsignedLeb(pages), ...writeUnsignedLeb(pages)]
-      body = concatenate([Uint8Array.from(writeUnsignedLeb(count + 1)), section.body.subarray(next), Uint8Array.from(limits)])
+      body = concatenate([
+        Uint8Array.from(writeUnsignedLeb(count + 1)),
+        section.body.subarray(next),
+        Uint8Array.from(limits),
+      ])
       appended = true
     }
     parts.push(Uint8Array.of(section.id, ...writeUnsignedLeb(body.length)), body)
   }
-  if (!appended) throw new InvalidModuleError('module defines no memory; a Fabric guest must define and export one')
+  if (!appended)
+    throw new InvalidModuleError('module defines no memory; a Fabric guest must define and export one')
   return concatenate(parts)
 }
 

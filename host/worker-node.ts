@@ -2,8 +2,8 @@
 
 import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
-import type { HostWorker, WorkerFactory } from './worker-pool.ts'
 import type { FromWorker } from './worker/protocol.ts'
+import type { HostWorker, WorkerFactory } from './worker-pool.ts'
 
 const workerEntry = new URL('./worker/node-worker.ts', import.meta.url)
 /** Stack for guest recursion inside a worker (V8's default is about 1 MiB). */

@@ -6,5 +6,6 @@ import { serveThread } from './thread-runtime.ts'
 const scope = globalThis as unknown as DedicatedWorkerGlobalScope
 serveThread({
   post: (message, transfer) => scope.postMessage(message, transfer ?? []),
-  onMessage: (listener) => scope.addEventListener('message', (event: MessageEvent<ToWorker>) => listener(event.data)),
+  onMessage: (listener) =>
+    scope.addEventListener('message', (event: MessageEvent<ToWorker>) => listener(event.data)),
 })

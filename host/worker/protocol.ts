@@ -20,6 +20,8 @@ export interface StartMessage {
   args: string[]
   env: string[]
   limits: ThreadLimits
+  /** Whether the embedding serves file calls (a mapped directory, later the distributed fs). */
+  files: boolean
   /** Minimum time between automatic saves at blocking calls; 0 saves at every blocking call. */
   saveIntervalMs: number
   /** A chain to restore from (full save first), or none for a fresh start. */

@@ -4,18 +4,31 @@
  * turns traps into typed errors. Platform-free: the worker adapters give it a `WorkerPort`.
  */
 
-import { fabricImports, importModuleEnvironment, importModuleFabric, importModuleWasi, instrumentedNames, isBlockingImport } from '../abi.ts'
+import {
+  fabricImports,
+  importModuleEnvironment,
+  importModuleFabric,
+  importModuleWasi,
+  instrumentedNames,
+  isBlockingImport,
+} from '../abi.ts'
 import {
   FabricHostError,
   GuestCallError,
   GuestTrapError,
   MemoryLimitError,
-  serializeError,
   StackOverflowError,
+  serializeError,
 } from '../errors.ts'
-import { asyncifyHeaderBytes, hostGlobalMemoryPagesMax, hostGlobalMemoryRefusedPages, wasmPageBytes } from '../instrument.ts'
-import { applyChain, checkChain, type ContextSave, type PendingCall } from '../snapshot.ts'
+import {
+  asyncifyHeaderBytes,
+  hostGlobalMemoryPagesMax,
+  hostGlobalMemoryRefusedPages,
+  wasmPageBytes,
+} from '../instrument.ts'
+import { applyChain, type ContextSave, checkChain, type PendingCall } from '../snapshot.ts'
 import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
+import { createFileCalls } from '../wasi-files.ts'
 import type { CallMessage, ReplyMessage, StartMessage, WorkerPort } from './protocol.ts'
 
 const asyncifyStateUnwinding = 1
@@ -67,7 +80,6 @@ export class GuestThread {
   private deltaBytesSinceFull = 0
   private deltaCountSinceFull = 0
   private saveRequested = false
-  private readonly textDecoder = new TextDecoder()
 
   constructor(start: StartMessage, port: WorkerPort) {
     this.start = start
@@ -96,8 +108,11 @@ export class GuestThread {
   }
 
   private async instantiate(): Promise<void> {
-    const blocking = (module: string, name: string, implementation: (...args: number[]) => number | Promise<number>) =>
-      this.wrapImport(module, name, implementation)
+    const blocking = (
+      module: string,
+      name: string,
+      implementation: (...args: number[]) => number | Promise<number>,
+    ) => this.wrapImport(module, name, implementation)
     const imports: WebAssembly.Imports = {
       [importModuleFabric]: this.fabricImports(blocking),
       [importModuleWasi]: this.wasiImports(blocking),
@@ -115,12 +130,16 @@ export class GuestThread {
     const pagesMax = this.start.limits.memoryPagesMax
     const pagesNow = this.memory.buffer.byteLength / wasmPageBytes
     if (pagesNow > pagesMax) {
-      throw new MemoryLimitError(`guest starts with ${pagesNow} pages of memory; the limit is ${pagesMax} pages`)
+      throw new MemoryLimitError(
+        `guest starts with ${pagesNow} pages of memory; the limit is ${pagesMax} pages`,
+      )
     }
     ;(exports[hostGlobalMemoryPagesMax] as WebAssembly.Global).value = pagesMax
   }
 
-  private fabricImports(blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown) {
+  private fabricImports(
+    blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown,
+  ) {
     const table: Record<string, (...args: number[]) => number | Promise<number>> = {
       spawn: (entryPointer, entryLength, argPointer, argLength) =>
         this.callHost('spawn', [], this.packSpawn(entryPointer, entryLength, argPointer, argLength)).then(
@@ -129,7 +148,10 @@ export class GuestThread {
       join: (handle, outPointer, outCapacity) =>
         this.callHost('join', [handle]).then((reply) => {
           if (reply.payload !== null && reply.result >= 0) {
-            this.bytes().set(reply.payload.subarray(0, Math.min(outCapacity, reply.payload.length)), outPointer)
+            this.bytes().set(
+              reply.payload.subarray(0, Math.min(outCapacity, reply.payload.length)),
+              outPointer,
+            )
           }
           return reply.result
         }),
@@ -150,33 +172,46 @@ export class GuestThread {
       thread_id: () => this.start.threadId,
     }
     const wrapped: Record<string, unknown> = {}
-    for (const name of Object.keys(fabricImports)) wrapped[name] = blocking(importModuleFabric, name, table[name]!)
+    for (const name of Object.keys(fabricImports))
+      wrapped[name] = blocking(importModuleFabric, name, table[name]!)
     return wrapped as WebAssembly.ModuleImports
   }
 
-  private wasiImports(blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown) {
+  private wasiImports(
+    blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown,
+  ) {
     const wasi = createWasi({
       memory: () => this.memory,
       args: this.start.args,
       env: this.start.env,
       writeOutput: (fd, bytes) => {
-        this.port.post({ type: 'output', callSequence: this.callSequence, fd, bytes }, [bytes.buffer as ArrayBuffer])
+        this.port.post({ type: 'output', callSequence: this.callSequence, fd, bytes }, [
+          bytes.buffer as ArrayBuffer,
+        ])
       },
-      clockNs: (clockId) => this.logged(() => (clockId === 0 ? BigInt(Date.now()) * 1_000_000n : BigInt(Math.round(performance.now() * 1e6)))),
+      clockNs: (clockId) =>
+        this.logged(() =>
+          clockId === 0 ? BigInt(Date.now()) * 1_000_000n : BigInt(Math.round(performance.now() * 1e6)),
+        ),
       fillRandom: (target) => this.fillRandom(target),
       files: this.fileCalls(),
     })
     return new Proxy(
       {},
       {
-        get: (_target, name: string) => blocking(importModuleWasi, name, wasi[name] as (...args: number[]) => number),
+        get: (_target, name: string) =>
+          blocking(importModuleWasi, name, wasi[name] as (...args: number[]) => number),
       },
     ) as WebAssembly.ModuleImports
   }
 
   /** The embedding's file system, reached through host calls (blocking: the reply comes later). */
   private fileCalls(): FileCalls | null {
-    return null
+    if (!this.start.files) return null
+    return createFileCalls({
+      memory: () => this.memory,
+      callHost: (name, args, payload) => this.callHost(name, args, payload, importModuleWasi),
+    })
   }
 
   private environmentImports(): WebAssembly.ModuleImports {
@@ -211,7 +246,12 @@ export class GuestThread {
     return new Uint8Array(this.memory.buffer)
   }
 
-  private packSpawn(entryPointer: number, entryLength: number, argPointer: number, argLength: number): Uint8Array {
+  private packSpawn(
+    entryPointer: number,
+    entryLength: number,
+    argPointer: number,
+    argLength: number,
+  ): Uint8Array {
     const memory = this.bytes()
     if (entryPointer + entryLength > memory.length || argPointer + argLength > memory.length) {
       throw new GuestCallError('spawn: entry or argument lies outside guest memory')
@@ -224,9 +264,14 @@ export class GuestThread {
     return out
   }
 
-  private callHost(name: string, args: number[], payload: Uint8Array | null = null): Promise<Reply> {
+  private callHost(
+    name: string,
+    args: number[],
+    payload: Uint8Array | null = null,
+    module = importModuleFabric,
+  ): Promise<Reply> {
     const callSequence = this.callSequence
-    const message: CallMessage = { type: 'call', callSequence, module: importModuleFabric, name, args, payload }
+    const message: CallMessage = { type: 'call', callSequence, module, name, args, payload }
     return new Promise<Reply>((resolve) => {
       this.replies.set(callSequence, resolve)
       this.port.post(message)
@@ -252,7 +297,11 @@ export class GuestThread {
     }
   }
 
-  private wrapImport(module: string, name: string, implementation: ((...args: number[]) => number | Promise<number>) | undefined) {
+  private wrapImport(
+    module: string,
+    name: string,
+    implementation: ((...args: number[]) => number | Promise<number>) | undefined,
+  ) {
     const mayBlock = isBlockingImport(module, name)
     if (implementation !== undefined) this.implementations.set(`${module}.${name}`, implementation)
     return (...args: number[]) => {
@@ -263,7 +312,8 @@ export class GuestThread {
         return reply.result
       }
       this.callSequence++
-      if (implementation === undefined) throw new GuestCallError(`guest called ${module}.${name}, which the host lacks`)
+      if (implementation === undefined)
+        throw new GuestCallError(`guest called ${module}.${name}, which the host lacks`)
       const outcome = implementation(...args)
       if (typeof outcome === 'number' || typeof outcome === 'bigint' || outcome === undefined) return outcome
       if (!mayBlock) throw new Error(`bug: non-blocking import ${module}.${name} returned a promise`)
@@ -283,7 +333,8 @@ export class GuestThread {
 
   private entryFunction(): () => unknown {
     const entry = (this.instance.exports as Record<string, unknown>)[this.start.entry]
-    if (typeof entry !== 'function') throw new GuestCallError(`module has no function export "${this.start.entry}"`)
+    if (typeof entry !== 'function')
+      throw new GuestCallError(`module has no function export "${this.start.entry}"`)
     return entry as () => unknown
   }
 
@@ -372,7 +423,10 @@ export class GuestThread {
     }
     this.lastSave = { sequence, memoryPages, takenAtMs: save.takenAtMs }
     this.replayLog.clear()
-    this.port.post({ type: 'save', save, costMs: performance.now() - startedAt }, [pageData.buffer, save.asyncifyData.buffer as ArrayBuffer])
+    this.port.post({ type: 'save', save, costMs: performance.now() - startedAt }, [
+      pageData.buffer,
+      save.asyncifyData.buffer as ArrayBuffer,
+    ])
   }
 
   /** Puts a fresh instance into the state of the chain's last save, ready to rewind. */
@@ -383,11 +437,14 @@ export class GuestThread {
     }
     const pagesNow = this.memory.buffer.byteLength / wasmPageBytes
     if (last.memoryPages > this.start.limits.memoryPagesMax) {
-      throw new MemoryLimitError(`context save needs ${last.memoryPages} pages; the limit is ${this.start.limits.memoryPagesMax}`)
+      throw new MemoryLimitError(
+        `context save needs ${last.memoryPages} pages; the limit is ${this.start.limits.memoryPagesMax}`,
+      )
     }
     if (last.memoryPages > pagesNow) this.memory.grow(last.memoryPages - pagesNow)
     applyChain(chain, this.bytes())
-    if (last.globals.length !== this.globals.length) throw new GuestCallError('context save has the wrong number of globals')
+    if (last.globals.length !== this.globals.length)
+      throw new GuestCallError('context save has the wrong number of globals')
     last.globals.forEach((value, index) => {
       this.globals[index]!.value = value
     })
@@ -409,7 +466,8 @@ export class GuestThread {
       return Promise.resolve({ result: 0, payload: null })
     }
     const implementation = this.implementations.get(`${call.module}.${call.name}`)
-    if (implementation === undefined) throw new GuestCallError(`context save is suspended in unknown call ${call.name}`)
+    if (implementation === undefined)
+      throw new GuestCallError(`context save is suspended in unknown call ${call.name}`)
     return Promise.resolve(implementation(...call.args)).then((result) => ({ result, payload: null }))
   }
 
@@ -428,7 +486,9 @@ export class GuestThread {
   }
 
   private memoryRefused(): MemoryLimitError | undefined {
-    const refused = (this.instance?.exports as Record<string, WebAssembly.Global> | undefined)?.[hostGlobalMemoryRefusedPages]
+    const refused = (this.instance?.exports as Record<string, WebAssembly.Global> | undefined)?.[
+      hostGlobalMemoryRefusedPages
+    ]
     if (refused === undefined || refused.value === 0) return undefined
     return new MemoryLimitError(
       `guest asked for ${refused.value} pages of memory (${(refused.value * wasmPageBytes) / 2 ** 20} MiB); the limit is ${this.start.limits.memoryPagesMax} pages`,
