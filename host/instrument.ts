@@ -168,7 +168,9 @@ function transform(bytes: Uint8Array, moduleDigest: string): InstrumentedModule 
     module.runPasses(['asyncify'])
     binaryen.setPassArgument('asyncify-imports', null as unknown as string)
 
-    globals.forEach((name, index) => module.addGlobalExport(name, instrumentedNames.globalPrefix + index))
+    globals.forEach((name, index) => {
+      module.addGlobalExport(name, instrumentedNames.globalPrefix + index)
+    })
     module.addMemoryExport(dirtyMemory, instrumentedNames.dirtyMemory)
     module.addMemoryExport('asyncify_memory', instrumentedNames.asyncifyMemory)
     if (!module.validate())
