@@ -37,6 +37,11 @@ export const fabricImports: Record<string, ImportSpec> = {
 export const blockingWasiImports = new Set([
   'path_open',
   'fd_read',
+  'fd_write',
+  'fd_fdstat_get',
+  'fd_fdstat_set_flags',
+  'fd_filestat_set_times',
+  'fd_datasync',
   'fd_pread',
   'fd_pwrite',
   'fd_readdir',

@@ -6,6 +6,8 @@
 import type { HostCall, HostCallReply } from './thread-runner.ts'
 
 export interface GuestFileSystem {
+  /** Guest names of the preopened directories, in fd order from 3. */
+  readonly preopens: readonly string[]
   /** Answers one WASI file call from a thread (see host/wasi-files.ts for the encoding). */
   handle(threadId: number, call: HostCall): Promise<HostCallReply>
 }

@@ -15,16 +15,13 @@
 import binaryen from 'binaryen'
 import { importModuleEnvironment, importModuleWasi, instrumentedNames, isBlockingImport } from './abi.ts'
 import { InvalidModuleError } from './errors.ts'
+import {
+  asyncifyMemoryPages,
+  hostGlobalMemoryPagesMax,
+  hostGlobalMemoryRefusedPages,
+  wasmPagesMax,
+} from './memory-layout.ts'
 import { appendMemory } from './wasm-binary.ts'
-
-/** Pages of Asyncify's own memory: bounds the depth of the guest's stack at a blocking call. */
-export const asyncifyMemoryPages = 16
-/** Bytes at the start of Asyncify's memory that hold its [current, end] pointer pair. */
-export const asyncifyHeaderBytes = 8
-export const hostGlobalMemoryPagesMax = 'fabric_memory_pages_max'
-export const hostGlobalMemoryRefusedPages = 'fabric_memory_refused_pages'
-export const wasmPageBytes = 65536
-export const wasmPagesMax = 65536
 
 const features =
   binaryen.Features.MVP |

@@ -39,6 +39,8 @@ export interface ProcessOptions {
   cpuBudgetMs?: number
   /** Minimum time between automatic saves at blocking calls; default 1000 ms. */
   saveIntervalMs?: number
+  /** Saves after the first carry only changed pages; default true. */
+  incrementalSaves?: boolean
   /** The file system guests see through WASI; none by default. */
   files?: GuestFileSystem
   /** Called with each piece of output as it arrives, at most once per write. */
@@ -172,7 +174,9 @@ export class LocalProcess {
           cpuBudgetMs: this.options.cpuBudgetMs ?? defaultLimits.cpuBudgetMs,
         },
         saveIntervalMs: this.options.saveIntervalMs ?? 1000,
+        incrementalSaves: this.options.incrementalSaves ?? true,
         files: this.options.files !== undefined,
+        preopens: this.options.files?.preopens.slice() ?? [],
         restore,
         replayLog: thread.log.slice(),
         nextSaveSequence: (thread.chain.at(-1)?.sequence ?? 0) + 1,

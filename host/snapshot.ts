@@ -11,7 +11,7 @@
 
 import { Decoder, Encoder } from 'cbor-x'
 import { SnapshotError } from './errors.ts'
-import { wasmPageBytes } from './instrument.ts'
+import { wasmPageBytes } from './memory-layout.ts'
 
 export const snapshotFormatVersion = 1
 /** Upper bound on one encoded save: 4 GiB of memory plus slack is not something we accept. */

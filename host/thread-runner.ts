@@ -51,8 +51,11 @@ export interface ThreadStart {
     cpuBudgetMs: number
   }
   saveIntervalMs: number
+  incrementalSaves: boolean
   /** Whether `ThreadEvents.call` serves WASI file calls. */
   files: boolean
+  /** Guest names of the preopened directories (fds 3, 4, ...). */
+  preopens: string[]
   restore: ContextSave[] | null
   replayLog: Array<[number, bigint]>
   nextSaveSequence: number

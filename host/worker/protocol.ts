@@ -22,8 +22,12 @@ export interface StartMessage {
   limits: ThreadLimits
   /** Whether the embedding serves file calls (a mapped directory, later the distributed fs). */
   files: boolean
+  /** Guest names of the preopened directories (fds 3, 4, ...); wasi-libc reads them at start. */
+  preopens: string[]
   /** Minimum time between automatic saves at blocking calls; 0 saves at every blocking call. */
   saveIntervalMs: number
+  /** Whether saves after the first carry only the pages written since the previous one. */
+  incrementalSaves: boolean
   /** A chain to restore from (full save first), or none for a fresh start. */
   restore: ContextSave[] | null
   /** Results of non-deterministic calls made after the last save, by call sequence number. */

@@ -25,7 +25,7 @@ import {
   hostGlobalMemoryPagesMax,
   hostGlobalMemoryRefusedPages,
   wasmPageBytes,
-} from '../instrument.ts'
+} from '../memory-layout.ts'
 import { applyChain, type ContextSave, checkChain, type PendingCall } from '../snapshot.ts'
 import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
 import { createFileCalls } from '../wasi-files.ts'
@@ -210,6 +210,7 @@ export class GuestThread {
     if (!this.start.files) return null
     return createFileCalls({
       memory: () => this.memory,
+      preopens: this.start.preopens,
       callHost: (name, args, payload) => this.callHost(name, args, payload, importModuleWasi),
     })
   }
@@ -341,6 +342,10 @@ export class GuestThread {
   private async drive(restoring: boolean): Promise<number> {
     const entry = this.entryFunction()
     let rewinding = restoring
+    if (restoring) {
+      this.rewindReply = await this.pending!
+      this.pending = null
+    }
     for (;;) {
       if (rewinding) this.asyncify.asyncify_start_rewind(0)
       let returned: unknown
@@ -378,6 +383,7 @@ export class GuestThread {
     const memoryBytes = memoryPages * wasmPageBytes
     const full =
       this.lastSave === null ||
+      !this.start.incrementalSaves ||
       this.deltaCountSinceFull >= deltaCountMax ||
       this.deltaBytesSinceFull >= memoryBytes * deltaShareOfMemoryMax
     const pages: number[] = []

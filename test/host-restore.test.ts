@@ -1,0 +1,49 @@
+import { afterAll, beforeAll, describe, expect, test } from 'vitest'
+import type { Program } from '../host/program.ts'
+import type { WorkerPool } from '../host/worker-pool.ts'
+import { guestBytes } from './support/guests.ts'
+import { createPool, load, type RunOutput, runProgram, seededRandom } from './support/run.ts'
+
+const seedCount = 20
+
+function summary(run: RunOutput) {
+  return { exitCode: run.exitCode, error: run.error, stdout: Object.fromEntries(run.stdout) }
+}
+
+describe('context save and restore: a thread whose worker dies continues from its last save', () => {
+  let pool: WorkerPool
+  beforeAll(() => {
+    pool = createPool(2)
+  })
+  afterAll(() => pool.close())
+
+  const cases = [
+    { name: 'examples/primes', source: 'examples/primes/primes.ts', args: ['1500000', '50000'] },
+    { name: 'examples/pi', source: 'examples/pi/pi.ts', args: ['6', '3000000'] },
+  ]
+
+  for (const example of cases) {
+    test(`${example.name}: for ${seedCount} seeds, killing a worker at a random moment leaves the output of an undisturbed run`, async () => {
+      const program: Program = await load(guestBytes(example.source))
+      const reference = await runProgram(pool, program, example.args)
+      expect(reference.exitCode).toBe(0)
+      expect(reference.error).toBeNull()
+      let killsWithSave = 0
+      let kills = 0
+      for (let seed = 1; seed <= seedCount; seed++) {
+        const random = seededRandom(seed)
+        const killCount = 1 + Math.floor(random() * 3)
+        const atMs = Array.from({ length: killCount }, () => (0.05 + random() * 0.65) * reference.durationMs)
+        const run = await runProgram(pool, program, example.args, { kill: { atMs, random } })
+        kills += run.kills
+        killsWithSave += run.killsWithSave
+        if (JSON.stringify(summary(run)) !== JSON.stringify(summary(reference))) {
+          throw new Error(`SEED=${seed}: output differs after ${run.kills} kills (rerun: npx vitest run test/host-restore.test.ts)`)
+        }
+      }
+      expect(kills).toBeGreaterThanOrEqual(seedCount)
+      // Most kills land after the first save, so those restarts are real restores.
+      expect(killsWithSave).toBeGreaterThanOrEqual(seedCount / 2)
+    }, 240_000)
+  }
+})

@@ -1,0 +1,95 @@
+/** Runs guest programs on a local worker pool and collects their output per thread. */
+
+import { LocalProcess, type ProcessOptions } from '../../host/local-process.ts'
+import { loadProgram, type Program } from '../../host/program.ts'
+import { WorkerPool } from '../../host/worker-pool.ts'
+import { nodeWorkerFactory } from '../../host/worker-node.ts'
+
+export interface RunOutput {
+  exitCode: number
+  error: string | null
+  /** stdout of each thread, by thread id. */
+  stdout: Map<number, string>
+  stderr: string
+  /** Workers killed and threads restarted during the run. */
+  kills: number
+  /** Kills that hit a thread that had a save to restore from. */
+  killsWithSave: number
+  durationMs: number
+}
+
+export function createPool(runningMax = 2): WorkerPool {
+  return new WorkerPool({ createWorker: nodeWorkerFactory, runningMax })
+}
+
+export async function load(bytes: Uint8Array): Promise<Program> {
+  return loadProgram(bytes)
+}
+
+/** A small seeded generator (mulberry32) for choosing kill moments. */
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let value = state
+    value = Math.imul(value ^ (value >>> 15), value | 1)
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61)
+    return ((value ^ (value >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+export interface KillPlan {
+  /** Times after start (ms) at which a random live thread's worker is killed. */
+  atMs: number[]
+  random: () => number
+}
+
+export async function runProgram(
+  pool: WorkerPool,
+  program: Program,
+  args: string[],
+  options: Partial<ProcessOptions> & { kill?: KillPlan } = {},
+): Promise<RunOutput> {
+  const stdout = new Map<number, string>()
+  let stderr = ''
+  const decoder = new TextDecoder()
+  const started = performance.now()
+  const process = new LocalProcess({
+    pool,
+    program,
+    args: ['prog', ...args],
+    seed: 7,
+    saveIntervalMs: 0,
+    ...options,
+    onOutput: (threadId, fd, bytes) => {
+      const text = decoder.decode(bytes)
+      if (fd === 1) stdout.set(threadId, (stdout.get(threadId) ?? '') + text)
+      else stderr += text
+    },
+  })
+  let kills = 0
+  let killsWithSave = 0
+  const timers = (options.kill?.atMs ?? []).map((atMs) =>
+    setTimeout(() => {
+      const live = process.threadIds().filter((id) => process.isRunning(id))
+      if (live.length === 0) return
+      const victim = live[Math.floor(options.kill!.random() * live.length)]!
+      const hadSave = process.saveCount(victim) > 0
+      if (process.killWorker(victim)) {
+        kills++
+        if (hadSave) killsWithSave++
+      }
+    }, atMs),
+  )
+  const result = await process.result
+  for (const timer of timers) clearTimeout(timer)
+  return {
+    exitCode: result.exitCode,
+    error: result.error?.message ?? null,
+    stdout,
+    stderr,
+    kills,
+    killsWithSave,
+    durationMs: performance.now() - started,
+  }
+}
