@@ -49,6 +49,6 @@ if (import.meta.main) {
   const port = Number(process.argv[2] ?? 8080)
   const server = await serveFiles(await buildBrowserTest(), port)
   process.stdout.write(
-    `serving ${server.origin}/ ; in the console: await fabricBrowserTest.run({ guestUrl: '${pagePaths.guest}', workerUrl: '${pagePaths.worker}', args: ['primes', '40'], killAfterLines: 10 })\n`,
+    `serving ${server.origin}/ ; in the console: await fabricBrowserTest.run({ guestUrl: '${pagePaths.guest}', workerUrl: '${pagePaths.worker}', args: ['primes', '40'], killAfterLines: 10, missingWorkerUrl: '/missing-worker.js' })\n`,
   )
 }
