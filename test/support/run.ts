@@ -8,6 +8,8 @@ import { nodeWorkerFactory } from '../../host/worker-node.ts'
 export interface RunOutput {
   exitCode: number
   error: string | null
+  /** Class name of the error that ended the process. */
+  errorName: string | null
   /** stdout of each thread, by thread id. */
   stdout: Map<number, string>
   stderr: string
@@ -86,6 +88,7 @@ export async function runProgram(
   return {
     exitCode: result.exitCode,
     error: result.error?.message ?? null,
+    errorName: result.error?.name ?? null,
     stdout,
     stderr,
     kills,
