@@ -10,4 +10,6 @@ export interface GuestFileSystem {
   readonly preopens: readonly string[]
   /** Answers one WASI file call from a thread (see host/wasi-files.ts for the encoding). */
   handle(threadId: number, call: HostCall): Promise<HostCallReply>
+  /** The thread ended for good (it will not be restored): release what it left open. */
+  threadEnded?(threadId: number): void
 }

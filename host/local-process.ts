@@ -207,6 +207,7 @@ export class LocalProcess {
       }
       thread.ended = outcome
       thread.runner = null
+      this.options.files?.threadEnded?.(thread.threadId)
       thread.settle(outcome)
       if (outcome.kind === 'error' && thread.threadId !== 0) {
         this.finish({ exitCode: 1, error: outcome.error })
