@@ -38,7 +38,9 @@ describe('context save and restore: a thread whose worker dies continues from it
         kills += run.kills
         killsWithSave += run.killsWithSave
         if (JSON.stringify(summary(run)) !== JSON.stringify(summary(reference))) {
-          throw new Error(`SEED=${seed}: output differs after ${run.kills} kills (rerun: npx vitest run test/host-restore.test.ts)`)
+          throw new Error(
+            `SEED=${seed}: output differs after ${run.kills} kills (rerun: npx vitest run test/host-restore.test.ts)`,
+          )
         }
       }
       expect(kills).toBeGreaterThanOrEqual(seedCount)

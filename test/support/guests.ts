@@ -13,7 +13,11 @@ const sdkSource = join(repositoryRoot, 'guest-sdk/assemblyscript/lib/fabric.ts')
 /** Returns the bytes of the built guest; `source` is relative to the repository root. */
 export function guestBytes(source: string): Uint8Array {
   const path = join(repositoryRoot, source)
-  const hash = createHash('sha256').update(readFileSync(path)).update(readFileSync(sdkSource)).digest('hex').slice(0, 16)
+  const hash = createHash('sha256')
+    .update(readFileSync(path))
+    .update(readFileSync(sdkSource))
+    .digest('hex')
+    .slice(0, 16)
   const output = join(cacheDirectory, `${hash}.wasm`)
   if (!existsSync(output)) {
     mkdirSync(cacheDirectory, { recursive: true })

@@ -2,8 +2,8 @@
 
 import { LocalProcess, type ProcessOptions } from '../../host/local-process.ts'
 import { loadProgram, type Program } from '../../host/program.ts'
-import { WorkerPool } from '../../host/worker-pool.ts'
 import { nodeWorkerFactory } from '../../host/worker-node.ts'
+import { WorkerPool } from '../../host/worker-pool.ts'
 
 export interface RunOutput {
   exitCode: number

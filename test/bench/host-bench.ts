@@ -1,0 +1,196 @@
+/**
+ * Host figures for `npm run bench`: instrumentation overhead on CPU-bound guests, context save and
+ * restore costs. Each figure is measured next to its baseline in the same run.
+ */
+
+import { instrument } from '../../host/instrument.ts'
+import { wasmPageBytes } from '../../host/memory-layout.ts'
+import { applyChain, type ContextSave, checkChain, decodeSave, encodeSave } from '../../host/snapshot.ts'
+import { guestBytes } from '../support/guests.ts'
+import { createPool, load, runProgram } from '../support/run.ts'
+
+export interface BenchRow {
+  name: string
+  value: string
+  unit: string
+  note: string
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((left, right) => left - right)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
+/** Runs a guest export directly in this thread, with stub imports (the loop never blocks for real). */
+async function timeExport(
+  bytes: Uint8Array,
+  entry: string,
+  argv: string[],
+  threadArg: string,
+): Promise<number> {
+  const encoder = new TextEncoder()
+  const arg = encoder.encode(threadArg)
+  let instance: WebAssembly.Instance
+  const memory = () => instance.exports.memory as WebAssembly.Memory
+  const view = () => new DataView(memory().buffer)
+  const imports = {
+    fabric: {
+      spawn: () => 0,
+      join: () => 0,
+      checkpoint: () => undefined,
+      yield: () => undefined,
+      arg_length: () => arg.length,
+      arg_read: (pointer: number) => new Uint8Array(memory().buffer).set(arg, pointer),
+      set_result: () => undefined,
+      thread_id: () => 0,
+    },
+    wasi_snapshot_preview1: {
+      args_sizes_get: (count: number, size: number) => {
+        view().setUint32(count, argv.length, true)
+        view().setUint32(
+          size,
+          argv.reduce((sum, value) => sum + value.length + 1, 0),
+          true,
+        )
+        return 0
+      },
+      args_get: (pointers: number, buffer: number) => {
+        let cursor = buffer
+        argv.forEach((value, index) => {
+          view().setUint32(pointers + index * 4, cursor, true)
+          const bytes = encoder.encode(`${value}\0`)
+          new Uint8Array(memory().buffer).set(bytes, cursor)
+          cursor += bytes.length
+        })
+        return 0
+      },
+      fd_write: (_fd: number, iovs: number, _count: number, written: number) => {
+        view().setUint32(written, view().getUint32(iovs + 4, true), true)
+        return 0
+      },
+      proc_exit: () => undefined,
+    },
+    env: { abort: () => undefined, seed: () => 0.5, trace: () => undefined },
+  }
+  const module = await WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>)
+  instance = await WebAssembly.instantiate(module, imports as unknown as WebAssembly.Imports)
+  const started = performance.now()
+  ;(instance.exports[entry] as () => void)()
+  return performance.now() - started
+}
+
+async function instrumentationOverhead(rows: BenchRow[]): Promise<void> {
+  const guests = [
+    {
+      name: 'pi (xorshift sampling loop)',
+      source: 'examples/pi/pi.ts',
+      entry: 'sample',
+      argv: [],
+      arg: '1 20000000',
+    },
+    {
+      name: 'primes (trial division)',
+      source: 'examples/primes/primes.ts',
+      entry: 'main',
+      argv: ['p', '3000000', '100000'],
+      arg: '',
+    },
+  ]
+  for (const guest of guests) {
+    const plain = guestBytes(guest.source)
+    const instrumented = (await instrument(plain)).bytes
+    const plainTimes: number[] = []
+    const instrumentedTimes: number[] = []
+    for (let round = 0; round < 7; round++) {
+      plainTimes.push(await timeExport(plain, guest.entry, guest.argv, guest.arg))
+      instrumentedTimes.push(await timeExport(instrumented, guest.entry, guest.argv, guest.arg))
+    }
+    const ratio = median(instrumentedTimes) / median(plainTimes)
+    rows.push({
+      name: `CPU-bound guest, instrumented / plain: ${guest.name}`,
+      value: ratio.toFixed(3),
+      unit: 'x time',
+      note: `median of 7: ${median(instrumentedTimes).toFixed(1)} ms vs ${median(plainTimes).toFixed(1)} ms (goal <= 1.15x)`,
+    })
+  }
+}
+
+async function saveCosts(rows: BenchRow[]): Promise<void> {
+  const pool = createPool(1)
+  const program = await load(guestBytes('test/fixtures/as/dirty-pages.ts'))
+  const pages = 1024 // 64 MiB
+  const dirtyPages = 10 // 1%
+  const saves: Array<{ save: ContextSave; costMs: number }> = []
+  const run = await runProgram(pool, program, [String(pages), String(dirtyPages), '30'], {
+    onSave: (_threadId, save, costMs) => saves.push({ save, costMs }),
+  })
+  if (run.exitCode !== 0) throw new Error(`dirty-pages guest failed: ${run.error}`)
+  const full = saves.filter((entry) => entry.save.baseSequence === null)
+  const deltas = saves.filter((entry) => entry.save.baseSequence !== null)
+  const mebibytes = (pages * wasmPageBytes) / 2 ** 20
+
+  // Baseline: copying the same 64 MiB once with a plain typed-array copy, in this thread.
+  const source = new Uint8Array(pages * wasmPageBytes).fill(3)
+  const copyTimes: number[] = []
+  for (let round = 0; round < 5; round++) {
+    const started = performance.now()
+    source.slice()
+    copyTimes.push(performance.now() - started)
+  }
+  const copyMs = median(copyTimes)
+  const fullMs = median(full.map((entry) => entry.costMs))
+  rows.push({
+    name: 'Full save (capture in the worker), per MiB',
+    value: (fullMs / mebibytes).toFixed(3),
+    unit: 'ms/MiB',
+    note: `${fullMs.toFixed(1)} ms for 64 MiB; a plain 64 MiB copy takes ${copyMs.toFixed(1)} ms (${(fullMs / copyMs).toFixed(2)}x)`,
+  })
+  const deltaMs = median(deltas.map((entry) => entry.costMs))
+  rows.push({
+    name: 'Incremental save, 64 MiB memory with 1% of pages dirty',
+    value: deltaMs.toFixed(3),
+    unit: 'ms',
+    note: `median of ${deltas.length}; ${median(deltas.map((entry) => entry.save.pageIndexes.length))} pages carried (goal <= 2 ms)`,
+  })
+
+  const lastDelta = deltas.at(-1)!.save
+  const encodeTimes: number[] = []
+  let encoded: Uint8Array = new Uint8Array(0)
+  for (let round = 0; round < 5; round++) {
+    const started = performance.now()
+    encoded = await encodeSave(lastDelta)
+    encodeTimes.push(performance.now() - started)
+  }
+  rows.push({
+    name: 'Incremental save encoded for the wire (CBOR + SHA-256 digest)',
+    value: median(encodeTimes).toFixed(3),
+    unit: 'ms',
+    note: `${(encoded.length / 1024).toFixed(0)} KiB`,
+  })
+
+  const chainStart = saves.findLastIndex((entry) => entry.save.baseSequence === null)
+  const chain = saves.slice(chainStart).map((entry) => entry.save)
+  const encodedChain = await Promise.all(chain.map((save) => encodeSave(save)))
+  const restoreTimes: number[] = []
+  for (let round = 0; round < 5; round++) {
+    const started = performance.now()
+    const decoded = await Promise.all(encodedChain.map((bytes) => decodeSave(bytes)))
+    const last = checkChain(decoded)
+    applyChain(decoded, new Uint8Array(last.memoryPages * wasmPageBytes))
+    restoreTimes.push(performance.now() - started)
+  }
+  rows.push({
+    name: 'Restore: decode + verify + apply a chain into 64 MiB',
+    value: median(restoreTimes).toFixed(1),
+    unit: 'ms',
+    note: `full save + ${chain.length - 1} deltas; ${(median(restoreTimes) / copyMs).toFixed(2)}x a plain 64 MiB copy`,
+  })
+  pool.close()
+}
+
+export async function hostBench(): Promise<BenchRow[]> {
+  const rows: BenchRow[] = []
+  await instrumentationOverhead(rows)
+  await saveCosts(rows)
+  return rows
+}
