@@ -36,7 +36,7 @@ export function defaultOutput(source: string): string {
 function run(command: string, args: string[], what: string, install: string): void {
   const result = spawnSync(command, args, { encoding: 'utf8' })
   if (result.error !== undefined && (result.error as NodeJS.ErrnoException).code === 'ENOENT') {
-    throw new BuildError(`${what} is not installed (${command} not found); ${install}`)
+    throw new BuildError(`${command} not found, so the ${what} cannot run; ${install}`)
   }
   if (result.status !== 0) {
     const output = `${result.stdout ?? ''}${result.stderr ?? ''}`.trim()
