@@ -1,0 +1,184 @@
+/**
+ * C guests (guest-sdk/c/fabric.h): the primes example gives the same output as its native build,
+ * also when a thread's worker is killed at a random moment, and thread entries have working libc.
+ *
+ * A failing kill run prints SEED=<n>; rerun that one with
+ *   FABRIC_SEED=<n> npx vitest run test/c-guest.test.ts
+ */
+
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { build } from '../fabric/cli/build.ts'
+import { LocalProcess } from '../host/local-process.ts'
+import { loadProgram, type Program } from '../host/program.ts'
+import { nodeWorkerFactory } from '../host/worker-node.ts'
+import { WorkerPool } from '../host/worker-pool.ts'
+
+const primesSource = 'examples/c-primes/primes.c'
+const threadsSource = 'test/fixtures/c/threads.c'
+/** Bound, threads, block: about a quarter of a second of work, with a save after every block. */
+const primesArguments = ['600000', '3', '4000']
+const killSeedCount = 20
+/** Minimum time between automatic saves; the example also saves at every block. */
+const saveIntervalMs = 20
+
+interface RunResult {
+  exitCode: number
+  error: string | null
+  /** stdout of each thread, by thread id. */
+  stdout: Map<number, string>
+  stderr: string
+  durationMs: number
+  kill: { threadId: number; hadSave: boolean } | null
+}
+
+/** mulberry32: every choice of a kill run comes from its seed. */
+function seededRandom(seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0
+    let value = state
+    value = Math.imul(value ^ (value >>> 15), value | 1)
+    value ^= value + Math.imul(value ^ (value >>> 7), value | 61)
+    return ((value ^ (value >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+async function run(
+  pool: WorkerPool,
+  program: Program,
+  args: string[],
+  killAt?: { delayMs: number; random: () => number },
+): Promise<RunResult> {
+  const stdout = new Map<number, string>()
+  let stderr = ''
+  const decoder = new TextDecoder()
+  const started = performance.now()
+  const process = new LocalProcess({
+    pool,
+    program,
+    args: ['program', ...args],
+    seed: 1,
+    saveIntervalMs,
+    onOutput: (threadId, fd, bytes) => {
+      const text = decoder.decode(bytes)
+      if (fd === 1) stdout.set(threadId, (stdout.get(threadId) ?? '') + text)
+      else stderr += text
+    },
+  })
+  let kill: RunResult['kill'] = null
+  const timer =
+    killAt === undefined
+      ? null
+      : setTimeout(() => {
+          const live = process.threadIds().filter((threadId) => process.isRunning(threadId))
+          if (live.length === 0) return
+          const threadId = live[Math.floor(killAt.random() * live.length)]!
+          const hadSave = process.saveCount(threadId) > 0
+          if (process.killWorker(threadId)) kill = { threadId, hadSave }
+        }, killAt.delayMs)
+  const result = await process.result
+  if (timer !== null) clearTimeout(timer)
+  return {
+    exitCode: result.exitCode,
+    error: result.error === null ? null : `${result.error.name}: ${result.error.message}`,
+    stdout,
+    stderr,
+    durationMs: performance.now() - started,
+    kill,
+  }
+}
+
+describe('C guests', () => {
+  let directory: string
+  let pool: WorkerPool
+  let primes: Program
+  let nativeOutput: string
+
+  beforeAll(async () => {
+    directory = mkdtempSync(join(tmpdir(), 'fabric-c-guest-'))
+    const wasm = build({ source: primesSource, output: join(directory, 'primes.wasm') })
+    primes = await loadProgram(new Uint8Array(readFileSync(wasm.output)))
+    const native = join(directory, 'primes-native')
+    const compiled = spawnSync(
+      'gcc',
+      ['-O2', '-Wall', '-Werror', '-Iguest-sdk/c', primesSource, '-o', native],
+      {
+        encoding: 'utf8',
+      },
+    )
+    expect(compiled.status, compiled.stderr).toBe(0)
+    const ran = spawnSync(native, primesArguments, { encoding: 'utf8' })
+    expect(ran.status, ran.stderr).toBe(0)
+    nativeOutput = ran.stdout
+    pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 2 })
+  })
+
+  afterAll(() => {
+    pool?.close()
+    if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
+  })
+
+  it('primes example: output equals the native build of the same source', async () => {
+    const result = await run(pool, primes, primesArguments)
+    expect(result.error).toBeNull()
+    expect(result.exitCode).toBe(0)
+    expect(result.stderr).toBe('')
+    expect(nativeOutput).toMatch(/^total: \d+ primes below 600000\n$/m)
+    expect(result.stdout.get(0)).toBe(nativeOutput)
+  })
+
+  it(`primes example: a worker killed at a random moment changes nothing (${killSeedCount} seeds)`, async () => {
+    // The first run may also start workers; the second shows how long the program itself runs.
+    await run(pool, primes, primesArguments)
+    const reference = await run(pool, primes, primesArguments)
+    expect(reference.stdout.get(0)).toBe(nativeOutput)
+    const only = process.env.FABRIC_SEED
+    const seeds =
+      only === undefined ? Array.from({ length: killSeedCount }, (_, index) => index + 1) : [Number(only)]
+    let kills = 0
+    let killsWithSave = 0
+    for (const seed of seeds) {
+      const random = seededRandom(seed)
+      const delayMs = random() * reference.durationMs
+      const result = await run(pool, primes, primesArguments, { delayMs, random })
+      const where = `SEED=${seed} (killed ${JSON.stringify(result.kill)} at ${delayMs.toFixed(0)} ms); rerun: FABRIC_SEED=${seed} npx vitest run test/c-guest.test.ts`
+      expect(result.error, where).toBeNull()
+      expect(result.exitCode, where).toBe(0)
+      expect(result.stdout.get(0), where).toBe(nativeOutput)
+      if (result.kill !== null) kills++
+      if (result.kill?.hadSave) killsWithSave++
+    }
+    // Most moments fall inside the run; a test that never kills would prove nothing.
+    if (only === undefined) expect(kills).toBeGreaterThanOrEqual(killSeedCount / 2)
+    console.log(
+      `c-guest: ${kills} of ${seeds.length} runs killed a worker (${killsWithSave} restored from a save); undisturbed run ${reference.durationMs.toFixed(0)} ms`,
+    )
+  })
+
+  it('thread entries: constructors, malloc and stdio work, and unflushed output appears', async () => {
+    const wasm = build({ source: threadsSource, output: join(directory, 'threads.wasm') })
+    const program = await loadProgram(new Uint8Array(readFileSync(wasm.output)))
+    const result = await run(pool, program, ['one', 'two words'])
+    expect(result.error).toBeNull()
+    expect(result.exitCode).toBe(3)
+    expect(result.stdout.get(0)).toBe(
+      [
+        'main: 3 arguments, last "two words"',
+        'joined thread 1: worker 1 is done',
+        'joined thread 2: worker 2 is done',
+        'nested: 25 bytes (first inne): inner is done, via nested',
+        'spawn of a missing entry: -2',
+        'join of a missing thread: -1',
+        '',
+      ].join('\n'),
+    )
+    expect(result.stdout.get(1)).toBe('hello from worker 1 (thread 1)\nunterminated line of thread 1')
+    expect(result.stdout.get(2)).toBe('hello from worker 2 (thread 2)\nunterminated line of thread 2')
+    expect(result.stdout.has(3)).toBe(false)
+    expect(result.stdout.get(4)).toBe('hello from inner (thread 4)\nunterminated line of thread 4')
+  })
+})
