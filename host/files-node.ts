@@ -16,7 +16,7 @@
  * recorded replies, so reads, writes, creates and renames happen once.
  */
 
-import { type BigIntStats, constants as fsConstants, realpathSync, type Stats, statSync } from 'node:fs'
+import { type BigIntStats, constants as fileConstants, realpathSync, type Stats, statSync } from 'node:fs'
 import {
   type FileHandle,
   lstat,
@@ -150,7 +150,7 @@ const nodeErrorCodes: Record<string, number> = {
 }
 
 /** Runs a node:fs call; its expected errors become the matching WASI errno. */
-async function system<T>(operation: Promise<T>): Promise<T> {
+async function fileSystemCall<T>(operation: Promise<T>): Promise<T> {
   try {
     return await operation
   } catch (error) {
@@ -271,7 +271,7 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
     if (parts.length === 0) return base.hostPath
     const last = parts.pop()!
     // Links in the leading components are always followed; where they lead must stay inside.
-    const parent = await system(realpath(join(base.hostPath, ...parts)))
+    const parent = await fileSystemCall(realpath(join(base.hostPath, ...parts)))
     if (!inside(parent)) throw new CallFailure(wasiErrno.notcapable)
     const candidate = join(parent, last)
     if (!follow) return candidate
@@ -282,7 +282,7 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
       return candidate // does not exist (yet): the operation itself reports what it needs
     }
     if (!linked) return candidate
-    const target = await system(realpath(candidate))
+    const target = await fileSystemCall(realpath(candidate))
     if (!inside(target)) throw new CallFailure(wasiErrno.notcapable)
     return target
   }
@@ -300,13 +300,13 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
   }
 
   const listDirectory = async (hostPath: string): Promise<DirectoryListing> => {
-    const entries = (await system(readdir(hostPath))).sort().slice(0, directoryEntriesMax - 2)
+    const entries = (await fileSystemCall(readdir(hostPath))).sort().slice(0, directoryEntriesMax - 2)
     const listing: DirectoryListing = { names: ['.', '..'], types: [], inodes: [] }
-    const self = await system(stat(hostPath, { bigint: true }))
+    const self = await fileSystemCall(stat(hostPath, { bigint: true }))
     listing.types.push(wasiFileType.directory, wasiFileType.directory)
     listing.inodes.push(
       self.ino,
-      hostPath === root ? self.ino : (await system(stat(dirname(hostPath), { bigint: true }))).ino,
+      hostPath === root ? self.ino : (await fileSystemCall(stat(dirname(hostPath), { bigint: true }))).ino,
     )
     for (const name of entries) {
       try {
@@ -325,9 +325,13 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
     string,
     (files: ThreadFiles, args: number[], payload: Uint8Array | null) => Promise<Uint8Array | null>
   > = {
-    async path_open(files, [dirFd = -1, lookupFlags = 0, openFlags = 0, rights = 0, fdFlags = 0], payload) {
+    async path_open(
+      files,
+      [directoryFd = -1, lookupFlags = 0, openFlags = 0, rights = 0, fdFlags = 0],
+      payload,
+    ) {
       const follow = (lookupFlags & wasiLookupSymlinkFollow) !== 0
-      const hostPath = await pathOf(files, dirFd, payload, follow)
+      const hostPath = await pathOf(files, directoryFd, payload, follow)
       const fd = lowestFreeDescriptor(files)
       const existing = await lstat(hostPath).catch(() => null)
       if (existing?.isSymbolicLink()) throw new CallFailure(wasiErrno.loop) // O_NOFOLLOW on a link
@@ -346,16 +350,20 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
         return encodeUint32(fd)
       }
       let flags =
-        readable && writable ? fsConstants.O_RDWR : writable ? fsConstants.O_WRONLY : fsConstants.O_RDONLY
-      if ((openFlags & wasiOpenFlags.create) !== 0) flags |= fsConstants.O_CREAT
-      if ((openFlags & wasiOpenFlags.exclusive) !== 0) flags |= fsConstants.O_EXCL
+        readable && writable
+          ? fileConstants.O_RDWR
+          : writable
+            ? fileConstants.O_WRONLY
+            : fileConstants.O_RDONLY
+      if ((openFlags & wasiOpenFlags.create) !== 0) flags |= fileConstants.O_CREAT
+      if ((openFlags & wasiOpenFlags.exclusive) !== 0) flags |= fileConstants.O_EXCL
       if ((openFlags & wasiOpenFlags.truncate) !== 0) {
         if (!writable) throw new CallFailure(wasiErrno.inval)
-        flags |= fsConstants.O_TRUNC
+        flags |= fileConstants.O_TRUNC
       }
       // The path was resolved above; refuse a link that appeared since rather than follow it.
-      flags |= fsConstants.O_NOFOLLOW
-      const handle = await system(open(hostPath, flags, 0o666))
+      flags |= fileConstants.O_NOFOLLOW
+      const handle = await fileSystemCall(open(hostPath, flags, 0o666))
       files.descriptors.set(fd, {
         kind: 'file',
         hostPath,
@@ -369,47 +377,47 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
     },
 
     async fd_read(files, [fd = -1, capacity = 0]) {
-      const open = file(files, fd)
-      if (!open.readable) throw new CallFailure(wasiErrno.badf)
+      const opened = file(files, fd)
+      if (!opened.readable) throw new CallFailure(wasiErrno.badf)
       const out = new Uint8Array(Math.min(capacity, transferBytesMax))
-      const { bytesRead } = await system(open.handle.read(out, 0, out.length, open.position))
-      open.position += bytesRead
+      const { bytesRead } = await fileSystemCall(opened.handle.read(out, 0, out.length, opened.position))
+      opened.position += bytesRead
       return out.subarray(0, bytesRead)
     },
 
     async fd_pread(files, [fd = -1, capacity = 0, offset = 0]) {
-      const open = file(files, fd)
-      if (!open.readable) throw new CallFailure(wasiErrno.badf)
+      const opened = file(files, fd)
+      if (!opened.readable) throw new CallFailure(wasiErrno.badf)
       const out = new Uint8Array(Math.min(capacity, transferBytesMax))
-      const { bytesRead } = await system(open.handle.read(out, 0, out.length, checkOffset(offset)))
+      const { bytesRead } = await fileSystemCall(opened.handle.read(out, 0, out.length, checkOffset(offset)))
       return out.subarray(0, bytesRead)
     },
 
     async fd_write(files, [fd = -1], payload) {
-      const open = file(files, fd)
-      if (!open.writable) throw new CallFailure(wasiErrno.badf)
+      const opened = file(files, fd)
+      if (!opened.writable) throw new CallFailure(wasiErrno.badf)
       const data = payload ?? new Uint8Array(0)
-      if (open.append) open.position = Number((await system(open.handle.stat())).size)
-      const written = await writeAll(open.handle, data, open.position)
-      open.position += written
+      if (opened.append) opened.position = Number((await fileSystemCall(opened.handle.stat())).size)
+      const written = await writeAll(opened.handle, data, opened.position)
+      opened.position += written
       return encodeUint32(written)
     },
 
     async fd_pwrite(files, [fd = -1, offset = 0], payload) {
-      const open = file(files, fd)
-      if (!open.writable) throw new CallFailure(wasiErrno.badf)
-      return encodeUint32(await writeAll(open.handle, payload ?? new Uint8Array(0), checkOffset(offset)))
+      const opened = file(files, fd)
+      if (!opened.writable) throw new CallFailure(wasiErrno.badf)
+      return encodeUint32(await writeAll(opened.handle, payload ?? new Uint8Array(0), checkOffset(offset)))
     },
 
     async fd_seek(files, [fd = -1, offset = 0, whence = -1]) {
-      const open = file(files, fd)
+      const opened = file(files, fd)
       let base: number
       if (whence === wasiWhence.set) base = 0
-      else if (whence === wasiWhence.current) base = open.position
-      else if (whence === wasiWhence.end) base = Number((await system(open.handle.stat())).size)
+      else if (whence === wasiWhence.current) base = opened.position
+      else if (whence === wasiWhence.end) base = Number((await fileSystemCall(opened.handle.stat())).size)
       else throw new CallFailure(wasiErrno.inval)
-      open.position = checkOffset(base + offset)
-      return encodeUint64(open.position)
+      opened.position = checkOffset(base + offset)
+      return encodeUint64(opened.position)
     },
 
     async fd_tell(files, [fd = -1]) {
@@ -417,62 +425,63 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
     },
 
     async fd_close(files, [fd = -1]) {
-      const open = descriptor(files, fd)
-      if (open.kind === 'directory' && open.preopen) throw new CallFailure(wasiErrno.notsup)
+      const opened = descriptor(files, fd)
+      if (opened.kind === 'directory' && opened.preopen) throw new CallFailure(wasiErrno.notsup)
       files.descriptors.delete(fd)
-      if (open.kind === 'file') await system(open.handle.close())
+      if (opened.kind === 'file') await fileSystemCall(opened.handle.close())
       return null
     },
 
     async fd_sync(files, [fd = -1]) {
-      const open = descriptor(files, fd)
-      if (open.kind === 'file') await system(open.handle.sync())
+      const opened = descriptor(files, fd)
+      if (opened.kind === 'file') await fileSystemCall(opened.handle.sync())
       return null
     },
 
     async fd_datasync(files, [fd = -1]) {
-      const open = descriptor(files, fd)
-      if (open.kind === 'file') await system(open.handle.datasync())
+      const opened = descriptor(files, fd)
+      if (opened.kind === 'file') await fileSystemCall(opened.handle.datasync())
       return null
     },
 
     async fd_fdstat_get(files, [fd = -1]) {
-      const open = descriptor(files, fd)
-      if (open.kind === 'directory') return encodeFdstat({ fileType: wasiFileType.directory, append: false })
-      const stats = await system(open.handle.stat())
-      return encodeFdstat({ fileType: fileTypeOf(stats), append: open.append })
+      const opened = descriptor(files, fd)
+      if (opened.kind === 'directory')
+        return encodeFdstat({ fileType: wasiFileType.directory, append: false })
+      const stats = await fileSystemCall(opened.handle.stat())
+      return encodeFdstat({ fileType: fileTypeOf(stats), append: opened.append })
     },
 
     async fd_fdstat_set_flags(files, [fd = -1, flags = 0]) {
-      const open = descriptor(files, fd)
-      if (open.kind === 'file') open.append = (flags & wasiFdFlags.append) !== 0
+      const opened = descriptor(files, fd)
+      if (opened.kind === 'file') opened.append = (flags & wasiFdFlags.append) !== 0
       return null
     },
 
     async fd_filestat_get(files, [fd = -1]) {
-      const open = descriptor(files, fd)
+      const opened = descriptor(files, fd)
       const stats =
-        open.kind === 'file'
-          ? await system(open.handle.stat({ bigint: true }))
-          : await system(stat(open.hostPath, { bigint: true }))
+        opened.kind === 'file'
+          ? await fileSystemCall(opened.handle.stat({ bigint: true }))
+          : await fileSystemCall(stat(opened.hostPath, { bigint: true }))
       return filestatOf(stats)
     },
 
     async fd_filestat_set_size(files, [fd = -1, size = 0]) {
-      const open = file(files, fd)
-      if (!open.writable) throw new CallFailure(wasiErrno.inval)
-      await system(open.handle.truncate(checkOffset(size)))
+      const opened = file(files, fd)
+      if (!opened.writable) throw new CallFailure(wasiErrno.inval)
+      await fileSystemCall(opened.handle.truncate(checkOffset(size)))
       return null
     },
 
     async fd_filestat_set_times(files, [fd = -1, accessNs = 0, modifyNs = 0, timeFlags = 0]) {
-      const open = file(files, fd)
-      const stats = await system(open.handle.stat())
+      const opened = file(files, fd)
+      const stats = await fileSystemCall(opened.handle.stat())
       const nowSeconds = Date.now() / 1000
       const pick = (given: number, nowFlag: number, setFlag: number, current: number) =>
         (timeFlags & nowFlag) !== 0 ? nowSeconds : (timeFlags & setFlag) !== 0 ? given / 1e9 : current
-      await system(
-        open.handle.utimes(
+      await fileSystemCall(
+        opened.handle.utimes(
           pick(accessNs, wasiTimeFlags.accessNow, wasiTimeFlags.access, stats.atimeMs / 1000),
           pick(modifyNs, wasiTimeFlags.modifyNow, wasiTimeFlags.modify, stats.mtimeMs / 1000),
         ),
@@ -480,16 +489,16 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
       return null
     },
 
-    async path_filestat_get(files, [dirFd = -1, lookupFlags = 0], payload) {
+    async path_filestat_get(files, [directoryFd = -1, lookupFlags = 0], payload) {
       const follow = (lookupFlags & wasiLookupSymlinkFollow) !== 0
-      const hostPath = await pathOf(files, dirFd, payload, follow)
-      return filestatOf(await system(lstat(hostPath, { bigint: true })))
+      const hostPath = await pathOf(files, directoryFd, payload, follow)
+      return filestatOf(await fileSystemCall(lstat(hostPath, { bigint: true })))
     },
 
     async fd_readdir(files, [fd = -1, capacity = 0, cookie = 0]) {
-      const open = directory(files, fd)
-      if (cookie === 0 || open.listing === null) open.listing = await listDirectory(open.hostPath)
-      const { names, types, inodes } = open.listing
+      const opened = directory(files, fd)
+      if (cookie === 0 || opened.listing === null) opened.listing = await listDirectory(opened.hostPath)
+      const { names, types, inodes } = opened.listing
       const out = new Uint8Array(Math.min(capacity, transferBytesMax))
       const encoder = new TextEncoder()
       let used = 0
@@ -512,31 +521,31 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
       return out.subarray(0, used)
     },
 
-    async path_create_directory(files, [dirFd = -1], payload) {
-      await system(mkdir(await pathOf(files, dirFd, payload, false)))
+    async path_create_directory(files, [directoryFd = -1], payload) {
+      await fileSystemCall(mkdir(await pathOf(files, directoryFd, payload, false)))
       return null
     },
 
-    async path_remove_directory(files, [dirFd = -1], payload) {
-      const hostPath = await pathOf(files, dirFd, payload, false)
+    async path_remove_directory(files, [directoryFd = -1], payload) {
+      const hostPath = await pathOf(files, directoryFd, payload, false)
       if (hostPath === root) throw new CallFailure(wasiErrno.busy)
-      await system(rmdir(hostPath))
+      await fileSystemCall(rmdir(hostPath))
       return null
     },
 
-    async path_unlink_file(files, [dirFd = -1], payload) {
-      const hostPath = await pathOf(files, dirFd, payload, false)
-      if ((await system(lstat(hostPath))).isDirectory()) throw new CallFailure(wasiErrno.isdir)
-      await system(unlink(hostPath))
+    async path_unlink_file(files, [directoryFd = -1], payload) {
+      const hostPath = await pathOf(files, directoryFd, payload, false)
+      if ((await fileSystemCall(lstat(hostPath))).isDirectory()) throw new CallFailure(wasiErrno.isdir)
+      await fileSystemCall(unlink(hostPath))
       return null
     },
 
-    async path_rename(files, [dirFd = -1, newDirFd = -1, oldPathBytes = 0], payload) {
+    async path_rename(files, [directoryFd = -1, newDirectoryFd = -1, oldPathBytes = 0], payload) {
       if (payload === null || oldPathBytes > payload.length) throw new GuestCallError('malformed path_rename')
-      const from = await pathOf(files, dirFd, payload.subarray(0, oldPathBytes), false)
-      const to = await pathOf(files, newDirFd, payload.subarray(oldPathBytes), false)
+      const from = await pathOf(files, directoryFd, payload.subarray(0, oldPathBytes), false)
+      const to = await pathOf(files, newDirectoryFd, payload.subarray(oldPathBytes), false)
       if (from === root || to === root) throw new CallFailure(wasiErrno.busy)
-      await system(rename(from, to))
+      await fileSystemCall(rename(from, to))
       return null
     },
   }
@@ -585,8 +594,8 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
   }
 
   const closeThread = async (files: ThreadFiles) => {
-    const handles = [...files.descriptors.values()].flatMap((open) =>
-      open.kind === 'file' ? [open.handle] : [],
+    const handles = [...files.descriptors.values()].flatMap((entry) =>
+      entry.kind === 'file' ? [entry.handle] : [],
     )
     files.descriptors.clear()
     files.replies.clear()
@@ -604,8 +613,10 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
         return recorded.reply
       }
       if (call.callSequence <= files.highestSequence) {
-        throw new GuestCallError(
-          `thread ${threadId} repeated file call ${call.name} (#${call.callSequence}) after a restore, but its reply is no longer recorded (more than ${replayLogEntriesMax} calls or ${replayLogBytesMax} bytes since its last save); save more often`,
+        return Promise.reject(
+          new GuestCallError(
+            `thread ${threadId} repeated file call ${call.name} (#${call.callSequence}) after a restore, but its reply is no longer recorded (more than ${replayLogEntriesMax} calls or ${replayLogBytesMax} bytes since its last save); save more often`,
+          ),
         )
       }
       files.highestSequence = call.callSequence
@@ -632,7 +643,7 @@ export function nodeDirectoryFileSystem(mapping: DirectoryMapping): NodeDirector
 async function writeAll(handle: FileHandle, data: Uint8Array, position: number): Promise<number> {
   let written = 0
   while (written < data.length) {
-    const { bytesWritten } = await system(
+    const { bytesWritten } = await fileSystemCall(
       handle.write(data, written, data.length - written, position + written),
     )
     if (bytesWritten === 0) break

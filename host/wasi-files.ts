@@ -9,7 +9,7 @@
  *
  * | name | args | payload in | reply payload |
  * | --- | --- | --- | --- |
- * | path_open | dirFd, lookupFlags, openFlags, rights (low 32 bits), fdFlags | path | fd (u32) |
+ * | path_open | directoryFd, lookupFlags, openFlags, rights (low 32 bits), fdFlags | path | fd (u32) |
  * | fd_read | fd, capacity | - | bytes read |
  * | fd_pread | fd, capacity, offset | - | bytes read |
  * | fd_write | fd | bytes | count written (u32) |
@@ -22,10 +22,10 @@
  * | fd_filestat_get | fd | - | filestat (64 bytes, WASI layout) |
  * | fd_filestat_set_size | fd, size | - | - |
  * | fd_filestat_set_times | fd, accessNs, modifyNs, timeFlags | - | - |
- * | path_filestat_get | dirFd, lookupFlags | path | filestat (64 bytes) |
+ * | path_filestat_get | directoryFd, lookupFlags | path | filestat (64 bytes) |
  * | fd_readdir | fd, capacity, cookie | - | dirents (WASI layout, last one possibly cut) |
- * | path_create_directory, path_remove_directory, path_unlink_file | dirFd | path | - |
- * | path_rename | dirFd, newDirFd, old path length | old path, then new path | - |
+ * | path_create_directory, path_remove_directory, path_unlink_file | directoryFd | path | - |
+ * | path_rename | directoryFd, newDirectoryFd, old path length | old path, then new path | - |
  *
  * The reply's `result` is a WASI errno. Offsets and sizes travel as numbers (exact below 2^53).
  */
@@ -131,9 +131,10 @@ export function encodeFilestat(status: FileStatus): Uint8Array {
   view.setUint8(16, status.fileType)
   view.setBigUint64(24, status.linkCount, true)
   view.setBigUint64(32, status.size, true)
-  view.setBigUint64(40, status.accessNs, true)
-  view.setBigUint64(48, status.modifyNs, true)
-  view.setBigUint64(56, status.changeNs, true)
+  // Times before 1970 are negative; WASI timestamps are unsigned, so they wrap as in C.
+  view.setBigUint64(40, BigInt.asUintN(64, status.accessNs), true)
+  view.setBigUint64(48, BigInt.asUintN(64, status.modifyNs), true)
+  view.setBigUint64(56, BigInt.asUintN(64, status.changeNs), true)
   return out
 }
 
@@ -291,8 +292,8 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
   const simple = (name: string) => (fd: number) => call(() => ({ name, args: [fd], payload: null }))
   const pathCall =
     (name: string) =>
-    (dirFd: number, pathPointer: number, pathLength: number): WasiResult =>
-      call(() => ({ name, args: [dirFd], payload: readPath(pathPointer, pathLength) }))
+    (directoryFd: number, pathPointer: number, pathLength: number): WasiResult =>
+      call(() => ({ name, args: [directoryFd], payload: readPath(pathPointer, pathLength) }))
 
   return {
     fd_prestat_get: (fd, result) => {
@@ -334,7 +335,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
     fd_fdstat_set_flags: (fd, flags) =>
       call(() => ({ name: 'fd_fdstat_set_flags', args: [fd, flags], payload: null })),
     path_open: (
-      dirFd,
+      directoryFd,
       lookupFlags,
       pathPointer,
       pathLength,
@@ -350,7 +351,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
           const rights = Number(BigInt(rightsBase) & 0xffffffffn)
           return {
             name: 'path_open',
-            args: [dirFd, lookupFlags, openFlags, rights, fdFlags],
+            args: [directoryFd, lookupFlags, openFlags, rights, fdFlags],
             payload: readPath(pathPointer, pathLength),
           }
         },
@@ -445,13 +446,13 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
         args: [fd, integer64(accessNs), integer64(modifyNs), timeFlags],
         payload: null,
       })),
-    path_filestat_get: (dirFd, lookupFlags, pathPointer, pathLength, result) =>
+    path_filestat_get: (directoryFd, lookupFlags, pathPointer, pathLength, result) =>
       call(
         () => {
           checkSpan(result, filestatBytes)
           return {
             name: 'path_filestat_get',
-            args: [dirFd, lookupFlags],
+            args: [directoryFd, lookupFlags],
             payload: readPath(pathPointer, pathLength),
           }
         },
@@ -478,14 +479,14 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
     path_create_directory: pathCall('path_create_directory'),
     path_remove_directory: pathCall('path_remove_directory'),
     path_unlink_file: pathCall('path_unlink_file'),
-    path_rename: (dirFd, oldPointer, oldLength, newDirFd, newPointer, newLength) =>
+    path_rename: (directoryFd, oldPointer, oldLength, newDirectoryFd, newPointer, newLength) =>
       call(() => {
         const oldPath = readPath(oldPointer, oldLength)
         const newPath = readPath(newPointer, newLength)
         const payload = new Uint8Array(oldPath.length + newPath.length)
         payload.set(oldPath, 0)
         payload.set(newPath, oldPath.length)
-        return { name: 'path_rename', args: [dirFd, newDirFd, oldPath.length], payload }
+        return { name: 'path_rename', args: [directoryFd, newDirectoryFd, oldPath.length], payload }
       }),
     // A hint only; nothing to do for a mapped directory.
     fd_advise: () => wasiErrno.success,
