@@ -2,8 +2,9 @@
  * WASI preview 1 file calls inside the worker: marshals guest memory into host calls that the
  * embedding's `GuestFileSystem` answers (host/files.ts), and writes the replies back into guest
  * memory. The guest is suspended until the reply comes. Descriptor tables live with the embedding,
- * not here, so a thread restored in a fresh worker finds its open files where it left them; only the
- * preopened directories are answered here, because wasi-libc asks for them synchronously at start.
+ * not here, so a thread restored in a fresh worker finds its open files where it left them. Only the
+ * preopened directories (and fd_advise, a mere hint) are answered here: wasi-libc asks for the
+ * preopens synchronously at start, before any reply could arrive.
  *
  * Encoding of a host call (module `wasi_snapshot_preview1`, name = the WASI function):
  *
