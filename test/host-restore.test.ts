@@ -33,8 +33,11 @@ describe('context save and restore: a thread whose worker dies continues from it
       for (let seed = 1; seed <= seedCount; seed++) {
         const random = seededRandom(seed)
         const killCount = 1 + Math.floor(random() * 3)
-        const atMs = Array.from({ length: killCount }, () => (0.05 + random() * 0.65) * reference.durationMs)
-        const run = await runProgram(pool, program, example.args, { kill: { atMs, random } })
+        const triggers = Array.from({ length: killCount }, () => ({
+          afterSaves: Math.floor(random() * reference.saves * 0.8),
+          delayMs: random() * 20,
+        }))
+        const run = await runProgram(pool, program, example.args, { kill: { triggers, random } })
         kills += run.kills
         killsWithSave += run.killsWithSave
         if (JSON.stringify(summary(run)) !== JSON.stringify(summary(reference))) {

@@ -17,6 +17,8 @@ export interface RunOutput {
   kills: number
   /** Kills that hit a thread that had a save to restore from. */
   killsWithSave: number
+  /** Context saves taken during the run, all threads together. */
+  saves: number
   durationMs: number
 }
 
@@ -41,8 +43,12 @@ export function seededRandom(seed: number): () => number {
 }
 
 export interface KillPlan {
-  /** Times after start (ms) at which a random live thread's worker is killed. */
-  atMs: number[]
+  /**
+   * Each trigger kills the worker of a random live thread `delayMs` after the process has taken
+   * `afterSaves` context saves in all: a moment tied to the program's progress, not to the load
+   * of the machine, and anywhere within the computation that follows that save.
+   */
+  triggers: Array<{ afterSaves: number; delayMs: number }>
   random: () => number
 }
 
@@ -56,6 +62,34 @@ export async function runProgram(
   let stderr = ''
   const decoder = new TextDecoder()
   const started = performance.now()
+  let kills = 0
+  let killsWithSave = 0
+  const timers: Array<ReturnType<typeof setTimeout>> = []
+  const killRandomThread = () => {
+    const live = process.threadIds().filter((id) => process.isRunning(id))
+    if (live.length === 0) return
+    const victim = live[Math.floor(options.kill!.random() * live.length)]!
+    const hadSave = process.saveCount(victim) > 0
+    if (process.killWorker(victim)) {
+      kills++
+      if (hadSave) killsWithSave++
+    }
+  }
+  let savesTaken = 0
+  const pending = [...(options.kill?.triggers ?? [])].sort(
+    (left, right) => left.afterSaves - right.afterSaves,
+  )
+  const onSave = options.onSave
+  options = {
+    ...options,
+    onSave: (threadId, save, costMs) => {
+      onSave?.(threadId, save, costMs)
+      savesTaken++
+      while (pending.length > 0 && pending[0]!.afterSaves <= savesTaken) {
+        timers.push(setTimeout(killRandomThread, pending.shift()!.delayMs))
+      }
+    },
+  }
   const process = new LocalProcess({
     pool,
     program,
@@ -69,20 +103,9 @@ export async function runProgram(
       else stderr += text
     },
   })
-  let kills = 0
-  let killsWithSave = 0
-  const timers = (options.kill?.atMs ?? []).map((atMs) =>
-    setTimeout(() => {
-      const live = process.threadIds().filter((id) => process.isRunning(id))
-      if (live.length === 0) return
-      const victim = live[Math.floor(options.kill!.random() * live.length)]!
-      const hadSave = process.saveCount(victim) > 0
-      if (process.killWorker(victim)) {
-        kills++
-        if (hadSave) killsWithSave++
-      }
-    }, atMs),
-  )
+  while (pending.length > 0 && pending[0]!.afterSaves <= 0) {
+    timers.push(setTimeout(killRandomThread, pending.shift()!.delayMs))
+  }
   const result = await process.result
   for (const timer of timers) clearTimeout(timer)
   return {
@@ -93,6 +116,7 @@ export async function runProgram(
     stderr,
     kills,
     killsWithSave,
+    saves: savesTaken,
     durationMs: performance.now() - started,
   }
 }
