@@ -107,6 +107,12 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
   return Buffer.from(digest).toString('hex')
 }
 
+/**
+ * Version of what instrumentation does (passes, ABI's blocking imports, layout). Part of every
+ * cache key: bump it whenever the output for the same input would change.
+ */
+export const instrumentationVersion = 2
+
 const memoryCache = new Map<string, Promise<InstrumentedModule>>()
 
 /** A second-level cache (the Node adapter keeps one on disk); keyed by the original's digest. */

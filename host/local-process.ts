@@ -10,7 +10,7 @@ import { importModuleWasi } from './abi.ts'
 import { type FabricHostError, GuestCallError, WorkerLostError } from './errors.ts'
 import type { GuestFileSystem } from './files.ts'
 import type { Program } from './program.ts'
-import type { ContextSave } from './snapshot.ts'
+import type { EncodedSave } from './snapshot.ts'
 import { type HostCall, type HostCallReply, type ThreadOutcome, ThreadRunner } from './thread-runner.ts'
 import type { WorkerPool } from './worker-pool.ts'
 
@@ -46,7 +46,7 @@ export interface ProcessOptions {
   /** Called with each piece of output as it arrives, at most once per write. */
   onOutput?: (threadId: number, fd: number, bytes: Uint8Array) => void
   /** Called after each context save (replication hooks here in fabric/). */
-  onSave?: (threadId: number, save: ContextSave, costMs: number) => void
+  onSave?: (threadId: number, save: EncodedSave, costMs: number) => void
 }
 
 export interface ProcessResult {
@@ -60,7 +60,7 @@ interface ThreadState {
   entry: string
   arg: Uint8Array
   seed: number
-  chain: ContextSave[]
+  chain: EncodedSave[]
   log: Array<[number, bigint]>
   /** Highest call sequence number whose output was shown, per fd. */
   shownThrough: Map<number, number>
@@ -156,7 +156,7 @@ export class LocalProcess {
 
   private launch(thread: ThreadState): void {
     const { program, pool } = this.options
-    const restore = thread.chain.length > 0 ? thread.chain.slice() : null
+    const restore = thread.chain.length > 0 ? thread.chain.map((save) => save.bytes) : null
     const runner = new ThreadRunner(
       pool,
       {
@@ -179,15 +179,15 @@ export class LocalProcess {
         preopens: this.options.files?.preopens.slice() ?? [],
         restore,
         replayLog: thread.log.slice(),
-        nextSaveSequence: (thread.chain.at(-1)?.sequence ?? 0) + 1,
+        nextSaveSequence: (thread.chain.at(-1)?.summary.sequence ?? 0) + 1,
       },
       {
         output: (fd, bytes, callSequence) => this.output(thread, fd, bytes, callSequence),
         call: (call) => this.call(thread, call),
         save: (save, costMs) => {
-          if (save.baseSequence === null) thread.chain = [save]
+          if (save.summary.baseSequence === null) thread.chain = [save]
           else thread.chain.push(save)
-          thread.log = thread.log.filter(([sequence]) => sequence > save.callSequence)
+          thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
           this.options.onSave?.(thread.threadId, save, costMs)
         },
         log: (callSequence, value) => thread.log.push([callSequence, value]),

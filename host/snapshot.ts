@@ -63,6 +63,39 @@ export interface ContextSave {
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
 
+/** Encoded save: magic "FBSV", format version (u16, little-endian), SHA-256 of the body, CBOR body. */
+const magic = [0x46, 0x42, 0x53, 0x56]
+const digestBytes = 32
+const headerBytes = magic.length + 2 + digestBytes
+
+/** What the host keeps next to an encoded save, so it need not decode it to manage chains. */
+export interface SaveSummary {
+  threadId: number
+  sequence: number
+  baseSequence: number | null
+  callSequence: number
+  memoryPages: number
+  pageCount: number
+  takenAtMs: number
+}
+
+export interface EncodedSave {
+  summary: SaveSummary
+  bytes: Uint8Array
+}
+
+export function summarize(save: ContextSave): SaveSummary {
+  return {
+    threadId: save.threadId,
+    sequence: save.sequence,
+    baseSequence: save.baseSequence,
+    callSequence: save.callSequence,
+    memoryPages: save.memoryPages,
+    pageCount: save.pageIndexes.length,
+    takenAtMs: save.takenAtMs,
+  }
+}
+
 async function sha256(bytes: Uint8Array): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>))
 }
@@ -74,32 +107,38 @@ function equalBytes(left: Uint8Array, right: Uint8Array): boolean {
 }
 
 export async function encodeSave(save: ContextSave): Promise<Uint8Array> {
-  const body = new Uint8Array(encoder.encode(save))
-  const digest = await sha256(body)
-  return new Uint8Array(encoder.encode({ formatVersion: snapshotFormatVersion, digest, body }))
+  const body = encoder.encode(save) as Uint8Array
+  const out = new Uint8Array(headerBytes + body.length)
+  out.set(magic, 0)
+  new DataView(out.buffer).setUint16(magic.length, snapshotFormatVersion, true)
+  out.set(body, headerBytes)
+  out.set(await sha256(out.subarray(headerBytes)), magic.length + 2)
+  return out
 }
 
 export async function decodeSave(bytes: Uint8Array): Promise<ContextSave> {
   if (bytes.length > snapshotBytesMax)
     throw new SnapshotError(`context save of ${bytes.length} bytes is over the limit`)
-  let envelope: { formatVersion?: unknown; digest?: unknown; body?: unknown }
-  try {
-    envelope = decoder.decode(bytes)
-  } catch {
-    throw new SnapshotError('context save is not valid CBOR')
+  if (bytes.length < headerBytes || magic.some((byte, index) => bytes[index] !== byte)) {
+    throw new SnapshotError('not a Fabric context save (bad magic or too short)')
   }
-  if (envelope?.formatVersion !== snapshotFormatVersion) {
+  const version = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getUint16(magic.length, true)
+  if (version !== snapshotFormatVersion) {
     throw new SnapshotError(
-      `context save has format version ${String(envelope?.formatVersion)}; this host reads ${snapshotFormatVersion}`,
+      `context save has format version ${version}; this host reads ${snapshotFormatVersion}`,
     )
   }
-  if (!(envelope.body instanceof Uint8Array) || !(envelope.digest instanceof Uint8Array)) {
-    throw new SnapshotError('context save lacks its body or digest')
-  }
-  if (!equalBytes(await sha256(envelope.body), envelope.digest)) {
+  const body = bytes.subarray(headerBytes)
+  const digest = bytes.subarray(magic.length + 2, headerBytes)
+  if (!equalBytes(await sha256(body), digest)) {
     throw new SnapshotError('context save digest does not match its contents (damaged in storage or transit)')
   }
-  const save = decoder.decode(envelope.body) as ContextSave
+  let save: ContextSave
+  try {
+    save = decoder.decode(body) as ContextSave
+  } catch {
+    throw new SnapshotError('context save body is not valid CBOR')
+  }
   checkShape(save)
   return save
 }

@@ -4,7 +4,7 @@
  */
 
 import { CpuBudgetExceededError, deserializeError, type FabricHostError, WorkerLostError } from './errors.ts'
-import type { ContextSave } from './snapshot.ts'
+import type { EncodedSave } from './snapshot.ts'
 import type { CallMessage, FromWorker, StartMessage, ThreadLimits } from './worker/protocol.ts'
 import type { Lease, WorkerPool } from './worker-pool.ts'
 
@@ -27,7 +27,7 @@ export interface ThreadEvents {
   /** A host call from the guest (spawn, join, files...). */
   call(call: HostCall): Promise<HostCallReply>
   /** A context save was taken. */
-  save(save: ContextSave, costMs: number): void
+  save(save: EncodedSave, costMs: number): void
   /** A non-deterministic value the guest saw (replayed after a restore). */
   log(callSequence: number, value: bigint): void
 }
@@ -56,7 +56,8 @@ export interface ThreadStart {
   files: boolean
   /** Guest names of the preopened directories (fds 3, 4, ...). */
   preopens: string[]
-  restore: ContextSave[] | null
+  /** Encoded saves to restore from, full save first. */
+  restore: Uint8Array[] | null
   replayLog: Array<[number, bigint]>
   nextSaveSequence: number
 }

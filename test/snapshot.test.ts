@@ -8,13 +8,13 @@ import { createPool, load, runProgram } from './support/run.ts'
 
 async function collectSaves(pool: WorkerPool, incrementalSaves: boolean): Promise<ContextSave[]> {
   const program = await load(guestBytes('test/fixtures/as/mutator.ts'))
-  const saves: ContextSave[] = []
+  const decoded: Array<Promise<ContextSave>> = []
   const run = await runProgram(pool, program, ['40'], {
     incrementalSaves,
-    onSave: (_threadId, save) => saves.push(save),
+    onSave: (_threadId, save) => decoded.push(decodeSave(save.bytes)),
   })
   expect(run.exitCode).toBe(0)
-  return saves
+  return Promise.all(decoded)
 }
 
 /** The chain that restores save `index`: its last full save and the deltas after it. */
@@ -68,6 +68,11 @@ describe('context saves', () => {
     await expect(decodeSave(damaged)).rejects.toThrow(SnapshotError)
     await expect(decodeSave(damaged)).rejects.toThrow(/digest/)
     await expect(decodeSave(encoded.subarray(0, 100))).rejects.toThrow(SnapshotError)
-    await expect(decodeSave(new Uint8Array([0xa1, 0x61, 0x78, 0x01]))).rejects.toThrow(/format version/)
+    const futureVersion = encoded.slice()
+    futureVersion[4] = 99
+    await expect(decodeSave(futureVersion)).rejects.toThrow(/format version 99/)
+    await expect(decodeSave(new Uint8Array([0xa1, 0x61, 0x78, 0x01]))).rejects.toThrow(
+      /not a Fabric context save/,
+    )
   }, 60_000)
 })

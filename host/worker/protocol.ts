@@ -1,7 +1,7 @@
 /** Messages between a thread's worker and the host that drives it (structured-clone safe). */
 
 import type { SerializedError } from '../errors.ts'
-import type { ContextSave, PendingCall } from '../snapshot.ts'
+import type { EncodedSave, PendingCall } from '../snapshot.ts'
 
 export interface ThreadLimits {
   /** Maximum guest linear memory, in 64 KiB pages. */
@@ -28,8 +28,8 @@ export interface StartMessage {
   saveIntervalMs: number
   /** Whether saves after the first carry only the pages written since the previous one. */
   incrementalSaves: boolean
-  /** A chain to restore from (full save first), or none for a fresh start. */
-  restore: ContextSave[] | null
+  /** A chain of encoded saves to restore from (full save first), or none for a fresh start. */
+  restore: Uint8Array[] | null
   /** Results of non-deterministic calls made after the last save, by call sequence number. */
   replayLog: Array<[number, bigint]>
   /** Number of the save to take next (continues the chain after a restore). */
@@ -63,8 +63,8 @@ export interface CallMessage {
 
 export interface SaveMessage {
   type: 'save'
-  save: ContextSave
-  /** Wall time the save took inside the worker. */
+  save: EncodedSave
+  /** Wall time the save took inside the worker: capture, encoding and digest. */
   costMs: number
 }
 

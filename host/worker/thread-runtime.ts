@@ -26,7 +26,15 @@ import {
   hostGlobalMemoryRefusedPages,
   wasmPageBytes,
 } from '../memory-layout.ts'
-import { applyChain, type ContextSave, checkChain, type PendingCall } from '../snapshot.ts'
+import {
+  applyChain,
+  type ContextSave,
+  checkChain,
+  decodeSave,
+  encodeSave,
+  type PendingCall,
+  summarize,
+} from '../snapshot.ts'
 import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
 import { createFileCalls } from '../wasi-files.ts'
 import type { CallMessage, ReplyMessage, StartMessage, WorkerPort } from './protocol.ts'
@@ -99,7 +107,7 @@ export class GuestThread {
     try {
       await this.instantiate()
       const restoring = this.start.restore !== null
-      if (restoring) this.restore(this.start.restore!)
+      if (restoring) await this.restore(this.start.restore!)
       const code = await this.drive(restoring)
       this.port.post({ type: 'exit', code, result: this.result })
     } catch (error) {
@@ -429,14 +437,16 @@ export class GuestThread {
     }
     this.lastSave = { sequence, memoryPages, takenAtMs: save.takenAtMs }
     this.replayLog.clear()
-    this.port.post({ type: 'save', save, costMs: performance.now() - startedAt }, [
-      pageData.buffer,
-      save.asyncifyData.buffer as ArrayBuffer,
+    const bytes = await encodeSave(save)
+    const encoded = { summary: summarize(save), bytes }
+    this.port.post({ type: 'save', save: encoded, costMs: performance.now() - startedAt }, [
+      bytes.buffer as ArrayBuffer,
     ])
   }
 
   /** Puts a fresh instance into the state of the chain's last save, ready to rewind. */
-  private restore(chain: ContextSave[]): void {
+  private async restore(encodedChain: Uint8Array[]): Promise<void> {
+    const chain = await Promise.all(encodedChain.map((bytes) => decodeSave(bytes)))
     const last = checkChain(chain)
     if (last.moduleDigest !== this.start.moduleDigest) {
       throw new GuestCallError('context save belongs to a different module')

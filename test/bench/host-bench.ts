@@ -5,7 +5,7 @@
 
 import { instrument } from '../../host/instrument.ts'
 import { wasmPageBytes } from '../../host/memory-layout.ts'
-import { applyChain, type ContextSave, checkChain, decodeSave, encodeSave } from '../../host/snapshot.ts'
+import { applyChain, checkChain, decodeSave, type EncodedSave } from '../../host/snapshot.ts'
 import { guestBytes } from '../support/guests.ts'
 import { createPool, load, runProgram } from '../support/run.ts'
 
@@ -120,13 +120,13 @@ async function saveCosts(rows: BenchRow[]): Promise<void> {
   const program = await load(guestBytes('test/fixtures/as/dirty-pages.ts'))
   const pages = 1024 // 64 MiB
   const dirtyPages = 10 // 1%
-  const saves: Array<{ save: ContextSave; costMs: number }> = []
+  const saves: Array<{ save: EncodedSave; costMs: number }> = []
   const run = await runProgram(pool, program, [String(pages), String(dirtyPages), '30'], {
     onSave: (_threadId, save, costMs) => saves.push({ save, costMs }),
   })
   if (run.exitCode !== 0) throw new Error(`dirty-pages guest failed: ${run.error}`)
-  const full = saves.filter((entry) => entry.save.baseSequence === null)
-  const deltas = saves.filter((entry) => entry.save.baseSequence !== null)
+  const full = saves.filter((entry) => entry.save.summary.baseSequence === null)
+  const deltas = saves.filter((entry) => entry.save.summary.baseSequence !== null)
   const mebibytes = (pages * wasmPageBytes) / 2 ** 20
 
   // Baseline: copying the same 64 MiB once with a plain typed-array copy, in this thread.
@@ -140,7 +140,7 @@ async function saveCosts(rows: BenchRow[]): Promise<void> {
   const copyMs = median(copyTimes)
   const fullMs = median(full.map((entry) => entry.costMs))
   rows.push({
-    name: 'Full save (capture in the worker), per MiB',
+    name: 'Full save (capture + CBOR + SHA-256, in the worker), per MiB',
     value: (fullMs / mebibytes).toFixed(3),
     unit: 'ms/MiB',
     note: `${fullMs.toFixed(1)} ms for 64 MiB; a plain 64 MiB copy takes ${copyMs.toFixed(1)} ms (${(fullMs / copyMs).toFixed(2)}x)`,
@@ -150,37 +150,21 @@ async function saveCosts(rows: BenchRow[]): Promise<void> {
     name: 'Incremental save, 64 MiB memory with 1% of pages dirty',
     value: deltaMs.toFixed(3),
     unit: 'ms',
-    note: `median of ${deltas.length}; ${median(deltas.map((entry) => entry.save.pageIndexes.length))} pages carried (goal <= 2 ms)`,
+    note: `median of ${deltas.length}; ${median(deltas.map((entry) => entry.save.summary.pageCount))} pages, ${(median(deltas.map((entry) => entry.save.bytes.length)) / 1024).toFixed(0)} KiB encoded (goal <= 2 ms)`,
   })
 
-  const lastDelta = deltas.at(-1)!.save
-  const encodeTimes: number[] = []
-  let encoded: Uint8Array = new Uint8Array(0)
-  for (let round = 0; round < 5; round++) {
-    const started = performance.now()
-    encoded = await encodeSave(lastDelta)
-    encodeTimes.push(performance.now() - started)
-  }
-  rows.push({
-    name: 'Incremental save encoded for the wire (CBOR + SHA-256 digest)',
-    value: median(encodeTimes).toFixed(3),
-    unit: 'ms',
-    note: `${(encoded.length / 1024).toFixed(0)} KiB`,
-  })
-
-  const chainStart = saves.findLastIndex((entry) => entry.save.baseSequence === null)
-  const chain = saves.slice(chainStart).map((entry) => entry.save)
-  const encodedChain = await Promise.all(chain.map((save) => encodeSave(save)))
+  const chainStart = saves.findLastIndex((entry) => entry.save.summary.baseSequence === null)
+  const chain = saves.slice(chainStart).map((entry) => entry.save.bytes)
   const restoreTimes: number[] = []
   for (let round = 0; round < 5; round++) {
     const started = performance.now()
-    const decoded = await Promise.all(encodedChain.map((bytes) => decodeSave(bytes)))
+    const decoded = await Promise.all(chain.map((bytes) => decodeSave(bytes)))
     const last = checkChain(decoded)
     applyChain(decoded, new Uint8Array(last.memoryPages * wasmPageBytes))
     restoreTimes.push(performance.now() - started)
   }
   rows.push({
-    name: 'Restore: decode + verify + apply a chain into 64 MiB',
+    name: 'Restore: verify digests + decode + apply a chain into 64 MiB',
     value: median(restoreTimes).toFixed(1),
     unit: 'ms',
     note: `full save + ${chain.length - 1} deltas; ${(median(restoreTimes) / copyMs).toFixed(2)}x a plain 64 MiB copy`,

@@ -98,7 +98,7 @@ async function runOnce(
       ...worker,
       post: (message, transfer) => {
         if (message.type === 'start' && message.restore !== null) {
-          report.restoredFrom.push(message.restore.at(-1)!.sequence)
+          report.restoredFrom.push(message.nextSaveSequence - 1)
         }
         worker.post(message, transfer)
       },
