@@ -3,10 +3,14 @@
  * restore costs. Each figure is measured next to its baseline in the same run.
  */
 
+import { execFileSync, spawnSync } from 'node:child_process'
+import { mkdtempSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { instrument } from '../../host/instrument.ts'
 import { wasmPageBytes } from '../../host/memory-layout.ts'
 import { applyChain, checkChain, decodeSave, type EncodedSave } from '../../host/snapshot.ts'
-import { guestBytes } from '../support/guests.ts'
+import { guestBytes, repositoryRoot } from '../support/guests.ts'
 import { createPool, load, runProgram } from '../support/run.ts'
 
 export interface BenchRow {
@@ -172,9 +176,52 @@ async function saveCosts(rows: BenchRow[]): Promise<void> {
   pool.close()
 }
 
+async function cVersusNative(rows: BenchRow[]): Promise<void> {
+  const source = join(repositoryRoot, 'examples/c-primes/primes.c')
+  const directory = mkdtempSync(join(tmpdir(), 'fabric-bench-'))
+  const native = join(directory, 'primes-native')
+  const compiled = spawnSync('gcc', ['-O2', '-I', join(repositoryRoot, 'guest-sdk/c'), source, '-o', native])
+  if (compiled.status !== 0) {
+    rows.push({
+      name: 'C example, WebAssembly under Fabric / native',
+      value: 'n/a',
+      unit: '',
+      note: 'gcc not available',
+    })
+    return
+  }
+  const args = ['6000000', '1', '100000']
+  const nativeTimes: number[] = []
+  let nativeOutput = ''
+  for (let round = 0; round < 5; round++) {
+    const started = performance.now()
+    nativeOutput = execFileSync(native, args, { encoding: 'utf8' })
+    nativeTimes.push(performance.now() - started)
+  }
+  const pool = createPool(1)
+  const program = await load(guestBytes('examples/c-primes/primes.c'))
+  const fabricTimes: number[] = []
+  let fabricOutput = ''
+  for (let round = 0; round < 5; round++) {
+    const run = await runProgram(pool, program, args, { saveIntervalMs: 1000 })
+    fabricOutput = run.stdout.get(0) ?? ''
+    fabricTimes.push(run.durationMs)
+  }
+  pool.close()
+  if (!fabricOutput.includes(nativeOutput.trim().split('\n').at(-1)!))
+    throw new Error('C example: outputs differ')
+  rows.push({
+    name: 'C example (primes, 1 thread), WebAssembly under Fabric / native gcc -O2',
+    value: (median(fabricTimes) / median(nativeTimes)).toFixed(2),
+    unit: 'x time',
+    note: `median of 5 whole runs: ${median(fabricTimes).toFixed(0)} ms vs ${median(nativeTimes).toFixed(0)} ms (Fabric includes worker start and saves)`,
+  })
+}
+
 export async function hostBench(): Promise<BenchRow[]> {
   const rows: BenchRow[] = []
   await instrumentationOverhead(rows)
   await saveCosts(rows)
+  await cVersusNative(rows)
   return rows
 }
