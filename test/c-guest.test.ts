@@ -12,10 +12,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { build } from '../fabric/cli/build.ts'
-import { LocalProcess } from '../host/local-process.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
+import { type KillPlan, runProgram, seededRandom } from './support/run.ts'
 
 const primesSource = 'examples/c-primes/primes.c'
 const threadsSource = 'test/fixtures/c/threads.c'
@@ -25,71 +25,8 @@ const killSeedCount = 20
 /** Minimum time between automatic saves; the example also saves at every block. */
 const saveIntervalMs = 20
 
-interface RunResult {
-  exitCode: number
-  error: string | null
-  /** stdout of each thread, by thread id. */
-  stdout: Map<number, string>
-  stderr: string
-  durationMs: number
-  kill: { threadId: number; hadSave: boolean } | null
-}
-
-/** mulberry32: every choice of a kill run comes from its seed. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let value = state
-    value = Math.imul(value ^ (value >>> 15), value | 1)
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61)
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-async function run(
-  pool: WorkerPool,
-  program: Program,
-  args: string[],
-  killAt?: { delayMs: number; random: () => number },
-): Promise<RunResult> {
-  const stdout = new Map<number, string>()
-  let stderr = ''
-  const decoder = new TextDecoder()
-  const started = performance.now()
-  const process = new LocalProcess({
-    pool,
-    program,
-    args: ['program', ...args],
-    seed: 1,
-    saveIntervalMs,
-    onOutput: (threadId, fd, bytes) => {
-      const text = decoder.decode(bytes)
-      if (fd === 1) stdout.set(threadId, (stdout.get(threadId) ?? '') + text)
-      else stderr += text
-    },
-  })
-  let kill: RunResult['kill'] = null
-  const timer =
-    killAt === undefined
-      ? null
-      : setTimeout(() => {
-          const live = process.threadIds().filter((threadId) => process.isRunning(threadId))
-          if (live.length === 0) return
-          const threadId = live[Math.floor(killAt.random() * live.length)]!
-          const hadSave = process.saveCount(threadId) > 0
-          if (process.killWorker(threadId)) kill = { threadId, hadSave }
-        }, killAt.delayMs)
-  const result = await process.result
-  if (timer !== null) clearTimeout(timer)
-  return {
-    exitCode: result.exitCode,
-    error: result.error === null ? null : `${result.error.name}: ${result.error.message}`,
-    stdout,
-    stderr,
-    durationMs: performance.now() - started,
-    kill,
-  }
+function run(pool: WorkerPool, program: Program, args: string[], kill?: KillPlan) {
+  return runProgram(pool, program, args, { seed: 1, saveIntervalMs, kill })
 }
 
 describe('C guests', () => {
@@ -144,13 +81,16 @@ describe('C guests', () => {
     for (const seed of seeds) {
       const random = seededRandom(seed)
       const delayMs = random() * reference.durationMs
-      const result = await run(pool, primes, primesArguments, { delayMs, random })
-      const where = `SEED=${seed} (killed ${JSON.stringify(result.kill)} at ${delayMs.toFixed(0)} ms); rerun: FABRIC_SEED=${seed} npx vitest run test/c-guest.test.ts`
+      const result = await run(pool, primes, primesArguments, {
+        triggers: [{ afterSaves: 0, delayMs }],
+        random,
+      })
+      const where = `SEED=${seed} (${result.kills} kill at ${delayMs.toFixed(0)} ms); rerun: FABRIC_SEED=${seed} npx vitest run test/c-guest.test.ts`
       expect(result.error, where).toBeNull()
       expect(result.exitCode, where).toBe(0)
       expect(result.stdout.get(0), where).toBe(nativeOutput)
-      if (result.kill !== null) kills++
-      if (result.kill?.hadSave) killsWithSave++
+      kills += result.kills
+      killsWithSave += result.killsWithSave
     }
     // Most moments fall inside the run; a test that never kills would prove nothing.
     if (only === undefined) expect(kills).toBeGreaterThanOrEqual(killSeedCount / 2)

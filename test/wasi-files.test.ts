@@ -23,12 +23,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { build } from '../fabric/cli/build.ts'
 import { importModuleWasi } from '../host/abi.ts'
 import { type NodeDirectoryFileSystem, nodeDirectoryFileSystem } from '../host/files-node.ts'
-import { LocalProcess } from '../host/local-process.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import type { HostCallReply } from '../host/thread-runner.ts'
 import { wasiErrno, wasiLookupSymlinkFollow, wasiOpenFlags, wasiRights } from '../host/wasi-files.ts'
 import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
+import { runProgram, seededRandom } from './support/run.ts'
 
 const guestDirectory = '/data'
 const preopenFd = 3
@@ -47,67 +47,19 @@ function createSandbox(): { base: string; mapped: string; outside: string } {
   return { base, mapped, outside }
 }
 
-/** mulberry32: every choice of a kill run comes from its seed. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let value = state
-    value = Math.imul(value ^ (value >>> 15), value | 1)
-    value ^= value + Math.imul(value ^ (value >>> 7), value | 61)
-    return ((value ^ (value >>> 14)) >>> 0) / 4294967296
-  }
-}
-
-interface RunResult {
-  exitCode: number
-  error: string | null
-  stdout: string
-  stderr: string
-  durationMs: number
-  killed: boolean
-}
-
-async function run(
-  pool: WorkerPool,
-  program: Program,
-  files: NodeDirectoryFileSystem,
-  killAtMs?: number,
-): Promise<RunResult> {
-  let stdout = ''
-  let stderr = ''
-  const decoder = new TextDecoder()
-  const started = performance.now()
-  const process = new LocalProcess({
-    pool,
-    program,
-    args: ['program', guestDirectory],
+async function run(pool: WorkerPool, program: Program, files: NodeDirectoryFileSystem, killAtMs?: number) {
+  const kill =
+    killAtMs === undefined
+      ? undefined
+      : { triggers: [{ afterSaves: 0, delayMs: killAtMs, threadId: 0 }], random: () => 0 }
+  const result = await runProgram(pool, program, [guestDirectory], {
     seed: 1,
     saveIntervalMs: 10,
     files,
-    onOutput: (_threadId, fd, bytes) => {
-      if (fd === 1) stdout += decoder.decode(bytes)
-      else stderr += decoder.decode(bytes)
-    },
+    kill,
   })
-  let killed = false
-  const timer =
-    killAtMs === undefined
-      ? null
-      : setTimeout(() => {
-          killed = process.killWorker(0)
-        }, killAtMs)
-  const result = await process.result
-  if (timer !== null) clearTimeout(timer)
   await files.close()
-  return {
-    exitCode: result.exitCode,
-    error: result.error === null ? null : `${result.error.name}: ${result.error.message}`,
-    stdout,
-    stderr,
-    durationMs: performance.now() - started,
-    killed,
-  }
+  return { ...result, stdout: [...result.stdout.values()].join(''), killed: result.kills > 0 }
 }
 
 /** Calls a file system directly, as a thread's worker would. */

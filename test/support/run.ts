@@ -48,7 +48,7 @@ export interface KillPlan {
    * `afterSaves` context saves in all: a moment tied to the program's progress, not to the load
    * of the machine, and anywhere within the computation that follows that save.
    */
-  triggers: Array<{ afterSaves: number; delayMs: number }>
+  triggers: Array<{ afterSaves: number; delayMs: number; threadId?: number }>
   random: () => number
 }
 
@@ -65,15 +65,18 @@ export async function runProgram(
   let kills = 0
   let killsWithSave = 0
   const timers: Array<ReturnType<typeof setTimeout>> = []
-  const killRandomThread = () => {
+  const killThread = (threadId?: number) => {
     const live = process.threadIds().filter((id) => process.isRunning(id))
     if (live.length === 0) return
-    const victim = live[Math.floor(options.kill!.random() * live.length)]!
+    const victim = threadId ?? live[Math.floor(options.kill!.random() * live.length)]!
     const hadSave = process.saveCount(victim) > 0
     if (process.killWorker(victim)) {
       kills++
       if (hadSave) killsWithSave++
     }
+  }
+  const fire = (trigger: KillPlan['triggers'][number]) => {
+    timers.push(setTimeout(() => killThread(trigger.threadId), trigger.delayMs))
   }
   let savesTaken = 0
   const pending = [...(options.kill?.triggers ?? [])].sort(
@@ -86,7 +89,7 @@ export async function runProgram(
       onSave?.(threadId, save, costMs)
       savesTaken++
       while (pending.length > 0 && pending[0]!.afterSaves <= savesTaken) {
-        timers.push(setTimeout(killRandomThread, pending.shift()!.delayMs))
+        fire(pending.shift()!)
       }
     },
   }
@@ -104,7 +107,7 @@ export async function runProgram(
     },
   })
   while (pending.length > 0 && pending[0]!.afterSaves <= 0) {
-    timers.push(setTimeout(killRandomThread, pending.shift()!.delayMs))
+    fire(pending.shift()!)
   }
   const result = await process.result
   for (const timer of timers) clearTimeout(timer)
