@@ -80,12 +80,13 @@ describe('C guests', () => {
     let killsWithSave = 0
     for (const seed of seeds) {
       const random = seededRandom(seed)
-      const delayMs = random() * reference.durationMs
+      const afterSaves = Math.floor(random() * reference.saves * 0.8)
+      const delayMs = random() * 10
       const result = await run(pool, primes, primesArguments, {
-        triggers: [{ afterSaves: 0, delayMs }],
+        triggers: [{ afterSaves, delayMs }],
         random,
       })
-      const where = `SEED=${seed} (${result.kills} kill at ${delayMs.toFixed(0)} ms); rerun: FABRIC_SEED=${seed} npx vitest run test/c-guest.test.ts`
+      const where = `SEED=${seed} (${result.kills} kill, ${delayMs.toFixed(0)} ms after save ${afterSaves}); rerun: FABRIC_SEED=${seed} npx vitest run test/c-guest.test.ts`
       expect(result.error, where).toBeNull()
       expect(result.exitCode, where).toBe(0)
       expect(result.stdout.get(0), where).toBe(nativeOutput)
