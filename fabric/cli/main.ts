@@ -14,39 +14,45 @@ import { runLocal } from './run-local.ts'
 const usage = `usage:
   fabric build <prog.ts|prog.c> [-o <prog.wasm>]
   fabric run [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
-             [--map-dir <host-dir>:<guest-dir>] <prog.wasm> [-- args...]`
+             [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]`
 
 class UsageError extends Error {}
 
 interface Parsed {
   positional: string[]
   options: Map<string, string>
+  /** Every value of options that may repeat (`--env A=1 --env B=2`). */
+  repeated: Map<string, string[]>
   rest: string[]
 }
+
+const repeatable = new Set(['env'])
 
 function parse(argv: string[], known: Set<string>): Parsed {
   const positional: string[] = []
   const options = new Map<string, string>()
+  const repeated = new Map<string, string[]>()
   let index = 0
   while (index < argv.length) {
     const word = argv[index]!
-    if (word === '--') return { positional, options, rest: argv.slice(index + 1) }
+    if (word === '--') return { positional, options, repeated, rest: argv.slice(index + 1) }
     if (word.startsWith('-')) {
       const name = word.replace(/^-+/, '')
       if (!known.has(name)) throw new UsageError(`unknown option ${word}`)
       const value = argv[index + 1]
       if (value === undefined) throw new UsageError(`option ${word} needs a value`)
       options.set(name, value)
+      if (repeatable.has(name)) repeated.set(name, [...(repeated.get(name) ?? []), value])
       index += 2
     } else {
       // Once the program is named, everything after it belongs to the program.
       positional.push(word)
       index++
       if (positional.length === 1 && known.has('program-args'))
-        return { positional, options, rest: argv.slice(index) }
+        return { positional, options, repeated, rest: argv.slice(index) }
     }
   }
-  return { positional, options, rest: [] }
+  return { positional, options, repeated, rest: [] }
 }
 
 function numberOption(options: Map<string, string>, name: string): number | undefined {
@@ -74,7 +80,15 @@ async function main(argv: string[]): Promise<number> {
     case 'run': {
       const parsed = parse(
         rest,
-        new Set(['workers', 'memory-max-mib', 'cpu-budget-s', 'save-interval-ms', 'map-dir', 'program-args']),
+        new Set([
+          'workers',
+          'memory-max-mib',
+          'cpu-budget-s',
+          'save-interval-ms',
+          'map-dir',
+          'env',
+          'program-args',
+        ]),
       )
       if (parsed.positional.length !== 1) throw new UsageError('fabric run takes one program (.wasm)')
       const cpuBudgetS = numberOption(parsed.options, 'cpu-budget-s')
@@ -86,6 +100,7 @@ async function main(argv: string[]): Promise<number> {
         cpuBudgetMs: cpuBudgetS === undefined ? undefined : cpuBudgetS * 1000,
         saveIntervalMs: numberOption(parsed.options, 'save-interval-ms'),
         mapDirectory: parsed.options.get('map-dir'),
+        env: parsed.repeated.get('env') ?? [],
       })
     }
     case undefined:

@@ -17,6 +17,8 @@ export interface RunLocalOptions {
   cpuBudgetMs?: number
   saveIntervalMs?: number
   mapDirectory?: string
+  /** `NAME=VALUE` pairs the guest sees as its environment. */
+  env?: string[]
 }
 
 export function instrumentCacheDirectory(): string {
@@ -32,7 +34,7 @@ export async function runLocal(options: RunLocalOptions): Promise<number> {
     pool,
     program,
     args: [options.program, ...options.args],
-    env: [],
+    env: options.env ?? [],
     memoryPagesMax: options.memoryMaxMiB === undefined ? undefined : Math.floor(options.memoryMaxMiB * 16),
     cpuBudgetMs: options.cpuBudgetMs,
     saveIntervalMs: options.saveIntervalMs,
