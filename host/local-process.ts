@@ -207,6 +207,9 @@ export class LocalProcess {
       }
       thread.ended = outcome
       thread.runner = null
+      // An ended thread is never restored: its saves and replay log are dropped.
+      thread.chain = []
+      thread.log = []
       this.options.files?.threadEnded?.(thread.threadId)
       thread.settle(outcome)
       if (outcome.kind === 'error' && thread.threadId !== 0) {
@@ -238,7 +241,7 @@ export class LocalProcess {
         return reply
       }
       case 'join':
-        return this.join(call.args[0]!)
+        return this.join(thread.threadId, call.args[0]!)
       default:
         throw new GuestCallError(`guest called fabric.${call.name}, which this host does not serve`)
     }
@@ -259,9 +262,10 @@ export class LocalProcess {
     return { result: child.threadId }
   }
 
-  private async join(handle: number): Promise<HostCallReply> {
+  private async join(joiner: number, handle: number): Promise<HostCallReply> {
     const child = this.threads.get(handle)
-    if (child === undefined || handle === 0) return { result: -1 }
+    // Joining the main thread or oneself would wait forever.
+    if (child === undefined || handle === 0 || handle === joiner) return { result: -1 }
     const outcome = await child.outcome
     if (outcome.kind === 'error') return { result: -3 }
     const result = outcome.result ?? new Uint8Array(0)
