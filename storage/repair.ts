@@ -1,0 +1,122 @@
+/**
+ * Repair: every node scans its own bricks and brings the under-replicated ones back to r copies.
+ *
+ * For each local brick the node looks up the live holders (provider records intersected with the
+ * live nodes). When there are fewer than min(r, live nodes), the holder with the smallest id among
+ * the live holders copies it to new nodes chosen by placement; the other holders leave it, so that
+ * a lost node's bricks are copied once rather than by every survivor. Views of liveness may differ
+ * for a moment, so a brick can get a replica too many, never one too few after a completed scan.
+ * There is no central list of bricks: a brick whose every holder is lost cannot be repaired, and
+ * the read that needs it reports {@link BrickUnavailableError}.
+ */
+
+import type { AbortOptions, BlockStore } from './block-store.ts'
+import type { CID } from './brick.ts'
+import type { BrickPeers } from './brick-peers.ts'
+import { forEachLimited } from './concurrency.ts'
+import { BrickCorruptError, BrickPeerUnreachableError } from './errors.ts'
+import { replicaCandidates, requiredReplicas, stripeOfCid } from './placement.ts'
+import type { Clock, Sleep } from './platform-types.ts'
+import { createRateLimiter } from './rate-limiter.ts'
+
+/** Bytes per second repair copies by default: high, because until it is done a further loss can lose data. */
+export const repairBytesPerSecondDefault = 256 * 1024 * 1024
+/** Bricks repaired at once by one node. */
+export const repairBricksInFlightMax = 4
+
+export interface RepairOptions extends AbortOptions {
+  bytesPerSecond?: number
+  onProgress?(progress: { scanned: number; replicasAdded: number }): void
+}
+
+export interface RepairReport {
+  /** Local bricks looked at. */
+  scanned: number
+  /** Of those, how many had fewer live replicas than required. */
+  underReplicated: number
+  /** New replicas written to other nodes by this node. */
+  replicasAdded: number
+  bytesCopied: number
+  /** Under-replicated bricks this node could not bring back to r (not enough live nodes, or the copies failed). */
+  stillUnderReplicated: number
+  /** Local copies dropped as corrupt and fetched back from another replica. */
+  localCopiesRestored: number
+}
+
+export interface RepairComponents {
+  store: BlockStore
+  peers: BrickPeers
+  replicaCount: number
+  clock: Clock
+  sleep: Sleep
+}
+
+export async function repairScan(
+  components: RepairComponents,
+  options: RepairOptions = {},
+): Promise<RepairReport> {
+  const { store, peers, replicaCount } = components
+  const { signal } = options
+  const limiter = createRateLimiter(components, {
+    bytesPerSecond: options.bytesPerSecond ?? repairBytesPerSecondDefault,
+  })
+  const self = peers.self
+  const report: RepairReport = {
+    scanned: 0,
+    underReplicated: 0,
+    replicasAdded: 0,
+    bytesCopied: 0,
+    stillUnderReplicated: 0,
+    localCopiesRestored: 0,
+  }
+
+  async function repairOne(cid: CID): Promise<void> {
+    const live = peers.liveNodes()
+    const liveSet = new Set(live)
+    const holders = (await peers.findProviders(cid, { signal })).filter((node) => liveSet.has(node))
+    if (!holders.includes(self)) holders.push(self)
+    const required = requiredReplicas(replicaCount, live.length)
+    if (holders.length >= required) return
+    report.underReplicated++
+    // One holder repairs, the others leave it: the one with the smallest id.
+    if ([...holders].sort()[0] !== self) return
+    let bytes: Uint8Array | undefined
+    try {
+      bytes = await store.get(cid, { signal })
+    } catch (error) {
+      if (!(error instanceof BrickCorruptError)) throw error
+      // Dropped; another holder repairs it, and ours is fetched back from there.
+      await peers.withdraw(cid).catch(() => {})
+      return
+    }
+    if (bytes === undefined) return
+    const candidates = replicaCandidates({
+      self,
+      live,
+      holders,
+      count: required - holders.length,
+      stripe: stripeOfCid(cid),
+    })
+    let added = 0
+    for (const node of candidates) {
+      if (holders.length + added >= required) break
+      await limiter.take(bytes.length, signal)
+      try {
+        await peers.store(node, cid, bytes, { signal })
+        added++
+        report.bytesCopied += bytes.length
+      } catch (error) {
+        if (!(error instanceof BrickPeerUnreachableError)) throw error
+      }
+    }
+    report.replicasAdded += added
+    if (holders.length + added < required) report.stillUnderReplicated++
+  }
+
+  await forEachLimited(store.list({ signal }), repairBricksInFlightMax, async (cid) => {
+    report.scanned++
+    await repairOne(cid)
+    options.onProgress?.({ scanned: report.scanned, replicasAdded: report.replicasAdded })
+  })
+  return report
+}
