@@ -12,7 +12,12 @@ import {
   importModuleWasi,
 } from './abi.ts'
 import { InvalidModuleError } from './errors.ts'
-import { type InstrumentCache, instrument } from './instrument.ts'
+import {
+  type InstrumentCache,
+  type InstrumentedModule,
+  type InstrumentOptions,
+  instrument,
+} from './instrument.ts'
 
 /** Largest module accepted, in bytes. */
 export const moduleBytesMax = 256 * 1024 * 1024
@@ -82,6 +87,12 @@ function declaredAbiVersion(module: WebAssembly.Module): number | null {
 
 export interface LoadOptions {
   cache?: InstrumentCache
+  /**
+   * Runs the instrumentation; defaults to `instrument` on this thread. Binaryen can take seconds on
+   * a large module, so a node passes one that works in a worker (host/instrument-node.ts) and keeps
+   * its event loop free for heartbeats.
+   */
+  instrument?: (bytes: Uint8Array, options: InstrumentOptions) => Promise<InstrumentedModule>
 }
 
 /** Validates, instruments and compiles a guest program. */
@@ -93,7 +104,7 @@ export async function loadProgram(bytes: Uint8Array, options: LoadOptions = {}):
       `module was built for Fabric ABI ${version}; this host runs ABI ${abiVersion}`,
     )
   }
-  const instrumented = await instrument(bytes, options)
+  const instrumented = await (options.instrument ?? instrument)(bytes, { cache: options.cache })
   const module = await WebAssembly.compile(instrumented.bytes as Uint8Array<ArrayBuffer>)
   return {
     module,

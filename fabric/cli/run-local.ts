@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises'
 import { homedir } from 'node:os'
 import { join } from 'node:path'
 import { diskInstrumentCache } from '../../host/instrument-cache-node.ts'
+import { instrumentInWorker } from '../../host/instrument-node.ts'
 import { LocalProcess } from '../../host/local-process.ts'
 import { loadProgram } from '../../host/program.ts'
 import { coreCount, nodeWorkerFactory } from '../../host/worker-node.ts'
@@ -27,7 +28,10 @@ export function instrumentCacheDirectory(): string {
 
 export async function runLocal(options: RunLocalOptions): Promise<number> {
   const bytes = new Uint8Array(await readFile(options.program))
-  const program = await loadProgram(bytes, { cache: diskInstrumentCache(instrumentCacheDirectory()) })
+  const program = await loadProgram(bytes, {
+    cache: diskInstrumentCache(instrumentCacheDirectory()),
+    instrument: instrumentInWorker,
+  })
   const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
   const files = options.mapDirectory === undefined ? undefined : await mapDirectory(options.mapDirectory)
   const process_ = new LocalProcess({

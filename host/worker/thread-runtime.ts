@@ -468,6 +468,7 @@ export class GuestThread {
     this.callSequence = last.callSequence
     this.result = last.record.result
     this.lastSave = { sequence: last.sequence, memoryPages: last.memoryPages, takenAtMs: Date.now() }
+    this.saveSequence = Math.max(this.saveSequence, last.sequence + 1)
     const baseIndex = chain.length - 1
     this.deltaCountSinceFull = baseIndex
     this.deltaBytesSinceFull = chain.slice(1).reduce((sum, save) => sum + save.pageData.length, 0)

@@ -1,0 +1,47 @@
+/** Messages of the process runtime between nodes (protocol `/fabric/runtime/1`, CBOR on the wire). */
+
+export type RuntimeMessage =
+  /** Claim and run a thread that was placed on the receiver. */
+  | { type: 'start'; pid: string; tid: string }
+  /** Keep this context save of a thread (a replica in memory). */
+  | {
+      type: 'save'
+      pid: string
+      tid: string
+      epoch: number
+      sequence: number
+      baseSequence: number | null
+      bytes: Uint8Array
+    }
+  /** Send the chain of saves held for a thread (full save first). */
+  | { type: 'fetch-saves'; pid: string; tid: string }
+  /** The thread ended: drop its saves. */
+  | { type: 'drop-saves'; pid: string; tid: string }
+  /** The program's module, by digest. */
+  | { type: 'fetch-program'; digest: string }
+  /** Output of a thread, to the process's home node. `callSequence` makes it exactly-once. */
+  | { type: 'output'; pid: string; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
+  /** A thread was placed on `node` (to the home node, which watches its process's threads). */
+  | { type: 'placed'; pid: string; tid: string; node: string }
+  /** A thread ended (to the home node and to the node of its parent, which may be joining it). */
+  | { type: 'ended'; pid: string; tid: string }
+  /** Stop the threads of a process (it ended) on the receiver. */
+  | { type: 'stop'; pid: string }
+
+export type RuntimeReply =
+  | { type: 'ok' }
+  | { type: 'refused'; reason: string }
+  | { type: 'saves'; chain: Uint8Array[]; epoch: number }
+  | { type: 'program'; bytes: Uint8Array }
+
+export const runtimeMessageTypes: ReadonlySet<string> = new Set([
+  'start',
+  'save',
+  'fetch-saves',
+  'drop-saves',
+  'fetch-program',
+  'output',
+  'placed',
+  'ended',
+  'stop',
+])

@@ -1,0 +1,875 @@
+/**
+ * The process runtime of one node: runs the threads placed on it (driving host/), keeps context
+ * saves for other nodes' threads, and, for the processes submitted through it (their home), keeps
+ * the output and restarts threads whose node died.
+ *
+ *   const runtime = createNodeRuntime({ cluster, store, messenger, pool, loadProgram, random, timers })
+ *   await runtime.start()
+ *   const process = await runtime.submit(programBytes, { args: ['prog', '8'] })
+ *   process.onOutput((tid, fd, bytes) => ...)
+ *   const { exitCode } = await process.result
+ *
+ * Start is two-phase: a thread is first placed (its record names a node, state `placed`), then the
+ * node claims it by compare-and-swap (state `running`, epoch + 1) and only then runs it. Every
+ * later write of the running incarnation is a cas on the version it claimed, so an incarnation that
+ * was replaced fails its next write and stops. A node holds a lease on its own key `node/<id>`; the
+ * home of a process that sees the node depart takes that lease once it has expired (which fences
+ * the node: its renewal fails and it stops its threads) and places the node's threads elsewhere,
+ * where they resume from their latest save.
+ */
+
+import type { FabricHostError } from '../../host/errors.ts'
+import { WorkerLostError } from '../../host/errors.ts'
+import type { Program } from '../../host/program.ts'
+import type { EncodedSave } from '../../host/snapshot.ts'
+import {
+  type HostCall,
+  type HostCallReply,
+  type ThreadOutcome,
+  ThreadRunner,
+} from '../../host/thread-runner.ts'
+import type { WorkerPool } from '../../host/worker-pool.ts'
+import type { Random, TimerHandle, Timers } from '../platform.ts'
+import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+import { chooseNode, chooseSaveReplicas } from './placement.ts'
+import {
+  childThreadId,
+  decodeProcess,
+  decodeThread,
+  encodeRecord,
+  keys,
+  type ProcessRecord,
+  parentThreadId,
+  recordFormatVersion,
+  type ThreadRecord,
+  threadNumber,
+} from './records.ts'
+import { SaveReplicas } from './save-replicas.ts'
+import type { ClusterView, CoordinationClient, Messenger, NodeId } from './services.ts'
+
+export const nodeLeaseTtlMsDefault = 1000
+export const saveReplicaCountDefault = 2
+export const saveIntervalMsDefault = 1000
+export const memoryPagesMaxDefault = 16384
+export const cpuBudgetMsDefault = 3_600_000
+/** Output a home keeps per process for submitters that reconnect. */
+export const outputBytesMax = 64 * 1024 * 1024
+/** Attempts to hand a placed thread to a node before the process fails. */
+export const startAttemptsMax = 8
+/** How often a joiner re-reads the record of the thread it waits for, besides `ended` notices. */
+export const joinPollMs = 250
+/** How often a home checks that the nodes of its threads still live. */
+export const homeSweepMs = 500
+/** Restarts of one thread on this node after its worker died, before the thread fails. */
+export const localRestartsMax = 20
+
+export interface NodeRuntimeComponents {
+  cluster: ClusterView
+  store: CoordinationClient
+  messenger: Messenger
+  pool: WorkerPool
+  /** Validates, instruments (cached) and compiles a program. */
+  loadProgram(bytes: Uint8Array): Promise<Program>
+  random: Random
+  timers: Timers
+  log?: (line: string) => void
+}
+
+export interface NodeRuntimeOptions {
+  nodeLeaseTtlMs?: number
+  saveReplicaCount?: number
+}
+
+export interface SubmitOptions {
+  args?: string[]
+  env?: string[]
+  seed?: number
+  saveIntervalMs?: number
+  memoryPagesMax?: number
+  cpuBudgetMs?: number
+}
+
+export interface ProcessResult {
+  exitCode: number
+  error: string | null
+}
+
+export interface OutputChunk {
+  tid: string
+  fd: number
+  bytes: Uint8Array
+}
+
+export interface ProcessHandle {
+  readonly pid: string
+  readonly result: Promise<ProcessResult>
+  /** Output so far, then each new chunk as it arrives. Returns an unsubscribe function. */
+  onOutput(listener: (chunk: OutputChunk) => void, fromChunk?: number): () => void
+}
+
+interface LocalThread {
+  pid: string
+  tid: string
+  epoch: number
+  /** Store version of the thread record this incarnation last wrote. */
+  version: number
+  record: ThreadRecord
+  runner: ThreadRunner | null
+  /** This incarnation's saves since the last full one, to bring a new replica up to date. */
+  chain: EncodedSave[]
+  replicas: NodeId[]
+  outputQueue: Promise<void>
+  /** Saves go out one after another, so a delta never reaches a replica before its base. */
+  replicationQueue: Promise<void>
+  restarts: number
+  stopped: boolean
+}
+
+interface HomeProcess {
+  record: ProcessRecord
+  programBytes: Uint8Array
+  threads: Map<string, NodeId>
+  ended: Set<string>
+  shown: Map<string, number>
+  output: OutputChunk[]
+  outputBytes: number
+  listeners: Set<(chunk: OutputChunk) => void>
+  result: Promise<ProcessResult>
+  finish: (result: ProcessResult) => void
+  finished: boolean
+}
+
+function randomHex(random: Random, bytes: number): string {
+  let out = ''
+  for (let index = 0; index < bytes; index++) {
+    out += Math.floor(random.next() * 256)
+      .toString(16)
+      .padStart(2, '0')
+  }
+  return out
+}
+
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes as Uint8Array<ArrayBuffer>))
+  return Array.from(digest, (byte) => byte.toString(16).padStart(2, '0')).join('')
+}
+
+export class NodeRuntime {
+  private readonly components: NodeRuntimeComponents
+  private readonly leaseTtlMs: number
+  private readonly replicaCount: number
+  private readonly self: NodeId
+  private readonly local = new Map<string, LocalThread>()
+  private readonly homes = new Map<string, HomeProcess>()
+  private readonly replicas = new SaveReplicas()
+  private readonly programs = new Map<string, Promise<Program>>()
+  private readonly programBytes = new Map<string, Uint8Array>()
+  private readonly processes = new Map<string, Promise<ProcessRecord>>()
+  private readonly joinWaiters = new Map<string, Set<() => void>>()
+  private readonly timerHandles: TimerHandle[] = []
+  private leaseToken = 0
+  private leaseHeld = false
+  /** Renewals in a row that got no answer; past a lease's worth, this node stops its threads. */
+  private renewalsUnanswered = 0
+  private stopped = false
+
+  constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
+    this.components = components
+    this.self = components.cluster.self
+    this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
+    this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+  }
+
+  /** Takes this node's lease and starts serving. */
+  async start(): Promise<void> {
+    this.components.messenger.serve((from, message) => this.handle(from, message))
+    await this.acquireOwnLease()
+    this.timerHandles.push(this.components.timers.every(this.leaseTtlMs / 3, () => void this.renewOwnLease()))
+    this.timerHandles.push(this.components.timers.every(homeSweepMs, () => void this.sweepHomes()))
+    this.components.cluster.onDeparture((id) => void this.recoverNode(id))
+  }
+
+  /** Stops every local thread and timer (the node is shutting down or was fenced for good). */
+  stop(): void {
+    this.stopped = true
+    for (const handle of this.timerHandles.splice(0)) handle.cancel()
+    for (const thread of this.local.values()) this.stopThread(thread)
+  }
+
+  /** Number of threads running here (for tests, `ps` and load reports). */
+  runningCount(): number {
+    return this.local.size
+  }
+
+  localThreads(): Array<{ pid: string; tid: string; epoch: number }> {
+    return [...this.local.values()].map(({ pid, tid, epoch }) => ({ pid, tid, epoch }))
+  }
+
+  /** Submits a program; this node becomes the process's home. */
+  async submit(programBytes: Uint8Array, options: SubmitOptions = {}): Promise<ProcessHandle> {
+    await this.components.loadProgram(programBytes)
+    const digest = await sha256Hex(programBytes)
+    this.programBytes.set(digest, programBytes)
+    const pid = randomHex(this.components.random, 8)
+    const record: ProcessRecord = {
+      formatVersion: recordFormatVersion,
+      pid,
+      programDigest: digest,
+      args: options.args ?? ['program'],
+      env: options.env ?? [],
+      home: this.self,
+      seed: options.seed ?? Math.floor(this.components.random.next() * 2 ** 32),
+      state: 'running',
+      exitCode: null,
+      error: null,
+      saveIntervalMs: options.saveIntervalMs ?? saveIntervalMsDefault,
+      memoryPagesMax: options.memoryPagesMax ?? memoryPagesMaxDefault,
+      cpuBudgetMs: options.cpuBudgetMs ?? cpuBudgetMsDefault,
+    }
+    let finish!: (result: ProcessResult) => void
+    const result = new Promise<ProcessResult>((resolve) => {
+      finish = resolve
+    })
+    const home: HomeProcess = {
+      record,
+      programBytes,
+      threads: new Map(),
+      ended: new Set(),
+      shown: new Map(),
+      output: [],
+      outputBytes: 0,
+      listeners: new Set(),
+      result,
+      finish,
+      finished: false,
+    }
+    this.homes.set(pid, home)
+    const written = await this.components.store.cas(keys.process(pid), 0, encodeRecord(record))
+    if (!written.ok) throw new Error(`process id ${pid} is taken; submit again`)
+    this.processes.set(pid, Promise.resolve(record))
+    const main = await this.program(digest, this.self)
+    await this.placeThread(pid, '0', main.mainEntry, new Uint8Array(0))
+    return {
+      pid,
+      result,
+      onOutput: (listener, fromChunk = 0) => {
+        for (const chunk of home.output.slice(fromChunk)) listener(chunk)
+        home.listeners.add(listener)
+        return () => home.listeners.delete(listener)
+      },
+    }
+  }
+
+  // --- messages -------------------------------------------------------------------------------
+
+  private async handle(from: NodeId, message: RuntimeMessage): Promise<RuntimeReply> {
+    switch (message.type) {
+      case 'start':
+        return this.claim(message.pid, message.tid)
+      case 'save': {
+        const kept = this.replicas.keep(message)
+        return kept ? { type: 'ok' } : { type: 'refused', reason: 'save does not follow the chain held' }
+      }
+      case 'fetch-saves': {
+        const chain = this.replicas.chain(message.pid, message.tid)
+        return { type: 'saves', chain: chain?.saves ?? [], epoch: chain?.epoch ?? -1 }
+      }
+      case 'drop-saves':
+        this.replicas.drop(message.pid, message.tid)
+        return { type: 'ok' }
+      case 'fetch-program': {
+        const bytes = this.programBytes.get(message.digest)
+        return bytes === undefined
+          ? { type: 'refused', reason: 'unknown program' }
+          : { type: 'program', bytes }
+      }
+      case 'output':
+        this.homeOutput(message.pid, message.tid, message.fd, message.callSequence, message.bytes)
+        return { type: 'ok' }
+      case 'placed': {
+        const home = this.homes.get(message.pid)
+        if (home !== undefined && !home.ended.has(message.tid)) home.threads.set(message.tid, message.node)
+        return { type: 'ok' }
+      }
+      case 'ended':
+        this.threadEnded(message.pid, message.tid)
+        return { type: 'ok' }
+      case 'stop':
+        for (const thread of [...this.local.values()]) if (thread.pid === message.pid) this.stopThread(thread)
+        this.replicas.dropProcess(message.pid)
+        return { type: 'ok' }
+    }
+    void from
+  }
+
+  // --- placing and claiming -------------------------------------------------------------------
+
+  private loadByNode(): Map<NodeId, number> {
+    const load = new Map<NodeId, number>()
+    load.set(this.self, this.local.size)
+    return load
+  }
+
+  /** Writes the record of a new thread (placed) and hands it to a node. Idempotent per tid. */
+  private async placeThread(pid: string, tid: string, entry: string, arg: Uint8Array): Promise<void> {
+    const key = keys.thread(pid, tid)
+    const existing = await this.components.store.get(key)
+    if (existing.version > 0) return
+    const node = chooseNode({
+      candidates: this.components.cluster.live(),
+      load: this.loadByNode(),
+      random: this.components.random,
+    })
+    const record: ThreadRecord = {
+      formatVersion: recordFormatVersion,
+      pid,
+      tid,
+      entry,
+      arg,
+      state: 'placed',
+      node,
+      epoch: 0,
+      saveReplicas: [],
+      result: null,
+      exitCode: null,
+      error: null,
+    }
+    const written = await this.components.store.cas(key, 0, encodeRecord(record))
+    if (!written.ok) return
+    await this.handOver(pid, tid, written.version, record)
+  }
+
+  /** Sends `start` to the node a placed record names; re-places it when that node refuses or is gone. */
+  private async handOver(pid: string, tid: string, version: number, record: ThreadRecord): Promise<void> {
+    let current = { version, record }
+    for (let attempt = 0; attempt < startAttemptsMax; attempt++) {
+      const process = await this.processRecord(pid)
+      void this.components.messenger
+        .request(process.home, { type: 'placed', pid, tid, node: current.record.node })
+        .catch(() => {})
+      const reply = await this.components.messenger
+        .request(current.record.node, { type: 'start', pid, tid })
+        .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
+      if (reply.type === 'ok') return
+      // The node is gone or refused: place the thread elsewhere, unless someone else moved it on.
+      const fresh = await this.components.store.get(keys.thread(pid, tid))
+      if (fresh.version !== current.version || fresh.value === null) return
+      const live = this.components.cluster.live().filter((peer) => peer.id !== current.record.node)
+      if (live.length === 0) break
+      const node = chooseNode({ candidates: live, load: this.loadByNode(), random: this.components.random })
+      const moved: ThreadRecord = { ...current.record, node, state: 'placed' }
+      const written = await this.components.store.cas(
+        keys.thread(pid, tid),
+        current.version,
+        encodeRecord(moved),
+      )
+      if (!written.ok) return
+      current = { version: written.version, record: moved }
+    }
+    this.components.log?.(`runtime: could not start thread ${tid} of process ${pid}`)
+  }
+
+  /** Second phase of a start: claims a thread placed here and runs it. */
+  private async claim(pid: string, tid: string): Promise<RuntimeReply> {
+    if (this.stopped || !this.leaseHeld) return { type: 'refused', reason: 'node is not serving' }
+    const key = keys.thread(pid, tid)
+    const read = await this.components.store.get(key)
+    if (read.value === null) return { type: 'refused', reason: 'no such thread' }
+    const record = decodeThread(read.value)
+    if (record.state !== 'placed' || record.node !== this.self) {
+      return { type: 'refused', reason: `thread is ${record.state} on ${record.node}` }
+    }
+    const claimed: ThreadRecord = { ...record, state: 'running', epoch: record.epoch + 1 }
+    const written = await this.components.store.cas(key, read.version, encodeRecord(claimed))
+    if (!written.ok) return { type: 'refused', reason: 'another claim won' }
+    const thread: LocalThread = {
+      pid,
+      tid,
+      epoch: claimed.epoch,
+      version: written.version,
+      record: claimed,
+      runner: null,
+      chain: [],
+      replicas: [],
+      outputQueue: Promise.resolve(),
+      replicationQueue: Promise.resolve(),
+      restarts: 0,
+      stopped: false,
+    }
+    this.local.set(`${pid}/${tid}`, thread)
+    void this.run(thread, record.saveReplicas).catch((error: Error) => {
+      this.components.log?.(`runtime: thread ${tid} of ${pid} could not run: ${error.message}`)
+      void this.finishThread(thread, { kind: 'error', error: error as FabricHostError })
+    })
+    return { type: 'ok' }
+  }
+
+  private async processRecord(pid: string): Promise<ProcessRecord> {
+    let pending = this.processes.get(pid)
+    if (pending === undefined) {
+      pending = this.components.store.get(keys.process(pid)).then((read) => {
+        if (read.value === null) throw new Error(`no process ${pid}`)
+        return decodeProcess(read.value)
+      })
+      this.processes.set(pid, pending)
+      pending.catch(() => this.processes.delete(pid))
+    }
+    return pending
+  }
+
+  private program(digest: string, home: NodeId): Promise<Program> {
+    let pending = this.programs.get(digest)
+    if (pending === undefined) {
+      pending = (async () => {
+        let bytes = this.programBytes.get(digest)
+        if (bytes === undefined) {
+          const reply = await this.components.messenger.request(home, { type: 'fetch-program', digest })
+          if (reply.type !== 'program') throw new Error(`home ${home} does not have program ${digest}`)
+          if ((await sha256Hex(reply.bytes)) !== digest) throw new Error(`program ${digest} arrived damaged`)
+          bytes = reply.bytes
+          this.programBytes.set(digest, bytes)
+        }
+        return this.components.loadProgram(bytes)
+      })()
+      this.programs.set(digest, pending)
+      pending.catch(() => this.programs.delete(digest))
+    }
+    return pending
+  }
+
+  /** The latest chain of saves among `replicas` (highest epoch, then longest). */
+  private async fetchChain(
+    pid: string,
+    tid: string,
+    replicas: readonly NodeId[],
+  ): Promise<Uint8Array[] | null> {
+    const replies = await Promise.all(
+      replicas.map((node) =>
+        this.components.messenger.request(node, { type: 'fetch-saves', pid, tid }).catch(() => undefined),
+      ),
+    )
+    let best: { epoch: number; chain: Uint8Array[] } | null = null
+    for (const reply of replies) {
+      if (reply?.type !== 'saves' || reply.chain.length === 0) continue
+      if (
+        best === null ||
+        reply.epoch > best.epoch ||
+        (reply.epoch === best.epoch && reply.chain.length > best.chain.length)
+      ) {
+        best = { epoch: reply.epoch, chain: reply.chain }
+      }
+    }
+    return best?.chain ?? null
+  }
+
+  // --- running --------------------------------------------------------------------------------
+
+  private async run(thread: LocalThread, previousReplicas: readonly NodeId[]): Promise<void> {
+    const process = await this.processRecord(thread.pid)
+    const program = await this.program(process.programDigest, process.home)
+    const restore =
+      previousReplicas.length > 0 ? await this.fetchChain(thread.pid, thread.tid, previousReplicas) : null
+    if (thread.stopped) return
+    this.launch(thread, process, program, restore)
+  }
+
+  private launch(
+    thread: LocalThread,
+    process: ProcessRecord,
+    program: Program,
+    restore: Uint8Array[] | null,
+  ): void {
+    const runner = new ThreadRunner(
+      this.components.pool,
+      {
+        module: program.module,
+        globalCount: program.globalCount,
+        moduleDigest: program.moduleDigest,
+        entry: thread.record.entry,
+        arg: thread.record.arg,
+        threadId: threadNumber(thread.tid),
+        seed: (process.seed ^ threadNumber(thread.tid)) >>> 0,
+        args: process.args,
+        env: process.env,
+        limits: { memoryPagesMax: process.memoryPagesMax, cpuBudgetMs: process.cpuBudgetMs },
+        saveIntervalMs: process.saveIntervalMs,
+        incrementalSaves: true,
+        files: false,
+        preopens: [],
+        restore,
+        replayLog: [],
+        nextSaveSequence: 1,
+      },
+      {
+        output: (fd, bytes, callSequence) => this.sendOutput(thread, process, fd, bytes, callSequence),
+        call: (call) => this.serveCall(thread, process, call),
+        save: (save) => {
+          thread.replicationQueue = thread.replicationQueue
+            .then(() => this.replicate(thread, save))
+            .catch(() => {})
+        },
+        log: () => {},
+      },
+    )
+    thread.runner = runner
+    runner.done.then((outcome) => {
+      if (thread.runner !== runner || thread.stopped) return
+      if (
+        outcome.kind === 'error' &&
+        outcome.error instanceof WorkerLostError &&
+        thread.restarts < localRestartsMax
+      ) {
+        thread.restarts++
+        const chain = thread.chain.length > 0 ? thread.chain.map((save) => save.bytes) : null
+        this.launch(thread, process, program, chain)
+        return
+      }
+      void this.finishThread(thread, outcome)
+    })
+  }
+
+  private sendOutput(
+    thread: LocalThread,
+    process: ProcessRecord,
+    fd: number,
+    bytes: Uint8Array,
+    callSequence: number,
+  ) {
+    const message: RuntimeMessage = {
+      type: 'output',
+      pid: thread.pid,
+      tid: thread.tid,
+      fd,
+      callSequence,
+      bytes,
+    }
+    thread.outputQueue = thread.outputQueue.then(async () => {
+      for (let attempt = 0; attempt < 50 && !thread.stopped; attempt++) {
+        try {
+          await this.components.messenger.request(process.home, message)
+          return
+        } catch {
+          await new Promise<void>((resolve) => this.components.timers.after(100, resolve))
+        }
+      }
+    })
+  }
+
+  /** Sends a save to the thread's replicas; a new replica first gets the whole chain. */
+  private async replicate(thread: LocalThread, save: EncodedSave): Promise<void> {
+    if (save.summary.baseSequence === null) thread.chain = [save]
+    else thread.chain.push(save)
+    const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
+    const fresh = replicas.filter((node) => !thread.replicas.includes(node))
+    const chain = thread.chain.slice()
+    const send = async (node: NodeId, saves: EncodedSave[]) => {
+      for (const each of saves) {
+        const reply = await this.components.messenger.request(node, {
+          type: 'save',
+          pid: thread.pid,
+          tid: thread.tid,
+          epoch: thread.epoch,
+          sequence: each.summary.sequence,
+          baseSequence: each.summary.baseSequence,
+          bytes: each.bytes,
+        })
+        if (reply.type !== 'ok') return false
+      }
+      return true
+    }
+    const results = await Promise.all(
+      replicas.map(async (node) => {
+        try {
+          if (fresh.includes(node)) return await send(node, chain)
+          return (await send(node, [save])) || (await send(node, chain))
+        } catch {
+          return false
+        }
+      }),
+    )
+    const holding = replicas.filter((_node, index) => results[index])
+    if (thread.stopped || holding.length === 0) return
+    const known = thread.record.saveReplicas
+    if (holding.length === known.length && holding.every((node) => known.includes(node))) return
+    thread.replicas = holding
+    await this.writeRecord(thread, { ...thread.record, saveReplicas: holding })
+  }
+
+  /** A cas on the version this incarnation last wrote; failure means it was replaced: it stops. */
+  private async writeRecord(thread: LocalThread, next: ThreadRecord): Promise<boolean> {
+    const written = await this.components.store.cas(
+      keys.thread(thread.pid, thread.tid),
+      thread.version,
+      encodeRecord(next),
+    )
+    if (!written.ok) {
+      this.components.log?.(
+        `runtime: thread ${thread.tid} of ${thread.pid} was taken over; stopping this incarnation`,
+      )
+      this.stopThread(thread)
+      return false
+    }
+    thread.version = written.version
+    thread.record = next
+    return true
+  }
+
+  private async serveCall(
+    thread: LocalThread,
+    process: ProcessRecord,
+    call: HostCall,
+  ): Promise<HostCallReply> {
+    if (call.name === 'spawn') {
+      const payload = call.payload
+      if (payload === null || payload.length < 4) return { result: -1 }
+      const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength)
+      const entryLength = view.getUint32(0, true)
+      if (4 + entryLength > payload.length) return { result: -1 }
+      const entry = new TextDecoder().decode(payload.subarray(4, 4 + entryLength))
+      const program = await this.program(process.programDigest, process.home)
+      const exported = WebAssembly.Module.exports(program.module).some(
+        (item) => item.name === entry && item.kind === 'function',
+      )
+      if (!exported) return { result: -2 }
+      // The child's id derives from the call's op id: a replayed spawn finds the same child.
+      await this.placeThread(
+        thread.pid,
+        childThreadId(thread.tid, call.callSequence),
+        entry,
+        payload.slice(4 + entryLength),
+      )
+      return { result: call.callSequence }
+    }
+    if (call.name === 'join') return this.join(thread, call.args[0]!)
+    return { result: -1 }
+  }
+
+  private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
+    const tid = childThreadId(thread.tid, handle)
+    const key = keys.thread(thread.pid, tid)
+    for (;;) {
+      if (thread.stopped) return new Promise(() => {})
+      const read = await this.components.store.get(key)
+      if (read.value === null) return { result: -1 }
+      const record = decodeThread(read.value)
+      if (record.state === 'done') {
+        const result = record.result ?? new Uint8Array(0)
+        return { result: result.length, payload: result }
+      }
+      if (record.state === 'failed') return { result: -3 }
+      await new Promise<void>((resolve) => {
+        const waiters = this.joinWaiters.get(key) ?? new Set()
+        this.joinWaiters.set(key, waiters)
+        const wake = () => {
+          waiters.delete(wake)
+          timer.cancel()
+          resolve()
+        }
+        const timer = this.components.timers.after(joinPollMs, wake)
+        waiters.add(wake)
+      })
+    }
+  }
+
+  private async finishThread(thread: LocalThread, outcome: ThreadOutcome): Promise<void> {
+    if (thread.stopped) return
+    await thread.outputQueue
+    await thread.replicationQueue
+    const done: ThreadRecord =
+      outcome.kind === 'exit'
+        ? {
+            ...thread.record,
+            state: 'done',
+            result: outcome.result,
+            exitCode: outcome.code,
+            saveReplicas: [],
+          }
+        : { ...thread.record, state: 'failed', error: outcome.error.message, saveReplicas: [] }
+    const written = await this.writeRecord(thread, done).catch(() => false)
+    this.local.delete(`${thread.pid}/${thread.tid}`)
+    thread.stopped = true
+    if (!written) return
+    const process = await this.processRecord(thread.pid)
+    const notify = new Set<NodeId>([process.home])
+    const parent = parentThreadId(thread.tid)
+    if (parent !== null) {
+      const parentRead = await this.components.store
+        .get(keys.thread(thread.pid, parent))
+        .catch(() => undefined)
+      if (parentRead?.value) notify.add(decodeThread(parentRead.value).node)
+    }
+    for (const node of notify) {
+      void this.components.messenger
+        .request(node, { type: 'ended', pid: thread.pid, tid: thread.tid })
+        .catch(() => {})
+    }
+    for (const node of thread.replicas) {
+      void this.components.messenger
+        .request(node, { type: 'drop-saves', pid: thread.pid, tid: thread.tid })
+        .catch(() => {})
+    }
+  }
+
+  private stopThread(thread: LocalThread): void {
+    if (thread.stopped) return
+    thread.stopped = true
+    this.local.delete(`${thread.pid}/${thread.tid}`)
+    thread.runner?.kill('thread stopped on this node')
+  }
+
+  private threadEnded(pid: string, tid: string): void {
+    const key = keys.thread(pid, tid)
+    for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake()
+    const home = this.homes.get(pid)
+    if (home === undefined) return
+    home.ended.add(tid)
+    home.threads.delete(tid)
+    if (tid === '0') void this.finishProcess(home)
+  }
+
+  // --- home duties ----------------------------------------------------------------------------
+
+  private homeOutput(pid: string, tid: string, fd: number, callSequence: number, bytes: Uint8Array): void {
+    const home = this.homes.get(pid)
+    if (home === undefined) return
+    const shownKey = `${tid}/${fd}`
+    if (callSequence <= (home.shown.get(shownKey) ?? 0)) return
+    home.shown.set(shownKey, callSequence)
+    const chunk = { tid, fd, bytes }
+    if (home.outputBytes + bytes.length <= outputBytesMax) {
+      home.output.push(chunk)
+      home.outputBytes += bytes.length
+    }
+    for (const listener of home.listeners) listener(chunk)
+  }
+
+  private async finishProcess(home: HomeProcess): Promise<void> {
+    if (home.finished) return
+    const read = await this.components.store.get(keys.thread(home.record.pid, '0'))
+    const main = read.value === null ? null : decodeThread(read.value)
+    if (main === null || (main.state !== 'done' && main.state !== 'failed')) return
+    home.finished = true
+    const result: ProcessResult =
+      main.state === 'done'
+        ? { exitCode: main.exitCode ?? 0, error: null }
+        : { exitCode: 1, error: main.error }
+    const nodes = new Set(this.components.cluster.live().map((peer) => peer.id))
+    for (const node of nodes) {
+      void this.components.messenger.request(node, { type: 'stop', pid: home.record.pid }).catch(() => {})
+    }
+    const record: ProcessRecord = {
+      ...home.record,
+      state: result.error === null ? 'done' : 'failed',
+      ...result,
+    }
+    await this.components.store
+      .put(keys.process(home.record.pid), encodeRecord(record))
+      .catch(() => undefined)
+    home.finish(result)
+  }
+
+  /** Restarts elsewhere the threads of this node's processes that ran on a departed node. */
+  private async recoverNode(departed: NodeId): Promise<void> {
+    if (departed === this.self) return
+    const affected = [...this.homes.values()].filter(
+      (home) => !home.finished && [...home.threads.values()].includes(departed),
+    )
+    if (affected.length === 0) return
+    await this.fenceNode(departed)
+    for (const home of affected) {
+      for (const [tid, node] of home.threads) {
+        if (node === departed && !home.ended.has(tid)) void this.replace(home.record.pid, tid, departed)
+      }
+    }
+  }
+
+  /** Waits until `node`'s lease has expired and takes it, so the node can no longer renew. */
+  private async fenceNode(node: NodeId): Promise<void> {
+    for (let attempt = 0; attempt < 100 && !this.stopped; attempt++) {
+      const taken = await this.components.store
+        .acquire(keys.node(node), `fenced-by:${this.self}`, this.leaseTtlMs * 10)
+        .catch(() => undefined)
+      if (taken?.ok) return
+      await new Promise<void>((resolve) => this.components.timers.after(this.leaseTtlMs / 4, resolve))
+    }
+  }
+
+  private async replace(pid: string, tid: string, departed: NodeId): Promise<void> {
+    const key = keys.thread(pid, tid)
+    const read = await this.components.store.get(key)
+    if (read.value === null) return
+    const record = decodeThread(read.value)
+    if (record.node !== departed || record.state === 'done' || record.state === 'failed') return
+    const live = this.components.cluster.live().filter((peer) => peer.id !== departed)
+    if (live.length === 0) return
+    const node = chooseNode({ candidates: live, load: this.loadByNode(), random: this.components.random })
+    const moved: ThreadRecord = { ...record, node, state: 'placed' }
+    const written = await this.components.store.cas(key, read.version, encodeRecord(moved))
+    if (!written.ok) return
+    this.components.log?.(`runtime: thread ${tid} of ${pid} moves from ${departed} to ${node}`)
+    await this.handOver(pid, tid, written.version, moved)
+  }
+
+  private async sweepHomes(): Promise<void> {
+    const live = new Set(this.components.cluster.live().map((peer) => peer.id))
+    const departed = new Set<NodeId>()
+    for (const home of this.homes.values()) {
+      if (home.finished) continue
+      for (const node of home.threads.values()) if (!live.has(node)) departed.add(node)
+    }
+    for (const node of departed) await this.recoverNode(node)
+  }
+
+  /** Places a thread this node stopped back on this node, unless it was moved meanwhile. */
+  private async reclaim(thread: LocalThread): Promise<void> {
+    const key = keys.thread(thread.pid, thread.tid)
+    const read = await this.components.store.get(key)
+    if (read.version !== thread.version || read.value === null) return
+    const placed: ThreadRecord = { ...thread.record, state: 'placed', node: this.self }
+    const written = await this.components.store.cas(key, read.version, encodeRecord(placed))
+    if (written.ok) await this.handOver(thread.pid, thread.tid, written.version, placed)
+  }
+
+  // --- this node's lease ----------------------------------------------------------------------
+
+  private async acquireOwnLease(): Promise<void> {
+    for (;;) {
+      const taken = await this.components.store.acquire(keys.node(this.self), this.self, this.leaseTtlMs)
+      if (taken.ok) {
+        this.leaseToken = taken.token
+        this.leaseHeld = true
+        return
+      }
+      await new Promise<void>((resolve) => this.components.timers.after(this.leaseTtlMs / 2, resolve))
+    }
+  }
+
+  private async renewOwnLease(): Promise<void> {
+    if (this.stopped || !this.leaseHeld) return
+    const renewed = await this.components.store
+      .renew(keys.node(this.self), this.self, this.leaseToken)
+      .catch(() => undefined)
+    if (renewed?.ok) {
+      this.renewalsUnanswered = 0
+      return
+    }
+    if (renewed === undefined && ++this.renewalsUnanswered < 3) return
+    // Someone took our lease (we were declared dead), or we could not renew it for a whole TTL:
+    // either way our threads may run elsewhere now, so this node must not run them on.
+    this.leaseHeld = false
+    this.renewalsUnanswered = 0
+    this.components.log?.('runtime: this node lost its lease; stopping its threads')
+    const orphans = [...this.local.values()]
+    for (const thread of orphans) this.stopThread(thread)
+    await this.acquireOwnLease()
+    // Threads that nobody moved while we had no lease are ours to resume (from their saves).
+    for (const thread of orphans) void this.reclaim(thread)
+  }
+}
+
+export function createNodeRuntime(
+  components: NodeRuntimeComponents,
+  options: NodeRuntimeOptions = {},
+): NodeRuntime {
+  return new NodeRuntime(components, options)
+}

@@ -1,0 +1,53 @@
+/**
+ * What the process runtime needs from the fabric core, as interfaces: the coordination store, a
+ * view of live members, and request/response messaging between nodes. The libp2p node implements
+ * them (fabric/net); tests use the in-process implementation (in-process-cluster.ts).
+ */
+
+import type { Capacity, MemberKind, NodeId } from '../membership/membership.ts'
+import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+
+export type { Capacity, MemberKind, NodeId }
+
+/** A register of the coordination store as an operation left it (see fabric/coord/register.ts). */
+export interface Register {
+  /** Whether the operation applied (a failed cas or acquire leaves the register as it was). */
+  ok: boolean
+  /** Successful data writes so far; 0 means never written. */
+  version: number
+  value: Uint8Array | null
+  /** Current lease holder, if any. */
+  holder: string | null
+  /** The fencing token of the current (or last) lease. */
+  token: number
+}
+
+export interface CoordinationClient {
+  get(key: string): Promise<Register>
+  put(key: string, value: Uint8Array): Promise<Register>
+  cas(key: string, expectedVersion: number, value: Uint8Array): Promise<Register>
+  acquire(key: string, holder: string, ttlMs: number): Promise<Register>
+  renew(key: string, holder: string, token: number): Promise<Register>
+  release(key: string, holder: string, token: number): Promise<Register>
+}
+
+export interface PeerInfo {
+  id: NodeId
+  kind: MemberKind
+  capacity: Capacity
+}
+
+export interface ClusterView {
+  readonly self: NodeId
+  /** Live members, this node included. */
+  live(): PeerInfo[]
+  /** Called when a member is declared dead or leaves; returns an unsubscribe function. */
+  onDeparture(listener: (id: NodeId) => void): () => void
+}
+
+export interface Messenger {
+  /** Sends `message` to `to` and resolves with its reply; rejects when `to` cannot be reached. */
+  request(to: NodeId, message: RuntimeMessage): Promise<RuntimeReply>
+  /** Serves requests from other nodes. */
+  serve(handler: (from: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>): void
+}

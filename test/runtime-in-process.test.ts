@@ -1,0 +1,69 @@
+import { afterEach, describe, expect, test } from 'vitest'
+import { guestBytes } from './support/guests.ts'
+import { seededRandom } from './support/run.ts'
+import { InProcessCluster } from './support/runtime-cluster.ts'
+
+async function runPi(
+  cluster: InProcessCluster,
+  args: string[],
+  killNodes: Array<{ id: string; atMs: number }> = [],
+) {
+  const home = cluster.runtime('node-a')
+  const process = await home.submit(guestBytes('examples/pi/pi.ts'), {
+    args: ['pi', ...args],
+    seed: 1,
+    saveIntervalMs: 0,
+  })
+  let output = ''
+  process.onOutput((chunk) => {
+    if (chunk.fd === 1) output += new TextDecoder().decode(chunk.bytes)
+  })
+  let threadsOnKilledNodes = 0
+  const timers = killNodes.map(({ id, atMs }) =>
+    setTimeout(() => {
+      threadsOnKilledNodes += cluster.runtime(id).runningCount()
+      cluster.kill(id)
+    }, atMs),
+  )
+  const result = await process.result
+  for (const timer of timers) clearTimeout(timer)
+  return { output, result, threadsOnKilledNodes }
+}
+
+describe('process runtime, in process', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('a multi-thread program runs across nodes and gives the output of a local run', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const started = performance.now()
+    const { output, result } = await runPi(cluster, ['12', '200000'])
+    expect(result).toEqual({ exitCode: 0, error: null })
+    expect(output).toContain('thread 11: ')
+    expect(output).toMatch(/pi is about 3\.1/)
+    console.log(`runtime: 12 threads in ${(performance.now() - started).toFixed(0)} ms`)
+  }, 60_000)
+
+  test('killing nodes that run threads leaves the output of an undisturbed run', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c', 'node-d']) await cluster.addNode(id)
+    const reference = await runPi(cluster, ['10', '3000000'])
+    cluster.close()
+    let threadsOnKilledNodes = 0
+    for (const seed of [1, 2, 3]) {
+      cluster = new InProcessCluster()
+      for (const id of ['node-a', 'node-b', 'node-c', 'node-d']) await cluster.addNode(id)
+      const random = seededRandom(seed)
+      const victims = ['node-b', 'node-c', 'node-d'].sort(() => random() - 0.5).slice(0, 2)
+      const kills = victims.map((id) => ({ id, atMs: 100 + random() * 600 }))
+      const run = await runPi(cluster, ['10', '3000000'], kills)
+      expect(run.result, `SEED=${seed}`).toEqual({ exitCode: 0, error: null })
+      expect(run.output, `SEED=${seed}`).toBe(reference.output)
+      threadsOnKilledNodes += run.threadsOnKilledNodes
+      cluster.close()
+    }
+    // The kills hit nodes that were running threads, so threads really moved.
+    expect(threadsOnKilledNodes).toBeGreaterThan(0)
+  }, 120_000)
+})

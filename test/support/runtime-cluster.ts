@@ -1,0 +1,219 @@
+/**
+ * An in-process cluster for runtime tests: node runtimes that share an in-memory linearizable store
+ * and talk through direct calls. Killing a node stops its threads and timers and drops its messages,
+ * as a SIGKILL would; the others see it depart after `detectionMs`.
+ */
+
+import { seededRandom, systemTimers } from '../../fabric/platform.ts'
+import type { RuntimeMessage, RuntimeReply } from '../../fabric/runtime/messages.ts'
+import { NodeRuntime } from '../../fabric/runtime/node-runtime.ts'
+import type {
+  ClusterView,
+  CoordinationClient,
+  NodeId,
+  PeerInfo,
+  Register,
+} from '../../fabric/runtime/services.ts'
+import { instrumentInWorker } from '../../host/instrument-node.ts'
+import { loadProgram, type Program } from '../../host/program.ts'
+import { nodeWorkerFactory } from '../../host/worker-node.ts'
+import { WorkerPool } from '../../host/worker-pool.ts'
+
+interface Cell {
+  version: number
+  value: Uint8Array | null
+  holder: string | null
+  token: number
+  expiresAt: number
+}
+
+/** A linearizable store in one process (each operation is atomic on the event loop). */
+export class MemoryStore implements CoordinationClient {
+  private readonly cells = new Map<string, Cell>()
+
+  private cell(key: string): Cell {
+    let cell = this.cells.get(key)
+    if (cell === undefined) {
+      cell = { version: 0, value: null, holder: null, token: 0, expiresAt: 0 }
+      this.cells.set(key, cell)
+    }
+    if (cell.holder !== null && cell.expiresAt <= performance.now()) cell.holder = null
+    return cell
+  }
+
+  private async apply(key: string, change: (cell: Cell) => boolean): Promise<Register> {
+    await new Promise((resolve) => setImmediate(resolve))
+    const cell = this.cell(key)
+    const ok = change(cell)
+    return { ok, version: cell.version, value: cell.value, holder: cell.holder, token: cell.token }
+  }
+
+  get(key: string) {
+    return this.apply(key, () => true)
+  }
+  put(key: string, value: Uint8Array) {
+    return this.apply(key, (cell) => {
+      cell.version++
+      cell.value = value
+      return true
+    })
+  }
+  cas(key: string, expectedVersion: number, value: Uint8Array) {
+    return this.apply(key, (cell) => {
+      if (cell.version !== expectedVersion) return false
+      cell.version++
+      cell.value = value
+      return true
+    })
+  }
+  acquire(key: string, holder: string, ttlMs: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== null && cell.holder !== holder) return false
+      if (cell.holder !== holder) cell.token++
+      cell.holder = holder
+      cell.expiresAt = performance.now() + ttlMs
+      return true
+    })
+  }
+  renew(key: string, holder: string, token: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== holder || cell.token !== token) return false
+      cell.expiresAt = performance.now() + 1000
+      return true
+    })
+  }
+  release(key: string, holder: string, token: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== holder || cell.token !== token) return false
+      cell.holder = null
+      return true
+    })
+  }
+}
+
+interface Member {
+  id: NodeId
+  alive: boolean
+  handler: ((from: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>) | null
+  runtime: NodeRuntime
+  pool: WorkerPool
+  departureListeners: Array<(id: NodeId) => void>
+}
+
+export class InProcessCluster {
+  readonly store = new MemoryStore()
+  private readonly members = new Map<NodeId, Member>()
+  private readonly programs = new Map<string, Promise<Program>>()
+  private readonly detectionMs: number
+
+  constructor(options: { detectionMs?: number } = {}) {
+    this.detectionMs = options.detectionMs ?? 300
+  }
+
+  runtime(id: NodeId): NodeRuntime {
+    return this.members.get(id)!.runtime
+  }
+
+  ids(): NodeId[] {
+    return [...this.members.keys()]
+  }
+
+  liveIds(): NodeId[] {
+    return [...this.members.values()].filter((member) => member.alive).map((member) => member.id)
+  }
+
+  async addNode(id: NodeId, options: { seed?: number; speedScore?: number } = {}): Promise<NodeRuntime> {
+    const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 1 })
+    const cluster: ClusterView = {
+      self: id,
+      live: () => this.livePeers(),
+      onDeparture: (listener) => {
+        member.departureListeners.push(listener)
+        return () => {}
+      },
+    }
+    const member: Member = {
+      id,
+      alive: true,
+      handler: null,
+      pool,
+      departureListeners: [],
+      runtime: null as unknown as NodeRuntime,
+    }
+    const speedScore = options.speedScore ?? 1
+    ;(member as { speedScore?: number }).speedScore = speedScore
+    member.runtime = new NodeRuntime({
+      cluster,
+      store: this.store,
+      messenger: {
+        request: (to, message) => this.deliver(id, to, message),
+        serve: (handler) => {
+          member.handler = handler
+        },
+      },
+      pool,
+      loadProgram: (bytes) => this.load(bytes),
+      random: seededRandom(options.seed ?? id.length * 7919 + id.charCodeAt(id.length - 1)),
+      timers: systemTimers,
+    })
+    this.members.set(id, member)
+    await member.runtime.start()
+    return member.runtime
+  }
+
+  /** As SIGKILL: the node stops at once; the others notice after the detection delay. */
+  kill(id: NodeId): void {
+    const member = this.members.get(id)!
+    member.alive = false
+    member.runtime.stop()
+    member.pool.close()
+    setTimeout(() => {
+      for (const other of this.members.values()) {
+        if (other.alive) for (const listener of other.departureListeners) listener(id)
+      }
+    }, this.detectionMs)
+  }
+
+  close(): void {
+    for (const member of this.members.values()) {
+      if (member.alive) {
+        member.alive = false
+        member.runtime.stop()
+        member.pool.close()
+      }
+    }
+  }
+
+  private livePeers(): PeerInfo[] {
+    return [...this.members.values()]
+      .filter((member) => member.alive)
+      .map((member) => ({
+        id: member.id,
+        kind: 'server' as const,
+        capacity: {
+          cores: 1,
+          memoryBytes: 2 ** 30,
+          speedScore: (member as { speedScore?: number }).speedScore ?? 1,
+        },
+      }))
+  }
+
+  private load(bytes: Uint8Array): Promise<Program> {
+    const key = `${bytes.length}:${bytes[bytes.length - 1]}:${bytes[bytes.length >> 1]}`
+    let pending = this.programs.get(key)
+    if (pending === undefined) {
+      pending = loadProgram(bytes, { instrument: instrumentInWorker })
+      this.programs.set(key, pending)
+    }
+    return pending
+  }
+
+  private async deliver(from: NodeId, to: NodeId, message: RuntimeMessage): Promise<RuntimeReply> {
+    await new Promise((resolve) => setImmediate(resolve))
+    const sender = this.members.get(from)
+    const target = this.members.get(to)
+    if (sender?.alive !== true) throw new Error(`${from} is down`)
+    if (target?.alive !== true || target.handler === null) throw new Error(`cannot reach ${to}`)
+    return target.handler(from, message)
+  }
+}
