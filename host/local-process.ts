@@ -10,6 +10,7 @@ import { importModuleWasi } from './abi.ts'
 import { type FabricHostError, GuestCallError, WorkerLostError } from './errors.ts'
 import type { GuestFileSystem } from './files.ts'
 import type { Program } from './program.ts'
+import { SaveIntervalLearner } from './save-interval.ts'
 import type { EncodedSave } from './snapshot.ts'
 import { type HostCall, type HostCallReply, type ThreadOutcome, ThreadRunner } from './thread-runner.ts'
 import type { WorkerPool } from './worker-pool.ts'
@@ -37,8 +38,13 @@ export interface ProcessOptions {
   seed?: number
   memoryPagesMax?: number
   cpuBudgetMs?: number
-  /** Minimum time between automatic saves at blocking calls; default 1000 ms. */
+  /**
+   * Minimum time between automatic saves at blocking calls. By default each thread learns its own:
+   * Young/Daly's optimum from its measured save cost and `failureIntervalMs`.
+   */
   saveIntervalMs?: number
+  /** Expected time between failures that lose a thread's worker, for the learned interval. */
+  failureIntervalMs?: number
   /** Saves after the first carry only changed pages; default true. */
   incrementalSaves?: boolean
   /** The file system guests see through WASI; none by default. */
@@ -66,6 +72,7 @@ interface ThreadState {
   shownThrough: Map<number, number>
   runner: ThreadRunner | null
   restarts: number
+  interval: SaveIntervalLearner
   outcome: Promise<ThreadOutcome>
   settle: (outcome: ThreadOutcome) => void
   ended: ThreadOutcome | null
@@ -145,6 +152,7 @@ export class LocalProcess {
       shownThrough: new Map(),
       runner: null,
       restarts: 0,
+      interval: new SaveIntervalLearner(this.options.failureIntervalMs),
       outcome,
       settle,
       ended: null,
@@ -173,7 +181,7 @@ export class LocalProcess {
           memoryPagesMax: this.options.memoryPagesMax ?? defaultLimits.memoryPagesMax,
           cpuBudgetMs: this.options.cpuBudgetMs ?? defaultLimits.cpuBudgetMs,
         },
-        saveIntervalMs: this.options.saveIntervalMs ?? 1000,
+        saveIntervalMs: this.options.saveIntervalMs ?? thread.interval.currentMs,
         incrementalSaves: this.options.incrementalSaves ?? true,
         files: this.options.files !== undefined,
         preopens: this.options.files?.preopens.slice() ?? [],
@@ -189,6 +197,10 @@ export class LocalProcess {
           else thread.chain.push(save)
           thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
           this.options.onSave?.(thread.threadId, save, costMs)
+          if (this.options.saveIntervalMs === undefined) {
+            const interval = thread.interval.observe(costMs)
+            if (interval !== null) runner.configure(interval)
+          }
         },
         log: (callSequence, value) => thread.log.push([callSequence, value]),
       },

@@ -82,6 +82,11 @@ export class ThreadRunner {
     void pool.acquire().then((lease) => this.begin(lease))
   }
 
+  /** Changes how often the thread saves automatically (the embedding learns the best interval). */
+  configure(saveIntervalMs: number): void {
+    if (!this.ended) this.lease?.worker.post({ type: 'configure', saveIntervalMs })
+  }
+
   /** Ends the thread's worker as a crash would (tests; `fabric kill`). */
   kill(reason = 'worker was killed'): void {
     if (this.ended) return

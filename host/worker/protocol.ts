@@ -43,7 +43,13 @@ export interface ReplyMessage {
   payload: Uint8Array | null
 }
 
-export type ToWorker = StartMessage | ReplyMessage
+/** Changes how often the thread saves automatically at blocking calls. */
+export interface ConfigureMessage {
+  type: 'configure'
+  saveIntervalMs: number
+}
+
+export type ToWorker = StartMessage | ReplyMessage | ConfigureMessage
 
 export interface OutputMessage {
   type: 'output'

@@ -88,12 +88,18 @@ export class GuestThread {
   private deltaBytesSinceFull = 0
   private deltaCountSinceFull = 0
   private saveRequested = false
+  private saveIntervalMs: number
 
   constructor(start: StartMessage, port: WorkerPort) {
     this.start = start
     this.port = port
     this.replayLog = new Map(start.replayLog)
     this.saveSequence = start.nextSaveSequence
+    this.saveIntervalMs = start.saveIntervalMs
+  }
+
+  configure(saveIntervalMs: number): void {
+    this.saveIntervalMs = saveIntervalMs
   }
 
   onReply(message: ReplyMessage): void {
@@ -377,9 +383,9 @@ export class GuestThread {
   }
 
   private saveDue(): boolean {
-    if (this.start.saveIntervalMs <= 0) return true
+    if (this.saveIntervalMs <= 0) return true
     const last = this.lastSave?.takenAtMs ?? 0
-    return Date.now() - last >= this.start.saveIntervalMs
+    return Date.now() - last >= this.saveIntervalMs
   }
 
   /** Takes a save while the guest is unwound; incremental when a previous save exists. */
@@ -522,6 +528,8 @@ export function serveThread(port: WorkerPort): void {
       void thread.run()
     } else if (message.type === 'reply') {
       thread?.onReply(message)
+    } else if (message.type === 'configure') {
+      thread?.configure(message.saveIntervalMs)
     }
   })
 }
