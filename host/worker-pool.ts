@@ -27,7 +27,7 @@ export interface WorkerPoolOptions {
   workerCountMax?: number
   /** How long a ready thread may wait for a core before it starts anyway; default 50 ms. */
   starvationMs?: number
-  /** Idle workers kept for reuse; default `runningMax`. */
+  /** Idle workers kept for reuse; default 4 x `runningMax`. */
   idleMax?: number
 }
 
@@ -65,7 +65,7 @@ export class WorkerPool {
       runningMax,
       workerCountMax: options.workerCountMax ?? 256,
       starvationMs: options.starvationMs ?? 50,
-      idleMax: options.idleMax ?? runningMax,
+      idleMax: options.idleMax ?? runningMax * 4,
     }
   }
 
