@@ -1,0 +1,662 @@
+/**
+ * One node's part of the coordination store: a CASPaxos proposer for the requests this node
+ * serves, an acceptor for the shards it replicates (server nodes only), and a reconfigurer for
+ * the shards it leads (the live server closest to the shard's id).
+ *
+ * The store is an I/O-free state machine: the driver feeds it messages (`receive`) and ticks
+ * (`tick`), and it sends through the injected `send`. Results come back through callbacks, so the
+ * simulator can run it without a promise in sight.
+ *
+ *   const store = createStore({ self, clock, random, send, servers: () => membership.liveServers(), storage })
+ *   store.submit('lock/a', { kind: 'get' }, { timeoutMs: 2000 }, (outcome) => console.log(outcome))
+ */
+
+import { InvalidArgumentError, StoreOverloadedError, StoreTimeoutError } from '../errors.ts'
+import type { Clock, Random } from '../platform.ts'
+import { type Acceptor, type AcceptorStorage, createAcceptor } from './acceptor.ts'
+import { type Ballot, compareBallots } from './ballot.ts'
+import type { RegisterEntry, ShardView, StoreMessage } from './messages.ts'
+import {
+  applyOperation,
+  emptyRegister,
+  type NodeId,
+  type Operation,
+  type OperationResult,
+} from './register.ts'
+import { replicaCountDefault, replicasOfShard, shardCountDefault, shardOfKey } from './shards.ts'
+
+export const keyBytesMax = 512
+export const valueBytesMax = 64 * 1024
+export const leaseTtlMsMin = 100
+export const leaseTtlMsMax = 10 * 60 * 1000
+/** Both sides of a lease allow for clocks that run this much fast or slow. */
+export const leaseMarginRatio = 0.05
+export const operationTimeoutMsDefault = 5000
+export const attemptTimeoutMsDefault = 400
+export const backoffMsBase = 2
+export const backoffMsMax = 100
+export const pendingRequestsMax = 10_000
+export const batchRequestsMax = 64
+export const reconfigureIntervalMsDefault = 500
+export const reconfigurationTimeoutMs = 3000
+export const reconfigurationsInFlightMax = 8
+/** Proposers remembered per key for retry detection; a proposer must not be pushed out by this many others mid-round. */
+export const writersMax = 16
+
+export type Outcome = { ok: true; result: OperationResult } | { ok: false; error: Error }
+
+export interface SubmitOptions {
+  timeoutMs?: number
+}
+
+export interface StoreComponents {
+  self: NodeId
+  clock: Clock
+  random: Random
+  send(to: NodeId, message: StoreMessage): void
+  /** Live server nodes, this node included when it is one. */
+  servers(): readonly NodeId[]
+  /** Present on server nodes, which replicate shards; absent on browser nodes and clients. */
+  storage?: AcceptorStorage
+}
+
+export interface StoreOptions {
+  shardCount?: number
+  replicaCount?: number
+  attemptTimeoutMs?: number
+  reconfigureIntervalMs?: number
+}
+
+export interface Store {
+  submit(
+    key: string,
+    operation: Operation,
+    options: SubmitOptions,
+    callback: (outcome: Outcome) => void,
+  ): void
+  receive(from: NodeId, message: StoreMessage): void
+  tick(): void
+  /** For a node that creates a cluster: every shard starts with `members` as its replicas. */
+  genesis(members: readonly NodeId[]): void
+  /** The configuration this node believes each shard has, as far as it knows. */
+  knownConfig(shard: number): { epoch: number; members: NodeId[] } | undefined
+  acceptor: Acceptor | undefined
+  pendingCount(): number
+  readonly shardCount: number
+}
+
+interface Request {
+  key: string
+  operation: Operation
+  startedAtMs: number
+  deadlineMs: number
+  timeoutMs: number
+  callback(outcome: Outcome): void
+}
+
+interface Round {
+  key: string
+  shard: number
+  requests: Request[]
+  phase: 'prepare' | 'accept' | 'waiting'
+  ballot: Ballot
+  members: NodeId[]
+  promises: Map<NodeId, Extract<StoreMessage, { type: 'promise' }>>
+  accepted: Set<NodeId>
+  refused: Set<NodeId>
+  attempts: number
+  attemptDeadlineMs: number
+  retryAtMs: number
+  results: OperationResult[]
+  /** Results of each state this round proposed, by write id. */
+  proposals: Map<string, OperationResult[]>
+}
+
+interface Reconfiguration {
+  shard: number
+  epoch: number
+  members: NodeId[]
+  target: NodeId[]
+  ballot: Ballot
+  phase: 'seal' | 'decide' | 'install'
+  promises: Map<NodeId, Extract<StoreMessage, { type: 'seal-promise' }>>
+  acks: Set<NodeId>
+  refused: Set<NodeId>
+  next: NodeId[]
+  registers: RegisterEntry[]
+  deadlineMs: number
+}
+
+export function quorumOf(memberCount: number): number {
+  return Math.floor(memberCount / 2) + 1
+}
+
+export function createStore(components: StoreComponents, options: StoreOptions = {}): Store {
+  const { self, clock, random, send, servers } = components
+  const shardCount = options.shardCount ?? shardCountDefault
+  const replicaCount = options.replicaCount ?? replicaCountDefault
+  const attemptTimeoutMs = options.attemptTimeoutMs ?? attemptTimeoutMsDefault
+  const reconfigureIntervalMs = options.reconfigureIntervalMs ?? reconfigureIntervalMsDefault
+  if (replicaCount < 1 || replicaCount > 7)
+    throw new InvalidArgumentError(`replicaCount must be 1..7, got ${replicaCount}`)
+
+  const acceptor =
+    components.storage === undefined
+      ? undefined
+      : createAcceptor({ self, clock, storage: components.storage, send })
+  const configs = new Map<number, { epoch: number; members: NodeId[] }>()
+  const queues = new Map<string, Request[]>()
+  const rounds = new Map<string, Round>()
+  const reconfigurations = new Map<number, Reconfiguration>()
+  /** Latest view each member reported per shard, for the shards this node leads. */
+  const memberViews = new Map<number, Map<NodeId, ShardView | null>>()
+  let pending = 0
+  let highestRound = 0
+  let writeCounter = 0
+  // Write ids must not repeat across restarts of this node, or a retry could mistake an old write for its own.
+  const incarnation = Math.floor(random.next() * 2 ** 48).toString(36)
+  let nextReconfigureCheckMs = 0
+
+  function adoptView(shard: number, view: ShardView | null): boolean {
+    if (view === null || view.epoch === 0) return false
+    const known = configs.get(shard)
+    if (known !== undefined && known.epoch >= view.epoch) return false
+    configs.set(shard, { epoch: view.epoch, members: view.members })
+    return true
+  }
+
+  function configFor(shard: number): { epoch: number; members: NodeId[] } {
+    const known = configs.get(shard)
+    if (known !== undefined) return known
+    const own = acceptor?.view(shard)
+    if (own != null && own.epoch > 0) {
+      adoptView(shard, own)
+      return configs.get(shard)!
+    }
+    // Unknown: ask the replicas the shard should have; they answer with the configuration they know.
+    return { epoch: 0, members: replicasOfShard(shard, shardCount, servers(), replicaCount) }
+  }
+
+  function submit(
+    key: string,
+    operation: Operation,
+    submitOptions: SubmitOptions,
+    callback: (o: Outcome) => void,
+  ) {
+    validate(key, operation)
+    if (pending >= pendingRequestsMax) {
+      callback({ ok: false, error: new StoreOverloadedError(pendingRequestsMax) })
+      return
+    }
+    const now = clock.now()
+    const timeoutMs = submitOptions.timeoutMs ?? operationTimeoutMsDefault
+    const request: Request = {
+      key,
+      operation,
+      startedAtMs: now,
+      deadlineMs: now + timeoutMs,
+      timeoutMs,
+      callback,
+    }
+    pending++
+    let queue = queues.get(key)
+    if (queue === undefined) {
+      queue = []
+      queues.set(key, queue)
+    }
+    queue.push(request)
+    if (!rounds.has(key)) startRound(key)
+  }
+
+  function finish(request: Request, outcome: Outcome): void {
+    pending--
+    request.callback(outcome)
+  }
+
+  function startRound(key: string): void {
+    const queue = queues.get(key)
+    if (queue === undefined || queue.length === 0) {
+      queues.delete(key)
+      return
+    }
+    const requests = queue.splice(0, batchRequestsMax)
+    if (queue.length === 0) queues.delete(key)
+    const round: Round = {
+      key,
+      shard: shardOfKey(key, shardCount),
+      requests,
+      phase: 'waiting',
+      ballot: { epoch: 0, round: 0, proposer: self },
+      members: [],
+      promises: new Map(),
+      accepted: new Set(),
+      refused: new Set(),
+      attempts: 0,
+      attemptDeadlineMs: 0,
+      retryAtMs: 0,
+      results: [],
+      proposals: new Map(),
+    }
+    rounds.set(key, round)
+    beginAttempt(round)
+  }
+
+  function beginAttempt(round: Round): void {
+    const config = configFor(round.shard)
+    round.attempts++
+    round.ballot = { epoch: config.epoch, round: ++highestRound, proposer: self }
+    round.members = config.members
+    round.phase = 'prepare'
+    round.promises = new Map()
+    round.accepted = new Set()
+    round.refused = new Set()
+    round.attemptDeadlineMs = clock.now() + attemptTimeoutMs
+    if (config.epoch === 0) {
+      // Nobody answers for an unknown configuration; ask and wait for views.
+      for (const member of config.members) send(member, { type: 'query', shard: round.shard })
+      backOff(round)
+      return
+    }
+    for (const member of round.members)
+      send(member, {
+        type: 'prepare',
+        shard: round.shard,
+        epoch: config.epoch,
+        key: round.key,
+        ballot: round.ballot,
+      })
+  }
+
+  function backOff(round: Round): void {
+    round.phase = 'waiting'
+    const ceiling = Math.min(backoffMsMax, backoffMsBase * 2 ** Math.min(round.attempts, 10))
+    round.retryAtMs = clock.now() + random.next() * ceiling
+  }
+
+  function currentRound(key: string, ballot: Ballot): Round | undefined {
+    const round = rounds.get(key)
+    if (round === undefined || compareBallots(round.ballot, ballot) !== 0) return undefined
+    return round
+  }
+
+  function onPromise(from: NodeId, message: Extract<StoreMessage, { type: 'promise' }>): void {
+    const round = currentRound(message.key, message.ballot)
+    if (round === undefined || round.phase !== 'prepare' || !round.members.includes(from)) return
+    round.promises.set(from, message)
+    if (round.promises.size < quorumOf(round.members.length)) return
+    let chosen: { ballot: Ballot; state: typeof emptyRegister } | null = null
+    let unanimous = true
+    let first: Ballot | null | undefined
+    for (const promise of round.promises.values()) {
+      const ballot = promise.accepted?.ballot ?? null
+      if (first === undefined) first = ballot
+      else if (
+        (first === null) !== (ballot === null) ||
+        (first !== null && compareBallots(first, ballot!) !== 0)
+      )
+        unanimous = false
+      if (
+        promise.accepted !== null &&
+        (chosen === null || compareBallots(promise.accepted.ballot, chosen.ballot) > 0)
+      )
+        chosen = promise.accepted
+    }
+    const current = chosen?.state ?? emptyRegister
+    let leaseExpired = false
+    if (current.lease !== null) {
+      let elapsedMs = 0
+      for (const promise of round.promises.values())
+        if (promise.accepted?.state.lease?.grant === current.lease.grant)
+          elapsedMs = Math.max(elapsedMs, promise.leaseElapsedMs)
+      leaseExpired = elapsedMs > current.lease.ttlMs * (1 + leaseMarginRatio)
+    }
+    let state = current
+    const ownWrite = current.writers?.find(([proposer]) => proposer === self)?.[1]
+    const earlier = ownWrite === undefined ? undefined : round.proposals.get(ownWrite)
+    if (earlier !== undefined) {
+      // An earlier attempt of this round was accepted; finish it rather than apply it again.
+      round.results = earlier
+    } else {
+      round.results = []
+      for (const request of round.requests) {
+        const applied = applyOperation(state, request.operation, leaseExpired)
+        if (applied.state.lease !== state.lease) leaseExpired = false
+        state = applied.state
+        round.results.push(applied.result)
+      }
+      if (state !== current) {
+        const writeId = `${self}#${incarnation}#${++writeCounter}`
+        const writers = (current.writers ?? []).filter(([proposer]) => proposer !== self)
+        writers.push([self, writeId])
+        state = { ...state, writers: writers.slice(-writersMax) }
+        round.proposals.set(writeId, round.results)
+      }
+    }
+    if (state === current && unanimous && chosen !== null) {
+      // Every promise in the quorum holds the same accepted value, so it is chosen: a read needs no write.
+      complete(round)
+      return
+    }
+    if (state === current && chosen === null) {
+      complete(round)
+      return
+    }
+    round.phase = 'accept'
+    for (const member of round.members)
+      send(member, {
+        type: 'accept',
+        shard: round.shard,
+        epoch: round.ballot.epoch,
+        key: round.key,
+        ballot: round.ballot,
+        state,
+      })
+  }
+
+  function onAccepted(from: NodeId, message: Extract<StoreMessage, { type: 'accepted' }>): void {
+    const round = currentRound(message.key, message.ballot)
+    if (round === undefined || round.phase !== 'accept' || !round.members.includes(from)) return
+    round.accepted.add(from)
+    if (round.accepted.size >= quorumOf(round.members.length)) complete(round)
+  }
+
+  function complete(round: Round): void {
+    rounds.delete(round.key)
+    round.requests.forEach((request, index) => {
+      finish(request, { ok: true, result: round.results[index]! })
+    })
+    startRound(round.key)
+  }
+
+  function onReject(from: NodeId, message: Extract<StoreMessage, { type: 'reject' }>): void {
+    if (message.promised !== null) highestRound = Math.max(highestRound, message.promised.round)
+    const moved = adoptView(message.shard, message.view)
+    const round = currentRound(message.key, message.ballot)
+    if (round === undefined || round.phase === 'waiting') return
+    if (moved && round.attempts < 16) {
+      beginAttempt(round)
+      return
+    }
+    round.refused.add(from)
+    if (round.refused.size > round.members.length - quorumOf(round.members.length)) backOff(round)
+  }
+
+  function tick(): void {
+    const now = clock.now()
+    for (const round of [...rounds.values()]) {
+      const live: Request[] = []
+      for (const request of round.requests) {
+        if (now >= request.deadlineMs && round.phase !== 'accept')
+          finish(request, { ok: false, error: new StoreTimeoutError(request.key, request.timeoutMs) })
+        else live.push(request)
+      }
+      round.requests = live
+      if (live.length === 0 && round.phase !== 'accept') {
+        rounds.delete(round.key)
+        startRound(round.key)
+        continue
+      }
+      if (round.phase === 'waiting' && now >= round.retryAtMs) beginAttempt(round)
+      else if (round.phase !== 'waiting' && now >= round.attemptDeadlineMs) {
+        if (round.phase === 'accept') {
+          // Requests whose deadline passed during the accept phase learn nothing more: indeterminate.
+          round.requests = round.requests.filter((request) => {
+            if (now < request.deadlineMs) return true
+            finish(request, { ok: false, error: new StoreTimeoutError(request.key, request.timeoutMs) })
+            return false
+          })
+        }
+        backOff(round)
+      }
+    }
+    for (const [key, queue] of queues) {
+      if (rounds.has(key)) continue
+      const live = queue.filter((request) => {
+        if (now < request.deadlineMs) return true
+        finish(request, { ok: false, error: new StoreTimeoutError(request.key, request.timeoutMs) })
+        return false
+      })
+      if (live.length === 0) queues.delete(key)
+      else {
+        queues.set(key, live)
+        startRound(key)
+      }
+    }
+    if (acceptor !== undefined && now >= nextReconfigureCheckMs) {
+      nextReconfigureCheckMs = now + reconfigureIntervalMs
+      checkShards(now)
+    }
+    for (const reconfiguration of [...reconfigurations.values()])
+      if (now >= reconfiguration.deadlineMs) reconfigurations.delete(reconfiguration.shard)
+  }
+
+  // ---- reconfiguration: the leader of a shard moves it to the replicas the membership asks for ----
+
+  function checkShards(now: number): void {
+    const live = servers()
+    if (!live.includes(self)) return
+    for (let shard = 0; shard < shardCount; shard++) {
+      const leader = replicasOfShard(shard, shardCount, live, 1)[0]
+      if (leader !== self) {
+        memberViews.delete(shard)
+        continue
+      }
+      const desired = replicasOfShard(shard, shardCount, live, replicaCount)
+      const config = configFor(shard)
+      const views = memberViews.get(shard)
+      if (config.epoch > 0 && views !== undefined && !reconfigurations.has(shard)) {
+        const differs = !sameMembers(config.members, desired)
+        const lagging = config.members.some((member) => {
+          if (!live.includes(member)) return false
+          const view = views.get(member)
+          return view != null && view.epoch === config.epoch && (!view.installed || view.sealed)
+        })
+        if ((differs || lagging) && reconfigurations.size < reconfigurationsInFlightMax)
+          startReconfiguration(shard, config, desired, now)
+      }
+      memberViews.set(shard, new Map())
+      const asked = new Set([...desired, ...config.members])
+      for (const member of asked) send(member, { type: 'query', shard })
+    }
+  }
+
+  function startReconfiguration(
+    shard: number,
+    config: { epoch: number; members: NodeId[] },
+    target: NodeId[],
+    now: number,
+  ): void {
+    const reconfiguration: Reconfiguration = {
+      shard,
+      epoch: config.epoch,
+      members: config.members,
+      target,
+      ballot: { epoch: config.epoch, round: ++highestRound, proposer: self },
+      phase: 'seal',
+      promises: new Map(),
+      acks: new Set(),
+      refused: new Set(),
+      next: [],
+      registers: [],
+      deadlineMs: now + reconfigurationTimeoutMs,
+    }
+    reconfigurations.set(shard, reconfiguration)
+    for (const member of config.members)
+      send(member, { type: 'seal', shard, epoch: config.epoch, ballot: reconfiguration.ballot })
+  }
+
+  function currentReconfiguration(shard: number, epoch: number, ballot: Ballot): Reconfiguration | undefined {
+    const reconfiguration = reconfigurations.get(shard)
+    if (reconfiguration === undefined || reconfiguration.epoch !== epoch) return undefined
+    if (compareBallots(reconfiguration.ballot, ballot) !== 0) return undefined
+    return reconfiguration
+  }
+
+  function onSealPromise(from: NodeId, message: Extract<StoreMessage, { type: 'seal-promise' }>): void {
+    const reconfiguration = currentReconfiguration(message.shard, message.epoch, message.ballot)
+    if (reconfiguration === undefined || reconfiguration.phase !== 'seal') return
+    if (!reconfiguration.members.includes(from)) return
+    reconfiguration.promises.set(from, message)
+    if (reconfiguration.promises.size < quorumOf(reconfiguration.members.length)) return
+    let next: { ballot: Ballot; members: NodeId[] } | null = null
+    const merged = new Map<string, RegisterEntry>()
+    for (const promise of reconfiguration.promises.values()) {
+      if (promise.next !== null && (next === null || compareBallots(promise.next.ballot, next.ballot) > 0))
+        next = promise.next
+      for (const entry of promise.registers) {
+        const known = merged.get(entry.key)
+        if (known === undefined || compareBallots(entry.ballot, known.ballot) > 0)
+          merged.set(entry.key, entry)
+      }
+    }
+    reconfiguration.next = next?.members ?? reconfiguration.target
+    reconfiguration.registers = [...merged.values()]
+    reconfiguration.phase = 'decide'
+    reconfiguration.refused = new Set()
+    for (const member of reconfiguration.members)
+      send(member, {
+        type: 'seal-accept',
+        shard: reconfiguration.shard,
+        epoch: reconfiguration.epoch,
+        ballot: reconfiguration.ballot,
+        members: reconfiguration.next,
+      })
+  }
+
+  function onSealAccepted(from: NodeId, message: Extract<StoreMessage, { type: 'seal-accepted' }>): void {
+    const reconfiguration = currentReconfiguration(message.shard, message.epoch, message.ballot)
+    if (reconfiguration === undefined || reconfiguration.phase !== 'decide') return
+    if (!reconfiguration.members.includes(from)) return
+    reconfiguration.acks.add(from)
+    if (reconfiguration.acks.size < quorumOf(reconfiguration.members.length)) return
+    reconfiguration.phase = 'install'
+    reconfiguration.acks = new Set()
+    for (const member of reconfiguration.next)
+      send(member, {
+        type: 'install',
+        shard: reconfiguration.shard,
+        epoch: reconfiguration.epoch + 1,
+        members: reconfiguration.next,
+        registers: reconfiguration.registers,
+      })
+  }
+
+  function onInstalled(from: NodeId, message: Extract<StoreMessage, { type: 'installed' }>): void {
+    const reconfiguration = reconfigurations.get(message.shard)
+    if (reconfiguration === undefined || reconfiguration.phase !== 'install') return
+    if (message.epoch !== reconfiguration.epoch + 1 || !reconfiguration.next.includes(from)) return
+    reconfiguration.acks.add(from)
+    if (reconfiguration.acks.size < quorumOf(reconfiguration.next.length)) return
+    reconfigurations.delete(message.shard)
+    adoptView(message.shard, {
+      epoch: message.epoch,
+      members: reconfiguration.next,
+      installed: true,
+      sealed: false,
+    })
+    for (const member of reconfiguration.members)
+      if (!reconfiguration.next.includes(member))
+        send(member, {
+          type: 'install',
+          shard: message.shard,
+          epoch: message.epoch,
+          members: reconfiguration.next,
+          registers: null,
+        })
+  }
+
+  function onSealReject(from: NodeId, message: Extract<StoreMessage, { type: 'seal-reject' }>): void {
+    if (message.promised !== null) highestRound = Math.max(highestRound, message.promised.round)
+    adoptView(message.shard, message.view)
+    const reconfiguration = currentReconfiguration(message.shard, message.epoch, message.ballot)
+    if (reconfiguration === undefined) return
+    reconfiguration.refused.add(from)
+    const members = reconfiguration.members
+    if (reconfiguration.refused.size > members.length - quorumOf(members.length))
+      reconfigurations.delete(message.shard)
+  }
+
+  function receive(from: NodeId, message: StoreMessage): void {
+    if (acceptor?.receive(from, message)) return
+    switch (message.type) {
+      case 'promise':
+        onPromise(from, message)
+        return
+      case 'accepted':
+        onAccepted(from, message)
+        return
+      case 'reject':
+        onReject(from, message)
+        return
+      case 'seal-promise':
+        onSealPromise(from, message)
+        return
+      case 'seal-accepted':
+        onSealAccepted(from, message)
+        return
+      case 'seal-reject':
+        onSealReject(from, message)
+        return
+      case 'installed':
+        onInstalled(from, message)
+        return
+      case 'view': {
+        adoptView(message.shard, message.view)
+        memberViews.get(message.shard)?.set(from, message.view)
+        return
+      }
+      default:
+        // Acceptor-bound messages reaching a node without an acceptor: nothing to answer with.
+        if (message.type === 'query') send(from, { type: 'view', shard: message.shard, view: null })
+    }
+  }
+
+  return {
+    submit,
+    receive,
+    tick,
+    genesis(members) {
+      if (acceptor === undefined) throw new InvalidArgumentError('only a server node can create a cluster')
+      const initial = new Map<number, NodeId[]>()
+      for (let shard = 0; shard < shardCount; shard++)
+        initial.set(shard, replicasOfShard(shard, shardCount, members, replicaCount))
+      acceptor.genesis(initial)
+    },
+    knownConfig: (shard) => configs.get(shard),
+    acceptor,
+    pendingCount: () => pending,
+    shardCount,
+  }
+}
+
+function sameMembers(a: readonly NodeId[], b: readonly NodeId[]): boolean {
+  if (a.length !== b.length) return false
+  const sortedA = [...a].sort()
+  const sortedB = [...b].sort()
+  return sortedA.every((member, index) => member === sortedB[index])
+}
+
+const textEncoder = new TextEncoder()
+
+function validate(key: string, operation: Operation): void {
+  if (typeof key !== 'string' || key.length === 0 || textEncoder.encode(key).length > keyBytesMax)
+    throw new InvalidArgumentError(`Expected key to be a non-empty string of at most ${keyBytesMax} bytes`)
+  if ('value' in operation) {
+    if (!(operation.value instanceof Uint8Array) || operation.value.length > valueBytesMax)
+      throw new InvalidArgumentError(`Expected value to be a Uint8Array of at most ${valueBytesMax} bytes`)
+  }
+  if (
+    operation.kind === 'cas' &&
+    (!Number.isInteger(operation.expectedVersion) || operation.expectedVersion < 0)
+  )
+    throw new InvalidArgumentError(
+      `Expected expectedVersion to be an integer >= 0, got ${operation.expectedVersion}`,
+    )
+  if (
+    operation.kind === 'acquire' &&
+    (!Number.isFinite(operation.ttlMs) || operation.ttlMs < leaseTtlMsMin || operation.ttlMs > leaseTtlMsMax)
+  )
+    throw new InvalidArgumentError(
+      `Expected ttlMs to be a number from ${leaseTtlMsMin} to ${leaseTtlMsMax}, got ${operation.ttlMs}`,
+    )
+}
