@@ -49,7 +49,13 @@ const posixDescriptions: Record<PosixErrorCode, string> = {
 export class FileSystemError extends StorageError {
   readonly syscall: string
   readonly path: string | undefined
-  constructor(code: PosixErrorCode, syscall: string, path?: string, detail?: string) {
+  constructor(
+    code: PosixErrorCode,
+    syscall: string,
+    path?: string,
+    detail?: string,
+    options?: { cause?: unknown },
+  ) {
     const where = path === undefined ? '' : ` '${path}'`
     super(
       code,
@@ -57,6 +63,7 @@ export class FileSystemError extends StorageError {
     )
     this.syscall = syscall
     this.path = path
+    if (options?.cause !== undefined) this.cause = options.cause
   }
 }
 
