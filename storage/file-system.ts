@@ -28,7 +28,8 @@
  * Paths are absolute or relative to the root; `.` and `..` are resolved by name (there are no
  * symbolic links). Errors are {@link FileSystemError}s with POSIX codes.
  *
- *   const fs = createFileSystem({ metadata, bricks: node, clock, random, sleep })
+ *   const wallClock = { now: wallClockMs }   // fabric/platform.ts
+ *   const fs = createFileSystem({ metadata, bricks: node, clock: systemClock, wallClock, random: systemRandom, sleep })
  *   await fs.mkdir('/results')
  *   const fd = await fs.open('/results/run-1.txt', 'w')
  *   await fs.write(fd, new TextEncoder().encode('42\n'))
@@ -103,8 +104,10 @@ export interface FileSystemComponents {
   metadata: MetadataStore
   /** Where content goes: a storage node's `put`/`get` (see `brick-node.ts`). */
   bricks: ChunkBricks
-  /** Modification times and the waits of metadata transactions. */
+  /** Monotonic: how long a metadata transaction has waited on another's lock. */
   clock: Clock
+  /** Milliseconds since the epoch, for modification times. */
+  wallClock: Clock
   random: Random
   sleep: Sleep
 }
@@ -211,7 +214,7 @@ export function createFileSystem(
   components: FileSystemComponents,
   options: FileSystemOptions = {},
 ): FileSystem {
-  const { metadata, bricks, clock, random, sleep } = components
+  const { metadata, bricks, clock, wallClock, random, sleep } = components
   const volume = options.volume ?? 'default'
   const chunkBytes = options.chunkBytes ?? chunkBytesDefault
   const openFilesMax = options.openFilesMax ?? openFilesMaxDefault
@@ -311,7 +314,7 @@ export function createFileSystem(
       if (record.removed) throw new FileSystemError('ENOENT', syscall, path)
       const { write, result } = change(record)
       if (!write) return { result }
-      record.mtimeMs = clock.now()
+      record.mtimeMs = wallClock.now()
       return { writes: new Map([[key, await encodeView(record)]]), result }
     })
   }
@@ -410,7 +413,7 @@ export function createFileSystem(
       const head: FileHead = {
         size: manifest.size,
         manifest: manifestCid,
-        mtimeMs: clock.now(),
+        mtimeMs: wallClock.now(),
         generation: current.generation + 1,
       }
       return { writes: new Map([[key, encodeFileHead(head)]]), result: { head, image } }
@@ -702,7 +705,7 @@ export function createFileSystem(
         if (child.entries.size > 0) throw new FileSystemError('ENOTEMPTY', 'rmdir', path)
         child.removed = true
         parent.entries.delete(name)
-        parent.mtimeMs = clock.now()
+        parent.mtimeMs = wallClock.now()
         return {
           writes: new Map([
             [parentKey, await encodeView(parent)],
@@ -768,7 +771,7 @@ export function createFileSystem(
         }
         sourceRecord.entries.delete(sourceName)
         targetRecord.entries.set(targetName, entry)
-        const now = clock.now()
+        const now = wallClock.now()
         sourceRecord.mtimeMs = now
         targetRecord.mtimeMs = now
         writes.set(sourceKey, await encodeView(sourceRecord))

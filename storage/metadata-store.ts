@@ -12,15 +12,16 @@
  * effect, and callers find out by reading.
  */
 
+import { keyBytesMax, valueBytesMax } from '../fabric/coord/store.ts'
 import type { AbortOptions } from './block-store.ts'
 import { utf8Length } from './cbor.ts'
 import { MetadataTimeoutError, StorageArgumentError } from './errors.ts'
 import type { Random } from './platform-types.ts'
 
-/** Longest key, in UTF-8 bytes; the coordination store's limit (`fabric/coord/store.ts`, `keyBytesMax`). */
-export const metadataKeyBytesMax = 512
-/** Largest value; the coordination store's limit (`valueBytesMax`). */
-export const metadataValueBytesMax = 64 * 1024
+/** Longest key, in UTF-8 bytes: the coordination store's limit. */
+export const metadataKeyBytesMax = keyBytesMax
+/** Largest value: the coordination store's limit. */
+export const metadataValueBytesMax = valueBytesMax
 
 /** A register's state after an operation; `ok` says whether a put or cas applied. */
 export interface MetadataResult {

@@ -13,7 +13,7 @@ import {
   metadataValueBytesMax,
 } from '../storage/metadata-store.ts'
 import { decodeFileHead } from '../storage/records.ts'
-import { realClock, realSleep } from './support/storage-cluster.ts'
+import { realClock, realSleep, realWallClock } from './support/storage-cluster.ts'
 import { createFileSystemCluster } from './support/storage-file-systems.ts'
 import { seedBanner, testRandom } from './support/storage-random.ts'
 
@@ -284,7 +284,14 @@ describe('consistency between clients', () => {
     const { cluster } = await createFileSystemCluster({ nodeIds: ['a', 'b', 'c'], seed: 8 })
     const over = (metadata: MetadataStore, seed: number) =>
       createFileSystem(
-        { metadata, bricks: cluster.node('a'), clock: realClock, random: testRandom(seed), sleep: realSleep },
+        {
+          metadata,
+          bricks: cluster.node('a'),
+          clock: realClock,
+          wallClock: realWallClock,
+          random: testRandom(seed),
+          sleep: realSleep,
+        },
         { transactionTimeoutMs: 5 },
       )
     async function prepare(metadata: MetadataStore) {
@@ -321,7 +328,14 @@ describe('consistency between clients', () => {
       const { cluster } = await createFileSystemCluster({ nodeIds: ['a', 'b', 'c'], seed })
       const metadata = createMemoryMetadataStore({ faults: { random, timeoutProbability: 0.15 } })
       const fs = createFileSystem(
-        { metadata, bricks: cluster.node('a'), clock: realClock, random, sleep: realSleep },
+        {
+          metadata,
+          bricks: cluster.node('a'),
+          clock: realClock,
+          wallClock: realWallClock,
+          random,
+          sleep: realSleep,
+        },
         { chunkBytes: 16 },
       )
       await fs.mkdir('/a')

@@ -6,6 +6,7 @@
 
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { sleep, systemClock, wallClockMs } from '../../fabric/platform.ts'
 import { type BlockStore, createMemoryBlockStore, type MemoryBlockStore } from '../../storage/block-store.ts'
 import { diskBrickPath, openDiskBlockStore } from '../../storage/block-store-disk.ts'
 import type { CID } from '../../storage/brick.ts'
@@ -13,21 +14,9 @@ import { type BrickNode, createBrickNode } from '../../storage/brick-node.ts'
 import { createInProcessBrickNetwork, type InProcessBrickNetwork } from '../../storage/brick-peers.ts'
 import type { Clock, Sleep } from '../../storage/platform-types.ts'
 
-export const realClock: Clock = { now: () => performance.now() }
-
-export const realSleep: Sleep = (delayMs, signal) =>
-  new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason)
-    const handle = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve()
-    }, delayMs)
-    const onAbort = () => {
-      clearTimeout(handle)
-      reject(signal?.reason)
-    }
-    signal?.addEventListener('abort', onAbort, { once: true })
-  })
+export const realClock: Clock = systemClock
+export const realWallClock: Clock = { now: wallClockMs }
+export const realSleep: Sleep = sleep
 
 export interface StorageClusterOptions {
   nodeIds: readonly string[]

@@ -5,7 +5,13 @@
 
 import { createFileSystem, type FileSystem } from '../../storage/file-system.ts'
 import { createMemoryMetadataStore, type MemoryMetadataStore } from '../../storage/metadata-store.ts'
-import { createStorageCluster, realClock, realSleep, type StorageCluster } from './storage-cluster.ts'
+import {
+  createStorageCluster,
+  realClock,
+  realSleep,
+  realWallClock,
+  type StorageCluster,
+} from './storage-cluster.ts'
 import { testRandom } from './storage-random.ts'
 
 export interface FileSystemCluster {
@@ -40,6 +46,7 @@ export async function createFileSystemCluster(options: {
           get: (cid, getOptions) => cluster.node(node).get(cid, getOptions),
         },
         clock: realClock,
+        wallClock: realWallClock,
         random: testRandom(Math.floor(random.next() * 2 ** 31)),
         sleep: realSleep,
       },
