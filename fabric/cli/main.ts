@@ -9,12 +9,14 @@
 
 import { FabricHostError, InvalidModuleError } from '../../host/errors.ts'
 import { build } from './build.ts'
+import { clusterKeyCommand, kvCommand, nodeCommand, nodeUsage } from './node-command.ts'
 import { runLocal } from './run-local.ts'
 
 const usage = `usage:
   fabric build <prog.ts|prog.c> [-o <prog.wasm>]
   fabric run [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
-             [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]`
+             [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]
+${nodeUsage}`
 
 class UsageError extends Error {}
 
@@ -103,6 +105,12 @@ async function main(argv: string[]): Promise<number> {
         env: parsed.repeated.get('env') ?? [],
       })
     }
+    case 'node':
+      return await nodeCommand(rest)
+    case 'kv':
+      return await kvCommand(rest)
+    case 'cluster-key':
+      return await clusterKeyCommand()
     case undefined:
     case 'help':
     case '--help':

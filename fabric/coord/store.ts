@@ -40,6 +40,8 @@ export const batchRequestsMax = 64
 export const reconfigureIntervalMsDefault = 500
 export const reconfigurationTimeoutMs = 3000
 export const reconfigurationsInFlightMax = 8
+/** A shard moves only once the replica set membership asks for has held this long (damps flapping). */
+export const desiredStableMs = 1000
 /** Proposers remembered per key for retry detection; a proposer must not be pushed out by this many others mid-round. */
 export const writersMax = 16
 
@@ -150,6 +152,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   const reconfigurations = new Map<number, Reconfiguration>()
   /** Latest view each member reported per shard, for the shards this node leads. */
   const memberViews = new Map<number, Map<NodeId, ShardView | null>>()
+  const desiredSince = new Map<number, { members: string; sinceMs: number }>()
   let pending = 0
   let highestRound = 0
   let writeCounter = 0
@@ -442,6 +445,11 @@ export function createStore(components: StoreComponents, options: StoreOptions =
         continue
       }
       const desired = replicasOfShard(shard, shardCount, live, replicaCount)
+      const desiredKey = desired.join()
+      const since = desiredSince.get(shard)
+      if (since === undefined || since.members !== desiredKey)
+        desiredSince.set(shard, { members: desiredKey, sinceMs: now })
+      const stable = now - (desiredSince.get(shard)?.sinceMs ?? now) >= desiredStableMs
       const config = configFor(shard)
       const views = memberViews.get(shard)
       if (config.epoch > 0 && views !== undefined && !reconfigurations.has(shard)) {
@@ -451,7 +459,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
           const view = views.get(member)
           return view != null && view.epoch === config.epoch && (!view.installed || view.sealed)
         })
-        if ((differs || lagging) && reconfigurations.size < reconfigurationsInFlightMax)
+        if (((differs && stable) || lagging) && reconfigurations.size < reconfigurationsInFlightMax)
           startReconfiguration(shard, config, desired, now)
       }
       memberViews.set(shard, new Map())

@@ -48,7 +48,7 @@ export type MembershipMessage =
 export const membershipMessageTypes: ReadonlySet<string> = new Set(['heartbeat', 'ping', 'join', 'sync'])
 
 export const heartbeatIntervalMsDefault = 100
-export const failureTimeoutMsDefault = 600
+export const failureTimeoutMsDefault = 900
 export const monitorCountDefault = 3
 export const newsPerMessageMax = 8
 export const newsQueueMax = 256

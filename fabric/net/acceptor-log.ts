@@ -1,0 +1,86 @@
+/**
+ * The acceptor's durable log in the data directory: framed cbor records appended with a write per
+ * batch, so a record is in the kernel before the reply that depends on it leaves (a SIGKILL cannot
+ * lose it; with `fsync` a power cut cannot either). Compacted into a snapshot when it grows.
+ */
+
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  statSync,
+  writeSync,
+} from 'node:fs'
+import { join } from 'node:path'
+import { Decoder, Encoder } from 'cbor-x'
+import type { AcceptorRecord, AcceptorStorage } from '../coord/acceptor.ts'
+import { DataDirectoryError } from '../errors.ts'
+
+export const acceptorLogBytesCompactAt = 16 * 1024 * 1024
+const fileName = 'acceptor.log'
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
+
+export interface AcceptorLog extends AcceptorStorage {
+  /** Rewrites the log as `records` (the acceptor's snapshot) if it has grown past the threshold. */
+  compactIfLarge(snapshot: () => AcceptorRecord[]): void
+  close(): void
+}
+
+function frame(record: AcceptorRecord): Buffer {
+  const body = encoder.encode(record)
+  const framed = Buffer.alloc(4 + body.length)
+  framed.writeUInt32BE(body.length, 0)
+  framed.set(body, 4)
+  return framed
+}
+
+export function openAcceptorLog(directory: string, options: { fsync?: boolean } = {}): AcceptorLog {
+  const path = join(directory, fileName)
+  let fd = openSync(path, 'a')
+  let bytes = statSync(path).size
+  return {
+    append(records) {
+      const data = Buffer.concat(records.map(frame))
+      writeSync(fd, data)
+      bytes += data.length
+      if (options.fsync) fsyncSync(fd)
+    },
+    load() {
+      if (!existsSync(path)) return []
+      const data = readFileSync(path)
+      const records: AcceptorRecord[] = []
+      let offset = 0
+      while (offset + 4 <= data.length) {
+        const length = data.readUInt32BE(offset)
+        if (offset + 4 + length > data.length) break // a torn final write: the reply was never sent
+        try {
+          records.push(decoder.decode(data.subarray(offset + 4, offset + 4 + length)) as AcceptorRecord)
+        } catch (error) {
+          throw new DataDirectoryError(`${path} is corrupt at byte ${offset}: ${(error as Error).message}`)
+        }
+        offset += 4 + length
+      }
+      return records
+    },
+    compactIfLarge(snapshot) {
+      if (bytes < acceptorLogBytesCompactAt) return
+      const temporary = `${path}.tmp`
+      const data = Buffer.concat(snapshot().map(frame))
+      const out = openSync(temporary, 'w')
+      writeSync(out, data)
+      fsyncSync(out)
+      closeSync(out)
+      closeSync(fd)
+      renameSync(temporary, path)
+      fd = openSync(path, 'a')
+      bytes = data.length
+    },
+    close() {
+      closeSync(fd)
+    },
+  }
+}
