@@ -134,21 +134,42 @@ export function createFileImage(components: FileImageComponents, options: FileIm
     }
   }
 
-  async function writeOut(index: number): Promise<void> {
+  /** Brick writes in progress, per chunk version, so that one version is never written twice. */
+  const writing = new Map<Chunk, Promise<void>>()
+  let backgroundFailure: { error: unknown } | undefined
+
+  function writeOut(index: number): Promise<void> {
     const chunk = chunks.get(index)
-    if (chunk === undefined || chunk.kind !== 'dirty') return
-    const bytes = chunk.bytes
-    let ref: ChunkRef | null = null
-    if (!isAllZero(bytes)) {
-      const cid = await bricks.put(bytes, { stripe: stripeSeed + index })
-      ref = { cid, length: bytes.length }
-      remember(cid.toString(), bytes)
-    }
-    // The chunk may have changed while its brick was written; then it stays dirty.
-    if (chunks.get(index) === chunk) {
-      chunks.set(index, { kind: 'clean', ref })
-      dirty.delete(index)
-    }
+    if (chunk === undefined || chunk.kind !== 'dirty') return Promise.resolve()
+    const running = writing.get(chunk)
+    if (running !== undefined) return running
+    const task = (async () => {
+      const bytes = chunk.bytes
+      let ref: ChunkRef | null = null
+      if (!isAllZero(bytes)) {
+        const cid = await bricks.put(bytes, { stripe: stripeSeed + index })
+        ref = { cid, length: bytes.length }
+        remember(cid.toString(), bytes)
+      }
+      // The chunk may have changed while its brick was written; then it stays dirty.
+      if (chunks.get(index) === chunk) {
+        chunks.set(index, { kind: 'clean', ref })
+        dirty.delete(index)
+      }
+    })().finally(() => writing.delete(chunk))
+    writing.set(chunk, task)
+    return task
+  }
+
+  /** Starts writing a chunk out while the writer goes on; a failure surfaces at the next write or flush. */
+  function writeOutInBackground(index: number): void {
+    writeOut(index).catch((error: unknown) => {
+      backgroundFailure ??= { error }
+    })
+  }
+
+  function throwBackgroundFailure(): void {
+    if (backgroundFailure !== undefined) throw backgroundFailure.error
   }
 
   return {
@@ -208,11 +229,16 @@ export function createFileImage(components: FileImageComponents, options: FileIm
         dirty.add(index)
       }
       size = newSize
+      // A chunk this write finished (it wrote up to the chunk's end) goes out now, overlapping the writer's next writes.
+      for (const index of indexes)
+        if (end >= (index + 1) * chunkBytes && extentOf(index) === chunkBytes) writeOutInBackground(index)
+      while (writing.size >= brickTransfersInFlightMax) await Promise.race(writing.values()).catch(() => {})
       if (dirty.size > dirtyChunksMax) {
         // Write out the oldest changed chunks, keeping the newest (likely still being written) in memory.
         const oldest = [...dirty].slice(0, dirty.size - dirtyChunksMax / 2)
         await mapLimited(oldest, brickTransfersInFlightMax, writeOut)
       }
+      throwBackgroundFailure()
     },
 
     async truncate(newSize) {
@@ -238,6 +264,8 @@ export function createFileImage(components: FileImageComponents, options: FileIm
     },
 
     async flush() {
+      await Promise.allSettled(writing.values())
+      throwBackgroundFailure()
       await mapLimited([...dirty], brickTransfersInFlightMax, writeOut)
       const count = chunkCountOf(size, chunkBytes)
       const refs: Array<ChunkRef | null> = []

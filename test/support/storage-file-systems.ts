@@ -28,11 +28,13 @@ export async function createFileSystemCluster(options: {
   chunkBytes?: number
   replicaCount?: number
   root?: string
+  syncWrites?: boolean
 }): Promise<FileSystemCluster> {
   const cluster = await createStorageCluster({
     nodeIds: options.nodeIds,
     replicaCount: options.replicaCount,
     root: options.root,
+    syncWrites: options.syncWrites,
   })
   const metadata = createMemoryMetadataStore()
   const random = testRandom(options.seed * 7919 + 1)

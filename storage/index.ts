@@ -1,0 +1,84 @@
+/**
+ * Storage: one shared, redundant file system made of every node's disk.
+ *
+ * Two kinds of state, kept in two places:
+ *
+ * - **Bricks** (`brick.ts`, `block-store*.ts`, `brick-node.ts`): immutable blocks named by their
+ *   CIDv1 (raw, sha2-256). Each node keeps its bricks in a block store under its data dir; every
+ *   write and every read checks the hash, and a copy that fails is dropped and fetched again from
+ *   another replica. Each brick lives on r distinct nodes (default 3): the writing node plus
+ *   nodes chosen by stripe (`placement.ts`). `repair.ts` brings bricks back to r after a node is
+ *   lost; `rebalance.ts` moves bricks to a node that joined, at a limited rate, resumably.
+ *   Nodes reach each other through `BrickPeers` (`brick-peers.ts`): libp2p and DHT provider
+ *   records in the product, an in-process network in tests and the embedded local cluster.
+ * - **Metadata** (`metadata-store.ts`, `metadata-transactions.ts`, `records.ts`): names,
+ *   directories and file heads, as keys of the coordination store (linearizable registers with
+ *   compare-and-swap; `metadata-store-coordination.ts` adapts the fabric's store). Changes of one
+ *   key are a CAS; rmdir and rename between directories are multi-key transactions.
+ *
+ * A file (`file-system.ts`) is a manifest brick (`manifest.ts`) listing its chunk bricks (1 MiB
+ * by default); chunks are striped over the nodes and read and written in parallel. The file
+ * system has **close-to-open consistency**, like NFS: what a client writes becomes visible to
+ * other clients when it closes the file (or calls fsync), to opens that come after; within one
+ * client, all descriptors share one view. Two writers of one file are serialized at close: the
+ * later close replays its own writes on top of the earlier one's. Namespace changes (create,
+ * mkdir, unlink, rmdir, rename) are atomic and visible at once. Directories keep their entries in
+ * their metadata value up to 24 KiB and beyond that in a listing brick that each change rewrites.
+ *
+ * A node wires it like this (tests do the same with in-process pieces, see
+ * `test/support/storage-cluster.ts`):
+ *
+ *   import { sleep, systemClock, systemRandom, wallClockMs } from '../fabric/platform.ts'
+ *   import { createBrickNode, createFileSystem, coordinationMetadataStore, openDiskBlockStore } from './index.ts'
+ *
+ *   const store = await openDiskBlockStore({ directory: join(dataDir, 'bricks') })
+ *   const bricks = createBrickNode({ store, connect: (handler) => peersOverLibp2p(handler), clock: systemClock, sleep })
+ *   const fs = createFileSystem({
+ *     metadata: coordinationMetadataStore(fabricNode.store),
+ *     bricks,
+ *     clock: systemClock,
+ *     wallClock: { now: wallClockMs },
+ *     random: systemRandom,
+ *     sleep,
+ *   })
+ *   const fd = await fs.open('/results/out.txt', 'w')
+ *   await fs.write(fd, new TextEncoder().encode('hello\n'))
+ *   await fs.close(fd)                     // visible cluster-wide from here
+ *   setInterval(() => bricks.repair(), 60_000)
+ *
+ * Errors are named classes in `errors.ts`; file-system calls throw `FileSystemError` with a POSIX
+ * `code` (ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EBADF, EINVAL, ...).
+ */
+
+export {
+  type BlockStore,
+  type BlockStoreStats,
+  createMemoryBlockStore,
+  type MemoryBlockStore,
+} from './block-store.ts'
+export { diskBrickPath, openDiskBlockStore } from './block-store-disk.ts'
+export { brickBytesMax, brickCid, type CID, parseBrickCid, verifyBrick } from './brick.ts'
+export { type BrickNode, type BrickNodeComponents, createBrickNode } from './brick-node.ts'
+export {
+  type BrickPeers,
+  type BrickRequestHandler,
+  createInProcessBrickNetwork,
+  type InProcessBrickNetwork,
+} from './brick-peers.ts'
+export * from './errors.ts'
+export {
+  chunkBytesDefault,
+  createFileSystem,
+  type DirectoryListingEntry,
+  type FileSystem,
+  type FileSystemComponents,
+  type FileSystemOptions,
+  type OpenFlags,
+  type Stat,
+  type Whence,
+} from './file-system.ts'
+export { createMemoryMetadataStore, type MetadataResult, type MetadataStore } from './metadata-store.ts'
+export { coordinationMetadataStore } from './metadata-store-coordination.ts'
+export { replicaCountDefault } from './placement.ts'
+export { type RebalanceReport, rebalanceBytesPerSecondDefault } from './rebalance.ts'
+export { type RepairReport, repairBytesPerSecondDefault } from './repair.ts'
