@@ -237,7 +237,6 @@ export function createFileSystem(
 
   const keyOf = (id: string) => `${prefix}i/${id}`
   const newId = () => `${idPrefix}.${(idCounter++).toString(36)}`
-  const putListing = (bytes: Uint8Array) => bricks.put(bytes, { stripe: 0 })
   const getListing = (cid: CID) => bricks.get(cid, { stripe: stripeOfCid(cid) })
 
   // ---- paths and lookups
@@ -295,10 +294,11 @@ export function createFileSystem(
     return decodeDirectory(view.data, id, getListing)
   }
 
-  async function encodeView(record: DirectoryRecord): Promise<Uint8Array> {
+  /** A listing brick is placed by its directory's stripe seed, so that big directories spread over the nodes. */
+  async function encodeView(record: DirectoryRecord, id: string): Promise<Uint8Array> {
     if (record.entries.size > directoryEntriesMax)
       throw new FileSystemError('EFBIG', 'directory', undefined, `more than ${directoryEntriesMax} entries`)
-    return encodeDirectory(record, putListing)
+    return encodeDirectory(record, (bytes) => bricks.put(bytes, { stripe: stripeSeedOf(id) }))
   }
 
   /** Changes one directory by CAS; `change` returns the result, and mutates the record when `write` is true. */
@@ -315,7 +315,7 @@ export function createFileSystem(
       const { write, result } = change(record)
       if (!write) return { result }
       record.mtimeMs = wallClock.now()
-      return { writes: new Map([[key, await encodeView(record)]]), result }
+      return { writes: new Map([[key, await encodeView(record, id)]]), result }
     })
   }
 
@@ -409,7 +409,12 @@ export function createFileSystem(
         current.generation === file.head.generation ? await imageOf(file) : await replayOnto(file, current)
       const manifest = await image.flush()
       const manifestCid =
-        manifest.size === 0 ? null : await bricks.put(encodeManifest(manifest), { stripe: 0 })
+        manifest.size === 0
+          ? null
+          : // The manifest is placed as if it were the chunk after the last.
+            await bricks.put(encodeManifest(manifest), {
+              stripe: stripeSeedOf(file.id) + manifest.chunks.length,
+            })
       const head: FileHead = {
         size: manifest.size,
         manifest: manifestCid,
@@ -708,8 +713,8 @@ export function createFileSystem(
         parent.mtimeMs = wallClock.now()
         return {
           writes: new Map([
-            [parentKey, await encodeView(parent)],
-            [childKey, await encodeView(child)],
+            [parentKey, await encodeView(parent, parentId)],
+            [childKey, await encodeView(child, childId)],
           ]),
           result: undefined,
         }
@@ -767,15 +772,15 @@ export function createFileSystem(
           const replacedRecord = await decodeView(views.get(replacedKey)!, replaced!.id)
           if (replacedRecord.entries.size > 0) throw new FileSystemError('ENOTEMPTY', 'rename', to)
           replacedRecord.removed = true
-          writes.set(replacedKey, await encodeView(replacedRecord))
+          writes.set(replacedKey, await encodeView(replacedRecord, replaced!.id))
         }
         sourceRecord.entries.delete(sourceName)
         targetRecord.entries.set(targetName, entry)
         const now = wallClock.now()
         sourceRecord.mtimeMs = now
         targetRecord.mtimeMs = now
-        writes.set(sourceKey, await encodeView(sourceRecord))
-        if (targetKey !== sourceKey) writes.set(targetKey, await encodeView(targetRecord))
+        writes.set(sourceKey, await encodeView(sourceRecord, sourceParent.id))
+        if (targetKey !== sourceKey) writes.set(targetKey, await encodeView(targetRecord, targetParent.id))
         return { writes, result: undefined }
       })
     })

@@ -420,6 +420,19 @@ describe('files over replicated bricks', () => {
     expect(cluster.node('a').store.stats().bricks).toBe(14)
   })
 
+  it('small files written on one node spread their other replicas evenly over the other nodes', async () => {
+    const nodes = ['a', 'b', 'c', 'd', 'e']
+    const { client, cluster } = await createFileSystemCluster({ nodeIds: nodes, seed: 13 })
+    const random = testRandom(13)
+    for (let index = 0; index < 200; index++) await client('a').writeFile(`/${index}`, random.bytes(100))
+    const others = nodes.slice(1).map((node) => cluster.node(node).store.stats().bricks)
+    const mean = others.reduce((sum, count) => sum + count, 0) / others.length
+    for (const count of others)
+      expect(Math.abs(count - mean) / mean, `bricks per node ${others.join(', ')}`).toBeLessThan(0.25)
+    // Each file: a data brick and a manifest brick, 3 replicas each, one of them on the writer.
+    expect(cluster.node('a').store.stats().bricks).toBe(400)
+  })
+
   it('with r = 3, losing any two nodes that hold a file leaves it readable, and repair brings every brick back to 3', async () => {
     const nodes = ['a', 'b', 'c', 'd', 'e']
     const content = testRandom(11).bytes(6 * 1000 + 7)
