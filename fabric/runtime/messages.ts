@@ -27,14 +27,41 @@ export type RuntimeMessage =
   | { type: 'ended'; pid: string; tid: string }
   /** Stop the threads of a process (it ended) on the receiver. */
   | { type: 'stop'; pid: string }
+  /** From a submitter: run this program; the receiver becomes its home. */
+  | { type: 'submit'; program: Uint8Array; args: string[]; env: string[] }
+  /** From a submitter: output from chunk `from` on, waiting up to `waitMs` for some. */
+  | { type: 'attach'; pid: string; from: number; waitMs: number }
+  /** From a submitter or operator: end a process. */
+  | { type: 'kill'; pid: string }
+  /** From an operator: the processes and threads this node knows of. */
+  | { type: 'ps' }
 
 export type RuntimeReply =
   | { type: 'ok' }
   | { type: 'refused'; reason: string }
   | { type: 'saves'; chain: Uint8Array[]; epoch: number }
   | { type: 'program'; bytes: Uint8Array }
+  | { type: 'submitted'; pid: string }
+  | {
+      type: 'output'
+      chunks: Array<{ tid: string; fd: number; bytes: Uint8Array }>
+      next: number
+      result: { exitCode: number; error: string | null } | null
+    }
+  | { type: 'processes'; processes: ProcessSummary[] }
+
+export interface ProcessSummary {
+  pid: string
+  home: string
+  state: string
+  threads: Array<{ tid: string; node: string; state: string; lastSaveMs: number | null }>
+}
 
 export const runtimeMessageTypes: ReadonlySet<string> = new Set([
+  'submit',
+  'attach',
+  'kill',
+  'ps',
   'start',
   'save',
   'fetch-saves',

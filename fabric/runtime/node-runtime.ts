@@ -30,7 +30,7 @@ import {
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import type { Random, TimerHandle, Timers } from '../platform.ts'
-import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+import type { ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import {
   childThreadId,
@@ -62,6 +62,8 @@ export const joinPollMs = 250
 export const homeSweepMs = 500
 /** Restarts of one thread on this node after its worker died, before the thread fails. */
 export const localRestartsMax = 20
+/** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
+export const attachReplyBytesMax = 1024 * 1024
 
 export interface NodeRuntimeComponents {
   cluster: ClusterView
@@ -298,8 +300,77 @@ export class NodeRuntime {
         for (const thread of [...this.local.values()]) if (thread.pid === message.pid) this.stopThread(thread)
         this.replicas.dropProcess(message.pid)
         return { type: 'ok' }
+      case 'submit': {
+        const handle = await this.submit(message.program, { args: message.args, env: message.env })
+        return { type: 'submitted', pid: handle.pid }
+      }
+      case 'attach':
+        return this.attach(message.pid, message.from, message.waitMs)
+      case 'kill': {
+        const home = this.homes.get(message.pid)
+        if (home === undefined)
+          return { type: 'refused', reason: `this node is not the home of process ${message.pid}` }
+        await this.endProcess(home, { exitCode: 137, error: 'killed' })
+        return { type: 'ok' }
+      }
+      case 'ps':
+        return { type: 'processes', processes: this.processSummaries() }
     }
     void from
+    return { type: 'refused', reason: 'unknown message' }
+  }
+
+  /** Output of a process homed here from chunk `from` on; waits up to `waitMs` when there is none yet. */
+  private async attach(pid: string, from: number, waitMs: number): Promise<RuntimeReply> {
+    const home = this.homes.get(pid)
+    if (home === undefined) return { type: 'refused', reason: `this node is not the home of process ${pid}` }
+    const ready = () => home.output.length > from || home.finished
+    if (!ready()) {
+      await new Promise<void>((resolve) => {
+        const wake = () => {
+          home.listeners.delete(wake)
+          timer.cancel()
+          resolve()
+        }
+        const timer = this.components.timers.after(waitMs, wake)
+        home.listeners.add(wake)
+        home.result.then(wake)
+      })
+    }
+    const chunks: OutputChunk[] = []
+    let bytes = 0
+    let next = from
+    while (next < home.output.length && bytes < attachReplyBytesMax) {
+      const chunk = home.output[next++]!
+      chunks.push(chunk)
+      bytes += chunk.bytes.length
+    }
+    const result = home.finished && next >= home.output.length ? await home.result : null
+    return { type: 'output', chunks, next, result }
+  }
+
+  private processSummaries(): ProcessSummary[] {
+    const summaries: ProcessSummary[] = []
+    for (const home of this.homes.values()) {
+      summaries.push({
+        pid: home.record.pid,
+        home: this.self,
+        state: home.finished ? 'ended' : 'running',
+        threads: [...home.threads].map(([tid, node]) => ({ tid, node, state: 'running', lastSaveMs: null })),
+      })
+    }
+    const running = new Map<string, ProcessSummary>()
+    for (const thread of this.local.values()) {
+      let summary = running.get(thread.pid)
+      if (summary === undefined) {
+        summary = { pid: thread.pid, home: '', state: 'running', threads: [] }
+        running.set(thread.pid, summary)
+        summaries.push(summary)
+      }
+      const lastSave = thread.chain.at(-1)?.summary.takenAtMs ?? null
+      summary.threads.push({ tid: thread.tid, node: this.self, state: 'running here', lastSaveMs: lastSave })
+    }
+    return summaries
   }
 
   // --- placing and claiming -------------------------------------------------------------------
@@ -748,11 +819,17 @@ export class NodeRuntime {
     const read = await this.components.store.get(keys.thread(home.record.pid, '0'))
     const main = read.value === null ? null : decodeThread(read.value)
     if (main === null || (main.state !== 'done' && main.state !== 'failed')) return
-    home.finished = true
     const result: ProcessResult =
       main.state === 'done'
         ? { exitCode: main.exitCode ?? 0, error: null }
         : { exitCode: 1, error: main.error }
+    await this.endProcess(home, result)
+  }
+
+  /** Stops every thread of a process homed here and records how it ended. */
+  private async endProcess(home: HomeProcess, result: ProcessResult): Promise<void> {
+    if (home.finished) return
+    home.finished = true
     const nodes = new Set(this.components.cluster.live().map((peer) => peer.id))
     for (const node of nodes) {
       void this.components.messenger.request(node, { type: 'stop', pid: home.record.pid }).catch(() => {})

@@ -1,0 +1,98 @@
+/** Shape checks for runtime messages from the network: anything else is refused before handling. */
+
+import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+
+export const idLengthMax = 256
+export const argumentsMax = 1024
+export const argumentLengthMax = 64 * 1024
+export const chainLengthMax = 4096
+export const waitMsMax = 30_000
+
+const isObject = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null
+const isId = (value: unknown): value is string =>
+  typeof value === 'string' && value.length > 0 && value.length <= idLengthMax
+const isCount = (value: unknown, max = Number.MAX_SAFE_INTEGER): value is number =>
+  Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max
+const isBytes = (value: unknown): value is Uint8Array => value instanceof Uint8Array
+const isStrings = (value: unknown): value is string[] =>
+  Array.isArray(value) &&
+  value.length <= argumentsMax &&
+  value.every((item) => typeof item === 'string' && item.length <= argumentLengthMax)
+
+export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
+  if (!isObject(value) || typeof value.type !== 'string') return false
+  switch (value.type) {
+    case 'start':
+    case 'fetch-saves':
+    case 'drop-saves':
+    case 'ended':
+      return isId(value.pid) && isId(value.tid)
+    case 'save':
+      return (
+        isId(value.pid) &&
+        isId(value.tid) &&
+        isCount(value.epoch) &&
+        isCount(value.sequence) &&
+        (value.baseSequence === null || isCount(value.baseSequence)) &&
+        isBytes(value.bytes)
+      )
+    case 'fetch-program':
+      return isId(value.digest)
+    case 'output':
+      return (
+        isId(value.pid) &&
+        isId(value.tid) &&
+        isCount(value.fd, 2) &&
+        isCount(value.callSequence) &&
+        isBytes(value.bytes)
+      )
+    case 'placed':
+      return isId(value.pid) && isId(value.tid) && isId(value.node)
+    case 'stop':
+    case 'kill':
+      return isId(value.pid)
+    case 'submit':
+      return isBytes(value.program) && isStrings(value.args) && isStrings(value.env)
+    case 'attach':
+      return isId(value.pid) && isCount(value.from) && isCount(value.waitMs, waitMsMax)
+    case 'ps':
+      return true
+    default:
+      return false
+  }
+}
+
+export function isRuntimeReply(value: unknown): value is RuntimeReply {
+  if (!isObject(value) || typeof value.type !== 'string') return false
+  switch (value.type) {
+    case 'ok':
+      return true
+    case 'refused':
+      return typeof value.reason === 'string'
+    case 'saves':
+      return (
+        Array.isArray(value.chain) &&
+        value.chain.length <= chainLengthMax &&
+        value.chain.every(isBytes) &&
+        Number.isSafeInteger(value.epoch)
+      )
+    case 'program':
+      return isBytes(value.bytes)
+    case 'submitted':
+      return isId(value.pid)
+    case 'output':
+      return (
+        Array.isArray(value.chunks) &&
+        value.chunks.every(
+          (chunk) => isObject(chunk) && isId(chunk.tid) && isCount(chunk.fd, 2) && isBytes(chunk.bytes),
+        ) &&
+        isCount(value.next) &&
+        (value.result === null || (isObject(value.result) && Number.isSafeInteger(value.result.exitCode)))
+      )
+    case 'processes':
+      return Array.isArray(value.processes)
+    default:
+      return false
+  }
+}

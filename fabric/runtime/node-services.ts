@@ -1,0 +1,208 @@
+/**
+ * The runtime's services on a real fabric node: the coordination store (the node's own CASPaxos
+ * proposer), the membership view, and request/response messaging over the libp2p protocol
+ * `/fabric/runtime/1.0.0` (one stream per request; a length-prefixed CBOR frame each way, its length
+ * checked before decoding, its shape checked before any handler sees it).
+ */
+
+import type { Libp2p, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { Decoder, Encoder } from 'cbor-x'
+import type { Operation, OperationResult } from '../coord/register.ts'
+import { MessageRejectedError } from '../errors.ts'
+import type { FabricNode } from '../net/node.ts'
+import { isRuntimeMessage, isRuntimeReply } from './message-validation.ts'
+import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+import type { ClusterView, CoordinationClient, Messenger, PeerInfo, Register } from './services.ts'
+
+export const runtimeProtocol = '/fabric/runtime/1.0.0'
+export const runtimeWireVersion = 1
+/** Largest runtime frame: a context save of a thread's whole memory travels in one. */
+export const runtimeFrameBytesMax = 256 * 1024 * 1024
+export const runtimeRequestTimeoutMs = 30_000
+export const storeOperationTimeoutMs = 5000
+export const runtimeInboundStreamsMax = 256
+
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
+
+export function storeClient(node: FabricNode): CoordinationClient {
+  let grants = 0
+  const grant = () => `${node.peerId}/${grants++}`
+  const run = (key: string, operation: Operation) =>
+    new Promise<Register>((resolve, reject) => {
+      node.store.submit(key, operation, { timeoutMs: storeOperationTimeoutMs }, (outcome) => {
+        if (outcome.ok) resolve(outcome.result satisfies OperationResult)
+        else reject(outcome.error)
+      })
+    })
+  return {
+    get: (key) => run(key, { kind: 'get' }),
+    put: (key, value) => run(key, { kind: 'put', value }),
+    cas: (key, expectedVersion, value) => run(key, { kind: 'cas', expectedVersion, value }),
+    acquire: (key, holder, ttlMs) => run(key, { kind: 'acquire', holder, ttlMs, grant: grant() }),
+    renew: (key, holder, token) => run(key, { kind: 'renew', holder, token, grant: grant() }),
+    release: (key, holder, token) => run(key, { kind: 'release', holder, token }),
+  }
+}
+
+export function clusterView(node: FabricNode): ClusterView {
+  return {
+    self: node.peerId,
+    live: () =>
+      node.membership
+        .members()
+        .filter((member) => member.status === 'alive')
+        .map((member): PeerInfo => ({ id: member.id, kind: member.kind, capacity: member.capacity })),
+    onDeparture: (listener) => {
+      let active = true
+      node.membership.onChange(({ member }) => {
+        if (active && (member.status === 'dead' || member.status === 'left')) listener(member.id)
+      })
+      return () => {
+        active = false
+      }
+    },
+  }
+}
+
+function frame(body: unknown): Uint8Array {
+  const payload = encoder.encode({ v: runtimeWireVersion, b: body }) as Uint8Array
+  if (payload.length > runtimeFrameBytesMax) {
+    throw new MessageRejectedError('too-large', `refusing to send a ${payload.length}-byte runtime message`)
+  }
+  const out = new Uint8Array(4 + payload.length)
+  new DataView(out.buffer).setUint32(0, payload.length)
+  out.set(payload, 4)
+  return out
+}
+
+/** Reads exactly one frame from `stream`; rejects on an oversized, malformed or late frame. */
+function readFrame(stream: Stream, timeoutMs: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const parts: Uint8Array[] = []
+    let received = 0
+    let expected = -1
+    const timer = setTimeout(() => finish(new Error(`no runtime reply within ${timeoutMs} ms`)), timeoutMs)
+    const finish = (error: Error | null, value?: unknown) => {
+      clearTimeout(timer)
+      stream.removeEventListener('message', onMessage)
+      stream.removeEventListener('close', onClose)
+      if (error === null) resolve(value)
+      else reject(error)
+    }
+    const onClose = () => finish(new Error('stream closed before a whole runtime frame arrived'))
+    const onMessage = (event: { data: Uint8Array | { subarray(): Uint8Array } }) => {
+      const chunk = event.data instanceof Uint8Array ? event.data : event.data.subarray()
+      parts.push(chunk)
+      received += chunk.length
+      if (expected < 0 && received >= 4) {
+        const head = new Uint8Array(4)
+        let filled = 0
+        for (const part of parts) {
+          const take = Math.min(4 - filled, part.length)
+          head.set(part.subarray(0, take), filled)
+          filled += take
+          if (filled === 4) break
+        }
+        expected = new DataView(head.buffer).getUint32(0)
+        if (expected > runtimeFrameBytesMax) {
+          return finish(
+            new MessageRejectedError('too-large', `runtime frame of ${expected} bytes is over the limit`),
+          )
+        }
+      }
+      if (expected >= 0 && received >= 4 + expected) {
+        const whole = new Uint8Array(received)
+        let offset = 0
+        for (const part of parts) {
+          whole.set(part, offset)
+          offset += part.length
+        }
+        let envelope: { v?: unknown; b?: unknown }
+        try {
+          envelope = decoder.decode(whole.subarray(4, 4 + expected))
+        } catch (error) {
+          return finish(
+            new MessageRejectedError('malformed', `undecodable runtime frame: ${(error as Error).message}`),
+          )
+        }
+        if (envelope?.v !== runtimeWireVersion) {
+          return finish(
+            new MessageRejectedError(
+              'unknown-version',
+              `runtime frame version ${String(envelope?.v).slice(0, 20)}`,
+            ),
+          )
+        }
+        finish(null, envelope.b)
+      }
+    }
+    stream.addEventListener('message', onMessage)
+    stream.addEventListener('close', onClose)
+  })
+}
+
+async function sendFrame(stream: Stream, body: unknown): Promise<void> {
+  if (!stream.send(frame(body))) await stream.onDrain()
+}
+
+/** Sends one runtime request to `to` over `libp2p` and returns its reply (clients use this too). */
+export async function requestRuntime(
+  libp2p: Libp2p,
+  to: string,
+  message: RuntimeMessage,
+): Promise<RuntimeReply> {
+  const stream = await libp2p.dialProtocol(peerIdFromString(to), runtimeProtocol, {
+    signal: AbortSignal.timeout(5000),
+  })
+  try {
+    const reply = readFrame(stream, runtimeRequestTimeoutMs)
+    await sendFrame(stream, message)
+    const body = await reply
+    if (!isRuntimeReply(body))
+      throw new MessageRejectedError('malformed', `malformed runtime reply from ${to}`)
+    return body
+  } finally {
+    void stream.close().catch(() => {})
+  }
+}
+
+export function libp2pMessenger(node: FabricNode, log: (line: string) => void): Messenger {
+  let handler: ((from: string, message: RuntimeMessage) => Promise<RuntimeReply>) | null = null
+  return {
+    async request(to, message) {
+      if (to === node.peerId) {
+        if (handler === null) throw new Error('runtime is not serving yet')
+        return handler(to, message)
+      }
+      return requestRuntime(node.network.libp2p, to, message)
+    },
+    serve(serveWith) {
+      handler = serveWith
+      void node.network.libp2p.handle(
+        runtimeProtocol,
+        async (stream: Stream, connection) => {
+          const from = connection.remotePeer.toString()
+          try {
+            const body = await readFrame(stream, runtimeRequestTimeoutMs)
+            if (!isRuntimeMessage(body))
+              throw new MessageRejectedError('malformed', 'malformed runtime message')
+            let reply: RuntimeReply
+            try {
+              reply = await serveWith(from, body)
+            } catch (error) {
+              reply = { type: 'refused', reason: (error as Error).message }
+            }
+            await sendFrame(stream, reply)
+            await stream.close()
+          } catch (error) {
+            log(`runtime: refused a request from ${from.slice(-8)}: ${(error as Error).message}`)
+            stream.abort(error as Error)
+          }
+        },
+        { maxInboundStreams: runtimeInboundStreamsMax },
+      )
+    },
+  }
+}

@@ -1,0 +1,61 @@
+/**
+ * A fabric node that runs programs: the core node (libp2p, membership, coordination store) plus the
+ * process runtime on a worker pool sized to the cores.
+ *
+ *   const node = await startRuntimeNode({ listen: ['/ip4/127.0.0.1/tcp/0'], bootstrap: [] })
+ *   const process = await node.runtime.submit(programBytes, { args: ['prog'] })
+ */
+
+import { homedir } from 'node:os'
+import { join } from 'node:path'
+import { diskInstrumentCache } from '../../host/instrument-cache-node.ts'
+import { instrumentInWorker } from '../../host/instrument-node.ts'
+import { loadProgram } from '../../host/program.ts'
+import { coreCount, nodeWorkerFactory } from '../../host/worker-node.ts'
+import { WorkerPool } from '../../host/worker-pool.ts'
+import { type FabricNode, type NodeOptions, startNode } from '../net/node.ts'
+import { systemRandom, systemTimers } from '../platform.ts'
+import { NodeRuntime } from './node-runtime.ts'
+import { clusterView, libp2pMessenger, storeClient } from './node-services.ts'
+
+export interface RuntimeNodeOptions extends NodeOptions {
+  /** Threads computing at once; default: the cores. */
+  workers?: number
+}
+
+export interface RuntimeNode {
+  node: FabricNode
+  runtime: NodeRuntime
+  stop(): Promise<void>
+}
+
+export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<RuntimeNode> {
+  const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`))
+  const node = await startNode({ ...options, log })
+  const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
+  const cache = diskInstrumentCache(
+    options.dataDirectory === undefined
+      ? join(homedir(), '.cache', 'fabric', 'instrumented')
+      : join(options.dataDirectory, 'instrumented'),
+  )
+  const runtime = new NodeRuntime({
+    cluster: clusterView(node),
+    store: storeClient(node),
+    messenger: libp2pMessenger(node, log),
+    pool,
+    loadProgram: (bytes) => loadProgram(bytes, { cache, instrument: instrumentInWorker }),
+    random: systemRandom,
+    timers: systemTimers,
+    log,
+  })
+  await runtime.start()
+  return {
+    node,
+    runtime,
+    async stop() {
+      runtime.stop()
+      pool.close()
+      await node.stop()
+    },
+  }
+}

@@ -1,0 +1,154 @@
+/**
+ * The submitter's side of `fabric run --join`, `fabric ps` and `fabric kill`: a libp2p client
+ * (no listening, no DHT server) that hands a program to a node, which becomes the process's home,
+ * then long-polls the home for output. The poll names the next chunk it wants, so a submitter whose
+ * connection drops reconnects and gets the rest of the output, none of it twice.
+ *
+ *   const result = await runOnCluster({ node: '/ip4/127.0.0.1/tcp/4001/p2p/12D3…', program, args,
+ *     onOutput: (chunk) => process.stdout.write(chunk.bytes) })
+ */
+
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
+import { InvalidArgumentError } from '../errors.ts'
+import { createNetwork, type Network } from '../net/network.ts'
+import type { ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
+import { requestRuntime } from './node-services.ts'
+
+/** How long one output poll waits at the home for something new. */
+export const attachWaitMs = 5000
+/** How long a submitter keeps trying to reach the home again after losing it. */
+export const reconnectWindowMs = 60_000
+export const reconnectBackoffMs = 250
+
+export interface ClusterConnection {
+  /** Multiaddr of a node, ending in /p2p/<peer id>. */
+  node: string
+  clusterKey?: Uint8Array
+  log?: (line: string) => void
+}
+
+export interface RunOnClusterOptions extends ClusterConnection {
+  program: Uint8Array
+  args: string[]
+  env?: string[]
+  onOutput(chunk: { tid: string; fd: number; bytes: Uint8Array }): void
+  /** Called once the process exists, with its id (for `fabric kill`). */
+  onSubmitted?(pid: string): void
+  signal?: AbortSignal
+}
+
+interface Session {
+  network: Network
+  peer: string
+  request(message: RuntimeMessage): Promise<RuntimeReply>
+  close(): Promise<void>
+}
+
+async function connect(connection: ClusterConnection): Promise<Session> {
+  const peer = multiaddr(connection.node)
+    .getComponents()
+    .find((component) => component.name === 'p2p')?.value
+  if (peer === undefined)
+    throw new InvalidArgumentError(`Expected ${connection.node} to end in /p2p/<peer id>`)
+  const network = await createNetwork({
+    privateKey: await generateKeyPair('Ed25519'),
+    listen: [],
+    clusterKey: connection.clusterKey,
+    protocols: new Set(),
+    log: connection.log ?? (() => {}),
+    client: true,
+  })
+  network.addAddresses(peer, [connection.node])
+  return {
+    network,
+    peer,
+    request: (message) => requestRuntime(network.libp2p, peer, message),
+    close: () => network.stop(),
+  }
+}
+
+function refused(reply: RuntimeReply, what: string): never {
+  throw new Error(`${what}: ${reply.type === 'refused' ? reply.reason : `unexpected reply ${reply.type}`}`)
+}
+
+export async function runOnCluster(
+  options: RunOnClusterOptions,
+): Promise<{ exitCode: number; error: string | null }> {
+  const session = await connect(options)
+  try {
+    const submitted = await session.request({
+      type: 'submit',
+      program: options.program,
+      args: options.args,
+      env: options.env ?? [],
+    })
+    if (submitted.type !== 'submitted') refused(submitted, 'the node did not take the program')
+    options.onSubmitted?.(submitted.pid)
+    let next = 0
+    let unreachableSince: number | null = null
+    for (;;) {
+      options.signal?.throwIfAborted()
+      let reply: RuntimeReply
+      try {
+        reply = await session.request({
+          type: 'attach',
+          pid: submitted.pid,
+          from: next,
+          waitMs: attachWaitMs,
+        })
+        unreachableSince = null
+      } catch (error) {
+        // The home may come back (or the link may): keep asking for the rest of the output.
+        unreachableSince ??= performance.now()
+        if (performance.now() - unreachableSince > reconnectWindowMs) throw error
+        options.log?.(`lost the home node (${(error as Error).message}); retrying`)
+        await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
+        continue
+      }
+      if (reply.type !== 'output') refused(reply, 'the home node refused to send output')
+      for (const chunk of reply.chunks) options.onOutput(chunk)
+      next = reply.next
+      if (reply.result !== null) return reply.result
+    }
+  } finally {
+    await session.close()
+  }
+}
+
+/** Output of a process from chunk `from` on, as a reconnecting submitter asks for it. */
+export async function attachOnce(
+  connection: ClusterConnection,
+  pid: string,
+  from: number,
+): Promise<Extract<RuntimeReply, { type: 'output' }>> {
+  const session = await connect(connection)
+  try {
+    const reply = await session.request({ type: 'attach', pid, from, waitMs: 0 })
+    if (reply.type !== 'output') refused(reply, 'attach')
+    return reply
+  } finally {
+    await session.close()
+  }
+}
+
+export async function listProcesses(connection: ClusterConnection): Promise<ProcessSummary[]> {
+  const session = await connect(connection)
+  try {
+    const reply = await session.request({ type: 'ps' })
+    if (reply.type !== 'processes') refused(reply, 'ps')
+    return reply.processes
+  } finally {
+    await session.close()
+  }
+}
+
+export async function killProcess(connection: ClusterConnection, pid: string): Promise<void> {
+  const session = await connect(connection)
+  try {
+    const reply = await session.request({ type: 'kill', pid })
+    if (reply.type !== 'ok') refused(reply, 'kill')
+  } finally {
+    await session.close()
+  }
+}
