@@ -18,13 +18,12 @@
 
 import type { AbortOptions, BlockStore } from './block-store.ts'
 import { brickCid, type CID, verifyBrick } from './brick.ts'
-import type { BrickPeers, BrickRequestHandler } from './brick-peers.ts'
+import type { BrickPeers, BrickRequestHandler, StoreBrickOptions } from './brick-peers.ts'
 import {
   BrickCorruptError,
   BrickPeerUnreachableError,
   BrickUnavailableError,
   InsufficientReplicasError,
-  StorageArgumentError,
 } from './errors.ts'
 import {
   readOrder,
@@ -36,6 +35,7 @@ import {
 import type { Clock, NodeId, Sleep } from './platform-types.ts'
 import { type RebalanceOptions, type RebalanceReport, rebalanceStep } from './rebalance.ts'
 import { type RepairOptions, type RepairReport, repairScan } from './repair.ts'
+import { checkReplicaCount, createMemoryReplicaCounts, type ReplicaCounts } from './replica-counts.ts'
 
 /** Bricks whose corrupt local copy waits to be fetched back; beyond this the oldest are left to the other holders' repair. */
 export const damagedBricksMax = 10_000
@@ -47,6 +47,8 @@ export interface BrickNodeComponents {
   /** For rate limits in rebalancing. */
   clock: Clock
   sleep: Sleep
+  /** Where this node remembers the bricks that ask for other than the default replica count; in memory when absent. */
+  replicaCounts?: ReplicaCounts
 }
 
 export interface BrickNodeOptions {
@@ -57,6 +59,8 @@ export interface BrickNodeOptions {
 export interface PutOptions extends AbortOptions {
   /** The stripe number that places this brick (a file uses seed + chunk index); default from the CID. */
   stripe?: number
+  /** Replicas of this brick; default the node's `replicaCount`. */
+  replicaCount?: number
 }
 
 export interface GetOptions extends AbortOptions {
@@ -94,9 +98,9 @@ export interface BrickNode {
 
 export function createBrickNode(components: BrickNodeComponents, options: BrickNodeOptions = {}): BrickNode {
   const { store, clock, sleep } = components
+  const replicaCounts = components.replicaCounts ?? createMemoryReplicaCounts()
   const replicaCount = options.replicaCount ?? replicaCountDefault
-  if (!Number.isInteger(replicaCount) || replicaCount < 1 || replicaCount > 16)
-    throw new StorageArgumentError(`Expected replicaCount to be an integer from 1 to 16, got ${replicaCount}`)
+  checkReplicaCount(replicaCount)
   const counters: BrickNodeCounters = { corruptCopiesDetected: 0, localCopiesRestored: 0, remoteReads: 0 }
   /** Local copies dropped as corrupt: CID string -> CID. */
   const damaged = new Map<string, CID>()
@@ -121,12 +125,14 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
     },
     async store(cid, bytes, callOptions) {
       const created = await store.put(cid, bytes, callOptions)
+      await rememberReplicaCount(cid, callOptions?.replicaCount)
       damaged.delete(cid.toString())
       await peers.announce(cid, callOptions)
       return created
     },
     async drop(cid, callOptions) {
       const dropped = await store.delete(cid, callOptions)
+      await replicaCounts.forget(cid)
       await peers.withdraw(cid, callOptions)
       return dropped
     },
@@ -140,8 +146,13 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
     return (await peers.findProviders(cid, callOptions)).filter((node) => live.has(node))
   }
 
-  async function storeLocally(cid: CID, bytes: Uint8Array, callOptions?: AbortOptions): Promise<void> {
+  async function rememberReplicaCount(cid: CID, count: number | undefined): Promise<void> {
+    if (count !== undefined && count !== replicaCount) await replicaCounts.raise(cid, count)
+  }
+
+  async function storeLocally(cid: CID, bytes: Uint8Array, callOptions?: StoreBrickOptions): Promise<void> {
     await store.put(cid, bytes, callOptions)
+    await rememberReplicaCount(cid, callOptions?.replicaCount)
     damaged.delete(cid.toString())
     await peers.announce(cid, callOptions)
   }
@@ -152,7 +163,7 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
     bytes: Uint8Array,
     candidates: readonly NodeId[],
     required: number,
-    callOptions?: AbortOptions,
+    callOptions?: StoreBrickOptions,
   ): Promise<NodeId[]> {
     const placed: NodeId[] = []
     let next = 0
@@ -175,12 +186,17 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
   }
 
   async function put(bytes: Uint8Array, callOptions: PutOptions = {}): Promise<CID> {
+    const wanted = callOptions.replicaCount ?? replicaCount
+    checkReplicaCount(wanted)
     const cid = await brickCid(bytes)
     const live = peers.liveNodes()
-    const required = requiredReplicas(replicaCount, live.length)
+    const required = requiredReplicas(wanted, live.length)
     const stripe = callOptions.stripe ?? stripeOfCid(cid)
     const candidates = replicaCandidates({ self, live, count: required, stripe })
-    const placed = await placeReplicas(cid, bytes, candidates, required, callOptions)
+    const placed = await placeReplicas(cid, bytes, candidates, required, {
+      signal: callOptions.signal,
+      replicaCount: callOptions.replicaCount,
+    })
     if (placed.length < required) throw new InsufficientReplicasError(cid.toString(), placed.length, required)
     return cid
   }
@@ -267,10 +283,14 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
     },
     async repair(repairOptions = {}) {
       const restored = await restoreDamaged(repairOptions)
-      const report = await repairScan({ store, peers, replicaCount, clock, sleep }, repairOptions)
+      const report = await repairScan(
+        { store, peers, replicaCount, replicaCounts, clock, sleep },
+        repairOptions,
+      )
       return { ...report, localCopiesRestored: restored }
     },
-    rebalance: (rebalanceOptions = {}) => rebalanceStep({ store, peers, clock, sleep }, rebalanceOptions),
+    rebalance: (rebalanceOptions = {}) =>
+      rebalanceStep({ store, peers, replicaCounts, clock, sleep }, rebalanceOptions),
     liveHolders,
     counters: () => ({ ...counters }),
   }

@@ -14,12 +14,17 @@ import type { CID } from './brick.ts'
 import { BrickPeerUnreachableError, StorageArgumentError } from './errors.ts'
 import type { NodeId } from './platform-types.ts'
 
+export interface StoreBrickOptions extends AbortOptions {
+  /** The replicas this brick asks for, when not the cluster default; the holder remembers it. */
+  replicaCount?: number
+}
+
 /** What a storage node answers to other nodes. */
 export interface BrickRequestHandler {
   /** The brick's bytes (checked here, and again by the caller), or undefined when this node does not hold an intact copy. */
   fetch(cid: CID, options?: AbortOptions): Promise<Uint8Array | undefined>
   /** Stores a replica; true when this node did not hold it before. */
-  store(cid: CID, bytes: Uint8Array, options?: AbortOptions): Promise<boolean>
+  store(cid: CID, bytes: Uint8Array, options?: StoreBrickOptions): Promise<boolean>
   /** Drops this node's replica; true when it had one. */
   drop(cid: CID, options?: AbortOptions): Promise<boolean>
   stats(options?: AbortOptions): Promise<BlockStoreStats>
@@ -34,7 +39,7 @@ export interface BrickPeers {
    */
   liveNodes(): readonly NodeId[]
   fetch(node: NodeId, cid: CID, options?: AbortOptions): Promise<Uint8Array | undefined>
-  store(node: NodeId, cid: CID, bytes: Uint8Array, options?: AbortOptions): Promise<boolean>
+  store(node: NodeId, cid: CID, bytes: Uint8Array, options?: StoreBrickOptions): Promise<boolean>
   drop(node: NodeId, cid: CID, options?: AbortOptions): Promise<boolean>
   stats(node: NodeId, options?: AbortOptions): Promise<BlockStoreStats>
   /**

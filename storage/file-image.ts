@@ -28,7 +28,10 @@ export const brickTransfersInFlightMax = 8
 
 /** Brick access as a file needs it: a stripe number per chunk places and finds the replicas. */
 export interface ChunkBricks {
-  put(bytes: Uint8Array, options: { stripe: number; signal?: AbortSignal }): Promise<CID>
+  put(
+    bytes: Uint8Array,
+    options: { stripe: number; replicaCount?: number; signal?: AbortSignal },
+  ): Promise<CID>
   get(cid: CID, options: { stripe: number; signal?: AbortSignal }): Promise<Uint8Array>
 }
 
@@ -36,6 +39,8 @@ export interface FileImageComponents {
   bricks: ChunkBricks
   /** Chunk i is placed with stripe number `stripeSeed + i`. */
   stripeSeed: number
+  /** Replicas per chunk; the storage node's default when absent. */
+  replicaCount?: number
 }
 
 export interface FileImageOptions {
@@ -61,7 +66,7 @@ export interface FileImage {
 type Chunk = { kind: 'clean'; ref: ChunkRef | null } | { kind: 'dirty'; bytes: Uint8Array }
 
 export function createFileImage(components: FileImageComponents, options: FileImageOptions): FileImage {
-  const { bricks, stripeSeed } = components
+  const { bricks, stripeSeed, replicaCount } = components
   const base = options.base
   const chunkBytes = base?.chunkBytes ?? options.chunkBytes
   let size = base?.size ?? options.size
@@ -147,7 +152,7 @@ export function createFileImage(components: FileImageComponents, options: FileIm
       const bytes = chunk.bytes
       let ref: ChunkRef | null = null
       if (!isAllZero(bytes)) {
-        const cid = await bricks.put(bytes, { stripe: stripeSeed + index })
+        const cid = await bricks.put(bytes, { stripe: stripeSeed + index, replicaCount })
         ref = { cid, length: bytes.length }
         remember(cid.toString(), bytes)
       }

@@ -64,11 +64,13 @@ import {
   decodeFileHead,
   directoryEntriesMax,
   type EntryKind,
+  emptyFileHead,
   encodeDirectory,
   encodeFileHead,
   type FileHead,
   nameBytesMax,
 } from './records.ts'
+import { checkReplicaCount } from './replica-counts.ts'
 
 /** Chunk size of new files unless configured. */
 export const chunkBytesDefault = 1024 * 1024
@@ -93,6 +95,8 @@ export interface Stat {
   mtimeMs: number
   /** Stable for the life of the file or directory, also across renames. */
   id: string
+  /** Replicas of the file's bricks, when it asked for other than the cluster default. */
+  replicaCount?: number
 }
 
 export interface DirectoryListingEntry {
@@ -117,13 +121,20 @@ export interface FileSystemOptions {
   volume?: string
   /** Chunk size of new files; default {@link chunkBytesDefault}. */
   chunkBytes?: number
+  /** Replicas of the bricks of new files; default the storage node's. */
+  replicaCount?: number
   openFilesMax?: number
   /** See `metadata-transactions.ts`. */
   transactionTimeoutMs?: number
 }
 
+export interface OpenOptions {
+  /** For a file this call creates: replicas of its bricks (kept for the file's life). */
+  replicaCount?: number
+}
+
 export interface FileSystem {
-  open(path: string, flags?: OpenFlags): Promise<number>
+  open(path: string, flags?: OpenFlags, options?: OpenOptions): Promise<number>
   /** Commits this descriptor's file when it has changes, then releases the descriptor. */
   close(fd: number): Promise<void>
   /** Up to `length` bytes at `position`, or at the descriptor's offset (advancing it) when `position` is absent. */
@@ -362,7 +373,7 @@ export function createFileSystem(
         `file ${id}: head says ${head.size} bytes, manifest ${manifest.size}`,
       )
     return createFileImage(
-      { bricks, stripeSeed: stripeSeedOf(id) },
+      { bricks, stripeSeed: stripeSeedOf(id), replicaCount: head.replicaCount },
       { base: manifest, size: head.size, chunkBytes },
     )
   }
@@ -408,18 +419,21 @@ export function createFileSystem(
       const image =
         current.generation === file.head.generation ? await imageOf(file) : await replayOnto(file, current)
       const manifest = await image.flush()
+      const replicaCount = current.replicaCount ?? file.head.replicaCount
       const manifestCid =
         manifest.size === 0
           ? null
           : // The manifest is placed as if it were the chunk after the last.
             await bricks.put(encodeManifest(manifest), {
               stripe: stripeSeedOf(file.id) + manifest.chunks.length,
+              replicaCount,
             })
       const head: FileHead = {
         size: manifest.size,
         manifest: manifestCid,
         mtimeMs: wallClock.now(),
         generation: current.generation + 1,
+        ...(replicaCount === undefined ? {} : { replicaCount }),
       }
       return { writes: new Map([[key, encodeFileHead(head)]]), result: { head, image } }
     })
@@ -479,9 +493,11 @@ export function createFileSystem(
 
   // ---- the calls
 
-  async function open(path: string, flags: OpenFlags = 'r'): Promise<number> {
+  async function open(path: string, flags: OpenFlags = 'r', openOptions: OpenOptions = {}): Promise<number> {
     const mode = openModes[flags]
     if (mode === undefined) throw new FileSystemError('EINVAL', 'open', path, `unknown flags "${flags}"`)
+    const replicaCount = openOptions.replicaCount ?? options.replicaCount
+    if (replicaCount !== undefined) checkReplicaCount(replicaCount)
     let found = await lookup(path, 'open')
     let entry = found.entry
     if (entry !== undefined && mode.create && mode.exclusive)
@@ -491,6 +507,14 @@ export function createFileSystem(
       if (found.trailingSlash) throw new FileSystemError('EISDIR', 'open', path)
       const name = found.name!
       const fresh: DirectoryEntry = { id: newId(), kind: 'file' }
+      // A file that asks for its own replica count gets its head before its name, so it never exists without it.
+      if (replicaCount !== undefined) {
+        const head: FileHead = { ...emptyFileHead, mtimeMs: wallClock.now(), replicaCount }
+        await transactions.transact([keyOf(fresh.id)], () => ({
+          writes: new Map([[keyOf(fresh.id), encodeFileHead(head)]]),
+          result: undefined,
+        }))
+      }
       entry = await changeDirectory(found.parent!.id, 'open', path, (record) => {
         const existing = record.entries.get(name)
         if (existing !== undefined) {
@@ -616,15 +640,18 @@ export function createFileSystem(
       return { type: 'directory', size: 0, mtimeMs: record.mtimeMs, id: entry.id }
     }
     const file = openFiles.get(entry.id)
+    const replicas = (head: FileHead) =>
+      head.replicaCount === undefined ? {} : { replicaCount: head.replicaCount }
     if (file !== undefined)
       return serialized(file, async () => ({
         type: 'file' as const,
         size: file.image?.size ?? file.head.size,
         mtimeMs: file.head.mtimeMs,
         id: entry.id,
+        ...replicas(file.head),
       }))
     const head = await readHead(entry.id)
-    return { type: 'file', size: head.size, mtimeMs: head.mtimeMs, id: entry.id }
+    return { type: 'file', size: head.size, mtimeMs: head.mtimeMs, id: entry.id, ...replicas(head) }
   }
 
   async function stat(path: string): Promise<Stat> {

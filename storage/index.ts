@@ -8,7 +8,9 @@
  *   write and every read checks the hash, and a copy that fails is dropped and fetched again from
  *   another replica. Each brick lives on r distinct nodes (default 3): the writing node plus
  *   nodes chosen by stripe (`placement.ts`). `repair.ts` brings bricks back to r after a node is
- *   lost; `rebalance.ts` moves bricks to a node that joined, at a limited rate, resumably.
+ *   lost; `rebalance.ts` moves bricks to a node that joined, at a limited rate, resumably. A file
+ *   may ask for its own replica count (`open(path, 'w', { replicaCount: 5 })`); every holder of its
+ *   bricks remembers it (`replica-counts.ts`), so repair keeps that many.
  *   Nodes reach each other through `BrickPeers` (`brick-peers.ts`): libp2p and DHT provider
  *   records in the product, an in-process network in tests and the embedded local cluster.
  * - **Metadata** (`metadata-store.ts`, `metadata-transactions.ts`, `records.ts`): names,
@@ -29,10 +31,11 @@
  * `test/support/storage-cluster.ts`):
  *
  *   import { sleep, systemClock, systemRandom, wallClockMs } from '../fabric/platform.ts'
- *   import { createBrickNode, createFileSystem, coordinationMetadataStore, openDiskBlockStore } from './index.ts'
+ *   import { coordinationMetadataStore, createBrickNode, createFileSystem, openDiskBlockStore, openDiskReplicaCounts } from './index.ts'
  *
  *   const store = await openDiskBlockStore({ directory: join(dataDir, 'bricks') })
- *   const bricks = createBrickNode({ store, connect: (handler) => peersOverLibp2p(handler), clock: systemClock, sleep })
+ *   const replicaCounts = await openDiskReplicaCounts({ directory: join(dataDir, 'replica-counts') })
+ *   const bricks = createBrickNode({ store, replicaCounts, connect: (handler) => peersOverLibp2p(handler), clock: systemClock, sleep })
  *   const fs = createFileSystem({
  *     metadata: coordinationMetadataStore(fabricNode.store),
  *     bricks,
@@ -74,6 +77,7 @@ export {
   type FileSystemComponents,
   type FileSystemOptions,
   type OpenFlags,
+  type OpenOptions,
   type Stat,
   type Whence,
 } from './file-system.ts'
@@ -82,3 +86,9 @@ export { coordinationMetadataStore } from './metadata-store-coordination.ts'
 export { replicaCountDefault } from './placement.ts'
 export { type RebalanceReport, rebalanceBytesPerSecondDefault } from './rebalance.ts'
 export { type RepairReport, repairBytesPerSecondDefault } from './repair.ts'
+export {
+  createMemoryReplicaCounts,
+  openDiskReplicaCounts,
+  type ReplicaCounts,
+  replicaCountMax,
+} from './replica-counts.ts'

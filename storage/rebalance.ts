@@ -16,6 +16,7 @@ import type { BrickPeers } from './brick-peers.ts'
 import { BrickCorruptError, BrickPeerUnreachableError } from './errors.ts'
 import type { Clock, NodeId, Sleep } from './platform-types.ts'
 import { createRateLimiter } from './rate-limiter.ts'
+import type { ReplicaCounts } from './replica-counts.ts'
 
 /** Bytes per second one node moves when rebalancing, so running programs keep their disk and network. */
 export const rebalanceBytesPerSecondDefault = 32 * 1024 * 1024
@@ -44,6 +45,7 @@ export interface RebalanceReport {
 export interface RebalanceComponents {
   store: BlockStore
   peers: BrickPeers
+  replicaCounts: ReplicaCounts
   clock: Clock
   sleep: Sleep
 }
@@ -52,7 +54,7 @@ export async function rebalanceStep(
   components: RebalanceComponents,
   options: RebalanceOptions = {},
 ): Promise<RebalanceReport> {
-  const { store, peers } = components
+  const { store, peers, replicaCounts } = components
   const { signal } = options
   const self = peers.self
   const bytesMax = options.bytesMax ?? rebalanceBytesPerPassDefault
@@ -102,7 +104,7 @@ export async function rebalanceStep(
     await limiter.take(bytes.length, signal)
     let created: boolean
     try {
-      created = await peers.store(target, cid, bytes, { signal })
+      created = await peers.store(target, cid, bytes, { signal, replicaCount: replicaCounts.get(cid) })
     } catch (error) {
       if (!(error instanceof BrickPeerUnreachableError)) throw error
       loads.delete(target)
@@ -111,6 +113,7 @@ export async function rebalanceStep(
     // Only a copy that is new at the target may replace ours; otherwise dropping ours would lose a replica.
     if (!created) continue
     await store.delete(cid, { signal })
+    await replicaCounts.forget(cid)
     await peers.withdraw(cid, { signal })
     loads.set(self, loads.get(self)! - bytes.length)
     loads.set(target, loads.get(target)! + bytes.length)

@@ -2,8 +2,9 @@
  * What the file system keeps under its metadata keys, each value versioned (version 1):
  *
  * - a file's head, under `<prefix>i/<id>`:
- *   `{ f: 'fabric-file', v: 1, size, manifest: cid | null, mtime, gen }`; `gen` counts commits, so a
- *   writer knows whether the file changed since it opened it. No value means an empty file.
+ *   `{ f: 'fabric-file', v: 1, size, manifest: cid | null, mtime, gen, r? }`; `gen` counts commits,
+ *   so a writer knows whether the file changed since it opened it; `r`, when present, is the
+ *   replica count the file asked for. No value means an empty file with the default replica count.
  * - a directory, under `<prefix>i/<id>` (the root's id is `root`):
  *   `{ f: 'fabric-dir', v: 1, entries: [[name, id, 'f' | 'd'], ...] | null, listing: cid | null, count, removed, mtime }`.
  *   Entries are kept in the value while it stays under {@link directoryInlineBytesMax}; a bigger
@@ -37,6 +38,8 @@ export interface FileHead {
   manifest: CID | null
   mtimeMs: number
   generation: number
+  /** Replicas of the file's bricks when the file asked for other than the default. */
+  replicaCount?: number
 }
 
 export interface DirectoryRecord {
@@ -60,6 +63,7 @@ export function encodeFileHead(head: FileHead): Uint8Array {
     manifest: head.manifest?.bytes ?? null,
     mtime: head.mtimeMs,
     gen: head.generation,
+    ...(head.replicaCount === undefined ? {} : { r: head.replicaCount }),
   })
 }
 
@@ -78,11 +82,14 @@ export function decodeFileHead(data: Uint8Array | null, id: string): FileHead {
     if (!(value.manifest instanceof Uint8Array)) throw new StorageFormatError(what, 'bad manifest name')
     manifest = decodeBrickCid(value.manifest)
   }
+  if (value.r !== undefined && (!Number.isInteger(value.r) || (value.r as number) < 1))
+    throw new StorageFormatError(what, 'bad replica count')
   return {
     size: value.size as number,
     manifest,
     mtimeMs: typeof value.mtime === 'number' ? value.mtime : 0,
     generation: value.gen as number,
+    ...(value.r === undefined ? {} : { replicaCount: value.r as number }),
   }
 }
 

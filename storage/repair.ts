@@ -18,6 +18,7 @@ import { BrickCorruptError, BrickPeerUnreachableError } from './errors.ts'
 import { replicaCandidates, requiredReplicas, stripeOfCid } from './placement.ts'
 import type { Clock, Sleep } from './platform-types.ts'
 import { createRateLimiter } from './rate-limiter.ts'
+import type { ReplicaCounts } from './replica-counts.ts'
 
 /** Bytes per second repair copies by default: high, because until it is done a further loss can lose data. */
 export const repairBytesPerSecondDefault = 256 * 1024 * 1024
@@ -46,7 +47,9 @@ export interface RepairReport {
 export interface RepairComponents {
   store: BlockStore
   peers: BrickPeers
+  /** The default; bricks listed in `replicaCounts` ask for their own. */
   replicaCount: number
+  replicaCounts: ReplicaCounts
   clock: Clock
   sleep: Sleep
 }
@@ -55,7 +58,7 @@ export async function repairScan(
   components: RepairComponents,
   options: RepairOptions = {},
 ): Promise<RepairReport> {
-  const { store, peers, replicaCount } = components
+  const { store, peers, replicaCount, replicaCounts } = components
   const { signal } = options
   const limiter = createRateLimiter(components, {
     bytesPerSecond: options.bytesPerSecond ?? repairBytesPerSecondDefault,
@@ -75,7 +78,8 @@ export async function repairScan(
     const liveSet = new Set(live)
     const holders = (await peers.findProviders(cid, { signal })).filter((node) => liveSet.has(node))
     if (!holders.includes(self)) holders.push(self)
-    const required = requiredReplicas(replicaCount, live.length)
+    const wanted = replicaCounts.get(cid)
+    const required = requiredReplicas(wanted ?? replicaCount, live.length)
     if (holders.length >= required) return
     report.underReplicated++
     // One holder repairs, the others leave it: the one with the smallest id.
@@ -102,7 +106,7 @@ export async function repairScan(
       if (holders.length + added >= required) break
       await limiter.take(bytes.length, signal)
       try {
-        await peers.store(node, cid, bytes, { signal })
+        await peers.store(node, cid, bytes, { signal, replicaCount: wanted })
         added++
         report.bytesCopied += bytes.length
       } catch (error) {

@@ -6,10 +6,11 @@ import { createMemoryBlockStore } from '../storage/block-store.ts'
 import { brickCid, type CID } from '../storage/brick.ts'
 import { createBrickNode } from '../storage/brick-node.ts'
 import { createInProcessBrickNetwork } from '../storage/brick-peers.ts'
-import { BrickUnavailableError } from '../storage/errors.ts'
+import { BrickUnavailableError, StorageArgumentError } from '../storage/errors.ts'
 import { readOrder, replicaCandidates } from '../storage/placement.ts'
 import type { Sleep } from '../storage/platform-types.ts'
 import { createRateLimiter } from '../storage/rate-limiter.ts'
+import { openDiskReplicaCounts } from '../storage/replica-counts.ts'
 import { createStorageCluster, type StorageCluster } from './support/storage-cluster.ts'
 import { testRandom } from './support/storage-random.ts'
 
@@ -178,6 +179,22 @@ describe('corrupt copies on disk', () => {
       expect(Buffer.from((await cluster.node('b').store.get(cid))!).equals(bytes)).toBe(true)
     }
     await cluster.close()
+  })
+})
+
+describe('replica counts of their own', () => {
+  it('are kept on disk across a restart, and the larger of two counts for one brick wins', async () => {
+    const directory = join(root, `counts-${clusterCounter++}`)
+    const cid = await brickCid(new TextEncoder().encode('shared content'))
+    const counts = await openDiskReplicaCounts({ directory })
+    await counts.raise(cid, 5)
+    await counts.raise(cid, 4)
+    expect(counts.get(cid)).toBe(5)
+    const reopened = await openDiskReplicaCounts({ directory })
+    expect(reopened.get(cid)).toBe(5)
+    await reopened.forget(cid)
+    expect((await openDiskReplicaCounts({ directory })).get(cid)).toBeUndefined()
+    await expect(counts.raise(cid, 0)).rejects.toBeInstanceOf(StorageArgumentError)
   })
 })
 

@@ -459,6 +459,36 @@ describe('files over replicated bricks', () => {
       }
   })
 
+  it('a file that asks for 5 replicas gets them for every brick, and repair keeps 5 after the writer and another holder are lost', async () => {
+    const nodes = ['a', 'b', 'c', 'd', 'e', 'f', 'g']
+    const { client, cluster } = await createFileSystemCluster({
+      nodeIds: nodes,
+      seed: 14,
+      chunkBytes: 1000,
+      root: join(root, `replicas-${directoryCounter++}`),
+    })
+    const fd = await client('a').open('/five', 'w', { replicaCount: 5 })
+    const content = testRandom(14).bytes(4500)
+    await client('a').write(fd, content)
+    await client('a').close(fd)
+    expect((await client('b').stat('/five')).replicaCount).toBe(5)
+    const cids: string[] = []
+    for await (const cid of cluster.node('a').store.list()) cids.push(cid.toString())
+    expect(cids).toHaveLength(6)
+    for (const cid of cids) expect(cluster.holders(parseBrickCid(cid))).toHaveLength(5)
+    // Files without a count of their own keep the default.
+    await client('a').writeFile('/three', text('default'))
+    expect((await client('a').stat('/three')).replicaCount).toBeUndefined()
+    const other = cluster.holders(parseBrickCid(cids[0]!)).find((node) => node !== 'a')!
+    await cluster.kill('a')
+    await cluster.kill(other)
+    await cluster.repairAll()
+    for (const cid of cids) expect(cluster.holders(parseBrickCid(cid))).toHaveLength(5)
+    const reader = nodes.find((node) => node !== 'a' && node !== other)!
+    expect(Buffer.from(await client(reader).readFile('/five')).equals(content)).toBe(true)
+    await cluster.close()
+  })
+
   it('a brick corrupted on disk is detected when the file is read, the read succeeds, and the copy is repaired', async () => {
     const { client, cluster } = await createFileSystemCluster({
       nodeIds: ['a', 'b', 'c'],

@@ -13,6 +13,11 @@ import type { CID } from '../../storage/brick.ts'
 import { type BrickNode, createBrickNode } from '../../storage/brick-node.ts'
 import { createInProcessBrickNetwork, type InProcessBrickNetwork } from '../../storage/brick-peers.ts'
 import type { Clock, Sleep } from '../../storage/platform-types.ts'
+import {
+  createMemoryReplicaCounts,
+  openDiskReplicaCounts,
+  type ReplicaCounts,
+} from '../../storage/replica-counts.ts'
 
 export const realClock: Clock = systemClock
 export const realWallClock: Clock = { now: wallClockMs }
@@ -49,6 +54,18 @@ export async function createStorageCluster(options: StorageClusterOptions): Prom
   const network = createInProcessBrickNetwork()
   const nodes = new Map<string, BrickNode>()
   const memoryStores = new Map<string, MemoryBlockStore>()
+  const memoryReplicaCounts = new Map<string, ReplicaCounts>()
+
+  async function openReplicaCounts(id: string): Promise<ReplicaCounts> {
+    if (options.root !== undefined)
+      return openDiskReplicaCounts({ directory: join(options.root, `${id}-replica-counts`) })
+    let counts = memoryReplicaCounts.get(id)
+    if (counts === undefined) {
+      counts = createMemoryReplicaCounts()
+      memoryReplicaCounts.set(id, counts)
+    }
+    return counts
+  }
 
   async function openStore(id: string): Promise<BlockStore> {
     if (options.root !== undefined)
@@ -68,7 +85,13 @@ export async function createStorageCluster(options: StorageClusterOptions): Prom
   async function start(id: string): Promise<BrickNode> {
     const store = await openStore(id)
     const node = createBrickNode(
-      { store, connect: (handler) => network.join(id, handler), clock: realClock, sleep: realSleep },
+      {
+        store,
+        connect: (handler) => network.join(id, handler),
+        clock: realClock,
+        sleep: realSleep,
+        replicaCounts: await openReplicaCounts(id),
+      },
       { replicaCount: options.replicaCount },
     )
     nodes.set(id, node)
