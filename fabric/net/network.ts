@@ -8,7 +8,14 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
-import type { Connection, ConnectionProtector, PrivateKey, Stream } from '@libp2p/interface'
+import type {
+  Connection,
+  ConnectionProtector,
+  MessageStream,
+  PrivateKey,
+  Stream,
+  StreamMessageEvent,
+} from '@libp2p/interface'
 import { kadDHT } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
@@ -26,8 +33,20 @@ export const dhtProtocol = '/fabric/kad/1.0.0'
 export const membersTopic = 'fabric/members/1'
 /** Messages are dropped (the protocols tolerate loss) rather than buffered past this per peer. */
 export const writeBufferBytesMax = 8 * 1024 * 1024
+/** Refused messages are logged, at most this many lines per peer per interval; the rest are counted. */
+export const refusalLogLinesPerPeerMax = 8
 export const refusalLogIntervalMs = 1000
+export const refusalPeersTrackedMax = 1024
 export const redialBackoffMs = 500
+export const streamOpenTimeoutMs = 3000
+/** Frames queued for a peer while its stream opens; more are dropped (the protocols retry). */
+export const pendingFramesPerPeerMax = 1024
+/**
+ * libp2p refuses more than 5 new connections per second from one host by default, which a local
+ * cluster (every node on 127.0.0.1) or nodes behind one NAT exceed as soon as they start together.
+ */
+export const inboundConnectionsPerHostPerSecondMax = 200
+export const inboundConnectionsPendingMax = 64
 
 export type Log = (line: string) => void
 
@@ -41,8 +60,10 @@ export interface Network {
   /** Dials multiaddrs and returns the peer ids that answered. */
   dial(addresses: readonly string[]): Promise<string[]>
   addAddresses(peer: string, addresses: readonly string[]): void
-  /** Logs a refused message, at most once per second per peer. */
+  /** Logs a refused message (a few lines per second per peer at most; the rest are counted). */
   refuse(from: string, reason: string): void
+  /** Counters for diagnosis: frames sent and dropped by reason, streams opened and lost. */
+  stats(): Record<string, number>
   stop(): Promise<void>
 }
 
@@ -58,11 +79,22 @@ export interface NetworkOptions {
 
 export async function createNetwork(options: NetworkOptions): Promise<Network> {
   const { log } = options
-  const lastRefusalMs = new Map<string, number>()
+  const refusalWindows = new Map<string, { startMs: number; lines: number; suppressed: number }>()
   const refuse = (from: string, reason: string) => {
     const now = performance.now()
-    if (now - (lastRefusalMs.get(from) ?? -Infinity) < refusalLogIntervalMs) return
-    lastRefusalMs.set(from, now)
+    let window = refusalWindows.get(from)
+    if (window === undefined || now - window.startMs >= refusalLogIntervalMs) {
+      const suppressed = window?.suppressed ?? 0
+      if (refusalWindows.size >= refusalPeersTrackedMax) refusalWindows.clear()
+      window = { startMs: now, lines: 0, suppressed: 0 }
+      refusalWindows.set(from, window)
+      if (suppressed > 0) log(`refused ${suppressed} more messages from ${short(from)} (not logged)`)
+    }
+    if (window.lines >= refusalLogLinesPerPeerMax) {
+      window.suppressed++
+      return
+    }
+    window.lines++
     log(`refused message from ${short(from)}: ${reason}`)
   }
   const protector =
@@ -82,13 +114,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
                 log(`refused connection from ${remote}: ${why}`)
                 connection.abort(new Error(why))
               }
-              const onRaw = (event: { data: Uint8Array | { subarray(): Uint8Array } }) => {
-                connection.removeEventListener('message', onRaw)
-                const bytes = event.data instanceof Uint8Array ? event.data : event.data.subarray()
+              peekFirstMessage(connection, (bytes) => {
                 if (startsWith(bytes, multistreamHeader))
                   refuseConnection('peer does not use the cluster key')
-              }
-              connection.addEventListener('message', onRaw)
+              })
               let wrapped: Awaited<ReturnType<typeof inner.protect>>
               try {
                 wrapped = await inner.protect(connection, abort)
@@ -96,18 +125,13 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
                 refuseConnection(`cluster key handshake failed (${(error as Error).message.slice(0, 80)})`)
                 throw error
               }
-              const onDecrypted = (event: { data: Uint8Array | { subarray(): Uint8Array } }) => {
-                wrapped.removeEventListener('message', onDecrypted)
-                const bytes = event.data instanceof Uint8Array ? event.data : event.data.subarray()
-                if (
-                  !startsWith(
-                    bytes,
-                    multistreamHeader.subarray(0, Math.min(bytes.length, multistreamHeader.length)),
-                  )
+              peekFirstMessage(wrapped, (bytes) => {
+                const expected = multistreamHeader.subarray(
+                  0,
+                  Math.min(bytes.length, multistreamHeader.length),
                 )
-                  refuseConnection('peer has a different cluster key')
-              }
-              wrapped.addEventListener('message', onDecrypted)
+                if (!startsWith(bytes, expected)) refuseConnection('peer has a different cluster key')
+              })
               return wrapped
             },
           }
@@ -120,6 +144,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     streamMuxers: [yamux()],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
+    connectionManager: {
+      inboundConnectionThreshold: inboundConnectionsPerHostPerSecondMax,
+      maxIncomingPendingConnections: inboundConnectionsPendingMax,
+    },
     services: {
       identify: identify(),
       ping: ping(),
@@ -134,7 +162,12 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     { stream: Stream | undefined; pending: Uint8Array[]; opening: boolean; failedAtMs: number }
   >()
 
+  const counters: Record<string, number> = {}
+  const count = (name: string) => {
+    counters[name] = (counters[name] ?? 0) + 1
+  }
   const deliver = (from: string, protocol: string, body: unknown) => {
+    count(`received ${protocol}`)
     for (const handler of handlers) handler(from, protocol, body)
   }
 
@@ -175,19 +208,28 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
   function open(to: string): void {
     const entry = outbound.get(to)!
     entry.opening = true
+    count('stream opens')
     libp2p
-      .dialProtocol(peerIdFromString(to), wireProtocol, { signal: AbortSignal.timeout(3000) })
+      .dialProtocol(peerIdFromString(to), wireProtocol, { signal: AbortSignal.timeout(streamOpenTimeoutMs) })
       .then((stream) => {
         entry.opening = false
         const previous = entry.stream
-        if (previous !== undefined && previous !== stream) previous.abort(new Error('replaced'))
+        if (previous !== undefined && previous !== stream) {
+          count('streams replaced')
+          previous.abort(new Error('replaced'))
+        }
         entry.stream = stream
         stream.addEventListener('close', () => {
+          count('outbound streams closed')
           if (entry.stream === stream) entry.stream = undefined
         })
+        count('frames flushed after open')
         for (const frame of entry.pending.splice(0)) stream.send(frame)
       })
-      .catch(() => {
+      .catch((error) => {
+        count(`stream open failures: ${(error as Error).name}`)
+        counters['frames dropped on open failure'] =
+          (counters['frames dropped on open failure'] ?? 0) + entry.pending.length
         entry.opening = false
         entry.failedAtMs = performance.now()
         entry.pending.length = 0
@@ -210,18 +252,23 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
         outbound.set(to, entry)
       }
       const stream = entry.stream
+      count(`sent ${protocol}`)
       if (stream !== undefined && stream.status === 'open' && stream.writeStatus === 'writable') {
-        if (stream.writeBufferLength > writeBufferBytesMax) return
+        if (stream.writeBufferLength > writeBufferBytesMax) return count('frames dropped: write buffer full')
         try {
-          stream.send(frame)
+          if (!stream.send(frame)) count('send returned false')
         } catch {
+          count('frames dropped: send threw')
           entry.stream = undefined
         }
         return
       }
+      if (stream !== undefined) count(`send on stream ${stream.status}/${stream.writeStatus}`)
       // An unreachable peer is not redialled for every message; the protocols retry on their own.
-      if (performance.now() - entry.failedAtMs < redialBackoffMs) return
-      if (entry.pending.length < 1024) entry.pending.push(frame)
+      if (performance.now() - entry.failedAtMs < redialBackoffMs)
+        return count('frames dropped: redial backoff')
+      if (entry.pending.length < pendingFramesPerPeerMax) entry.pending.push(frame)
+      else count('frames dropped: pending full')
       if (!entry.opening) open(to)
     },
     onMessage(handler) {
@@ -252,6 +299,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       }
     },
     refuse,
+    stats: () => ({ ...counters }),
     async stop() {
       await libp2p.stop()
     },
@@ -259,6 +307,23 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
 }
 
 const multistreamHeader = new TextEncoder().encode('\x13/multistream/1.0.0\n')
+
+/**
+ * Shows the first chunk that arrives on `stream` to `inspect` without taking it from the stream's
+ * reader. A libp2p message stream hands buffered bytes to whichever 'message' listeners exist when
+ * they arrive; if ours is the only one (the upgrader attaches its own a little later), the bytes
+ * would be ours alone and the handshake would wait for them until it times out. So when no other
+ * reader saw them, they go back to the front of the stream's buffer for the next reader.
+ */
+function peekFirstMessage(stream: MessageStream, inspect: (bytes: Uint8Array) => void): void {
+  const onMessage = (event: StreamMessageEvent) => {
+    stream.removeEventListener('message', onMessage)
+    const chunk = event.data
+    if (stream.listenerCount('message') === 0) stream.unshift(chunk)
+    inspect(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+  }
+  stream.addEventListener('message', onMessage)
+}
 
 function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
   if (bytes.length < prefix.length) return false
