@@ -2,7 +2,11 @@
 
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type InstrumentCache, type InstrumentedModule, instrumentationVersion } from './instrument.ts'
+import {
+  type InstrumentCache,
+  type InstrumentedModule,
+  instrumentationVersion,
+} from './instrumented-module.ts'
 
 export function diskInstrumentCache(directory: string): InstrumentCache {
   return {

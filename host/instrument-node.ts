@@ -6,7 +6,11 @@
 
 import { Worker } from 'node:worker_threads'
 import { deserializeError, type SerializedError } from './errors.ts'
-import { type InstrumentCache, type InstrumentedModule, instrumentationVersion } from './instrument.ts'
+import {
+  type InstrumentCache,
+  type InstrumentedModule,
+  instrumentationVersion,
+} from './instrumented-module.ts'
 
 interface Reply {
   id: number

@@ -16,12 +16,21 @@ import binaryen from 'binaryen'
 import { importModuleEnvironment, importModuleWasi, instrumentedNames, isBlockingImport } from './abi.ts'
 import { InvalidModuleError } from './errors.ts'
 import {
+  type InstrumentCache,
+  type InstrumentedModule,
+  type InstrumentOptions,
+  instrumentationVersion,
+} from './instrumented-module.ts'
+import {
   asyncifyMemoryPages,
   hostGlobalMemoryPagesMax,
   hostGlobalMemoryRefusedPages,
   wasmPagesMax,
 } from './memory-layout.ts'
 import { appendMemory } from './wasm-binary.ts'
+
+export type { InstrumentCache, InstrumentedModule, InstrumentOptions }
+export { instrumentationVersion }
 
 const features =
   binaryen.Features.MVP |
@@ -32,17 +41,6 @@ const features =
   binaryen.Features.BulkMemoryOpt |
   binaryen.Features.Multivalue |
   binaryen.Features.MultiMemory
-
-export interface InstrumentedModule {
-  /** The instrumented binary. */
-  bytes: Uint8Array
-  /** Number of guest mutable globals exported as `fabric_global_<n>`. */
-  globalCount: number
-  /** The export a plain run starts at: `_start` for WASI commands, else `main`. */
-  mainEntry: string
-  /** SHA-256 (hex) of the original module: a save names the module it belongs to. */
-  moduleDigest: string
-}
 
 /** Parts of binaryen.js that its type declarations leave out. */
 interface ExpressionSetters {
@@ -107,23 +105,7 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
   return Buffer.from(digest).toString('hex')
 }
 
-/**
- * Version of what instrumentation does (passes, ABI's blocking imports, layout). Part of every
- * cache key: bump it whenever the output for the same input would change.
- */
-export const instrumentationVersion = 2
-
 const memoryCache = new Map<string, Promise<InstrumentedModule>>()
-
-/** A second-level cache (the Node adapter keeps one on disk); keyed by the original's digest. */
-export interface InstrumentCache {
-  read(moduleDigest: string): Promise<InstrumentedModule | undefined>
-  write(module: InstrumentedModule): Promise<void>
-}
-
-export interface InstrumentOptions {
-  cache?: InstrumentCache
-}
 
 /** Instruments `bytes` (validated by the caller) or returns the cached result. */
 export async function instrument(

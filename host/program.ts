@@ -12,12 +12,7 @@ import {
   importModuleWasi,
 } from './abi.ts'
 import { InvalidModuleError } from './errors.ts'
-import {
-  type InstrumentCache,
-  type InstrumentedModule,
-  type InstrumentOptions,
-  instrument,
-} from './instrument.ts'
+import type { InstrumentCache, InstrumentedModule, InstrumentOptions } from './instrumented-module.ts'
 
 /** Largest module accepted, in bytes. */
 export const moduleBytesMax = 256 * 1024 * 1024
@@ -104,7 +99,9 @@ export async function loadProgram(bytes: Uint8Array, options: LoadOptions = {}):
       `module was built for Fabric ABI ${version}; this host runs ABI ${abiVersion}`,
     )
   }
-  const instrumented = await (options.instrument ?? instrument)(bytes, { cache: options.cache })
+  // Binaryen is loaded only when this thread instruments (it is large and slow to load).
+  const instrumentWith = options.instrument ?? (await import('./instrument.ts')).instrument
+  const instrumented = await instrumentWith(bytes, { cache: options.cache })
   const module = await WebAssembly.compile(instrumented.bytes as Uint8Array<ArrayBuffer>)
   return {
     module,

@@ -2,20 +2,47 @@
  * The `fabric` command line.
  *
  *   fabric build prog.ts|prog.c [-o prog.wasm]
- *   fabric run [options] prog.wasm [-- args...]
+ *   fabric run [options] prog.wasm [-- args...]     (an embedded local cluster, or --join one)
+ *   fabric ps --join <multiaddr>;  fabric kill <pid> --join <multiaddr>
  *
  * Expected failures print one line `fabric: ...` and exit with code 2 (bad input) or 1.
  */
 
 import { FabricHostError, InvalidModuleError } from '../../host/errors.ts'
+import { loadClusterKey } from '../net/cluster-key.ts'
+import type { ProcessSummary } from '../runtime/messages.ts'
+import { killProcess, listProcesses } from '../runtime/submit-client.ts'
 import { build } from './build.ts'
 import { clusterKeyCommand, kvCommand, nodeCommand, nodeUsage } from './node-command.ts'
+import { runCluster } from './run-cluster.ts'
 import { runLocal } from './run-local.ts'
+
+function formatProcesses(processes: ProcessSummary[]): string {
+  const lines = ['PID               STATE    THREAD       NODE          LAST SAVE']
+  for (const entry of processes) {
+    lines.push(`${entry.pid.padEnd(17)} ${entry.state.padEnd(8)} ${''.padEnd(12)} ${entry.home.slice(-12)}`)
+    for (const thread of entry.threads) {
+      const save =
+        thread.lastSaveMs === null ? '-' : `${((Date.now() - thread.lastSaveMs) / 1000).toFixed(1)} s ago`
+      lines.push(
+        `${''.padEnd(17)} ${thread.state.slice(0, 8).padEnd(8)} ${thread.tid.padEnd(12)} ${thread.node.slice(-12).padEnd(13)} ${save}`,
+      )
+    }
+  }
+  return `${lines.join('\n')}\n`
+}
 
 const usage = `usage:
   fabric build <prog.ts|prog.c> [-o <prog.wasm>]
-  fabric run [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
+  fabric run [--join <multiaddr> [--cluster-key <hex|file>] | --nodes N] [--env NAME=VALUE]...
+             <prog.wasm> [-- args...]
+      Runs on the cluster a node of which --join names, else on an embedded local cluster of
+      N node processes (default: the cores, at least 3) that stops when the program ends.
+  fabric run --local [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
              [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]
+      Runs in this process on a worker pool sized to the cores (no cluster).
+  fabric ps --join <multiaddr> [--cluster-key <hex|file>]
+  fabric kill <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
 ${nodeUsage}`
 
 class UsageError extends Error {}
@@ -29,6 +56,8 @@ interface Parsed {
 }
 
 const repeatable = new Set(['env'])
+/** Options that take no value. */
+const flags = new Set(['local'])
 
 function parse(argv: string[], known: Set<string>): Parsed {
   const positional: string[] = []
@@ -41,6 +70,11 @@ function parse(argv: string[], known: Set<string>): Parsed {
     if (word.startsWith('-')) {
       const name = word.replace(/^-+/, '')
       if (!known.has(name)) throw new UsageError(`unknown option ${word}`)
+      if (flags.has(name)) {
+        options.set(name, 'true')
+        index++
+        continue
+      }
       const value = argv[index + 1]
       if (value === undefined) throw new UsageError(`option ${word} needs a value`)
       options.set(name, value)
@@ -89,10 +123,27 @@ async function main(argv: string[]): Promise<number> {
           'save-interval-ms',
           'map-dir',
           'env',
+          'local',
+          'join',
+          'cluster-key',
+          'nodes',
           'program-args',
         ]),
       )
       if (parsed.positional.length !== 1) throw new UsageError('fabric run takes one program (.wasm)')
+      if (!parsed.options.has('local')) {
+        for (const option of ['workers', 'memory-max-mib', 'cpu-budget-s', 'save-interval-ms', 'map-dir']) {
+          if (parsed.options.has(option)) throw new UsageError(`--${option} goes with --local`)
+        }
+        return await runCluster({
+          program: parsed.positional[0]!,
+          args: parsed.rest[0] === '--' ? parsed.rest.slice(1) : parsed.rest,
+          env: parsed.repeated.get('env') ?? [],
+          join: parsed.options.get('join'),
+          clusterKey: parsed.options.get('cluster-key'),
+          nodeCount: numberOption(parsed.options, 'nodes'),
+        })
+      }
       const cpuBudgetS = numberOption(parsed.options, 'cpu-budget-s')
       return await runLocal({
         program: parsed.positional[0]!,
@@ -104,6 +155,31 @@ async function main(argv: string[]): Promise<number> {
         mapDirectory: parsed.options.get('map-dir'),
         env: parsed.repeated.get('env') ?? [],
       })
+    }
+    case 'ps': {
+      const parsed = parse(rest, new Set(['join', 'cluster-key']))
+      const join = parsed.options.get('join')
+      if (join === undefined) throw new UsageError('fabric ps needs --join <multiaddr of a node>')
+      const key = parsed.options.get('cluster-key')
+      const processes = await listProcesses({
+        node: join,
+        clusterKey: key === undefined ? undefined : loadClusterKey(key),
+      })
+      process.stdout.write(formatProcesses(processes))
+      return 0
+    }
+    case 'kill': {
+      const parsed = parse(rest, new Set(['join', 'cluster-key']))
+      const join = parsed.options.get('join')
+      if (join === undefined || parsed.positional.length !== 1) {
+        throw new UsageError('fabric kill takes <pid> and --join <multiaddr of its home node>')
+      }
+      const key = parsed.options.get('cluster-key')
+      await killProcess(
+        { node: join, clusterKey: key === undefined ? undefined : loadClusterKey(key) },
+        parsed.positional[0]!,
+      )
+      return 0
     }
     case 'node':
       return await nodeCommand(rest)

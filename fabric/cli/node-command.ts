@@ -11,7 +11,7 @@
 import { FabricError } from '../errors.ts'
 import { connectClient } from '../net/client.ts'
 import { generateClusterKey, loadClusterKey } from '../net/cluster-key.ts'
-import { startNode } from '../net/node.ts'
+import { startRuntimeNode } from '../runtime/runtime-node.ts'
 
 export const nodeUsage = `  fabric node [--listen <multiaddr,...>] [--bootstrap <multiaddr,...>] [--data-dir <dir>]
               [--cluster-key <hex|file>] [--replicas 3|5] [--fsync]
@@ -90,7 +90,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
     if (replicas !== 3 && replicas !== 5)
       throw new CommandUsageError(`--replicas takes 3 or 5, got ${flags.get('replicas')}`)
     const clusterKeyText = flags.get('cluster-key')
-    const node = await startNode({
+    const { node, stop } = await startRuntimeNode({
       listen: flags.has('listen') ? list(flags.get('listen')) : defaultListen,
       bootstrap: list(flags.get('bootstrap')),
       dataDirectory: flags.get('data-dir'),
@@ -104,7 +104,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
     await new Promise<void>((resolve) => {
       const shutdown = (signal: string) => {
         process.stderr.write(`${new Date().toISOString()} ${signal}: leaving the cluster and shutting down\n`)
-        node.stop().then(resolve, resolve)
+        stop().then(resolve, resolve)
       }
       process.once('SIGINT', () => shutdown('SIGINT'))
       process.once('SIGTERM', () => shutdown('SIGTERM'))

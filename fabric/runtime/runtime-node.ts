@@ -33,10 +33,9 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
   const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`))
   const node = await startNode({ ...options, log })
   const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
+  // One cache per machine: nodes on one host share instrumented modules (keyed by content hash).
   const cache = diskInstrumentCache(
-    options.dataDirectory === undefined
-      ? join(homedir(), '.cache', 'fabric', 'instrumented')
-      : join(options.dataDirectory, 'instrumented'),
+    process.env.FABRIC_CACHE_DIR ?? join(homedir(), '.cache', 'fabric', 'instrumented'),
   )
   const runtime = new NodeRuntime({
     cluster: clusterView(node),

@@ -1,0 +1,169 @@
+/**
+ * An embedded local cluster: `fabric node` processes on loopback, started and stopped together.
+ * `fabric run` without `--join` runs programs on one; tests and the demo kill its nodes with SIGKILL.
+ *
+ *   const cluster = await startLocalCluster({ nodeCount: 3 })
+ *   ... runOnCluster({ node: cluster.nodes[0].address, ... })
+ *   cluster.kill(2)          // SIGKILL
+ *   await cluster.stop()
+ */
+
+import { type ChildProcess, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { availableParallelism, tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+const cli = join(import.meta.dirname, 'bin.js')
+export const nodeStartTimeoutMs = 30_000
+/** Time given to the nodes to see each other before programs are submitted. */
+export const convergenceWaitMs = 1000
+
+export interface LocalNode {
+  index: number
+  process: ChildProcess
+  peerId: string
+  /** A loopback multiaddr ending in /p2p/<peer id>. */
+  address: string
+  alive: boolean
+}
+
+export interface LocalCluster {
+  nodes: LocalNode[]
+  dataDirectory: string
+  /** SIGKILL, as a crash would. */
+  kill(index: number): void
+  /** Starts one more node that joins the cluster. */
+  addNode(): Promise<LocalNode>
+  /** SIGTERM to every node (they leave cleanly), then removes the data directory. */
+  stop(): Promise<void>
+}
+
+export interface LocalClusterOptions {
+  /** Default: the cores, at least 3. */
+  nodeCount?: number
+  /** Lines the nodes print on stderr, with the node's index. */
+  log?: (index: number, line: string) => void
+}
+
+export function defaultNodeCount(): number {
+  return Math.max(3, availableParallelism())
+}
+
+function startNodeProcess(
+  index: number,
+  dataDirectory: string,
+  bootstrap: string | undefined,
+  log: LocalClusterOptions['log'],
+): Promise<LocalNode> {
+  const args = [
+    cli,
+    'node',
+    '--listen',
+    '/ip4/127.0.0.1/tcp/0',
+    '--data-dir',
+    join(dataDirectory, `node-${index}`),
+  ]
+  if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  return new Promise((resolve, reject) => {
+    let peerId = ''
+    let address = ''
+    let buffered = ''
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new Error(`node ${index} did not start within ${nodeStartTimeoutMs} ms`))
+    }, nodeStartTimeoutMs)
+    child.stdout!.setEncoding('utf8')
+    child.stdout!.on('data', (text: string) => {
+      buffered += text
+      let newline = buffered.indexOf('\n')
+      while (newline >= 0) {
+        const line = buffered.slice(0, newline)
+        buffered = buffered.slice(newline + 1)
+        if (line.startsWith('peer-id ')) peerId = line.slice('peer-id '.length)
+        else if (line.startsWith('listening ') && address === '' && line.includes('/tcp/')) {
+          address = line.slice('listening '.length)
+        } else if (line === 'ready') {
+          clearTimeout(timer)
+          if (!address.includes('/p2p/')) address = `${address}/p2p/${peerId}`
+          resolve({ index, process: child, peerId, address, alive: true })
+        }
+        newline = buffered.indexOf('\n')
+      }
+    })
+    child.stderr!.setEncoding('utf8')
+    let stderrBuffered = ''
+    child.stderr!.on('data', (text: string) => {
+      stderrBuffered += text
+      let newline = stderrBuffered.indexOf('\n')
+      while (newline >= 0) {
+        log?.(index, stderrBuffered.slice(0, newline))
+        stderrBuffered = stderrBuffered.slice(newline + 1)
+        newline = stderrBuffered.indexOf('\n')
+      }
+    })
+    child.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`node ${index} exited with code ${code} before it was ready`))
+    })
+  })
+}
+
+export async function startLocalCluster(options: LocalClusterOptions = {}): Promise<LocalCluster> {
+  const nodeCount = options.nodeCount ?? defaultNodeCount()
+  const dataDirectory = mkdtempSync(join(tmpdir(), 'fabric-cluster-'))
+  const nodes: LocalNode[] = []
+  const stopAll = () => {
+    for (const node of nodes) if (node.alive) node.process.kill('SIGKILL')
+  }
+  process.once('exit', stopAll)
+  try {
+    nodes.push(await startNodeProcess(0, dataDirectory, undefined, options.log))
+    const rest = await Promise.all(
+      Array.from({ length: nodeCount - 1 }, (_, offset) =>
+        startNodeProcess(offset + 1, dataDirectory, nodes[0]!.address, options.log),
+      ),
+    )
+    nodes.push(...rest)
+  } catch (error) {
+    stopAll()
+    throw error
+  }
+  for (const node of nodes) node.process.once('exit', () => (node.alive = false))
+  await new Promise((resolve) => setTimeout(resolve, convergenceWaitMs))
+  return {
+    nodes,
+    dataDirectory,
+    kill(index) {
+      const node = nodes[index]!
+      node.alive = false
+      node.process.kill('SIGKILL')
+    },
+    async addNode() {
+      const seed = nodes.find((node) => node.alive)!
+      const node = await startNodeProcess(nodes.length, dataDirectory, seed.address, options.log)
+      node.process.once('exit', () => (node.alive = false))
+      nodes.push(node)
+      return node
+    },
+    async stop() {
+      process.removeListener('exit', stopAll)
+      await Promise.all(
+        nodes
+          .filter((node) => node.alive)
+          .map(
+            (node) =>
+              new Promise<void>((resolve) => {
+                const force = setTimeout(() => node.process.kill('SIGKILL'), 5000)
+                node.process.once('exit', () => {
+                  clearTimeout(force)
+                  resolve()
+                })
+                node.process.kill('SIGTERM')
+              }),
+          ),
+      )
+      rmSync(dataDirectory, { recursive: true, force: true })
+    },
+  }
+}

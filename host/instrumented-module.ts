@@ -1,0 +1,31 @@
+/**
+ * What instrumentation produces, and the cache contract, without Binaryen: importing this costs
+ * nothing, so hosts that instrument elsewhere (in a worker) never load Binaryen on their main thread.
+ */
+
+/**
+ * Version of what instrumentation does (passes, ABI's blocking imports, layout). Part of every
+ * cache key: bump it whenever the output for the same input would change.
+ */
+export const instrumentationVersion = 2
+
+export interface InstrumentedModule {
+  /** The instrumented binary. */
+  bytes: Uint8Array
+  /** Number of guest mutable globals exported as `fabric_global_<n>`. */
+  globalCount: number
+  /** The export a plain run starts at: `_start` for WASI commands, else `main`. */
+  mainEntry: string
+  /** SHA-256 (hex) of the original module: a save names the module it belongs to. */
+  moduleDigest: string
+}
+
+/** A second-level cache (the Node adapter keeps one on disk); keyed by the original's digest. */
+export interface InstrumentCache {
+  read(moduleDigest: string): Promise<InstrumentedModule | undefined>
+  write(module: InstrumentedModule): Promise<void>
+}
+
+export interface InstrumentOptions {
+  cache?: InstrumentCache
+}
