@@ -42,6 +42,14 @@ export const reconfigurationTimeoutMs = 3000
 export const reconfigurationsInFlightMax = 8
 /** A shard moves only once the replica set membership asks for has held this long (damps flapping). */
 export const desiredStableMs = 1000
+/**
+ * A node that does not know a shard's configuration asks the replicas the shard should have, then,
+ * attempt by attempt, twice as many of the servers closest to the shard (earlier configurations were
+ * made of nodes close to it), up to this many, plus a few others at random (a genesis node can be
+ * far from the shard).
+ */
+export const configQueryClosestMax = 32
+export const configQueryRandomCount = 4
 /** Proposers remembered per key for retry detection; a proposer must not be pushed out by this many others mid-round. */
 export const writersMax = 16
 
@@ -159,6 +167,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   // Write ids must not repeat across restarts of this node, or a retry could mistake an old write for its own.
   const incarnation = Math.floor(random.next() * 2 ** 48).toString(36)
   let nextReconfigureCheckMs = 0
+  /** Consecutive reconfiguration checks of a shard this node leads without knowing its configuration. */
+  const unknownChecks = new Map<number, number>()
 
   function adoptView(shard: number, view: ShardView | null): boolean {
     if (view === null || view.epoch === 0) return false
@@ -178,6 +188,17 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     }
     // Unknown: ask the replicas the shard should have; they answer with the configuration they know.
     return { epoch: 0, members: replicasOfShard(shard, shardCount, servers(), replicaCount) }
+  }
+
+  /** Whom to ask for a shard's configuration on the `widening`-th try (see configQueryClosestMax). */
+  function configQueryTargets(shard: number, widening: number): NodeId[] {
+    const live = servers()
+    const closest = Math.min(configQueryClosestMax, replicaCount * 2 ** Math.min(widening, 10))
+    const targets = new Set(replicasOfShard(shard, shardCount, live, closest))
+    if (widening > 0)
+      for (let index = 0; index < configQueryRandomCount && targets.size < live.length; index++)
+        targets.add(live[Math.floor(random.next() * live.length)]!)
+    return [...targets]
   }
 
   function submit(
@@ -256,7 +277,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.attemptDeadlineMs = clock.now() + attemptTimeoutMs
     if (config.epoch === 0) {
       // Nobody answers for an unknown configuration; ask and wait for views.
-      for (const member of config.members) send(member, { type: 'query', shard: round.shard })
+      for (const member of configQueryTargets(round.shard, round.attempts - 1))
+        send(member, { type: 'query', shard: round.shard })
       backOff(round)
       return
     }
@@ -464,6 +486,13 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       }
       memberViews.set(shard, new Map())
       const asked = new Set([...desired, ...config.members])
+      if (config.epoch === 0) {
+        // Leading a shard whose configuration this node never learned (it joined while the shard
+        // still sat elsewhere): look further afield, or the shard would never move.
+        const checks = unknownChecks.get(shard) ?? 0
+        unknownChecks.set(shard, checks + 1)
+        for (const member of configQueryTargets(shard, checks + 1)) asked.add(member)
+      } else unknownChecks.delete(shard)
       for (const member of asked) send(member, { type: 'query', shard })
     }
   }
