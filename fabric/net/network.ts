@@ -41,6 +41,7 @@ export const redialBackoffMs = 500
 export const streamOpenTimeoutMs = 3000
 /** Frames queued for a peer while its stream opens; more are dropped (the protocols retry). */
 export const pendingFramesPerPeerMax = 1024
+export const addressedPeersMax = 100_000
 /**
  * libp2p refuses more than 5 new connections per second from one host by default, which a local
  * cluster (every node on 127.0.0.1) or nodes behind one NAT exceed as soon as they start together.
@@ -162,6 +163,8 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     { stream: Stream | undefined; pending: Uint8Array[]; opening: boolean; failedAtMs: number }
   >()
 
+  /** Peers whose addresses are in the peer store, so that a dial goes straight to them. */
+  const addressed = new Set<string>()
   const counters: Record<string, number> = {}
   const count = (name: string) => {
     counters[name] = (counters[name] ?? 0) + 1
@@ -267,6 +270,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       // An unreachable peer is not redialled for every message; the protocols retry on their own.
       if (performance.now() - entry.failedAtMs < redialBackoffMs)
         return count('frames dropped: redial backoff')
+      if (!entry.opening && !addressed.has(to) && libp2p.getConnections(peerIdFromString(to)).length === 0)
+        // Without an address libp2p would look the peer up in the DHT and hold every frame for
+        // it until the dial times out, even once membership tells us where the peer is.
+        return count('frames dropped: no address yet')
       if (entry.pending.length < pendingFramesPerPeerMax) entry.pending.push(frame)
       else count('frames dropped: pending full')
       if (!entry.opening) open(to)
@@ -293,6 +300,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       try {
         void libp2p.peerStore
           .merge(peerIdFromString(peer), { multiaddrs: addresses.map((address) => multiaddr(address)) })
+          .then(() => {
+            if (addressed.size >= addressedPeersMax) addressed.clear()
+            addressed.add(peer)
+          })
           .catch(() => {})
       } catch {
         // A peer announcing unparsable addresses just stays unreachable by address.
