@@ -135,6 +135,8 @@ interface Reconfiguration {
   next: NodeId[]
   registers: RegisterEntry[]
   deadlineMs: number
+  /** When the current phase's messages go again to the members that have not answered. */
+  resendAtMs: number
 }
 
 export function quorumOf(memberCount: number): number {
@@ -453,6 +455,35 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     }
     for (const reconfiguration of [...reconfigurations.values()])
       if (now >= reconfiguration.deadlineMs) reconfigurations.delete(reconfiguration.shard)
+      else if (now >= reconfiguration.resendAtMs) resendPhase(reconfiguration, now)
+  }
+
+  /**
+   * A sealed replica refuses ordinary operations until the shard's next configuration is
+   * installed, so a reconfiguration that lost a message must not wait for its deadline: the
+   * members that have not answered hear the current phase again (each phase is idempotent).
+   */
+  function resendPhase(reconfiguration: Reconfiguration, now: number): void {
+    reconfiguration.resendAtMs = now + attemptTimeoutMs
+    const { shard, epoch, ballot } = reconfiguration
+    if (reconfiguration.phase === 'seal') {
+      for (const member of reconfiguration.members)
+        if (!reconfiguration.promises.has(member)) send(member, { type: 'seal', shard, epoch, ballot })
+    } else if (reconfiguration.phase === 'decide') {
+      for (const member of reconfiguration.members)
+        if (!reconfiguration.acks.has(member))
+          send(member, { type: 'seal-accept', shard, epoch, ballot, members: reconfiguration.next })
+    } else {
+      for (const member of reconfiguration.next)
+        if (!reconfiguration.acks.has(member))
+          send(member, {
+            type: 'install',
+            shard,
+            epoch: epoch + 1,
+            members: reconfiguration.next,
+            registers: reconfiguration.registers,
+          })
+    }
   }
 
   // ---- reconfiguration: the leader of a shard moves it to the replicas the membership asks for ----
@@ -516,6 +547,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       next: [],
       registers: [],
       deadlineMs: now + reconfigurationTimeoutMs,
+      resendAtMs: now + attemptTimeoutMs,
     }
     reconfigurations.set(shard, reconfiguration)
     for (const member of config.members)
