@@ -40,6 +40,8 @@ export const batchRequestsMax = 64
 export const reconfigureIntervalMsDefault = 500
 export const reconfigurationTimeoutMs = 3000
 export const reconfigurationsInFlightMax = 8
+/** How often the leader of a settled shard (replicas as desired, all installed) checks it again. */
+export const settledShardCheckIntervalMs = 5000
 /** A shard moves only once the replica set membership asks for has held this long (damps flapping). */
 export const desiredStableMs = 1000
 /**
@@ -171,6 +173,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   let nextReconfigureCheckMs = 0
   /** Consecutive reconfiguration checks of a shard this node leads without knowing its configuration. */
   const unknownChecks = new Map<number, number>()
+  /** Shards led here whose replicas all answered in the current configuration, checked less often. */
+  const settled = new Map<number, { members: string; untilMs: number }>()
 
   function adoptView(shard: number, view: ShardView | null): boolean {
     if (view === null || view.epoch === 0) return false
@@ -503,10 +507,23 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       if (since === undefined || since.members !== desiredKey)
         desiredSince.set(shard, { members: desiredKey, sinceMs: now })
       const stable = now - (desiredSince.get(shard)?.sinceMs ?? now) >= desiredStableMs
+      const quiet = settled.get(shard)
+      if (quiet !== undefined && quiet.members === desiredKey && now < quiet.untilMs) continue
+      settled.delete(shard)
       const config = configFor(shard)
       const views = memberViews.get(shard)
       if (config.epoch > 0 && views !== undefined && !reconfigurations.has(shard)) {
         const differs = !sameMembers(config.members, desired)
+        const healthy = config.members.every((member) => {
+          const view = views.get(member)
+          return view != null && view.epoch === config.epoch && view.installed && !view.sealed
+        })
+        if (!differs && healthy) {
+          // Every replica answered in the current configuration: check again later, or as soon as
+          // membership asks for other replicas.
+          settled.set(shard, { members: desiredKey, untilMs: now + settledShardCheckIntervalMs })
+          continue
+        }
         const lagging = config.members.some((member) => {
           if (!live.includes(member)) return false
           const view = views.get(member)
