@@ -57,6 +57,8 @@ export const syncIntervalMs = 1000
 export const syncEntriesMax = 16
 export const joinEntriesMax = 1024
 export const tombstoneMs = 30_000
+/** Timer jitter up to this share of the heartbeat interval is not credited back to silent members. */
+export const tickLatenessToleranceRatio = 0.1
 export const addressesMax = 16
 
 export interface MembershipChange {
@@ -312,9 +314,14 @@ export function createMembership(
     tick() {
       if (self.status !== 'alive') return
       const now = clock.now()
-      if (now - lastTickMs > 3 * heartbeatIntervalMs) {
+      const lateMs = now - lastTickMs - heartbeatIntervalMs
+      if (lateMs > 3 * heartbeatIntervalMs) {
         // We were not running (a pause, a stall): silence from others says nothing about them.
         for (const id of lastHeardMs.keys()) lastHeardMs.set(id, now)
+      } else if (lateMs > heartbeatIntervalMs * tickLatenessToleranceRatio) {
+        // A late tick means this node was busy, and what others sent meanwhile may still wait in
+        // its buffers (timers run before pending I/O): the delay is not counted as their silence.
+        for (const [id, heardMs] of lastHeardMs) lastHeardMs.set(id, heardMs + lateMs)
       }
       lastTickMs = now
       // Probe the predecessors we watch; they answer with a heartbeat. Who watches whom then
