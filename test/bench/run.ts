@@ -6,9 +6,13 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { repositoryRoot } from '../support/guests.ts'
+import { coordBench } from './coord-bench.ts'
 import { type BenchRow, hostBench } from './host-bench.ts'
 
-const suites: Array<{ name: string; run: () => Promise<BenchRow[]> }> = [{ name: 'host', run: hostBench }]
+const suites: Array<{ name: string; run: () => Promise<BenchRow[]> }> = [
+  { name: 'host', run: hostBench },
+  { name: 'coord', run: coordBench },
+]
 
 function table(rows: BenchRow[]): string {
   const lines = ['| figure | value | unit | note |', '| --- | --- | --- | --- |']
