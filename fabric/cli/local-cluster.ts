@@ -49,10 +49,16 @@ export function defaultNodeCount(): number {
   return Math.max(3, availableParallelism())
 }
 
+/** Replicas per store shard: 5 once the cluster can hold them, so it survives losing two nodes. */
+export function replicaCountFor(nodeCount: number): number {
+  return nodeCount >= 5 ? 5 : 3
+}
+
 function startNodeProcess(
   index: number,
   dataDirectory: string,
   bootstrap: string | undefined,
+  replicas: number,
   log: LocalClusterOptions['log'],
 ): Promise<LocalNode> {
   const args = [
@@ -60,6 +66,8 @@ function startNodeProcess(
     'node',
     '--listen',
     '/ip4/127.0.0.1/tcp/0',
+    '--replicas',
+    String(replicas),
     '--data-dir',
     join(dataDirectory, `node-${index}`),
   ]
@@ -118,10 +126,16 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   }
   process.once('exit', stopAll)
   try {
-    nodes.push(await startNodeProcess(0, dataDirectory, undefined, options.log))
+    nodes.push(await startNodeProcess(0, dataDirectory, undefined, replicaCountFor(nodeCount), options.log))
     const rest = await Promise.all(
       Array.from({ length: nodeCount - 1 }, (_, offset) =>
-        startNodeProcess(offset + 1, dataDirectory, nodes[0]!.address, options.log),
+        startNodeProcess(
+          offset + 1,
+          dataDirectory,
+          nodes[0]!.address,
+          replicaCountFor(nodeCount),
+          options.log,
+        ),
       ),
     )
     nodes.push(...rest)
@@ -141,7 +155,13 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
     },
     async addNode() {
       const seed = nodes.find((node) => node.alive)!
-      const node = await startNodeProcess(nodes.length, dataDirectory, seed.address, options.log)
+      const node = await startNodeProcess(
+        nodes.length,
+        dataDirectory,
+        seed.address,
+        replicaCountFor(nodeCount),
+        options.log,
+      )
       node.process.once('exit', () => (node.alive = false))
       nodes.push(node)
       return node

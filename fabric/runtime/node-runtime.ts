@@ -385,7 +385,13 @@ export class NodeRuntime {
   private async placeThread(pid: string, tid: string, entry: string, arg: Uint8Array): Promise<void> {
     const key = keys.thread(pid, tid)
     const existing = await this.components.store.get(key)
-    if (existing.version > 0) return
+    if (existing.value !== null) {
+      // A replayed spawn: the child exists. If it was never claimed (its first node may have died
+      // before anyone learned of it), hand it over again; claiming is idempotent.
+      const record = decodeThread(existing.value)
+      if (record.state === 'placed') await this.handOver(pid, tid, existing.version, record)
+      return
+    }
     const node = chooseNode({
       candidates: this.components.cluster.live(),
       load: this.loadByNode(),
@@ -718,6 +724,7 @@ export class NodeRuntime {
   private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
     const tid = childThreadId(thread.tid, handle)
     const key = keys.thread(thread.pid, tid)
+    let homeTold = false
     for (;;) {
       if (thread.stopped) return new Promise(() => {})
       const read = await this.components.store.get(key)
@@ -728,6 +735,14 @@ export class NodeRuntime {
         return { result: result.length, payload: result }
       }
       if (record.state === 'failed') return { result: -3 }
+      if (!homeTold) {
+        // Make sure the home watches the child: it restarts it should its node die.
+        homeTold = true
+        const process = await this.processRecord(thread.pid)
+        void this.components.messenger
+          .request(process.home, { type: 'placed', pid: thread.pid, tid, node: record.node })
+          .catch(() => {})
+      }
       await new Promise<void>((resolve) => {
         const waiters = this.joinWaiters.get(key) ?? new Set()
         this.joinWaiters.set(key, waiters)
@@ -911,8 +926,11 @@ export class NodeRuntime {
 
   private async acquireOwnLease(): Promise<void> {
     for (;;) {
-      const taken = await this.components.store.acquire(keys.node(this.self), this.self, this.leaseTtlMs)
-      if (taken.ok) {
+      const taken = await this.components.store
+        .acquire(keys.node(this.self), this.self, this.leaseTtlMs)
+        .catch(() => undefined) // a store timeout: try again
+      if (this.stopped) return
+      if (taken?.ok) {
         this.leaseToken = taken.token
         this.leaseHeld = true
         return

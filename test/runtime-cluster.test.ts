@@ -1,0 +1,57 @@
+import { afterEach, describe, expect, test } from 'vitest'
+import { type LocalCluster, startLocalCluster } from '../fabric/cli/local-cluster.ts'
+import { runOnCluster } from '../fabric/runtime/submit-client.ts'
+import { guestBytes } from './support/guests.ts'
+import { seededRandom } from './support/run.ts'
+
+const seedCount = Number(process.env.FABRIC_RUNTIME_SEEDS ?? (process.env.FABRIC_SOAK ? 20 : 3))
+const piArgs = ['pi', '50', '4000000']
+
+async function runPi(cluster: LocalCluster, onProgress?: (chunks: number) => void) {
+  let output = ''
+  let chunks = 0
+  const result = await runOnCluster({
+    node: cluster.nodes[0]!.address,
+    program: guestBytes('examples/pi/pi.ts'),
+    args: piArgs,
+    onOutput: (chunk) => {
+      if (chunk.fd === 1) output += new TextDecoder().decode(chunk.bytes)
+      onProgress?.(++chunks)
+    },
+  })
+  return { output, result }
+}
+
+describe('distributed processes on real node processes', () => {
+  let cluster: LocalCluster | undefined
+  afterEach(async () => {
+    await cluster?.stop()
+    cluster = undefined
+  })
+
+  test(`a 50-thread program gives an undisturbed run's output when two nodes are SIGKILLed mid-run (${seedCount} seeds)`, async () => {
+    cluster = await startLocalCluster({ nodeCount: 5 })
+    const started = performance.now()
+    const reference = await runPi(cluster)
+    const referenceMs = performance.now() - started
+    expect(reference.result).toEqual({ exitCode: 0, error: null })
+    expect(reference.output).toContain('thread 49: ')
+    await cluster.stop()
+    for (let seed = 1; seed <= seedCount; seed++) {
+      const random = seededRandom(seed)
+      cluster = await startLocalCluster({ nodeCount: 5 })
+      // Two nodes other than the submitter's (node 0), each at a random moment of the run.
+      const victims = [1, 2, 3, 4].sort(() => random() - 0.5).slice(0, 2)
+      const timers = victims.map((index) =>
+        setTimeout(() => cluster!.kill(index), (0.1 + random() * 0.5) * referenceMs),
+      )
+      const run = await runPi(cluster)
+      for (const timer of timers) clearTimeout(timer)
+      const where = `SEED=${seed} (killed nodes ${victims.join(', ')}); rerun: FABRIC_RUNTIME_SEEDS=${seed} npx vitest run test/runtime-cluster.test.ts`
+      expect(run.result, where).toEqual({ exitCode: 0, error: null })
+      expect(run.output, where).toBe(reference.output)
+      await cluster.stop()
+      cluster = undefined
+    }
+  }, 600_000)
+})
