@@ -87,6 +87,11 @@ export class ThreadRunner {
     if (!this.ended) this.lease?.worker.post({ type: 'configure', saveIntervalMs })
   }
 
+  /** Asks for a save at the thread's next blocking call. */
+  requestSave(): void {
+    if (!this.ended) this.lease?.worker.post({ type: 'configure', saveNow: true })
+  }
+
   /** Ends the thread's worker as a crash would (tests; `fabric kill`). */
   kill(reason = 'worker was killed'): void {
     if (this.ended) return

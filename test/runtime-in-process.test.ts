@@ -67,3 +67,63 @@ describe('process runtime, in process', () => {
     expect(threadsOnKilledNodes).toBeGreaterThan(0)
   }, 120_000)
 })
+
+describe('process runtime, nodes coming and going', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  async function runWaves(onStart: (cluster: InProcessCluster) => void) {
+    const home = cluster.runtime('node-a')
+    const process = await home.submit(guestBytes('test/fixtures/as/waves.ts'), {
+      args: ['waves', '6', '4'],
+      seed: 1,
+      saveIntervalMs: 0,
+    })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    onStart(cluster)
+    return { output: await process.result.then(() => output), result: await process.result }
+  }
+
+  test('a node that joins mid-run receives threads; a node that leaves hands its threads over with no lost work', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const reference = await runWaves(() => {})
+    expect(reference.result).toEqual({ exitCode: 0, error: null })
+    expect(reference.output.split('\n')).toHaveLength(7)
+    cluster.close()
+
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    let joinerRan = 0
+    let leaverHad = 0
+    const run = await runWaves((running) => {
+      setTimeout(async () => {
+        const joiner = await running.addNode('node-d')
+        const watch = setInterval(() => {
+          joinerRan = Math.max(joinerRan, joiner.runningCount())
+        }, 5)
+        setTimeout(() => clearInterval(watch), 5000)
+      }, 200)
+      // node-b leaves at a moment when it runs threads.
+      const watchLeaver = setInterval(() => {
+        const count = running.runtime('node-b').runningCount()
+        if (count === 0) return
+        clearInterval(watchLeaver)
+        leaverHad = count
+        void running.leave('node-b')
+      }, 5)
+    })
+    expect(run.result).toEqual({ exitCode: 0, error: null })
+    expect(run.output).toBe(reference.output)
+    expect(joinerRan).toBeGreaterThan(0)
+    const handed = cluster.logs.filter((line) => line.includes('handed thread')).length
+    console.log(
+      `runtime: the joiner ran up to ${joinerRan} threads; the leaver had ${leaverHad}, handed ${handed} over`,
+    )
+    expect(leaverHad).toBeGreaterThan(0)
+    expect(handed).toBeGreaterThan(0)
+  }, 120_000)
+})

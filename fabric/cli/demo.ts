@@ -1,70 +1,62 @@
 /**
- * `npm start`: builds the examples, runs Monte Carlo pi on a local worker pool, kills the workers of
- * two of its threads mid-run, and shows that the result equals an undisturbed run's.
+ * `npm start`: builds Monte Carlo pi, starts an embedded local cluster of node processes, runs the
+ * program undisturbed, then runs it again while one node (not the one the program was submitted
+ * to) is killed with SIGKILL mid-run, and shows that the result is the same.
  */
 
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { LocalProcess } from '../../host/local-process.ts'
-import { loadProgram } from '../../host/program.ts'
-import { coreCount, nodeWorkerFactory } from '../../host/worker-node.ts'
-import { WorkerPool } from '../../host/worker-pool.ts'
+import { runOnCluster } from '../runtime/submit-client.ts'
 import { build, defaultOutput } from './build.ts'
+import { defaultNodeCount, type LocalCluster, startLocalCluster } from './local-cluster.ts'
 
 const root = join(import.meta.dirname, '../..')
 const source = join(root, 'examples/pi/pi.ts')
-const args = ['pi', '8', '4000000']
+const args = ['pi', '24', '8000000']
 
-async function runPi(
-  pool: WorkerPool,
-  killAtMs: number[],
-): Promise<{ output: string; ms: number; kills: number }> {
-  const program = await loadProgram(new Uint8Array(readFileSync(defaultOutput(source))))
+async function runPi(cluster: LocalCluster, killAtMs: number | null) {
   let output = ''
   const started = performance.now()
-  const process_ = new LocalProcess({
-    pool,
-    program,
+  const timer =
+    killAtMs === null
+      ? null
+      : setTimeout(() => {
+          const victim = cluster.nodes.length - 1
+          cluster.kill(victim)
+          console.log(
+            `  ... SIGKILL to node ${victim} at ${Math.round(killAtMs)} ms; its threads resume elsewhere`,
+          )
+        }, killAtMs)
+  const result = await runOnCluster({
+    node: cluster.nodes[0]!.address,
+    program: new Uint8Array(readFileSync(defaultOutput(source))),
     args,
-    saveIntervalMs: 0,
-    onOutput: (_threadId, _fd, bytes) => {
-      output += new TextDecoder().decode(bytes)
+    onOutput: (chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
     },
   })
-  let kills = 0
-  for (const atMs of killAtMs) {
-    setTimeout(() => {
-      const victim = process_
-        .threadIds()
-        .find((id) => id > 0 && process_.isRunning(id) && process_.saveCount(id) > 0)
-      if (victim !== undefined && process_.killWorker(victim)) {
-        kills++
-        console.log(
-          `  ... killed the worker of thread ${victim} at ${Math.round(atMs)} ms; it restarts from its last save`,
-        )
-      }
-    }, atMs)
-  }
-  const result = await process_.result
-  if (result.error !== null) throw result.error
-  return { output, ms: performance.now() - started, kills }
+  if (timer !== null) clearTimeout(timer)
+  if (result.error !== null) throw new Error(result.error)
+  return { output, ms: performance.now() - started }
 }
 
 console.log(`Building ${source} ...`)
 build({ source })
-const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: coreCount() })
-console.log(`\nUndisturbed run of pi with ${args[1]} threads x ${args[2]} samples, on ${coreCount()} cores:`)
-const reference = await runPi(pool, [])
-process.stdout.write(reference.output)
+const nodeCount = defaultNodeCount()
+console.log(`Starting an embedded cluster of ${nodeCount} node processes on loopback ...`)
+let cluster = await startLocalCluster({ nodeCount })
+console.log(`\nMonte Carlo pi, ${args[1]} threads x ${args[2]} samples, undisturbed:`)
+const reference = await runPi(cluster, null)
+process.stdout.write(reference.output.split('\n').slice(-2).join('\n'))
 console.log(`(${reference.ms.toFixed(0)} ms)`)
-console.log('\nSame program; two workers are killed mid-run:')
-const disturbed = await runPi(pool, [reference.ms * 0.3, reference.ms * 0.5])
-process.stdout.write(disturbed.output)
-console.log(`(${disturbed.ms.toFixed(0)} ms, ${disturbed.kills} workers killed)`)
-console.log(
-  disturbed.output === reference.output
-    ? '\nSame output: no work was lost beyond the last saves.'
-    : '\nOUTPUT DIFFERS',
-)
-pool.close()
-process.exitCode = disturbed.output === reference.output ? 0 : 1
+await cluster.stop()
+
+cluster = await startLocalCluster({ nodeCount })
+console.log('\nThe same program on a fresh cluster; one node is killed mid-run:')
+const disturbed = await runPi(cluster, reference.ms * 0.4)
+process.stdout.write(disturbed.output.split('\n').slice(-2).join('\n'))
+console.log(`(${disturbed.ms.toFixed(0)} ms)`)
+await cluster.stop()
+const same = disturbed.output === reference.output
+console.log(same ? '\nSame output, thread by thread: nothing was lost.' : '\nOUTPUT DIFFERS')
+process.exitCode = same ? 0 : 1

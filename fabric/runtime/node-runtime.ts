@@ -62,6 +62,8 @@ export const joinPollMs = 250
 export const homeSweepMs = 500
 /** Restarts of one thread on this node after its worker died, before the thread fails. */
 export const localRestartsMax = 20
+/** How long a leaving node waits for each thread's hand-over save. */
+export const drainTimeoutMsDefault = 5000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
 export const attachReplyBytesMax = 1024 * 1024
 
@@ -174,6 +176,8 @@ export class NodeRuntime {
   /** Renewals in a row that got no answer; past a lease's worth, this node stops its threads. */
   private renewalsUnanswered = 0
   private stopped = false
+  /** Leaving: no new threads are claimed here. */
+  private draining = false
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
@@ -196,6 +200,49 @@ export class NodeRuntime {
     this.stopped = true
     for (const handle of this.timerHandles.splice(0)) handle.cancel()
     for (const thread of this.local.values()) this.stopThread(thread)
+  }
+
+  /**
+   * Hands every thread running here to other nodes with no lost work: each takes a save (at once if
+   * it waits in a call, else at its next blocking call, within `timeoutMs`), the save reaches its
+   * replicas, and the thread is placed elsewhere. New threads are refused meanwhile.
+   */
+  async drain(timeoutMs = drainTimeoutMsDefault): Promise<void> {
+    this.draining = true
+    await Promise.all([...this.local.values()].map((thread) => this.handOff(thread, timeoutMs)))
+  }
+
+  private async handOff(thread: LocalThread, timeoutMs: number): Promise<void> {
+    const lastBefore = thread.chain.at(-1)
+    thread.runner?.requestSave()
+    const pollMs = 10
+    for (
+      let waitedMs = 0;
+      thread.chain.at(-1) === lastBefore && !thread.stopped && waitedMs < timeoutMs;
+      waitedMs += pollMs
+    ) {
+      await new Promise<void>((resolve) => this.components.timers.after(pollMs, resolve))
+    }
+    if (thread.stopped) return
+    thread.stopped = true
+    this.local.delete(`${thread.pid}/${thread.tid}`)
+    thread.runner?.kill('thread handed over to another node')
+    await thread.outputQueue
+    await thread.replicationQueue
+    const key = keys.thread(thread.pid, thread.tid)
+    const read = await this.components.store.get(key).catch(() => undefined)
+    if (read?.value == null || read.version !== thread.version) return
+    const others = this.components.cluster.live().filter((peer) => peer.id !== this.self)
+    if (others.length === 0) return
+    const node = chooseNode({ candidates: others, load: new Map(), random: this.components.random })
+    const moved: ThreadRecord = { ...thread.record, node, state: 'placed' }
+    const written = await this.components.store
+      .cas(key, read.version, encodeRecord(moved))
+      .catch(() => undefined)
+    if (written?.ok) {
+      this.components.log?.(`runtime: handed thread ${thread.tid} of ${thread.pid} to ${node}`)
+      await this.handOver(thread.pid, thread.tid, written.version, moved)
+    }
   }
 
   /** Number of threads running here (for tests, `ps` and load reports). */
@@ -448,7 +495,8 @@ export class NodeRuntime {
 
   /** Second phase of a start: claims a thread placed here and runs it. */
   private async claim(pid: string, tid: string): Promise<RuntimeReply> {
-    if (this.stopped || !this.leaseHeld) return { type: 'refused', reason: 'node is not serving' }
+    if (this.stopped || this.draining || !this.leaseHeld)
+      return { type: 'refused', reason: 'node is not serving' }
     const key = keys.thread(pid, tid)
     const read = await this.components.store.get(key)
     if (read.value === null) return { type: 'refused', reason: 'no such thread' }

@@ -52,6 +52,8 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
     node,
     runtime,
     async stop() {
+      // A clean leave: threads move to other nodes from fresh saves before this node goes.
+      await runtime.drain().catch(() => {})
       runtime.stop()
       pool.close()
       await node.stop()

@@ -46,7 +46,9 @@ export interface ReplyMessage {
 /** Changes how often the thread saves automatically at blocking calls. */
 export interface ConfigureMessage {
   type: 'configure'
-  saveIntervalMs: number
+  saveIntervalMs?: number
+  /** Take a save at the next blocking call (a node about to leave hands the thread over). */
+  saveNow?: boolean
 }
 
 export type ToWorker = StartMessage | ReplyMessage | ConfigureMessage

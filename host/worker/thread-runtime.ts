@@ -88,6 +88,9 @@ export class GuestThread {
   private deltaBytesSinceFull = 0
   private deltaCountSinceFull = 0
   private saveRequested = false
+  /** Unwound in a blocking call, waiting for its reply. */
+  private suspended = false
+  private saving = false
   private saveIntervalMs: number
 
   constructor(start: StartMessage, port: WorkerPort) {
@@ -98,8 +101,13 @@ export class GuestThread {
     this.saveIntervalMs = start.saveIntervalMs
   }
 
-  configure(saveIntervalMs: number): void {
-    this.saveIntervalMs = saveIntervalMs
+  configure(change: { saveIntervalMs?: number; saveNow?: boolean }): void {
+    if (change.saveIntervalMs !== undefined) this.saveIntervalMs = change.saveIntervalMs
+    if (change.saveNow === true) {
+      // Suspended in a call, the thread is unwound already: save at once rather than at the next call.
+      if (this.suspended && !this.saving) void this.save()
+      else this.saveRequested = true
+    }
   }
 
   onReply(message: ReplyMessage): void {
@@ -173,7 +181,7 @@ export class GuestThread {
         this.saveRequested = true
         return Promise.resolve(0)
       },
-      yield: () => (this.saveDue() ? Promise.resolve(0) : 0),
+      yield: () => (this.saveRequested || this.saveDue() ? Promise.resolve(0) : 0),
       arg_length: () => this.start.arg.length,
       arg_read: (pointer) => {
         this.bytes().set(this.start.arg, pointer)
@@ -375,7 +383,10 @@ export class GuestThread {
       this.asyncify.asyncify_stop_unwind()
       if (this.saveRequested || this.saveDue()) await this.save()
       this.port.post({ type: 'suspend' })
+      this.suspended = true
       this.rewindReply = await this.pending!
+      this.suspended = false
+      while (this.saving) await new Promise((resolve) => setTimeout(resolve, 1))
       this.port.post({ type: 'resume' })
       this.pending = null
       rewinding = true
@@ -390,6 +401,15 @@ export class GuestThread {
 
   /** Takes a save while the guest is unwound; incremental when a previous save exists. */
   private async save(): Promise<void> {
+    this.saving = true
+    try {
+      await this.captureSave()
+    } finally {
+      this.saving = false
+    }
+  }
+
+  private async captureSave(): Promise<void> {
     const startedAt = performance.now()
     this.saveRequested = false
     const memoryPages = this.memory.buffer.byteLength / wasmPageBytes
@@ -529,7 +549,7 @@ export function serveThread(port: WorkerPort): void {
     } else if (message.type === 'reply') {
       thread?.onReply(message)
     } else if (message.type === 'configure') {
-      thread?.configure(message.saveIntervalMs)
+      thread?.configure(message)
     }
   })
 }

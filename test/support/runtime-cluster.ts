@@ -155,10 +155,26 @@ export class InProcessCluster {
       loadProgram: (bytes) => this.load(bytes),
       random: seededRandom(options.seed ?? id.length * 7919 + id.charCodeAt(id.length - 1)),
       timers: systemTimers,
+      log: (line) => this.logs.push(`${id}: ${line}`),
     })
     this.members.set(id, member)
     await member.runtime.start()
     return member.runtime
+  }
+
+  /** Lines the runtimes logged, with the node's id. */
+  readonly logs: string[] = []
+
+  /** A clean leave: the node hands its threads over, then goes; the others see it leave at once. */
+  async leave(id: NodeId): Promise<void> {
+    const member = this.members.get(id)!
+    await member.runtime.drain()
+    member.alive = false
+    member.runtime.stop()
+    member.pool.close()
+    for (const other of this.members.values()) {
+      if (other.alive) for (const listener of other.departureListeners) listener(id)
+    }
   }
 
   /** As SIGKILL: the node stops at once; the others notice after the detection delay. */
