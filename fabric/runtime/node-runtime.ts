@@ -522,6 +522,8 @@ export class NodeRuntime {
       stopped: false,
     }
     this.local.set(`${pid}/${tid}`, thread)
+    if (claimed.epoch > 1)
+      this.components.log?.(`runtime: resuming thread ${tid} of ${pid} (epoch ${claimed.epoch})`)
     void this.run(thread, record.saveReplicas).catch((error: Error) => {
       this.components.log?.(`runtime: thread ${tid} of ${pid} could not run: ${error.message}`)
       void this.finishThread(thread, { kind: 'error', error: error as FabricHostError })

@@ -8,10 +8,14 @@ import { join } from 'node:path'
 import { repositoryRoot } from '../support/guests.ts'
 import { coordBench } from './coord-bench.ts'
 import { type BenchRow, hostBench } from './host-bench.ts'
+import { runtimeBench } from './runtime-bench.ts'
+import { storageBench } from './storage-bench.ts'
 
 const suites: Array<{ name: string; run: () => Promise<BenchRow[]> }> = [
   { name: 'host', run: hostBench },
   { name: 'coord', run: coordBench },
+  { name: 'runtime', run: runtimeBench },
+  { name: 'storage', run: storageBench },
 ]
 
 function table(rows: BenchRow[]): string {
