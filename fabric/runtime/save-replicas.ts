@@ -4,6 +4,8 @@
  * Superseded saves are dropped; all of a thread's saves go when it ends.
  */
 
+import type { RuntimeMessage } from './messages.ts'
+
 /** Memory all replicas on one node may use; past it, the oldest threads' chains are dropped. */
 export const replicaBytesMax = 2 * 1024 * 1024 * 1024
 
@@ -15,14 +17,8 @@ interface Chain {
   touchedAt: number
 }
 
-export interface IncomingSave {
-  pid: string
-  tid: string
-  epoch: number
-  sequence: number
-  baseSequence: number | null
-  bytes: Uint8Array
-}
+/** A save as the `save` message carries it. */
+export type IncomingSave = Omit<Extract<RuntimeMessage, { type: 'save' }>, 'type'>
 
 export class SaveReplicas {
   private readonly chains = new Map<string, Chain>()

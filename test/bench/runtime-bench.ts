@@ -119,11 +119,12 @@ async function replicationThroughput(rows: BenchRow[]): Promise<void> {
       if (message.type === 'save') replicas.keep(message)
       return { type: 'ok' }
     })
+    // The raw baseline: the receiver counts bytes and answers one byte when all have arrived.
     await receiver.network.libp2p.handle('/fabric/bench-raw/1', async (stream: Stream) => {
       let received = 0
       stream.addEventListener('message', (event) => {
         received += event.data.byteLength
-        if (received >= totalBytes) void stream.close()
+        if (received >= totalBytes) stream.send(Uint8Array.of(1))
       })
     })
     await sender.network.dial(receiver.addresses())
@@ -137,12 +138,15 @@ async function replicationThroughput(rows: BenchRow[]): Promise<void> {
         peerIdFromString(receiver.peerId),
         '/fabric/bench-raw/1',
       )
-      const closed = new Promise((resolve) => stream.addEventListener('close', resolve))
+      const acknowledged = new Promise((resolve) =>
+        stream.addEventListener('message', resolve, { once: true }),
+      )
       for (let offset = 0; offset < totalBytes; offset += 1 << 20) {
         if (!stream.send(payload.subarray(offset, offset + (1 << 20)))) await stream.onDrain()
       }
-      await closed
+      await acknowledged
       rawTimes.push(performance.now() - started)
+      stream.abort(new Error('done'))
       started = performance.now()
       await requestRuntime(sender.network.libp2p, receiver.peerId, {
         type: 'save',
