@@ -11,7 +11,7 @@
 import { FabricHostError, InvalidModuleError } from '../../host/errors.ts'
 import { loadClusterKey } from '../net/cluster-key.ts'
 import type { ProcessSummary } from '../runtime/messages.ts'
-import { killProcess, listProcesses } from '../runtime/submit-client.ts'
+import { attachToProcess, killProcess, listProcesses } from '../runtime/submit-client.ts'
 import { build } from './build.ts'
 import { clusterKeyCommand, kvCommand, nodeCommand, nodeUsage } from './node-command.ts'
 import { runCluster } from './run-cluster.ts'
@@ -42,6 +42,8 @@ const usage = `usage:
              [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]
       Runs in this process on a worker pool sized to the cores (no cluster).
   fabric ps --join <multiaddr> [--cluster-key <hex|file>]
+  fabric attach <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
+      Shows a process's output from its start and follows it to its end (after a disconnect).
   fabric kill <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
 ${nodeUsage}`
 
@@ -167,6 +169,22 @@ async function main(argv: string[]): Promise<number> {
       })
       process.stdout.write(formatProcesses(processes))
       return 0
+    }
+    case 'attach': {
+      const parsed = parse(rest, new Set(['join', 'cluster-key']))
+      const join = parsed.options.get('join')
+      if (join === undefined || parsed.positional.length !== 1) {
+        throw new UsageError('fabric attach takes <pid> and --join <multiaddr of its home node>')
+      }
+      const key = parsed.options.get('cluster-key')
+      const result = await attachToProcess({
+        node: join,
+        clusterKey: key === undefined ? undefined : loadClusterKey(key),
+        pid: parsed.positional[0]!,
+        onOutput: (chunk) => (chunk.fd === 2 ? process.stderr : process.stdout).write(chunk.bytes),
+      })
+      if (result.error !== null) throw new FabricHostError(result.error)
+      return result.exitCode
     }
     case 'kill': {
       const parsed = parse(rest, new Set(['join', 'cluster-key']))

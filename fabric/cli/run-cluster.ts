@@ -42,6 +42,10 @@ export async function runCluster(options: RunClusterOptions): Promise<number> {
       program: bytes,
       args: [options.program, ...options.args],
       env: options.env,
+      // On a cluster that outlives this command, say how to reattach: `fabric attach <pid>`.
+      onSubmitted: (pid) => {
+        if (options.join !== undefined) process.stderr.write(`fabric: process ${pid}\n`)
+      },
       onOutput: (chunk) => (chunk.fd === 2 ? process.stderr : process.stdout).write(chunk.bytes),
     })
     if (result.error !== null) throw new FabricHostError(result.error)

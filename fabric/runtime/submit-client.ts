@@ -85,34 +85,61 @@ export async function runOnCluster(
     })
     if (submitted.type !== 'submitted') refused(submitted, 'the node did not take the program')
     options.onSubmitted?.(submitted.pid)
-    let next = 0
-    let unreachableSince: number | null = null
-    for (;;) {
-      options.signal?.throwIfAborted()
-      let reply: RuntimeReply
-      try {
-        reply = await session.request({
-          type: 'attach',
-          pid: submitted.pid,
-          from: next,
-          waitMs: attachWaitMs,
-        })
-        unreachableSince = null
-      } catch (error) {
-        // The home may come back (or the link may): keep asking for the rest of the output.
-        unreachableSince ??= performance.now()
-        if (performance.now() - unreachableSince > reconnectWindowMs) throw error
-        options.log?.(`lost the home node (${(error as Error).message}); retrying`)
-        await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
-        continue
-      }
-      if (reply.type !== 'output') refused(reply, 'the home node refused to send output')
-      for (const chunk of reply.chunks) options.onOutput(chunk)
-      next = reply.next
-      if (reply.result !== null) return reply.result
-    }
+    return await follow(session, submitted.pid, options)
   } finally {
     await session.close()
+  }
+}
+
+export interface AttachOptions extends ClusterConnection {
+  pid: string
+  onOutput(chunk: { tid: string; fd: number; bytes: Uint8Array }): void
+  signal?: AbortSignal
+}
+
+/** Shows a running process's output from its start and follows it to the end (`fabric attach`). */
+export async function attachToProcess(
+  options: AttachOptions,
+): Promise<{ exitCode: number; error: string | null }> {
+  const session = await connect(options)
+  try {
+    return await follow(session, options.pid, options)
+  } finally {
+    await session.close()
+  }
+}
+
+/** Long-polls the home for output from chunk 0 on until the process ends. */
+async function follow(
+  session: Session,
+  pid: string,
+  options: Pick<RunOnClusterOptions, 'onOutput' | 'signal' | 'log'>,
+): Promise<{ exitCode: number; error: string | null }> {
+  let next = 0
+  let unreachableSince: number | null = null
+  for (;;) {
+    options.signal?.throwIfAborted()
+    let reply: RuntimeReply
+    try {
+      reply = await session.request({
+        type: 'attach',
+        pid,
+        from: next,
+        waitMs: attachWaitMs,
+      })
+      unreachableSince = null
+    } catch (error) {
+      // The home may come back (or the link may): keep asking for the rest of the output.
+      unreachableSince ??= performance.now()
+      if (performance.now() - unreachableSince > reconnectWindowMs) throw error
+      options.log?.(`lost the home node (${(error as Error).message}); retrying`)
+      await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
+      continue
+    }
+    if (reply.type !== 'output') refused(reply, 'the home node refused to send output')
+    for (const chunk of reply.chunks) options.onOutput(chunk)
+    next = reply.next
+    if (reply.result !== null) return reply.result
   }
 }
 
