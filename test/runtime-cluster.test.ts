@@ -1,7 +1,11 @@
+import { spawn, spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
 import { type LocalCluster, startLocalCluster } from '../fabric/cli/local-cluster.ts'
 import { runOnCluster } from '../fabric/runtime/submit-client.ts'
-import { guestBytes } from './support/guests.ts'
+import { guestBytes, repositoryRoot } from './support/guests.ts'
 import { seededRandom } from './support/run.ts'
 
 const seedCount = Number(process.env.FABRIC_RUNTIME_SEEDS ?? (process.env.FABRIC_SOAK ? 20 : 3))
@@ -54,4 +58,39 @@ describe('distributed processes on real node processes', () => {
       cluster = undefined
     }
   }, 600_000)
+
+  test('a submitter that disconnects gets the whole output when it attaches again', async () => {
+    cluster = await startLocalCluster({ nodeCount: 3 })
+    const program = join(mkdtempSync(join(tmpdir(), 'fabric-attach-')), 'primes.wasm')
+    writeFileSync(program, guestBytes('examples/primes/primes.ts'))
+    const args = ['6000000', '200000']
+    const home = cluster.nodes[0]!.address
+    const cli = join(repositoryRoot, 'fabric/cli/bin.js')
+    const reference = spawnSync(process.execPath, [cli, 'run', '--join', home, program, '--', ...args], {
+      encoding: 'utf8',
+    })
+    expect(reference.status).toBe(0)
+    expect(reference.stdout.split('\n').length).toBeGreaterThan(20)
+
+    // A submitter that dies after a few lines; the process goes on without it.
+    const submitter = spawn(process.execPath, [cli, 'run', '--join', home, program, '--', ...args])
+    let pid = ''
+    let seen = ''
+    submitter.stderr.setEncoding('utf8').on('data', (text: string) => {
+      pid ||= text.match(/process ([0-9a-f]+)/)?.[1] ?? ''
+    })
+    await new Promise<void>((resolve) => {
+      submitter.stdout.setEncoding('utf8').on('data', (text: string) => {
+        seen += text
+        if (seen.split('\n').length > 3) {
+          submitter.kill('SIGKILL')
+          resolve()
+        }
+      })
+    })
+    expect(pid).not.toBe('')
+    const attached = spawnSync(process.execPath, [cli, 'attach', pid, '--join', home], { encoding: 'utf8' })
+    expect(attached.status).toBe(0)
+    expect(attached.stdout).toBe(reference.stdout)
+  }, 120_000)
 })
