@@ -26,8 +26,16 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
     case 'start':
     case 'fetch-saves':
     case 'drop-saves':
-    case 'ended':
       return isId(value.pid) && isId(value.tid)
+    case 'ended':
+      return (
+        isId(value.pid) &&
+        isId(value.tid) &&
+        (value.outcome === undefined ||
+          (isObject(value.outcome) &&
+            (value.outcome.state === 'done' || value.outcome.state === 'failed') &&
+            (value.outcome.result === null || isBytes(value.outcome.result))))
+      )
     case 'save':
       return (
         isId(value.pid) &&

@@ -23,8 +23,8 @@ export type RuntimeMessage =
   | { type: 'output'; pid: string; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
   /** A thread was placed on `node` (to the home node, which watches its process's threads). */
   | { type: 'placed'; pid: string; tid: string; node: string }
-  /** A thread ended (to the home node and to the node of its parent, which may be joining it). */
-  | { type: 'ended'; pid: string; tid: string }
+  /** A thread ended (to the home node and to the node that spawned it, which may be joining it). */
+  | { type: 'ended'; pid: string; tid: string; outcome?: EndedOutcome }
   /** Stop the threads of a process (it ended) on the receiver. */
   | { type: 'stop'; pid: string }
   /** From a submitter: run this program; the receiver becomes its home. */
@@ -49,6 +49,12 @@ export type RuntimeReply =
       result: { exitCode: number; error: string | null } | null
     }
   | { type: 'processes'; processes: ProcessSummary[] }
+
+/** How a thread ended, as its record says (so a joiner need not read the record). */
+export interface EndedOutcome {
+  state: 'done' | 'failed'
+  result: Uint8Array | null
+}
 
 export interface ProcessSummary {
   pid: string

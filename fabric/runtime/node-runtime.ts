@@ -30,7 +30,7 @@ import {
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import type { Random, TimerHandle, Timers } from '../platform.ts'
-import type { ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
+import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import {
   childThreadId,
@@ -39,7 +39,6 @@ import {
   encodeRecord,
   keys,
   type ProcessRecord,
-  parentThreadId,
   recordFormatVersion,
   type ThreadRecord,
   threadNumber,
@@ -169,7 +168,7 @@ export class NodeRuntime {
   private readonly programs = new Map<string, Promise<Program>>()
   private readonly programBytes = new Map<string, Uint8Array>()
   private readonly processes = new Map<string, Promise<ProcessRecord>>()
-  private readonly joinWaiters = new Map<string, Set<() => void>>()
+  private readonly joinWaiters = new Map<string, Set<(outcome?: EndedOutcome) => void>>()
   private readonly timerHandles: TimerHandle[] = []
   private leaseToken = 0
   private leaseHeld = false
@@ -341,7 +340,7 @@ export class NodeRuntime {
         return { type: 'ok' }
       }
       case 'ended':
-        this.threadEnded(message.pid, message.tid)
+        this.threadEnded(message.pid, message.tid, message.outcome)
         return { type: 'ok' }
       case 'stop':
         for (const thread of [...this.local.values()]) if (thread.pid === message.pid) this.stopThread(thread)
@@ -431,14 +430,6 @@ export class NodeRuntime {
   /** Writes the record of a new thread (placed) and hands it to a node. Idempotent per tid. */
   private async placeThread(pid: string, tid: string, entry: string, arg: Uint8Array): Promise<void> {
     const key = keys.thread(pid, tid)
-    const existing = await this.components.store.get(key)
-    if (existing.value !== null) {
-      // A replayed spawn: the child exists. If it was never claimed (its first node may have died
-      // before anyone learned of it), hand it over again; claiming is idempotent.
-      const record = decodeThread(existing.value)
-      if (record.state === 'placed') await this.handOver(pid, tid, existing.version, record)
-      return
-    }
     const node = chooseNode({
       candidates: this.components.cluster.live(),
       load: this.loadByNode(),
@@ -457,9 +448,16 @@ export class NodeRuntime {
       result: null,
       exitCode: null,
       error: null,
+      spawnerNode: this.self,
     }
     const written = await this.components.store.cas(key, 0, encodeRecord(record))
-    if (!written.ok) return
+    if (!written.ok) {
+      // A replayed spawn: the child exists. If it was never claimed (its first node may have died
+      // before anyone learned of it), hand it over again; claiming is idempotent.
+      const existing = written.value === null ? null : decodeThread(written.value)
+      if (existing?.state === 'placed') await this.handOver(pid, tid, written.version, existing)
+      return
+    }
     await this.handOver(pid, tid, written.version, record)
   }
 
@@ -793,17 +791,23 @@ export class NodeRuntime {
           .request(process.home, { type: 'placed', pid: thread.pid, tid, node: record.node })
           .catch(() => {})
       }
-      await new Promise<void>((resolve) => {
+      const outcome = await new Promise<EndedOutcome | undefined>((resolve) => {
         const waiters = this.joinWaiters.get(key) ?? new Set()
         this.joinWaiters.set(key, waiters)
-        const wake = () => {
+        const wake = (ended?: EndedOutcome) => {
           waiters.delete(wake)
+          if (waiters.size === 0) this.joinWaiters.delete(key)
           timer.cancel()
-          resolve()
+          resolve(ended)
         }
-        const timer = this.components.timers.after(joinPollMs, wake)
+        const timer = this.components.timers.after(joinPollMs, () => wake())
         waiters.add(wake)
       })
+      if (outcome?.state === 'done') {
+        const result = outcome.result ?? new Uint8Array(0)
+        return { result: result.length, payload: result }
+      }
+      if (outcome?.state === 'failed') return { result: -3 }
     }
   }
 
@@ -826,19 +830,17 @@ export class NodeRuntime {
     thread.stopped = true
     if (!written) return
     const process = await this.processRecord(thread.pid)
+    // The home, and the node that spawned the thread (where its parent most likely still waits in
+    // `join`; a parent that moved finds out by polling). The notice carries the outcome.
     const notify = new Set<NodeId>([process.home])
-    const parent = parentThreadId(thread.tid)
-    if (parent !== null) {
-      const parentRead = await this.components.store
-        .get(keys.thread(thread.pid, parent))
-        .catch(() => undefined)
-      if (parentRead?.value) notify.add(decodeThread(parentRead.value).node)
+    if (thread.record.spawnerNode !== undefined) notify.add(thread.record.spawnerNode)
+    const ended: RuntimeMessage = {
+      type: 'ended',
+      pid: thread.pid,
+      tid: thread.tid,
+      outcome: { state: done.state === 'failed' ? 'failed' : 'done', result: done.result },
     }
-    for (const node of notify) {
-      void this.components.messenger
-        .request(node, { type: 'ended', pid: thread.pid, tid: thread.tid })
-        .catch(() => {})
-    }
+    for (const node of notify) void this.components.messenger.request(node, ended).catch(() => {})
     for (const node of thread.replicas) {
       void this.components.messenger
         .request(node, { type: 'drop-saves', pid: thread.pid, tid: thread.tid })
@@ -853,9 +855,9 @@ export class NodeRuntime {
     thread.runner?.kill('thread stopped on this node')
   }
 
-  private threadEnded(pid: string, tid: string): void {
+  private threadEnded(pid: string, tid: string, outcome?: EndedOutcome): void {
     const key = keys.thread(pid, tid)
-    for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake()
+    for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake(outcome)
     const home = this.homes.get(pid)
     if (home === undefined) return
     home.ended.add(tid)

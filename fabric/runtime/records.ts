@@ -49,6 +49,8 @@ export interface ThreadRecord {
   result: Uint8Array | null
   exitCode: number | null
   error: string | null
+  /** The node the spawning thread ran on when it spawned this one (told when this one ends). */
+  spawnerNode?: string
 }
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
