@@ -11,10 +11,11 @@
 import { FabricError } from '../errors.ts'
 import { connectClient } from '../net/client.ts'
 import { generateClusterKey, loadClusterKey } from '../net/cluster-key.ts'
+import { startNode } from '../net/node.ts'
 import { startRuntimeNode } from '../runtime/runtime-node.ts'
 
 export const nodeUsage = `  fabric node [--listen <multiaddr,...>] [--bootstrap <multiaddr,...>] [--data-dir <dir>]
-              [--cluster-key <hex|file>] [--replicas 3|5] [--fsync]
+              [--cluster-key <hex|file>] [--replicas 3|5] [--fsync] [--core-only]
   fabric kv get <key> | put <key> <value> | cas <key> <expected-version> <value>
               --join <multiaddr,...> [--cluster-key <hex|file>] [--timeout-ms N]
   fabric cluster-key`
@@ -83,6 +84,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       'cluster-key': 'value',
       replicas: 'value',
       fsync: 'flag',
+      'core-only': 'flag',
     })
     if (positional.length > 0)
       throw new CommandUsageError(`fabric node takes no arguments, got ${positional[0]}`)
@@ -90,14 +92,18 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
     if (replicas !== 3 && replicas !== 5)
       throw new CommandUsageError(`--replicas takes 3 or 5, got ${flags.get('replicas')}`)
     const clusterKeyText = flags.get('cluster-key')
-    const { node, stop } = await startRuntimeNode({
+    const nodeOptions = {
       listen: flags.has('listen') ? list(flags.get('listen')) : defaultListen,
       bootstrap: list(flags.get('bootstrap')),
       dataDirectory: flags.get('data-dir'),
       clusterKey: clusterKeyText === undefined ? undefined : loadClusterKey(clusterKeyText),
       store: { replicaCount: replicas },
       fsync: flags.has('fsync'),
-    })
+    }
+    // A core-only node serves membership and the coordination store but runs no programs.
+    const { node, stop } = flags.has('core-only')
+      ? await startNode(nodeOptions).then((core) => ({ node: core, stop: () => core.stop() }))
+      : await startRuntimeNode(nodeOptions)
     process.stdout.write(`peer-id ${node.peerId}\n`)
     for (const address of node.addresses()) process.stdout.write(`listening ${address}\n`)
     process.stdout.write('ready\n')

@@ -110,6 +110,8 @@ export function createMembership(
   let self: MemberInfo = { ...components.self, status: 'alive' }
   const table = new Map<NodeId, MemberInfo & { changedAtMs: number }>()
   const lastHeardMs = new Map<NodeId, number>()
+  /** The predecessors this node watched at its last tick. */
+  let watching = new Set<NodeId>()
   const news: { info: MemberInfo; sendsLeft: number }[] = []
   const listeners: ((change: MembershipChange) => void)[] = []
   /** Live members (self included), sorted by id, and the same set in ring order; kept incrementally. */
@@ -330,11 +332,15 @@ export function createMembership(
         send(predecessor, { type: 'ping', sender: self, news: takeNews() })
       const extra = randomAlive()
       if (extra !== undefined) heartbeat(extra)
-      for (const predecessor of neighbours(-1)) {
+      const predecessors = neighbours(-1)
+      for (const predecessor of predecessors) {
         const heardMs = lastHeardMs.get(predecessor)
-        if (heardMs === undefined) lastHeardMs.set(predecessor, now)
+        // A node we only start watching now (the ring changed: a death, a join) gets a whole
+        // timeout from now; when we last heard from it in passing says nothing about its silence.
+        if (heardMs === undefined || !watching.has(predecessor)) lastHeardMs.set(predecessor, now)
         else if (now - heardMs > failureTimeoutMs) declareDead(predecessor)
       }
+      watching = new Set(predecessors)
       if (now >= nextSyncMs) {
         nextSyncMs = now + syncIntervalMs
         const partner = randomAlive()

@@ -53,6 +53,8 @@ export async function startNodeProcess(options: {
     options.dataDirectory,
     '--cluster-key',
     options.clusterKey,
+    // These tests are of the fabric core (membership, store); the process runtime has its own.
+    '--core-only',
   ]
   if (options.bootstrap !== undefined && options.bootstrap.length > 0)
     args.push('--bootstrap', options.bootstrap.join(','))
