@@ -61,6 +61,8 @@ export const joinPollMs = 250
 export const homeSweepMs = 500
 /** Restarts of one thread on this node after its worker died, before the thread fails. */
 export const localRestartsMax = 20
+/** Home sweeps between two checks that each live node runs the threads its records say it runs. */
+export const orphanCheckEverySweeps = 4
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
@@ -172,6 +174,9 @@ export class NodeRuntime {
   private readonly timerHandles: TimerHandle[] = []
   private leaseToken = 0
   private leaseHeld = false
+  private sweeps = 0
+  /** Threads found missing from their node at the last orphan check. */
+  private orphanSuspects = new Set<string>()
   /** Renewals in a row that got no answer; past a lease's worth, this node stops its threads. */
   private renewalsUnanswered = 0
   private stopped = false
@@ -962,16 +967,73 @@ export class NodeRuntime {
       for (const node of home.threads.values()) if (!live.has(node)) departed.add(node)
     }
     for (const node of departed) await this.recoverNode(node)
+    if (++this.sweeps % orphanCheckEverySweeps === 0) await this.findOrphans(live)
+  }
+
+  /**
+   * Threads whose record names a live node that does not run them (it stopped them when it lost its
+   * lease, say): missing at two checks in a row, they are placed again. Epochs keep this safe even
+   * if the node does run them after all: its next write fails and it stops.
+   */
+  private async findOrphans(live: ReadonlySet<NodeId>): Promise<void> {
+    const byNode = new Map<NodeId, Array<{ pid: string; tid: string }>>()
+    for (const home of this.homes.values()) {
+      if (home.finished) continue
+      for (const [tid, node] of home.threads) {
+        if (!live.has(node) || home.ended.has(tid)) continue
+        byNode.set(node, [...(byNode.get(node) ?? []), { pid: home.record.pid, tid }])
+      }
+    }
+    const suspects = new Set<string>()
+    for (const [node, threads] of byNode) {
+      const reply = await this.components.messenger.request(node, { type: 'ps' }).catch(() => undefined)
+      if (reply?.type !== 'processes') continue
+      const running = new Set(
+        reply.processes.flatMap((entry) =>
+          entry.threads
+            .filter((thread) => thread.state === 'running here')
+            .map((thread) => `${entry.pid}/${thread.tid}`),
+        ),
+      )
+      for (const { pid, tid } of threads) {
+        const key = `${pid}/${tid}`
+        if (running.has(key)) continue
+        suspects.add(key)
+        if (!this.orphanSuspects.has(key)) continue
+        const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
+        if (read?.value == null) continue
+        const record = decodeThread(read.value)
+        if (record.node !== node || record.state !== 'running') continue
+        this.components.log?.(`runtime: thread ${tid} of ${pid} is not running on ${node}; placing it again`)
+        const others = this.components.cluster.live()
+        const target = chooseNode({
+          candidates: others,
+          load: this.loadByNode(),
+          random: this.components.random,
+        })
+        const moved: ThreadRecord = { ...record, node: target, state: 'placed' }
+        const written = await this.components.store
+          .cas(keys.thread(pid, tid), read.version, encodeRecord(moved))
+          .catch(() => undefined)
+        if (written?.ok) void this.handOver(pid, tid, written.version, moved)
+      }
+    }
+    this.orphanSuspects = suspects
   }
 
   /** Places a thread this node stopped back on this node, unless it was moved meanwhile. */
   private async reclaim(thread: LocalThread): Promise<void> {
     const key = keys.thread(thread.pid, thread.tid)
-    const read = await this.components.store.get(key)
-    if (read.version !== thread.version || read.value === null) return
-    const placed: ThreadRecord = { ...thread.record, state: 'placed', node: this.self }
-    const written = await this.components.store.cas(key, read.version, encodeRecord(placed))
-    if (written.ok) await this.handOver(thread.pid, thread.tid, written.version, placed)
+    const read = await this.components.store.get(key).catch(() => undefined)
+    if (read?.value == null) return
+    const record = decodeThread(read.value)
+    // Still ours if nobody claimed it since (same node, same epoch), whatever we wrote meanwhile.
+    if (record.node !== this.self || record.epoch !== thread.epoch || record.state !== 'running') return
+    const placed: ThreadRecord = { ...record, state: 'placed' }
+    const written = await this.components.store
+      .cas(key, read.version, encodeRecord(placed))
+      .catch(() => undefined)
+    if (written?.ok) await this.handOver(thread.pid, thread.tid, written.version, placed)
   }
 
   // --- this node's lease ----------------------------------------------------------------------
