@@ -25,6 +25,7 @@ import {
   BrickUnavailableError,
   InsufficientReplicasError,
 } from './errors.ts'
+import { readLocalCopy } from './local-copy.ts'
 import {
   readOrder,
   replicaCandidates,
@@ -114,14 +115,9 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
 
   const handler: BrickRequestHandler = {
     async fetch(cid, callOptions) {
-      try {
-        return await store.get(cid, callOptions)
-      } catch (error) {
-        if (!(error instanceof BrickCorruptError)) throw error
-        noteDamaged(cid)
-        await peers.withdraw(cid).catch(() => {})
-        return undefined
-      }
+      const local = await readLocalCopy(store, peers, cid, callOptions)
+      if (local.corrupt) noteDamaged(cid)
+      return local.bytes
     },
     async store(cid, bytes, callOptions) {
       const created = await store.put(cid, bytes, callOptions)
@@ -202,16 +198,10 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
   }
 
   async function get(cid: CID, callOptions: GetOptions = {}): Promise<Uint8Array> {
-    let localCopyLost = false
-    try {
-      const local = await store.get(cid, callOptions)
-      if (local !== undefined) return local
-    } catch (error) {
-      if (!(error instanceof BrickCorruptError)) throw error
-      noteDamaged(cid)
-      localCopyLost = true
-      await peers.withdraw(cid, callOptions).catch(() => {})
-    }
+    const local = await readLocalCopy(store, peers, cid, callOptions)
+    if (local.bytes !== undefined) return local.bytes
+    const localCopyLost = local.corrupt
+    if (localCopyLost) noteDamaged(cid)
     const stripe = callOptions.stripe ?? stripeOfCid(cid)
     const holders = (await liveHolders(cid, callOptions)).filter((node) => node !== self)
     const tried: NodeId[] = localCopyLost ? [`${self} (corrupt)`] : []

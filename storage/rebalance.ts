@@ -13,7 +13,8 @@
 import type { AbortOptions, BlockStore } from './block-store.ts'
 import type { CID } from './brick.ts'
 import type { BrickPeers } from './brick-peers.ts'
-import { BrickCorruptError, BrickPeerUnreachableError } from './errors.ts'
+import { BrickPeerUnreachableError } from './errors.ts'
+import { readLocalCopy } from './local-copy.ts'
 import type { Clock, NodeId, Sleep } from './platform-types.ts'
 import { createRateLimiter } from './rate-limiter.ts'
 import type { ReplicaCounts } from './replica-counts.ts'
@@ -92,14 +93,7 @@ export async function rebalanceStep(
     const holders = new Set(await peers.findProviders(cid, { signal }))
     const target = emptiest(loads, (node) => node !== self && !holders.has(node))
     if (target === undefined || loads.get(target)! >= mean) continue
-    let bytes: Uint8Array | undefined
-    try {
-      bytes = await store.get(cid, { signal })
-    } catch (error) {
-      if (!(error instanceof BrickCorruptError)) throw error
-      await peers.withdraw(cid).catch(() => {})
-      continue
-    }
+    const { bytes } = await readLocalCopy(store, peers, cid, { signal })
     if (bytes === undefined) continue
     await limiter.take(bytes.length, signal)
     let created: boolean

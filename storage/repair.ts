@@ -14,7 +14,8 @@ import type { AbortOptions, BlockStore } from './block-store.ts'
 import type { CID } from './brick.ts'
 import type { BrickPeers } from './brick-peers.ts'
 import { forEachLimited } from './concurrency.ts'
-import { BrickCorruptError, BrickPeerUnreachableError } from './errors.ts'
+import { BrickPeerUnreachableError } from './errors.ts'
+import { readLocalCopy } from './local-copy.ts'
 import { replicaCandidates, requiredReplicas, stripeOfCid } from './placement.ts'
 import type { Clock, Sleep } from './platform-types.ts'
 import { createRateLimiter } from './rate-limiter.ts'
@@ -84,15 +85,8 @@ export async function repairScan(
     report.underReplicated++
     // One holder repairs, the others leave it: the one with the smallest id.
     if ([...holders].sort()[0] !== self) return
-    let bytes: Uint8Array | undefined
-    try {
-      bytes = await store.get(cid, { signal })
-    } catch (error) {
-      if (!(error instanceof BrickCorruptError)) throw error
-      // Dropped; another holder repairs it, and ours is fetched back from there.
-      await peers.withdraw(cid).catch(() => {})
-      return
-    }
+    // A corrupt copy is dropped; another holder repairs it, and ours is fetched back from there.
+    const { bytes } = await readLocalCopy(store, peers, cid, { signal })
     if (bytes === undefined) return
     const candidates = replicaCandidates({
       self,
