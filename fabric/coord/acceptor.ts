@@ -214,15 +214,8 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
         return true
       }
       case 'seal': {
-        const replica = replicas.get(message.shard)
-        if (replica === undefined || replica.epoch !== message.epoch || !replica.installed) {
-          send(from, sealReject(message, null, replica))
-          return true
-        }
-        if (replica.sealBallot !== null && compareBallots(message.ballot, replica.sealBallot) < 0) {
-          send(from, sealReject(message, replica.sealBallot, replica))
-          return true
-        }
+        const replica = sealable(from, message)
+        if (replica === undefined) return true
         replica.sealBallot = message.ballot
         persist(shardRecord(message.shard, replica))
         const registers: RegisterEntry[] = []
@@ -240,15 +233,8 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
         return true
       }
       case 'seal-accept': {
-        const replica = replicas.get(message.shard)
-        if (replica === undefined || replica.epoch !== message.epoch || !replica.installed) {
-          send(from, sealReject(message, null, replica))
-          return true
-        }
-        if (replica.sealBallot !== null && compareBallots(message.ballot, replica.sealBallot) < 0) {
-          send(from, sealReject(message, replica.sealBallot, replica))
-          return true
-        }
+        const replica = sealable(from, message)
+        if (replica === undefined) return true
         replica.sealBallot = message.ballot
         replica.next = { ballot: message.ballot, members: message.members }
         persist(shardRecord(message.shard, replica))
@@ -349,6 +335,26 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
       promised,
       view: viewOf(replica),
     }
+  }
+
+  /**
+   * The installed replica of the message's shard and epoch, if a seal at the message's ballot may
+   * proceed there; otherwise the sender is told why (seal-reject) and the result is undefined.
+   */
+  function sealable(
+    from: NodeId,
+    message: { shard: number; epoch: number; ballot: Ballot },
+  ): ShardReplica | undefined {
+    const replica = replicas.get(message.shard)
+    if (replica === undefined || replica.epoch !== message.epoch || !replica.installed) {
+      send(from, sealReject(message, null, replica))
+      return undefined
+    }
+    if (replica.sealBallot !== null && compareBallots(message.ballot, replica.sealBallot) < 0) {
+      send(from, sealReject(message, replica.sealBallot, replica))
+      return undefined
+    }
+    return replica
   }
 
   function sealReject(
