@@ -31,7 +31,88 @@ export const fabricImports: Record<string, ImportSpec> = {
   set_result: { blocking: false },
   // thread_id() -> this thread's number within its process (main is 0)
   thread_id: { blocking: false },
+  // sync(request_ptr, request_len, out_ptr, out_capacity) -> reply length (>= 0) or a negative
+  // `SyncError`: shared variables, locks, fenced variables, queues, barriers and context groups.
+  // The request layout is `syncRequestLayout`; reply bytes (at most out_capacity) go to out_ptr.
+  sync: { blocking: true },
 }
+
+/**
+ * A `sync` request, little-endian. Every name lives in a context: the process's global context
+ * (group length 0) or the context group named by `group`.
+ *
+ *   offset 0  u8   version (1)
+ *          1  u8   op (`SyncOp`)
+ *          2  u16  group length (<= syncNameBytesMax)
+ *          4  u16  name length (<= syncNameBytesMax)
+ *          6  u16  reserved, 0
+ *          8  i64  a (per op: delta, ttl, token, timeout, count, capacity)
+ *         16  i64  b (per op)
+ *         24  u32  value length (<= syncValueBytesMax)
+ *         28  u32  value2 length (<= syncValueBytesMax)
+ *         32  group bytes, name bytes, value bytes, value2 bytes (UTF-8 names)
+ *
+ * Ops, their operands and replies (timeouts in ms: -1 waits for ever, 0 tries once):
+ *   group          joins the context group `group` (its later children are placed near it) -> 0
+ *   var_get        -> the value's bytes, or Unset
+ *   var_set        value -> 0
+ *   var_cas        value = expected, value2 = new; a = 1 if "expected unset" -> 1 swapped, 0 not
+ *   var_add        a = delta; the value is an i64 (unset = 0) -> 8 bytes: the new i64, or WrongType
+ *   lock_acquire   a = ttl ms, b = timeout ms -> 8 bytes: the fencing token (i64), or Timeout
+ *   lock_renew     a = token, b = ttl ms -> 0, or NotHolder
+ *   lock_release   a = token -> 0, or NotHolder
+ *   fenced_get     -> the value's bytes, or Unset
+ *   fenced_set     a = token, value -> 0, or StaleToken (a newer token was seen)
+ *   queue_push     value = item, a = capacity (items; 0 = default), b = timeout ms when full
+ *                  -> 0, or Full, or Closed
+ *   queue_pop      a = timeout ms -> the item's bytes, or Timeout, or Closed (closed and empty)
+ *   queue_close    -> 0
+ *   queue_length   -> the number of items (as the result, no bytes)
+ *   barrier_wait   a = parties -> the round number (as the result, no bytes), rounds count from 0
+ *
+ * Each request is applied exactly once, also when a thread restored from a context save replays
+ * it: its op id is (thread, call sequence number).
+ */
+export const syncRequestVersion = 1
+export const syncHeaderBytes = 32
+export const syncNameBytesMax = 255
+export const syncValueBytesMax = 65536
+export const syncRequestBytesMax = syncHeaderBytes + 2 * syncNameBytesMax + 2 * syncValueBytesMax
+
+export const SyncOp = {
+  group: 1,
+  varGet: 2,
+  varSet: 3,
+  varCas: 4,
+  varAdd: 5,
+  lockAcquire: 6,
+  lockRenew: 7,
+  lockRelease: 8,
+  fencedGet: 9,
+  fencedSet: 10,
+  queuePush: 11,
+  queuePop: 12,
+  queueClose: 13,
+  queueLength: 14,
+  barrierWait: 15,
+} as const
+
+/** Negative results of `sync`; guest-sdk/c/fabric.h and the AssemblyScript SDK use the same numbers. */
+export const SyncError = {
+  /** Malformed request or an operand out of range (a TTL of 0 or over the maximum, parties < 1). */
+  invalid: -1,
+  /** A value or item over `syncValueBytesMax`, or a reply larger than the caller's buffer. */
+  tooLarge: -2,
+  timeout: -3,
+  notHolder: -4,
+  staleToken: -5,
+  full: -6,
+  closed: -7,
+  unset: -8,
+  wrongType: -9,
+  /** The store could not be reached in time; the call may be retried. */
+  unavailable: -10,
+} as const
 
 /** WASI preview 1 imports that may wait on the embedding (files live behind the `FileSystem`). */
 export const blockingWasiImports = new Set([

@@ -11,6 +11,8 @@ import {
   importModuleWasi,
   instrumentedNames,
   isBlockingImport,
+  SyncError,
+  syncRequestBytesMax,
 } from '../abi.ts'
 import {
   FabricHostError,
@@ -168,15 +170,22 @@ export class GuestThread {
           (reply) => reply.result,
         ),
       join: (handle, outPointer, outCapacity) =>
-        this.callHost('join', [handle]).then((reply) => {
-          if (reply.payload !== null && reply.result >= 0) {
-            this.bytes().set(
-              reply.payload.subarray(0, Math.min(outCapacity, reply.payload.length)),
-              outPointer,
-            )
-          }
-          return reply.result
-        }),
+        this.callHost('join', [handle]).then((reply) => this.copyReply(reply, outPointer, outCapacity)),
+      sync: (requestPointer, requestLength, outPointer, outCapacity) => {
+        const memory = this.bytes()
+        const request = [requestPointer >>> 0, requestLength >>> 0]
+        const out = [outPointer >>> 0, outCapacity >>> 0]
+        if (
+          request[1]! > syncRequestBytesMax ||
+          request[0]! + request[1]! > memory.length ||
+          out[0]! + out[1]! > memory.length
+        ) {
+          return SyncError.invalid
+        }
+        return this.callHost('sync', [out[1]!], memory.slice(request[0]!, request[0]! + request[1]!)).then(
+          (reply) => this.copyReply(reply, out[0]!, out[1]!),
+        )
+      },
       checkpoint: () => {
         this.saveRequested = true
         return Promise.resolve(0)
@@ -263,6 +272,14 @@ export class GuestThread {
     const length = view.getUint32(pointer - 4, true)
     if (pointer + length > this.memory.buffer.byteLength) return '(bad string length)'
     return new TextDecoder('utf-16le').decode(new Uint8Array(this.memory.buffer, pointer, length))
+  }
+
+  /** Copies a reply's bytes (at most `capacity`) to the guest; returns the call's result. */
+  private copyReply(reply: Reply, pointer: number, capacity: number): number {
+    if (reply.payload !== null && reply.result >= 0) {
+      this.bytes().set(reply.payload.subarray(0, Math.min(capacity, reply.payload.length)), pointer)
+    }
+    return reply.result
   }
 
   private bytes(): Uint8Array {
