@@ -5,91 +5,14 @@
  */
 
 import { seededRandom, systemTimers } from '../../fabric/platform.ts'
+import { MemoryStore } from '../../fabric/runtime/memory-store.ts'
 import type { RuntimeMessage, RuntimeReply } from '../../fabric/runtime/messages.ts'
 import { NodeRuntime } from '../../fabric/runtime/node-runtime.ts'
-import type {
-  ClusterView,
-  CoordinationClient,
-  NodeId,
-  PeerInfo,
-  Register,
-} from '../../fabric/runtime/services.ts'
+import type { ClusterView, NodeId, PeerInfo } from '../../fabric/runtime/services.ts'
 import { instrumentInWorker } from '../../host/instrument-node.ts'
 import { loadProgram, type Program } from '../../host/program.ts'
 import { nodeWorkerFactory } from '../../host/worker-node.ts'
 import { WorkerPool } from '../../host/worker-pool.ts'
-
-interface Cell {
-  version: number
-  value: Uint8Array | null
-  holder: string | null
-  token: number
-  expiresAt: number
-}
-
-/** A linearizable store in one process (each operation is atomic on the event loop). */
-export class MemoryStore implements CoordinationClient {
-  private readonly cells = new Map<string, Cell>()
-
-  private cell(key: string): Cell {
-    let cell = this.cells.get(key)
-    if (cell === undefined) {
-      cell = { version: 0, value: null, holder: null, token: 0, expiresAt: 0 }
-      this.cells.set(key, cell)
-    }
-    if (cell.holder !== null && cell.expiresAt <= performance.now()) cell.holder = null
-    return cell
-  }
-
-  private async apply(key: string, change: (cell: Cell) => boolean): Promise<Register> {
-    await new Promise((resolve) => setImmediate(resolve))
-    const cell = this.cell(key)
-    const ok = change(cell)
-    return { ok, version: cell.version, value: cell.value, holder: cell.holder, token: cell.token }
-  }
-
-  get(key: string) {
-    return this.apply(key, () => true)
-  }
-  put(key: string, value: Uint8Array) {
-    return this.apply(key, (cell) => {
-      cell.version++
-      cell.value = value
-      return true
-    })
-  }
-  cas(key: string, expectedVersion: number, value: Uint8Array) {
-    return this.apply(key, (cell) => {
-      if (cell.version !== expectedVersion) return false
-      cell.version++
-      cell.value = value
-      return true
-    })
-  }
-  acquire(key: string, holder: string, ttlMs: number) {
-    return this.apply(key, (cell) => {
-      if (cell.holder !== null && cell.holder !== holder) return false
-      if (cell.holder !== holder) cell.token++
-      cell.holder = holder
-      cell.expiresAt = performance.now() + ttlMs
-      return true
-    })
-  }
-  renew(key: string, holder: string, token: number) {
-    return this.apply(key, (cell) => {
-      if (cell.holder !== holder || cell.token !== token) return false
-      cell.expiresAt = performance.now() + 1000
-      return true
-    })
-  }
-  release(key: string, holder: string, token: number) {
-    return this.apply(key, (cell) => {
-      if (cell.holder !== holder || cell.token !== token) return false
-      cell.holder = null
-      return true
-    })
-  }
-}
 
 interface Member {
   id: NodeId

@@ -1,0 +1,90 @@
+/**
+ * A linearizable coordination store in one process (each operation is atomic on the event loop):
+ * for `fabric run --local`, where the threads of one process share variables, locks and queues
+ * without a cluster, and for in-process tests. Leases expire on this process's monotonic clock.
+ */
+
+import { type Clock, systemClock } from '../platform.ts'
+import type { CoordinationClient, Register } from './services.ts'
+
+const nextTurn: (callback: () => void) => void =
+  typeof setImmediate === 'function' ? setImmediate : (callback) => setTimeout(callback, 0)
+
+interface Cell {
+  version: number
+  value: Uint8Array | null
+  holder: string | null
+  token: number
+  ttlMs: number
+  expiresAt: number
+}
+
+export class MemoryStore implements CoordinationClient {
+  private readonly cells = new Map<string, Cell>()
+  private readonly clock: Clock
+
+  constructor(clock: Clock = systemClock) {
+    this.clock = clock
+  }
+
+  private cell(key: string): Cell {
+    let cell = this.cells.get(key)
+    if (cell === undefined) {
+      cell = { version: 0, value: null, holder: null, token: 0, ttlMs: 0, expiresAt: 0 }
+      this.cells.set(key, cell)
+    }
+    if (cell.holder !== null && cell.expiresAt <= this.clock.now()) cell.holder = null
+    return cell
+  }
+
+  private async apply(key: string, change: (cell: Cell) => boolean): Promise<Register> {
+    // Answer on a later turn, as a real store would: callers must not rely on synchronous results.
+    await new Promise<void>((resolve) => nextTurn(resolve))
+    const cell = this.cell(key)
+    const ok = change(cell)
+    return { ok, version: cell.version, value: cell.value, holder: cell.holder, token: cell.token }
+  }
+
+  get(key: string) {
+    return this.apply(key, () => true)
+  }
+  put(key: string, value: Uint8Array) {
+    return this.apply(key, (cell) => {
+      cell.version++
+      cell.value = value
+      return true
+    })
+  }
+  cas(key: string, expectedVersion: number, value: Uint8Array) {
+    return this.apply(key, (cell) => {
+      if (cell.version !== expectedVersion) return false
+      cell.version++
+      cell.value = value
+      return true
+    })
+  }
+  acquire(key: string, holder: string, ttlMs: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== null && cell.holder !== holder) return false
+      if (cell.holder !== holder) cell.token++
+      cell.holder = holder
+      cell.ttlMs = ttlMs
+      cell.expiresAt = this.clock.now() + ttlMs
+      return true
+    })
+  }
+  renew(key: string, holder: string, token: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== holder || cell.token !== token) return false
+      cell.expiresAt = this.clock.now() + cell.ttlMs
+      return true
+    })
+  }
+  release(key: string, holder: string, token: number) {
+    return this.apply(key, (cell) => {
+      if (cell.holder !== holder || cell.token !== token) return false
+      cell.holder = null
+      return true
+    })
+  }
+}

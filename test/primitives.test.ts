@@ -1,0 +1,438 @@
+import { describe, expect, test } from 'vitest'
+import { systemClock, systemTimers } from '../fabric/platform.ts'
+import { MemoryStore } from '../fabric/runtime/memory-store.ts'
+import { recheckMs, SyncEngine, syncKey } from '../fabric/runtime/primitives/engine.ts'
+import { decodeSyncRequest, encodeSyncRequest, lockTtlMsMax } from '../fabric/runtime/primitives/request.ts'
+import { decodeState } from '../fabric/runtime/primitives/state.ts'
+import { SyncError, SyncOp, syncHeaderBytes, syncValueBytesMax } from '../host/abi.ts'
+
+/** Engines of several "nodes" over one store, with wake notices delivered directly. */
+function cluster(nodes: string[]) {
+  const store = new MemoryStore()
+  const engines = new Map<string, SyncEngine>()
+  const notices = { sent: 0 }
+  for (const self of nodes) {
+    engines.set(
+      self,
+      new SyncEngine({
+        store,
+        self,
+        clock: systemClock,
+        timers: systemTimers,
+        notify: (node, key) => {
+          notices.sent++
+          setTimeout(() => engines.get(node)?.wake(key), 1)
+        },
+      }),
+    )
+  }
+  return { store, engines, notices }
+}
+
+interface FakeThread {
+  pid: string
+  tid: string
+  saves: number
+  group: string | null
+  requestSave(): void
+  setGroup(group: string): Promise<void>
+  stopped(): boolean
+}
+
+function thread(tid: string, pid = 'p1'): FakeThread {
+  const fake: FakeThread = {
+    pid,
+    tid,
+    saves: 0,
+    group: null,
+    requestSave: () => {
+      fake.saves++
+    },
+    setGroup: async (group) => {
+      fake.group = group
+    },
+    stopped: () => false,
+  }
+  return fake
+}
+
+/** A guest's calls: each gets the next call sequence number unless one is given (a replay). */
+function guest(engine: SyncEngine, who: FakeThread) {
+  let sequence = 0
+  const call = async (
+    request: Parameters<typeof encodeSyncRequest>[0],
+    options: { sequence?: number; outCapacity?: number } = {},
+  ) => {
+    const callSequence = options.sequence ?? ++sequence
+    return engine.call(who, {
+      callSequence,
+      payload: encodeSyncRequest(request),
+      outCapacity: options.outCapacity ?? 1024,
+    })
+  }
+  return {
+    call,
+    at: () => sequence,
+    setSequence: (value: number) => {
+      sequence = value
+    },
+  }
+}
+
+const readI64 = (bytes: Uint8Array | null | undefined) =>
+  new DataView(bytes!.buffer, bytes!.byteOffset, 8).getBigInt64(0, true)
+const text = (value: string) => new TextEncoder().encode(value)
+const untext = (bytes: Uint8Array | null | undefined) => new TextDecoder().decode(bytes!)
+
+describe('sync request decoding', () => {
+  test('decodeSyncRequest refuses malformed requests with Invalid, oversized values with TooLarge', () => {
+    expect(decodeSyncRequest(null)).toEqual({ ok: false, error: SyncError.invalid })
+    expect(decodeSyncRequest(new Uint8Array(syncHeaderBytes - 1))).toEqual({
+      ok: false,
+      error: SyncError.invalid,
+    })
+    const good = encodeSyncRequest({ op: SyncOp.varSet, name: 'x', value: text('v') })
+    expect(decodeSyncRequest(good).ok).toBe(true)
+    const wrongVersion = good.slice()
+    wrongVersion[0] = 2
+    expect(decodeSyncRequest(wrongVersion)).toEqual({ ok: false, error: SyncError.invalid })
+    const reserved = good.slice()
+    reserved[6] = 1
+    expect(decodeSyncRequest(reserved)).toEqual({ ok: false, error: SyncError.invalid })
+    expect(decodeSyncRequest(good.slice(0, good.length - 1))).toEqual({ ok: false, error: SyncError.invalid })
+    const lying = good.slice()
+    new DataView(lying.buffer).setUint32(24, 0xffffffff, true)
+    expect(decodeSyncRequest(lying)).toEqual({ ok: false, error: SyncError.tooLarge })
+    const badUtf8 = encodeSyncRequest({ op: SyncOp.varGet, name: 'x' })
+    badUtf8[syncHeaderBytes] = 0xff
+    expect(decodeSyncRequest(badUtf8)).toEqual({ ok: false, error: SyncError.invalid })
+    expect(decodeSyncRequest(encodeSyncRequest({ op: 99, name: 'x' }))).toEqual({
+      ok: false,
+      error: SyncError.invalid,
+    })
+    expect(decodeSyncRequest(encodeSyncRequest({ op: SyncOp.varGet }))).toEqual({
+      ok: false,
+      error: SyncError.invalid,
+    })
+    const longName = new Uint8Array(syncHeaderBytes + 256)
+    longName.set(encodeSyncRequest({ op: SyncOp.varGet, name: 'x' }).subarray(0, syncHeaderBytes))
+    new DataView(longName.buffer).setUint16(4, 256, true)
+    expect(decodeSyncRequest(longName)).toEqual({ ok: false, error: SyncError.invalid })
+  })
+
+  test('lock TTLs of zero, negative or above lockTtlMsMax are Invalid', () => {
+    for (const ttl of [0n, -5n, BigInt(lockTtlMsMax) + 1n, 2n ** 62n]) {
+      expect(
+        decodeSyncRequest(encodeSyncRequest({ op: SyncOp.lockAcquire, name: 'l', a: ttl, b: 0n })),
+      ).toEqual({
+        ok: false,
+        error: SyncError.invalid,
+      })
+    }
+    expect(
+      decodeSyncRequest(encodeSyncRequest({ op: SyncOp.lockAcquire, name: 'l', a: 1000n, b: -2n })).ok,
+    ).toBe(false)
+  })
+
+  test('syncKey keeps names of different kinds and contexts apart, and long names fit the store', async () => {
+    const keys = new Set([
+      await syncKey('p', '', 'var', 'a'),
+      await syncKey('p', 'g', 'var', 'a'),
+      await syncKey('p', '', 'queue', 'a'),
+      await syncKey('p', 'x/var/y', 'var', 'z'),
+      await syncKey('p', 'x', 'var', 'y/var/z'),
+      await syncKey('q', '', 'var', 'a'),
+    ])
+    expect(keys.size).toBe(6)
+    const long = await syncKey('p', '/'.repeat(255), 'var', '/'.repeat(255))
+    expect(new TextEncoder().encode(long).length).toBeLessThanOrEqual(512)
+  })
+})
+
+describe('shared variables', () => {
+  test('get, set, compare-and-swap and add', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    expect((await g.call({ op: SyncOp.varGet, name: 'v' })).result).toBe(SyncError.unset)
+    expect((await g.call({ op: SyncOp.varSet, name: 'v', value: text('hello') })).result).toBe(0)
+    const got = await g.call({ op: SyncOp.varGet, name: 'v' })
+    expect([got.result, untext(got.payload)]).toEqual([5, 'hello'])
+    expect((await g.call({ op: SyncOp.varGet, name: 'v' }, { outCapacity: 2 })).result).toBe(
+      SyncError.tooLarge,
+    )
+    expect(
+      (await g.call({ op: SyncOp.varCas, name: 'v', value: text('nope'), value2: text('x') })).result,
+    ).toBe(0)
+    expect(
+      (await g.call({ op: SyncOp.varCas, name: 'v', value: text('hello'), value2: text('bye') })).result,
+    ).toBe(1)
+    expect((await g.call({ op: SyncOp.varCas, name: 'w', a: 1n, value2: text('first') })).result).toBe(1)
+    expect((await g.call({ op: SyncOp.varCas, name: 'w', a: 1n, value2: text('second') })).result).toBe(0)
+    expect((await g.call({ op: SyncOp.varAdd, name: 'v', a: 1n })).result).toBe(SyncError.wrongType)
+    const added = await g.call({ op: SyncOp.varAdd, name: 'n', a: 5n })
+    expect([added.result, readI64(added.payload)]).toEqual([8, 5n])
+    expect(readI64((await g.call({ op: SyncOp.varAdd, name: 'n', a: -7n })).payload)).toBe(-2n)
+    // The same name in a group is another variable.
+    expect((await g.call({ op: SyncOp.varGet, group: 'g', name: 'n' })).result).toBe(SyncError.unset)
+  })
+
+  test('a value that does not fit the store with its bookkeeping is TooLarge, and nothing changes', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    const big = new Uint8Array(syncValueBytesMax)
+    expect((await g.call({ op: SyncOp.varSet, name: 'v', value: big })).result).toBe(SyncError.tooLarge)
+    expect((await g.call({ op: SyncOp.varGet, name: 'v' })).result).toBe(SyncError.unset)
+    expect((await g.call({ op: SyncOp.varSet, name: 'v', value: new Uint8Array(32_000) })).result).toBe(0)
+  })
+
+  test('50 threads on 3 nodes add 20 times each: the counter ends at exactly 1000', async () => {
+    const { engines, store } = cluster(['a', 'b', 'c'])
+    const nodes = [...engines.values()]
+    await Promise.all(
+      Array.from({ length: 50 }, async (_, index) => {
+        const g = guest(nodes[index % 3]!, thread(`0.${index}`))
+        for (let round = 0; round < 20; round++) await g.call({ op: SyncOp.varAdd, name: 'counter', a: 1n })
+      }),
+    )
+    const read = await store.get(await syncKey('p1', '', 'var', 'counter'))
+    expect(readI64(decodeState(read.value, 'var').value)).toBe(1000n)
+    // 1000 adds went in fewer writes: concurrent calls on one node share a compare-and-swap.
+    expect(read.version).toBeLessThan(1000)
+  })
+})
+
+describe('exactly once across replays', () => {
+  test('a replayed add returns its recorded result and adds nothing', async () => {
+    const { engines, store } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    await g.call({ op: SyncOp.varAdd, name: 'n', a: 10n }, { sequence: 3 })
+    const first = await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n }, { sequence: 4 })
+    await g.call({ op: SyncOp.varAdd, name: 'n', a: 100n }, { sequence: 5 })
+    // Restored from a save taken at call 4: calls 4 and 5 come again.
+    const replayed = await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n }, { sequence: 4 })
+    expect(readI64(replayed.payload)).toBe(readI64(first.payload))
+    await g.call({ op: SyncOp.varAdd, name: 'n', a: 100n }, { sequence: 5 })
+    const read = await store.get(await syncKey('p1', '', 'var', 'n'))
+    expect(readI64(decodeState(read.value, 'var').value)).toBe(111n)
+  })
+
+  test('a replayed read returns what the first read saw, also after others wrote', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const reader = guest(engines.get('a')!, thread('0.1'))
+    const writer = guest(engines.get('b')!, thread('0.2'))
+    await writer.call({ op: SyncOp.varSet, name: 'v', value: text('one') })
+    expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 7 })).payload)).toBe('one')
+    await writer.call({ op: SyncOp.varSet, name: 'v', value: text('two') })
+    expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 7 })).payload)).toBe('one')
+    expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 8 })).payload)).toBe('two')
+  })
+
+  test('a committed save prunes the results before it; too many unsaved results ask for a save', async () => {
+    const { engines, store } = cluster(['a'])
+    const engine = engines.get('a')!
+    const who = thread('0')
+    const g = guest(engine, who)
+    for (let index = 0; index < 20; index++) await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n })
+    expect(who.saves).toBe(1)
+    const key = await syncKey('p1', '', 'var', 'n')
+    expect(decodeState((await store.get(key)).value, 'var').results['0']).toHaveLength(20)
+    engine.saveCommitted('p1', '0', g.at() + 1)
+    await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n })
+    expect(decodeState((await store.get(key)).value, 'var').results['0']).toHaveLength(1)
+    engine.threadEnded('p1', '0')
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(decodeState((await store.get(key)).value, 'var').results['0']).toBeUndefined()
+  })
+})
+
+describe('queues', () => {
+  test('FIFO, length, Full when full, Closed after close once empty', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    for (const item of ['a', 'b']) {
+      expect((await g.call({ op: SyncOp.queuePush, name: 'q', a: 2n, value: text(item) })).result).toBe(0)
+    }
+    expect((await g.call({ op: SyncOp.queuePush, name: 'q', value: text('c') })).result).toBe(SyncError.full)
+    expect((await g.call({ op: SyncOp.queueLength, name: 'q' })).result).toBe(2)
+    expect(untext((await g.call({ op: SyncOp.queuePop, name: 'q' })).payload)).toBe('a')
+    expect((await g.call({ op: SyncOp.queueClose, name: 'q' })).result).toBe(0)
+    expect((await g.call({ op: SyncOp.queuePush, name: 'q', value: text('d') })).result).toBe(
+      SyncError.closed,
+    )
+    expect(untext((await g.call({ op: SyncOp.queuePop, name: 'q' })).payload)).toBe('b')
+    expect((await g.call({ op: SyncOp.queuePop, name: 'q', a: -1n })).result).toBe(SyncError.closed)
+    expect((await g.call({ op: SyncOp.queuePop, name: 'empty' })).result).toBe(SyncError.timeout)
+  })
+
+  test('an item too large for the buffer stays in the queue', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    await g.call({ op: SyncOp.queuePush, name: 'q', value: text('abcdef') })
+    expect((await g.call({ op: SyncOp.queuePop, name: 'q' }, { outCapacity: 3 })).result).toBe(
+      SyncError.tooLarge,
+    )
+    expect(untext((await g.call({ op: SyncOp.queuePop, name: 'q' })).payload)).toBe('abcdef')
+  })
+
+  test('a blocked pop on one node is woken by a push on another by notice, not by polling', async () => {
+    const { engines, notices } = cluster(['a', 'b'])
+    const consumer = guest(engines.get('a')!, thread('0.1'))
+    const producer = guest(engines.get('b')!, thread('0.2'))
+    const started = performance.now()
+    const popped = consumer.call({ op: SyncOp.queuePop, name: 'q', a: -1n })
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    await producer.call({ op: SyncOp.queuePush, name: 'q', value: text('x') })
+    expect(untext((await popped).payload)).toBe('x')
+    expect(performance.now() - started).toBeLessThan(50 + recheckMs)
+    expect(notices.sent).toBeGreaterThan(0)
+  })
+
+  test('a pop with a timeout answers Timeout after about that long', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    const started = performance.now()
+    expect((await g.call({ op: SyncOp.queuePop, name: 'q', a: 120n })).result).toBe(SyncError.timeout)
+    expect(performance.now() - started).toBeGreaterThanOrEqual(110)
+  })
+
+  test('a consumer that crashes after its pop and replays it gets the same item; no item is lost or doubled', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const producer = guest(engines.get('a')!, thread('0.1'))
+    for (let item = 0; item < 30; item++)
+      await producer.call({ op: SyncOp.queuePush, name: 'q', value: text(`${item}`) })
+    await producer.call({ op: SyncOp.queueClose, name: 'q' })
+    const consumed: string[] = []
+    await Promise.all(
+      ['0.2', '0.3', '0.4'].map(async (tid, index) => {
+        const g = guest(engines.get(index % 2 === 0 ? 'a' : 'b')!, thread(tid))
+        const seen = new Map<number, string>()
+        let savedAt = 1
+        for (;;) {
+          const reply = await g.call({ op: SyncOp.queuePop, name: 'q', a: -1n })
+          if (reply.result === SyncError.closed) return
+          seen.set(g.at(), untext(reply.payload))
+          // Every third pop the consumer "crashes" and replays its pops since its last save.
+          if (g.at() % 3 === 0) {
+            const replayTo = g.at()
+            g.setSequence(savedAt - 1)
+            while (g.at() < replayTo) {
+              const again = await g.call({ op: SyncOp.queuePop, name: 'q', a: -1n })
+              expect(untext(again.payload)).toBe(seen.get(g.at()))
+            }
+            savedAt = g.at() + 1
+          }
+          consumed.push(untext(reply.payload))
+        }
+      }),
+    )
+    expect(consumed.map(Number).sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 30 }, (_, index) => index),
+    )
+  })
+})
+
+describe('locks and fenced variables', () => {
+  test('acquire gives a token; a second holder times out; release by a non-holder is NotHolder', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const first = guest(engines.get('a')!, thread('0.1'))
+    const second = guest(engines.get('b')!, thread('0.2'))
+    const taken = await first.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: -1n })
+    const token = readI64(taken.payload)
+    expect(taken.result).toBe(8)
+    expect((await second.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n })).result).toBe(
+      SyncError.timeout,
+    )
+    expect((await second.call({ op: SyncOp.lockRelease, name: 'l', a: token })).result).toBe(
+      SyncError.notHolder,
+    )
+    expect((await first.call({ op: SyncOp.lockRenew, name: 'l', a: token, b: 5000n })).result).toBe(0)
+    const waiting = second.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: -1n })
+    await new Promise((resolve) => setTimeout(resolve, 30))
+    const started = performance.now()
+    expect((await first.call({ op: SyncOp.lockRelease, name: 'l', a: token })).result).toBe(0)
+    const next = await waiting
+    expect(readI64(next.payload)).toBeGreaterThan(token)
+    expect(performance.now() - started).toBeLessThan(recheckMs)
+    expect((await first.call({ op: SyncOp.lockRenew, name: 'l', a: token, b: 5000n })).result).toBe(
+      SyncError.notHolder,
+    )
+  })
+
+  test('a dead holder’s lock is free after its TTL', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const dead = guest(engines.get('a')!, thread('0.1'))
+    const next = guest(engines.get('b')!, thread('0.2'))
+    await dead.call({ op: SyncOp.lockAcquire, name: 'l', a: 300n, b: -1n })
+    const started = performance.now()
+    const reply = await next.call({ op: SyncOp.lockAcquire, name: 'l', a: 300n, b: 5000n })
+    expect(reply.result).toBe(8)
+    expect(performance.now() - started).toBeGreaterThanOrEqual(250)
+    expect(performance.now() - started).toBeLessThan(300 + recheckMs + 200)
+  })
+
+  test('a replayed acquire returns its token while the lease holds; a replayed release does not release twice', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    const other = guest(engines.get('a')!, thread('0.9'))
+    const first = await g.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: -1n }, { sequence: 1 })
+    const again = await g.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: -1n }, { sequence: 1 })
+    expect(readI64(again.payload)).toBe(readI64(first.payload))
+    const token = readI64(first.payload)
+    expect((await g.call({ op: SyncOp.lockRelease, name: 'l', a: token }, { sequence: 2 })).result).toBe(0)
+    const otherToken = readI64(
+      (await other.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n })).payload,
+    )
+    expect((await g.call({ op: SyncOp.lockRelease, name: 'l', a: token }, { sequence: 2 })).result).toBe(0)
+    // The replayed release left the other holder's lease alone.
+    expect((await other.call({ op: SyncOp.lockRenew, name: 'l', a: otherToken, b: 5000n })).result).toBe(0)
+  })
+
+  test('a fenced variable refuses a write with a token older than the newest it saw', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    expect((await g.call({ op: SyncOp.fencedGet, name: 'f' })).result).toBe(SyncError.unset)
+    expect((await g.call({ op: SyncOp.fencedSet, name: 'f', a: 2n, value: text('new') })).result).toBe(0)
+    expect((await g.call({ op: SyncOp.fencedSet, name: 'f', a: 1n, value: text('old') })).result).toBe(
+      SyncError.staleToken,
+    )
+    expect((await g.call({ op: SyncOp.fencedSet, name: 'f', a: 2n, value: text('same') })).result).toBe(0)
+    expect(untext((await g.call({ op: SyncOp.fencedGet, name: 'f' })).payload)).toBe('same')
+    expect((await g.call({ op: SyncOp.fencedSet, name: 'f', a: 0n, value: text('x') })).result).toBe(
+      SyncError.invalid,
+    )
+  })
+})
+
+describe('barriers and groups', () => {
+  test('a barrier of 3 on 3 nodes releases each round together, 4 rounds', async () => {
+    const { engines } = cluster(['a', 'b', 'c'])
+    const nodes = [...engines.values()]
+    const rounds = await Promise.all(
+      [0, 1, 2].map(async (index) => {
+        const g = guest(nodes[index]!, thread(`0.${index}`))
+        const seen: number[] = []
+        for (let round = 0; round < 4; round++) {
+          await new Promise((resolve) => setTimeout(resolve, index * 10))
+          seen.push((await g.call({ op: SyncOp.barrierWait, name: 'b', a: 3n })).result)
+        }
+        return seen
+      }),
+    )
+    expect(rounds).toEqual([
+      [0, 1, 2, 3],
+      [0, 1, 2, 3],
+      [0, 1, 2, 3],
+    ])
+  })
+
+  test('a barrier waited for with another party count is Invalid; group records the thread’s group', async () => {
+    const { engines } = cluster(['a'])
+    const who = thread('0')
+    const g = guest(engines.get('a')!, who)
+    void g.call({ op: SyncOp.barrierWait, name: 'b', a: 2n })
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect((await g.call({ op: SyncOp.barrierWait, name: 'b', a: 3n })).result).toBe(SyncError.invalid)
+    expect((await g.call({ op: SyncOp.group, group: 'workers' })).result).toBe(0)
+    expect(who.group).toBe('workers')
+  })
+})
