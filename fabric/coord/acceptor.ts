@@ -203,14 +203,26 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
           send(from, reject(message, 'ballot', slot.promised, replica))
           return true
         }
+        // Accepting `ballot` and promising `next` at once is what a prepare of `next` would do
+        // right after this accept: nothing can be accepted between the two.
+        const next =
+          message.next !== undefined && compareBallots(message.next, message.ballot) > 0
+            ? message.next
+            : undefined
         const updated: Slot = {
-          promised: message.ballot,
+          promised: next ?? message.ballot,
           accepted: { ballot: message.ballot, state: message.state },
         }
         replica!.slots.set(message.key, updated)
         persist({ type: 'slot', shard: message.shard, key: message.key, slot: updated })
         noteGrant(message.shard, message.key, message.state, false)
-        send(from, { type: 'accepted', shard: message.shard, key: message.key, ballot: message.ballot })
+        send(from, {
+          type: 'accepted',
+          shard: message.shard,
+          key: message.key,
+          ballot: message.ballot,
+          ...(next === undefined ? {} : { next }),
+        })
         return true
       }
       case 'seal': {

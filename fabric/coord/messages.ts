@@ -28,8 +28,21 @@ export type StoreMessage =
       /** Time since this acceptor first saw the accepted lease grant, by its own clock. */
       leaseElapsedMs: number
     }
-  | { type: 'accept'; shard: number; epoch: number; key: string; ballot: Ballot; state: RegisterState }
-  | { type: 'accepted'; shard: number; key: string; ballot: Ballot }
+  | {
+      type: 'accept'
+      shard: number
+      epoch: number
+      key: string
+      ballot: Ballot
+      state: RegisterState
+      /**
+       * The proposer's next ballot for this key (higher than `ballot`): an acceptor that accepts
+       * also promises it, so the proposer's next operation on the key skips the prepare round.
+       */
+      next?: Ballot
+    }
+  /** `next` echoes the accept's next ballot when this acceptor promised it too. */
+  | { type: 'accepted'; shard: number; key: string; ballot: Ballot; next?: Ballot }
   | {
       type: 'reject'
       shard: number

@@ -37,20 +37,23 @@ export function shardPoint(shard: number, shardCount: number): number {
   return bits === 0 ? 0 : (shard << (32 - bits)) >>> 0
 }
 
-/** The `count` nodes closest to the shard by XOR distance, ties broken by id. */
+/** The `count` nodes closest to the shard by XOR distance, ties broken by id; sorted by id. */
 export function replicasOfShard(
   shard: number,
   shardCount: number,
   servers: readonly NodeId[],
   count: number,
 ): NodeId[] {
+  return nodesByDistance(shard, shardCount, servers).slice(0, count).sort()
+}
+
+/** `nodes` from closest to farthest from the shard's id (XOR distance), ties broken by id. */
+export function nodesByDistance(shard: number, shardCount: number, nodes: readonly NodeId[]): NodeId[] {
   const target = shardPoint(shard, shardCount)
-  return [...servers]
+  return [...nodes]
     .map((id) => ({ id, distance: (keyspacePoint(id) ^ target) >>> 0 }))
     .sort((a, b) => a.distance - b.distance || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0))
-    .slice(0, count)
     .map((entry) => entry.id)
-    .sort()
 }
 
 function assertPowerOfTwo(count: number): void {

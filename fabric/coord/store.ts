@@ -7,6 +7,24 @@
  * (`tick`), and it sends through the injected `send`. Results come back through callbacks, so the
  * simulator can run it without a promise in sight.
  *
+ * The protocol per key is CASPaxos: a prepare round (promises, each with the acceptor's accepted
+ * value) then an accept round of the new value computed from the highest accepted one. Requests
+ * queued on one key while a round runs go together in the next round (up to `batchRequestsMax`).
+ * One round trip per operation in the steady state: every accept carries the proposer's next
+ * ballot `next`, and an acceptor that accepts also promises `next` in the same persisted step. A
+ * quorum that acknowledged both has therefore done exactly what a prepare of `next` would have
+ * done at that instant, and its highest accepted value is the one just accepted; so the proposer
+ * remembers (`next`, that value, the members) and sends its next operation on the key straight
+ * as an accept at `next`. A read whose prepare found a chosen value keeps its unused promise the
+ * same way. Safety is ordinary Paxos: a prepare quorum for `next` exists, no acceptor of it can
+ * accept a ballot below `next` afterwards, and any higher ballot that gets a quorum makes ours
+ * fail. If another proposer has prepared since (or the shard's configuration moved on), the accept
+ * is rejected and the proposer runs both rounds at once; a retried write is recognised by its
+ * write id in `writers`, never applied twice. An acquire on a key that holds a lease needs the
+ * acceptors' clocks (reported with promises) to tell whether the lease expired, so it always
+ * prepares. Clients send a key's requests to the node closest to its shard (net/client.ts), so in
+ * the steady state one proposer serves a key and these accepts are rarely refused.
+ *
  *   const store = createStore({ self, clock, random, send, servers: () => membership.liveServers(), storage })
  *   store.submit('lock/a', { kind: 'get' }, { timeoutMs: 2000 }, (outcome) => console.log(outcome))
  */
@@ -22,6 +40,7 @@ import {
   type NodeId,
   type Operation,
   type OperationResult,
+  type RegisterState,
 } from './register.ts'
 import { replicaCountDefault, replicasOfShard, shardCountDefault, shardOfKey } from './shards.ts'
 
@@ -54,6 +73,11 @@ export const configQueryClosestMax = 32
 export const configQueryRandomCount = 4
 /** Proposers remembered per key for retry detection; a proposer must not be pushed out by this many others mid-round. */
 export const writersMax = 16
+/**
+ * Keys for which this proposer remembers a promised next ballot and the value chosen under the
+ * previous one (so its next operation on them skips the prepare round); the oldest are forgotten.
+ */
+export const keysLedMax = 4096
 
 export type Outcome = { ok: true; result: OperationResult } | { ok: false; error: Error }
 
@@ -122,6 +146,19 @@ interface Round {
   results: OperationResult[]
   /** Results of each state this round proposed, by write id. */
   proposals: Map<string, OperationResult[]>
+  /** This attempt skipped the prepare round, on a ballot promised with the previous accept. */
+  fast: boolean
+  /** The state sent in this attempt's accept, and the next ballot the accept asks to be promised. */
+  proposed: RegisterState | null
+  next: Ballot | null
+  nextPromised: Set<NodeId>
+}
+
+/** A key this proposer may write without a prepare: a quorum promised `ballot` and holds `state`. */
+interface Lead {
+  ballot: Ballot
+  members: NodeId[]
+  state: RegisterState
 }
 
 interface Reconfiguration {
@@ -161,6 +198,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   const configs = new Map<number, { epoch: number; members: NodeId[] }>()
   const queues = new Map<string, Request[]>()
   const rounds = new Map<string, Round>()
+  const leads = new Map<string, Lead>()
   const reconfigurations = new Map<number, Reconfiguration>()
   /** Latest view each member reported per shard, for the shards this node leads. */
   const memberViews = new Map<number, Map<NodeId, ShardView | null>>()
@@ -266,21 +304,46 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       retryAtMs: 0,
       results: [],
       proposals: new Map(),
+      fast: false,
+      proposed: null,
+      next: null,
+      nextPromised: new Set(),
     }
     rounds.set(key, round)
     beginAttempt(round)
   }
 
+  function remember(key: string, lead: Lead): void {
+    leads.delete(key)
+    if (leads.size >= keysLedMax) leads.delete(leads.keys().next().value!)
+    leads.set(key, lead)
+  }
+
   function beginAttempt(round: Round): void {
     const config = configFor(round.shard)
     round.attempts++
-    round.ballot = { epoch: config.epoch, round: ++highestRound, proposer: self }
     round.members = config.members
-    round.phase = 'prepare'
     round.promises = new Map()
     round.accepted = new Set()
     round.refused = new Set()
     round.attemptDeadlineMs = clock.now() + attemptTimeoutMs
+    const lead = leads.get(round.key)
+    leads.delete(round.key)
+    round.fast =
+      lead !== undefined &&
+      round.attempts === 1 &&
+      lead.ballot.epoch === config.epoch &&
+      sameMembers(lead.members, config.members) &&
+      !dependsOnLeaseExpiry(lead.state, round.requests)
+    if (round.fast) {
+      // A quorum promised `lead.ballot` when it accepted `lead.state`: that is a finished prepare
+      // round whose highest accepted value is `lead.state`, so go straight to the accept.
+      round.ballot = lead!.ballot
+      sendAccept(round, propose(round, lead!.state, false))
+      return
+    }
+    round.ballot = { epoch: config.epoch, round: ++highestRound, proposer: self }
+    round.phase = 'prepare'
     if (config.epoch === 0) {
       // Nobody answers for an unknown configuration; ask and wait for views.
       for (const member of configQueryTargets(round.shard, round.attempts - 1))
@@ -341,38 +404,51 @@ export function createStore(components: StoreComponents, options: StoreOptions =
           elapsedMs = Math.max(elapsedMs, promise.leaseElapsedMs)
       leaseExpired = elapsedMs > current.lease.ttlMs * (1 + leaseMarginRatio)
     }
+    const state = propose(round, current, leaseExpired)
+    if (state === current && (chosen === null || unanimous)) {
+      // Every promise in the quorum holds the same accepted value (or none), so it is chosen: a
+      // read needs no write. The quorum's promise of this ballot stays unused: keep it for the
+      // next operation on the key.
+      remember(round.key, { ballot: round.ballot, members: round.members, state: current })
+      complete(round)
+      return
+    }
+    sendAccept(round, state)
+  }
+
+  /** Applies the round's requests to `current` (the value chosen so far) and returns the state to propose. */
+  function propose(round: Round, current: RegisterState, leaseExpiredAtStart: boolean): RegisterState {
+    let leaseExpired = leaseExpiredAtStart
     let state = current
     const ownWrite = current.writers?.find(([proposer]) => proposer === self)?.[1]
     const earlier = ownWrite === undefined ? undefined : round.proposals.get(ownWrite)
     if (earlier !== undefined) {
       // An earlier attempt of this round was accepted; finish it rather than apply it again.
       round.results = earlier
-    } else {
-      round.results = []
-      for (const request of round.requests) {
-        const applied = applyOperation(state, request.operation, leaseExpired)
-        if (applied.state.lease !== state.lease) leaseExpired = false
-        state = applied.state
-        round.results.push(applied.result)
-      }
-      if (state !== current) {
-        const writeId = `${self}#${incarnation}#${++writeCounter}`
-        const writers = (current.writers ?? []).filter(([proposer]) => proposer !== self)
-        writers.push([self, writeId])
-        state = { ...state, writers: writers.slice(-writersMax) }
-        round.proposals.set(writeId, round.results)
-      }
+      return state
     }
-    if (state === current && unanimous && chosen !== null) {
-      // Every promise in the quorum holds the same accepted value, so it is chosen: a read needs no write.
-      complete(round)
-      return
+    round.results = []
+    for (const request of round.requests) {
+      const applied = applyOperation(state, request.operation, leaseExpired)
+      if (applied.state.lease !== state.lease) leaseExpired = false
+      state = applied.state
+      round.results.push(applied.result)
     }
-    if (state === current && chosen === null) {
-      complete(round)
-      return
+    if (state !== current) {
+      const writeId = `${self}#${incarnation}#${++writeCounter}`
+      const writers = (current.writers ?? []).filter(([proposer]) => proposer !== self)
+      writers.push([self, writeId])
+      state = { ...state, writers: writers.slice(-writersMax) }
+      round.proposals.set(writeId, round.results)
     }
+    return state
+  }
+
+  function sendAccept(round: Round, state: RegisterState): void {
     round.phase = 'accept'
+    round.proposed = state
+    round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
+    round.nextPromised = new Set()
     for (const member of round.members)
       send(member, {
         type: 'accept',
@@ -381,6 +457,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
         key: round.key,
         ballot: round.ballot,
         state,
+        next: round.next,
       })
   }
 
@@ -388,7 +465,13 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'accept' || !round.members.includes(from)) return
     round.accepted.add(from)
-    if (round.accepted.size >= quorumOf(round.members.length)) complete(round)
+    if (message.next !== undefined && round.next !== null && compareBallots(message.next, round.next) === 0)
+      round.nextPromised.add(from)
+    const quorum = quorumOf(round.members.length)
+    if (round.accepted.size < quorum) return
+    if (round.nextPromised.size >= quorum && round.proposed !== null)
+      remember(round.key, { ballot: round.next!, members: round.members, state: round.proposed })
+    complete(round)
   }
 
   function complete(round: Round): void {
@@ -404,6 +487,12 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const moved = adoptView(message.shard, message.view)
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase === 'waiting') return
+    if (round.fast) {
+      // The promise this attempt relied on is gone (another proposer, or a new configuration):
+      // run the ordinary two rounds now rather than back off.
+      beginAttempt(round)
+      return
+    }
     if (moved && round.attempts < 16) {
       beginAttempt(round)
       return
@@ -713,6 +802,14 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     pendingCount: () => pending,
     shardCount,
   }
+}
+
+/**
+ * Whether the requests' outcome may depend on the current lease having expired, which only the
+ * acceptors' clocks tell (through their promises): then the prepare round cannot be skipped.
+ */
+function dependsOnLeaseExpiry(state: RegisterState, requests: readonly Request[]): boolean {
+  return state.lease !== null && requests.some((request) => request.operation.kind === 'acquire')
 }
 
 function sameMembers(a: readonly NodeId[], b: readonly NodeId[]): boolean {

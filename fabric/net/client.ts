@@ -1,7 +1,10 @@
 /**
  * The TypeScript client of the coordination store, used by the rest of the system and by
  * `fabric kv`. It connects to one or more nodes over libp2p and sends each request to one of them,
- * which runs the protocol on the client's behalf.
+ * which runs the protocol on the client's behalf. Requests for a key go to the node of the list
+ * closest to the key's shard (the shard's leader, and a replica, when the list holds every
+ * server), so one proposer keeps serving a key and skips the prepare round (see coord/store.ts);
+ * a node that fails is passed over for `nodeRetryAfterMs`.
  *
  *   const client = await connectClient({ nodes: ['/ip4/127.0.0.1/tcp/4001/p2p/12D3…'], clusterKey })
  *   const { version } = await client.put('config/x', new TextEncoder().encode('1'))
@@ -14,6 +17,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Operation, OperationResult } from '../coord/register.ts'
+import { nodesByDistance, shardCountDefault, shardOfKey } from '../coord/shards.ts'
 import { leaseMarginRatio, operationTimeoutMsDefault } from '../coord/store.ts'
 import {
   FabricError,
@@ -73,8 +77,12 @@ interface Connection {
   peer: string
   stream: Stream | undefined
   opening: Promise<Stream> | undefined
-  failures: number
+  /** `performance.now()` before which this node is tried only after the others. */
+  avoidUntilMs: number
 }
+
+/** How long a node that failed a request is tried last. */
+export const nodeRetryAfterMs = 1000
 
 export async function connectClient(options: ClientOptions): Promise<FabricClient> {
   if (options.nodes.length === 0) throw new InvalidArgumentError('Expected at least one node address')
@@ -93,14 +101,33 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
       .find((component) => component.name === 'p2p')?.value
     if (peer === undefined) throw new InvalidArgumentError(`Expected ${address} to end in /p2p/<peer id>`)
     network.addAddresses(peer, [address])
-    return { peer, stream: undefined, opening: undefined, failures: 0 }
+    return { peer, stream: undefined, opening: undefined, avoidUntilMs: 0 }
   })
+  const byPeer = new Map(connections.map((connection) => [connection.peer, connection]))
+  /** Per shard, the connections from closest to farthest from the shard's id. */
+  const preference = new Map<number, Connection[]>()
+  const peers = connections.map((connection) => connection.peer)
+
+  /** The nodes to try for `key`, in order: closest to its shard first, recently failed ones last. */
+  function nodesFor(key: string): Connection[] {
+    const shard = shardOfKey(key, shardCountDefault)
+    let ordered = preference.get(shard)
+    if (ordered === undefined) {
+      ordered = nodesByDistance(shard, shardCountDefault, peers).map((peer) => byPeer.get(peer)!)
+      preference.set(shard, ordered)
+    }
+    const now = performance.now()
+    if (ordered.every((connection) => connection.avoidUntilMs <= now)) return ordered
+    return [
+      ...ordered.filter((connection) => connection.avoidUntilMs <= now),
+      ...ordered.filter((connection) => connection.avoidUntilMs > now),
+    ]
+  }
   const pending = new Map<
     number,
     { resolve(result: OperationResult): void; reject(error: Error): void; peer: string }
   >()
   let nextId = 1
-  let cursor = Math.floor(Math.random() * connections.length)
   let grants = 0
   const clientId = Math.random().toString(36).slice(2)
 
@@ -164,14 +191,16 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
     callOptions.signal?.throwIfAborted()
     // Try nodes in turn until one takes the request; once sent, the outcome is the node's.
     let lastError: Error | undefined
-    for (let attempt = 0; attempt < connections.length; attempt++) {
-      const connection = connections[cursor % connections.length]!
+    for (const connection of nodesFor(key)) {
+      const avoid = () => {
+        connection.avoidUntilMs = performance.now() + nodeRetryAfterMs
+      }
       let stream: Stream
       try {
         stream = await streamTo(connection)
       } catch (error) {
         lastError = error as Error
-        cursor++
+        avoid()
         continue
       }
       const id = nextId++
@@ -196,8 +225,8 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
           reject: (error) => {
             clearTimeout(timer)
             callOptions.signal?.removeEventListener('abort', onAbort)
-            // The next request goes elsewhere if this node is in trouble.
-            if (!(error instanceof StoreTimeoutError) || error.code !== 'STORE_TIMEOUT') cursor++
+            // The next requests go elsewhere if this node is in trouble.
+            if (!(error instanceof StoreTimeoutError) || error.code !== 'STORE_TIMEOUT') avoid()
             reject(error)
           },
         })
@@ -206,7 +235,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
         } catch (error) {
           pending.delete(id)
           clearTimeout(timer)
-          cursor++
+          avoid()
           reject(
             new NodeUnreachableError(
               `could not send to node ${connection.peer}: ${(error as Error).message}`,

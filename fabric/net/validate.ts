@@ -103,9 +103,15 @@ export function isStoreMessage(value: unknown, shardCount: number): value is Sto
           (isObject(m.accepted) && isBallot(m.accepted.ballot) && isState(m.accepted.state)))
       )
     case 'accept':
-      return isInteger(m.epoch) && isKey(m.key) && isBallot(m.ballot) && isState(m.state)
+      return (
+        isInteger(m.epoch) &&
+        isKey(m.key) &&
+        isBallot(m.ballot) &&
+        isState(m.state) &&
+        (m.next === undefined || isBallot(m.next))
+      )
     case 'accepted':
-      return isKey(m.key) && isBallot(m.ballot)
+      return isKey(m.key) && isBallot(m.ballot) && (m.next === undefined || isBallot(m.next))
     case 'reject':
       return (
         isKey(m.key) &&

@@ -17,6 +17,8 @@ import type { BenchRow } from './host-bench.ts'
 export const benchDurationMs = 3000
 export const benchWarmupMs = 500
 export const benchConcurrentClients = 8
+/** Keys the single uncontended client cycles through, one operation at a time. */
+export const uncontendedKeyCount = 64
 export const benchLeaseTtlMs = 2000
 const etcdBasePort = 23790
 
@@ -28,13 +30,17 @@ interface Measurement {
   p99Ms: number
 }
 
-/** Runs `operation` from `benchConcurrentClients` concurrent workers; warm-up first, then measured. */
-async function measure(setup: (worker: number) => Promise<void>, operation: Operation): Promise<Measurement> {
-  await Promise.all(Array.from({ length: benchConcurrentClients }, (_, worker) => setup(worker)))
+/** Runs `operation` from `workers` concurrent workers; warm-up first, then measured. */
+async function measure(
+  setup: (worker: number) => Promise<void>,
+  operation: Operation,
+  workers = benchConcurrentClients,
+): Promise<Measurement> {
+  await Promise.all(Array.from({ length: workers }, (_, worker) => setup(worker)))
   const run = async (durationMs: number, latencies: number[] | null) => {
     const end = performance.now() + durationMs
     await Promise.all(
-      Array.from({ length: benchConcurrentClients }, async (_, worker) => {
+      Array.from({ length: workers }, async (_, worker) => {
         while (performance.now() < end) {
           const start = performance.now()
           await operation(worker)
@@ -81,23 +87,43 @@ async function startFabric(count: number, clusterKey: string, directory: string)
   return [first, ...rest]
 }
 
-function fabricCases(client: FabricClient): [string, (worker: number) => Promise<void>, Operation][] {
+type BenchCase = [string, (worker: number) => Promise<void>, Operation]
+
+/**
+ * The same cases for one client doing one operation at a time, each on the next of
+ * `uncontendedKeyCount` keys that nobody else touches (so every key was written before, by this
+ * client: the steady state of a lock or a variable).
+ */
+function uncontended(cases: BenchCase[]): BenchCase[] {
+  return cases.map(([name, setup, operation]) => {
+    let next = 0
+    return [
+      `uncontended ${name}`,
+      async () => {
+        for (let key = 0; key < uncontendedKeyCount; key++) await setup(key)
+      },
+      () => operation(next++ % uncontendedKeyCount),
+    ]
+  })
+}
+
+function fabricCases(client: FabricClient, prefix = 'bench'): BenchCase[] {
   const value = new TextEncoder().encode('v')
   const versions = new Map<number, number>()
   return [
     [
       'get',
-      (worker) => client.put(`bench/get/${worker}`, value).then(() => {}),
-      (worker) => client.get(`bench/get/${worker}`),
+      (worker) => client.put(`${prefix}/get/${worker}`, value).then(() => {}),
+      (worker) => client.get(`${prefix}/get/${worker}`),
     ],
     [
       'cas',
       async (worker) => {
-        versions.set(worker, (await client.put(`bench/cas/${worker}`, value)).version)
+        versions.set(worker, (await client.put(`${prefix}/cas/${worker}`, value)).version)
       },
       async (worker) => {
-        const result = await client.cas(`bench/cas/${worker}`, versions.get(worker)!, value)
-        if (!result.ok) throw new Error(`uncontended cas failed on bench/cas/${worker}`)
+        const result = await client.cas(`${prefix}/cas/${worker}`, versions.get(worker)!, value)
+        if (!result.ok) throw new Error(`uncontended cas failed on ${prefix}/cas/${worker}`)
         versions.set(worker, result.version)
       },
     ],
@@ -105,11 +131,11 @@ function fabricCases(client: FabricClient): [string, (worker: number) => Promise
       'lease acquire+release',
       async () => {},
       async (worker) => {
-        const lease = await client.acquire(`bench/lease/${worker}`, {
+        const lease = await client.acquire(`${prefix}/lease/${worker}`, {
           holder: `w${worker}`,
           ttlMs: benchLeaseTtlMs,
         })
-        if (lease === null) throw new Error(`uncontended lease bench/lease/${worker} was held`)
+        if (lease === null) throw new Error(`uncontended lease ${prefix}/lease/${worker} was held`)
         await client.release(lease)
       },
     ],
@@ -160,6 +186,15 @@ async function fabricBench(count: number): Promise<BenchRow[]> {
     // Shards move from the first node onto their replicas as the others join: wait until they have.
     await new Promise((resolve) => setTimeout(resolve, 3000))
     try {
+      for (const [name, setup, operation] of uncontended(fabricCases(client, 'bench/single')))
+        rows.push(
+          ...rowsOf(
+            `fabric ${count} nodes`,
+            name,
+            await measure(setup, operation, 1),
+            `${count} fabric node processes on loopback, 1 client, sequential operations cycling over ${uncontendedKeyCount} keys of its own`,
+          ),
+        )
       for (const [name, setup, operation] of fabricCases(client))
         rows.push(
           ...rowsOf(
@@ -249,7 +284,7 @@ async function etcdBench(): Promise<BenchRow[]> {
   const value = base64('v')
   const revisions = new Map<number, string>()
   const note = `3-member etcd ${spawnSync('etcd', ['--version']).stdout.toString().split('\n')[0]?.replace('etcd Version: ', '')} on loopback, HTTP/JSON gateway, fetch keep-alive, ${benchConcurrentClients} concurrent clients, uncontended keys`
-  const cases: [string, (worker: number) => Promise<void>, Operation][] = [
+  const cases: BenchCase[] = [
     [
       'get',
       async (worker) => {
@@ -293,6 +328,15 @@ async function etcdBench(): Promise<BenchRow[]> {
   ]
   const rows: BenchRow[] = []
   try {
+    for (const [name, setup, operation] of uncontended(cases))
+      rows.push(
+        ...rowsOf(
+          'etcd 3 members',
+          name,
+          await measure(setup, operation, 1),
+          `3-member etcd on loopback, HTTP/JSON gateway, 1 client, sequential operations cycling over ${uncontendedKeyCount} keys of its own (each key's requests go to one member, the keys spread over the 3)${name.endsWith('lease acquire+release') ? '; grant + put with lease + revoke' : ''}`,
+        ),
+      )
     for (const [name, setup, operation] of cases)
       rows.push(
         ...rowsOf(
