@@ -64,3 +64,13 @@ export class DataDirectoryError extends FabricError {
     super('DATA_DIRECTORY', message)
   }
 }
+
+/**
+ * A thread's files cannot be kept with its context: its journal is too large or damaged, another
+ * incarnation of the thread took it over, or a restored thread repeats calls in another order.
+ */
+export class GuestFilesError extends FabricError {
+  constructor(message: string) {
+    super('GUEST_FILES', message)
+  }
+}

@@ -1,0 +1,297 @@
+/**
+ * Guests' files on the distributed file system (fabric/runtime/guest-files.ts): unmodified C
+ * (fopen, fwrite, fseek, fread, opendir, rename, unlink) gives the same output and leaves the same
+ * files as over a plain host directory; storage errors reach the guest as the right WASI errno; a
+ * thread resumed from its journal on another node's client continues its files where it was.
+ *
+ * A failing kill run prints SEED=<n>; rerun that one with
+ *   FABRIC_SEED=<n> npx vitest run test/guest-files.test.ts
+ */
+
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { build } from '../fabric/cli/build.ts'
+import { GuestFilesError } from '../fabric/errors.ts'
+import {
+  GuestFileSession,
+  storageGuestFileSystem,
+  threadFilesKey,
+  wasiErrnoOf,
+} from '../fabric/runtime/guest-files.ts'
+import { importModuleWasi } from '../host/abi.ts'
+import { nodeDirectoryFileSystem } from '../host/files-node.ts'
+import { loadProgram, type Program } from '../host/program.ts'
+import type { HostCallReply } from '../host/thread-runner.ts'
+import { wasiErrno, wasiFdFlags, wasiOpenFlags, wasiRights, wasiWhence } from '../host/wasi-files.ts'
+import { nodeWorkerFactory } from '../host/worker-node.ts'
+import { WorkerPool } from '../host/worker-pool.ts'
+import { FileSystemError } from '../storage/errors.ts'
+import { runProgram, seededRandom } from './support/run.ts'
+import { MemoryStore } from './support/runtime-cluster.ts'
+import { createFileSystemCluster, type FileSystemCluster } from './support/storage-file-systems.ts'
+
+const guestDirectory = '/data'
+const preopenFd = 3
+const killSeedCount = 4
+const readWrite = wasiRights.fdRead | wasiRights.fdWrite
+const decoder = new TextDecoder()
+const encoder = new TextEncoder()
+
+const fdOf = (reply: HostCallReply) =>
+  new DataView(reply.payload!.buffer, reply.payload!.byteOffset).getUint32(0, true)
+
+/** Calls a session as a thread's worker would, numbering the calls. */
+function caller(session: GuestFileSession, firstSequence = 1) {
+  let sequence = firstSequence - 1
+  return {
+    get next() {
+      return sequence + 1
+    },
+    call(
+      name: string,
+      args: readonly number[],
+      payload: string | Uint8Array | null = null,
+    ): Promise<HostCallReply> {
+      sequence++
+      return session.handle({
+        callSequence: sequence,
+        module: importModuleWasi,
+        name,
+        args: [...args],
+        payload: typeof payload === 'string' ? encoder.encode(payload) : payload,
+      })
+    },
+  }
+}
+
+describe('guest files on the distributed file system', () => {
+  let base: string
+  let pool: WorkerPool
+  let files: Program
+  let journal: Program
+  let cluster: FileSystemCluster
+
+  beforeAll(async () => {
+    base = mkdtempSync(join(tmpdir(), 'fabric-guest-files-'))
+    pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 2 })
+    const filesWasm = build({ source: 'test/fixtures/c/files.c', output: join(base, 'files.wasm') })
+    files = await loadProgram(new Uint8Array(readFileSync(filesWasm.output)))
+    const journalWasm = build({ source: 'test/fixtures/c/journal.c', output: join(base, 'journal.wasm') })
+    journal = await loadProgram(new Uint8Array(readFileSync(journalWasm.output)))
+    // Small chunks, so that the guests' files span several bricks on several nodes.
+    cluster = await createFileSystemCluster({ nodeIds: ['n1', 'n2', 'n3'], seed: 6, chunkBytes: 16 * 1024 })
+  })
+
+  afterAll(async () => {
+    pool?.close()
+    await cluster?.cluster.close()
+    if (base !== undefined) rmSync(base, { recursive: true, force: true })
+  })
+
+  it('C with plain libc: same output and files as over a host directory', async () => {
+    const hostDirectory = join(base, 'host-files')
+    mkdirSync(hostDirectory)
+    const onHost = nodeDirectoryFileSystem({ hostDirectory, guestDirectory })
+    const hostRun = await runProgram(pool, files, [guestDirectory], {
+      seed: 1,
+      saveIntervalMs: 10,
+      files: onHost,
+    })
+    await onHost.close()
+    expect(hostRun.error).toBeNull()
+
+    const fileSystem = cluster.newClient('n1')
+    await fileSystem.mkdir('/c-files')
+    const onStorage = storageGuestFileSystem(fileSystem, { mount: guestDirectory, directory: '/c-files' })
+    const storageRun = await runProgram(pool, files, [guestDirectory], {
+      seed: 1,
+      saveIntervalMs: 10,
+      files: onStorage,
+    })
+    await onStorage.close()
+    expect(storageRun.error).toBeNull()
+    expect(storageRun.stderr).toBe('')
+    expect(storageRun.exitCode).toBe(0)
+    const stdout = [...storageRun.stdout.values()].join('')
+    expect(stdout).toBe([...hostRun.stdout.values()].join(''))
+    expect(stdout).toContain('updated: first LINE\nsecond line\n')
+    expect(stdout).toContain('parent by ..: refused (ENOTCAPABLE)')
+    expect(stdout).toMatch(/done\n$/)
+
+    // Another node's client sees what the guest left, byte for byte as on the host.
+    const reader = cluster.newClient('n3')
+    const hostSub = join(hostDirectory, 'sub')
+    expect((await reader.readdir('/c-files/sub')).map((entry) => entry.name)).toEqual(
+      readdirSync(hostSub).sort(),
+    )
+    for (const name of readdirSync(hostSub)) {
+      const stored = await reader.readFile(`/c-files/sub/${name}`)
+      expect(Buffer.from(stored).equals(readFileSync(join(hostSub, name))), name).toBe(true)
+    }
+  })
+
+  it(`a worker killed during file I/O leaves the same files and output (${killSeedCount} seeds)`, async () => {
+    const runIn = async (name: string, killAtMs?: number) => {
+      const fileSystem = cluster.newClient('n2')
+      await fileSystem.mkdir(`/${name}`)
+      const onStorage = storageGuestFileSystem(fileSystem, { mount: guestDirectory, directory: `/${name}` })
+      const kill =
+        killAtMs === undefined
+          ? undefined
+          : { triggers: [{ afterSaves: 0, delayMs: killAtMs, threadId: 0 }], random: () => 0 }
+      const result = await runProgram(pool, journal, [guestDirectory], {
+        seed: 1,
+        saveIntervalMs: 10,
+        files: onStorage,
+        kill,
+      })
+      await onStorage.close()
+      const reader = cluster.newClient('n1')
+      const names = (await reader.readdir(`/${name}`)).map((entry) => entry.name)
+      const done = names.includes('journal.done')
+        ? decoder.decode(await reader.readFile(`/${name}/journal.done`))
+        : ''
+      return { result, names, done, stdout: [...result.stdout.values()].join('') }
+    }
+    await runIn('journal-warm-up')
+    const reference = await runIn('journal-reference')
+    expect(reference.result.error).toBeNull()
+    expect(reference.stdout).toMatch(/^journal: \d+ bytes, checksum \d+\nlisted: journal.done\n$/)
+    expect(reference.done.split('\n').length).toBe(40 * 25 + 1)
+
+    const only = process.env.FABRIC_SEED
+    const seeds =
+      only === undefined ? Array.from({ length: killSeedCount }, (_, index) => index + 1) : [Number(only)]
+    let kills = 0
+    for (const seed of seeds) {
+      const killAtMs = seededRandom(seed)() * reference.result.durationMs
+      const run = await runIn(`journal-${seed}`, killAtMs)
+      const where = `SEED=${seed} (kill at ${killAtMs.toFixed(0)} ms); rerun: FABRIC_SEED=${seed} npx vitest run test/guest-files.test.ts`
+      expect(run.result.error, where).toBeNull()
+      expect(run.stdout, where).toBe(reference.stdout)
+      expect(run.names, where).toEqual(['journal.done'])
+      expect(run.done === reference.done, where).toBe(true)
+      if (run.result.kills > 0) kills++
+    }
+    if (only === undefined) expect(kills).toBeGreaterThanOrEqual(1)
+  })
+
+  it('storage errors reach the guest as the matching WASI errno', async () => {
+    const fileSystem = cluster.newClient('n1')
+    await fileSystem.mkdir('/errors')
+    const session = new GuestFileSession({ fileSystem, directory: '/errors' })
+    const { call } = caller(session)
+    const open = (path: string, flags: number, rights = readWrite, fdFlags = 0) =>
+      call('path_open', [preopenFd, 0, flags, rights, fdFlags], path)
+
+    expect((await open('missing.txt', 0)).result).toBe(wasiErrno.noent)
+    const created = await open('a.txt', wasiOpenFlags.create | wasiOpenFlags.exclusive)
+    expect(created.result).toBe(wasiErrno.success)
+    expect((await open('a.txt', wasiOpenFlags.create | wasiOpenFlags.exclusive)).result).toBe(wasiErrno.exist)
+    expect((await open('a.txt/b', wasiOpenFlags.create)).result).toBe(wasiErrno.notdir)
+    expect((await call('path_create_directory', [preopenFd], 'd')).result).toBe(wasiErrno.success)
+    expect((await call('path_create_directory', [preopenFd], 'd')).result).toBe(wasiErrno.exist)
+    expect((await open('d/inner.txt', wasiOpenFlags.create)).result).toBe(wasiErrno.success)
+    expect((await call('path_remove_directory', [preopenFd], 'd')).result).toBe(wasiErrno.notempty)
+    expect((await call('path_unlink_file', [preopenFd], 'd')).result).toBe(wasiErrno.isdir)
+    expect((await call('path_remove_directory', [preopenFd], 'a.txt')).result).toBe(wasiErrno.notdir)
+    expect((await open('d', 0, readWrite)).result).toBe(wasiErrno.isdir)
+    expect((await open('d', wasiOpenFlags.directory, wasiRights.fdRead)).result).toBe(wasiErrno.success)
+    expect((await open('a.txt', wasiOpenFlags.directory, wasiRights.fdRead)).result).toBe(wasiErrno.notdir)
+    expect((await open('../outside.txt', wasiOpenFlags.create)).result).toBe(wasiErrno.notcapable)
+    expect((await open('/etc/passwd', 0)).result).toBe(wasiErrno.notcapable)
+    expect((await call('fd_read', [99, 10])).result).toBe(wasiErrno.badf)
+    const readOnly = fdOf(await open('a.txt', 0, wasiRights.fdRead))
+    expect((await call('fd_write', [readOnly], 'no')).result).toBe(wasiErrno.badf)
+    expect((await call('fd_seek', [readOnly, -1, wasiWhence.set])).result).toBe(wasiErrno.inval)
+    expect((await call('fd_close', [preopenFd])).result).toBe(wasiErrno.notsup)
+    expect((await call('path_rename', [preopenFd, preopenFd, 7], 'missingb.txt')).result).toBe(
+      wasiErrno.noent,
+    )
+    expect((await call('fd_filestat_set_times', [readOnly, 0, 0, 0])).result).toBe(wasiErrno.notsup)
+    expect(wasiErrnoOf(new FileSystemError('EAGAIN', 'open'))).toBe(wasiErrno.again)
+    expect(wasiErrnoOf(new Error('brick unavailable'))).toBe(wasiErrno.io)
+    await session.end()
+  })
+
+  it('a thread resumed on another node continues its files from its journal, effects applied once', async () => {
+    await cluster.client('n1').mkdir('/resume')
+    const store = new MemoryStore()
+    const key = threadFilesKey('p1', '0')
+    const newSession = (node: string, journaled = true) =>
+      new GuestFileSession({
+        fileSystem: cluster.newClient(node),
+        directory: '/resume',
+        ...(journaled ? { journal: { store, key } } : {}),
+      })
+    const open = (path: string, flags: number, fdFlags = 0) =>
+      ['path_open', [preopenFd, 0, flags, readWrite, fdFlags], path] as const
+    // The thread's calls, in order; a save is taken at call `saveAt`, and the node dies after the last.
+    const script: Array<readonly [string, readonly number[], string | null]> = [
+      open('data.txt', wasiOpenFlags.create | wasiOpenFlags.truncate),
+      ['fd_write', [4], 'hello, '],
+      open('log.txt', wasiOpenFlags.create, wasiFdFlags.append),
+      ['fd_write', [5], 'first\n'],
+      // The save: the table as it was when this call began travels in the journal.
+      ['fd_write', [4], 'world'],
+      ['path_create_directory', [preopenFd], 'made'],
+      ['fd_write', [5], 'second\n'],
+      ['fd_close', [5], null],
+      ['fd_seek', [4, 0, wasiWhence.set], null],
+      // (A re-run read sees what the thread committed since its save, so this one stops short of
+      // the '!' written below; see guest-files.ts.)
+      ['fd_read', [4, 12], null],
+      ['path_rename', [preopenFd, preopenFd, 8], 'data.txtmade/data.txt'],
+      ['fd_write', [4], '!'],
+      ['fd_close', [4], null],
+    ]
+    const saveAt = 5
+    const undisturbed = async () => {
+      const session = newSession('n1', false)
+      const { call } = caller(session)
+      const replies: HostCallReply[] = []
+      for (const [name, args, payload] of script) replies.push(await call(name, args, payload))
+      return replies
+    }
+    const reference = await undisturbed()
+    expect(reference.every((reply) => reply.result === wasiErrno.success)).toBe(true)
+    expect(decoder.decode(reference[9]!.payload!)).toBe('hello, world')
+    const expectedData = 'hello, world!'
+    const expectedLog = 'first\nsecond\n'
+    expect(decoder.decode(await cluster.client('n3').readFile('/resume/made/data.txt'))).toBe(expectedData)
+    expect(decoder.decode(await cluster.client('n3').readFile('/resume/log.txt'))).toBe(expectedLog)
+
+    // Again from scratch, with the journal: the node dies after the last call; the thread resumes
+    // on n2 from the save at call `saveAt` and makes those calls again.
+    for (const path of ['/resume/made/data.txt', '/resume/log.txt']) await cluster.client('n1').unlink(path)
+    await cluster.client('n1').rmdir('/resume/made')
+    const first = newSession('n1')
+    const firstCaller = caller(first)
+    const firstReplies: HostCallReply[] = []
+    for (const [index, [name, args, payload]] of script.entries()) {
+      firstReplies.push(await firstCaller.call(name, args, payload))
+      // The worker takes the save while call `saveAt` is pending; the host checkpoints after it.
+      if (index + 1 === saveAt) await first.checkpoint(saveAt)
+    }
+    expect(firstReplies).toEqual(reference)
+    // n1 dies: its session is dropped without closing anything.
+    const resumed = newSession('n2')
+    await resumed.resume(saveAt)
+    const again = caller(resumed, saveAt)
+    const replayed: HostCallReply[] = []
+    for (const [name, args, payload] of script.slice(saveAt - 1))
+      replayed.push(await again.call(name, args, payload))
+    expect(replayed).toEqual(reference.slice(saveAt - 1))
+    await resumed.checkpoint(script.length + 1)
+    await resumed.end()
+    const reader = cluster.client('n3')
+    expect(decoder.decode(await reader.readFile('/resume/made/data.txt'))).toBe(expectedData)
+    expect(decoder.decode(await reader.readFile('/resume/log.txt'))).toBe(expectedLog)
+    expect((await reader.readdir('/resume')).map((entry) => entry.name)).toEqual(['log.txt', 'made'])
+
+    // The first incarnation, fenced, cannot write the journal any more.
+    await expect(first.checkpoint(99)).rejects.toBeInstanceOf(GuestFilesError)
+  })
+})
