@@ -20,6 +20,7 @@ import {
   threadFilesKey,
   wasiErrnoOf,
 } from '../fabric/runtime/guest-files.ts'
+import { MemoryStore } from '../fabric/runtime/memory-store.ts'
 import { importModuleWasi } from '../host/abi.ts'
 import { nodeDirectoryFileSystem } from '../host/files-node.ts'
 import { loadProgram, type Program } from '../host/program.ts'
@@ -29,7 +30,6 @@ import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
 import { FileSystemError } from '../storage/errors.ts'
 import { runProgram, seededRandom } from './support/run.ts'
-import { MemoryStore } from './support/runtime-cluster.ts'
 import { createFileSystemCluster, type FileSystemCluster } from './support/storage-file-systems.ts'
 
 const guestDirectory = '/data'
