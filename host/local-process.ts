@@ -53,6 +53,19 @@ export interface ProcessOptions {
   onOutput?: (threadId: number, fd: number, bytes: Uint8Array) => void
   /** Called after each context save (replication hooks here in fabric/). */
   onSave?: (threadId: number, save: EncodedSave, costMs: number) => void
+  /**
+   * Serves the `fabric` calls this class does not serve itself (`sync`: the embedding's
+   * coordination engine). Without it such a call ends the process with a GuestCallError.
+   */
+  serveCall?: (threadId: number, call: HostCall, thread: LocalThreadControl) => Promise<HostCallReply>
+}
+
+/** What a `serveCall` handler may do with the calling thread. */
+export interface LocalThreadControl {
+  /** Asks for a context save at once (the thread waits in the call being served). */
+  requestSave(): void
+  /** The thread ended or the process is over: a pending call need not answer. */
+  stopped(): boolean
 }
 
 export interface ProcessResult {
@@ -255,6 +268,12 @@ export class LocalProcess {
       case 'join':
         return this.join(thread.threadId, call.args[0]!)
       default:
+        if (this.options.serveCall !== undefined) {
+          return this.options.serveCall(thread.threadId, call, {
+            requestSave: () => thread.runner?.requestSave(),
+            stopped: () => this.finished || thread.ended !== null,
+          })
+        }
         throw new GuestCallError(`guest called fabric.${call.name}, which this host does not serve`)
     }
   }

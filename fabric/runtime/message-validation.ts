@@ -7,6 +7,8 @@ export const argumentsMax = 1024
 export const argumentLengthMax = 64 * 1024
 export const chainLengthMax = 4096
 export const waitMsMax = 30_000
+/** A coordination store key (the store takes 512 bytes). */
+export const syncKeyLengthMax = 512
 
 const isObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null
@@ -66,6 +68,8 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       return isId(value.pid) && isCount(value.from) && isCount(value.waitMs, waitMsMax)
     case 'ps':
       return true
+    case 'sync-wake':
+      return typeof value.key === 'string' && value.key.length > 0 && value.key.length <= syncKeyLengthMax
     default:
       return false
   }

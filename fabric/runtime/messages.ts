@@ -35,6 +35,8 @@ export type RuntimeMessage =
   | { type: 'kill'; pid: string }
   /** From an operator: the processes and threads this node knows of. */
   | { type: 'ps' }
+  /** A coordination object changed: calls waiting on it here should look again (primitives/engine.ts). */
+  | { type: 'sync-wake'; key: string }
 
 export type RuntimeReply =
   | { type: 'ok' }
@@ -77,4 +79,5 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'placed',
   'ended',
   'stop',
+  'sync-wake',
 ])

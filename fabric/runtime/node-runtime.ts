@@ -29,9 +29,10 @@ import {
   ThreadRunner,
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
-import type { Random, TimerHandle, Timers } from '../platform.ts'
+import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
 import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
+import { createSyncEngine, type SyncEngine, type SyncThread } from './primitives/engine.ts'
 import {
   childThreadId,
   decodeProcess,
@@ -77,6 +78,8 @@ export interface NodeRuntimeComponents {
   loadProgram(bytes: Uint8Array): Promise<Program>
   random: Random
   timers: Timers
+  /** Monotonic time for the timeouts of guests' waits; the system clock by default. */
+  clock?: Clock
   log?: (line: string) => void
 }
 
@@ -182,12 +185,25 @@ export class NodeRuntime {
   private stopped = false
   /** Leaving: no new threads are claimed here. */
   private draining = false
+  /** Guests' shared variables, locks, queues and barriers (the `sync` call). */
+  private readonly sync: SyncEngine
+  /** Nodes known to run threads of a context group, by `<pid>/<group>`: placement keeps groups close. */
+  private readonly groupNodes = new Map<string, Set<NodeId>>()
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.sync = createSyncEngine({
+      store: components.store,
+      self: this.self,
+      clock: components.clock ?? systemClock,
+      timers: components.timers,
+      random: () => components.random.next(),
+      notify: (node, key) =>
+        void components.messenger.request(node, { type: 'sync-wake', key }).catch(() => {}),
+    })
   }
 
   /** Takes this node's lease and starts serving. */
@@ -350,6 +366,9 @@ export class NodeRuntime {
       case 'stop':
         for (const thread of [...this.local.values()]) if (thread.pid === message.pid) this.stopThread(thread)
         this.replicas.dropProcess(message.pid)
+        this.sync.processEnded(message.pid)
+        for (const groupKey of [...this.groupNodes.keys()])
+          if (groupKey.startsWith(`${message.pid}/`)) this.groupNodes.delete(groupKey)
         return { type: 'ok' }
       case 'submit': {
         const handle = await this.submit(message.program, { args: message.args, env: message.env })
@@ -366,6 +385,9 @@ export class NodeRuntime {
       }
       case 'ps':
         return { type: 'processes', processes: this.processSummaries() }
+      case 'sync-wake':
+        this.sync.wake(message.key)
+        return { type: 'ok' }
     }
     void from
     return { type: 'refused', reason: 'unknown message' }
@@ -433,13 +455,22 @@ export class NodeRuntime {
   }
 
   /** Writes the record of a new thread (placed) and hands it to a node. Idempotent per tid. */
-  private async placeThread(pid: string, tid: string, entry: string, arg: Uint8Array): Promise<void> {
+  private async placeThread(
+    pid: string,
+    tid: string,
+    entry: string,
+    arg: Uint8Array,
+    group?: string,
+  ): Promise<void> {
     const key = keys.thread(pid, tid)
+    const groupKey = group === undefined ? null : `${pid}/${group}`
     const node = chooseNode({
       candidates: this.components.cluster.live(),
       load: this.loadByNode(),
+      groupNodes: groupKey === null ? undefined : this.groupNodes.get(groupKey),
       random: this.components.random,
     })
+    if (groupKey !== null) this.noteGroupNode(groupKey, node)
     const record: ThreadRecord = {
       formatVersion: recordFormatVersion,
       pid,
@@ -454,6 +485,7 @@ export class NodeRuntime {
       exitCode: null,
       error: null,
       spawnerNode: this.self,
+      ...(group === undefined ? {} : { group }),
     }
     const written = await this.components.store.cas(key, 0, encodeRecord(record))
     if (!written.ok) {
@@ -718,6 +750,9 @@ export class NodeRuntime {
       }),
     )
     const holding = replicas.filter((_node, index) => results[index])
+    // On every replica, any restore starts at this save or later: results before it can go.
+    if (holding.length === replicas.length && holding.length > 0)
+      this.sync.saveCommitted(thread.pid, thread.tid, save.summary.callSequence)
     if (thread.stopped || holding.length === 0) return
     const known = thread.record.saveReplicas
     if (holding.length === known.length && holding.every((node) => known.includes(node))) return
@@ -767,11 +802,41 @@ export class NodeRuntime {
         childThreadId(thread.tid, call.callSequence),
         entry,
         payload.slice(4 + entryLength),
+        thread.record.group,
       )
       return { result: call.callSequence }
     }
     if (call.name === 'join') return this.join(thread, call.args[0]!)
+    if (call.name === 'sync') {
+      return this.sync.call(this.syncThread(thread), {
+        callSequence: call.callSequence,
+        payload: call.payload,
+        outCapacity: call.args[0] ?? 0,
+      })
+    }
     return { result: -1 }
+  }
+
+  /** What the sync engine may do with a thread running here. */
+  private syncThread(thread: LocalThread): SyncThread {
+    return {
+      pid: thread.pid,
+      tid: thread.tid,
+      requestSave: () => thread.runner?.requestSave(),
+      stopped: () => thread.stopped,
+      setGroup: async (group) => {
+        const groupKey = `${thread.pid}/${group}`
+        this.noteGroupNode(groupKey, this.self)
+        if (thread.record.group === group) return
+        await this.writeRecord(thread, { ...thread.record, group })
+      },
+    }
+  }
+
+  private noteGroupNode(groupKey: string, node: NodeId): void {
+    const nodes = this.groupNodes.get(groupKey) ?? new Set()
+    nodes.add(node)
+    this.groupNodes.set(groupKey, nodes)
   }
 
   private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
@@ -834,6 +899,7 @@ export class NodeRuntime {
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.stopped = true
     if (!written) return
+    this.sync.threadEnded(thread.pid, thread.tid)
     const process = await this.processRecord(thread.pid)
     // The home, and the node that spawned the thread (where its parent most likely still waits in
     // `join`; a parent that moved finds out by polling). The notice carries the outcome.

@@ -51,6 +51,8 @@ export interface ThreadRecord {
   error: string | null
   /** The node the spawning thread ran on when it spawned this one (told when this one ends). */
   spawnerNode?: string
+  /** The thread's context group (`group` sync op); children inherit their spawner's. */
+  group?: string
 }
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
