@@ -1,11 +1,17 @@
 /**
- * The AssemblyScript SDK's coordination calls (guest-sdk/assemblyscript/lib/fabric.ts) produce
- * `fabric.sync` requests that follow the layout in host/abi.ts, read the replies as the ABI says,
- * and abort with a message naming the call and the object on misuse. A fake serves `sync` with
- * single-thread semantics; the guest runs on a real worker through host/thread-runner.ts.
+ * The guest SDKs' coordination calls (guest-sdk/assemblyscript/lib/fabric.ts and
+ * guest-sdk/c/fabric.h) produce `fabric.sync` requests that follow the layout in host/abi.ts and
+ * read the replies as the ABI says; the two SDKs send the same requests for the same calls. On
+ * misuse the AssemblyScript SDK aborts with a message naming the call and the object, and the C
+ * header returns the error (fabric_strerror names it). A fake serves `sync` with single-thread
+ * semantics; the guests run on a real worker through host/thread-runner.ts.
  */
 
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { build } from '../fabric/cli/build.ts'
 import { importModuleFabric, SyncError, SyncOp, syncHeaderBytes, syncRequestVersion } from '../host/abi.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import { type HostCall, type HostCallReply, ThreadRunner } from '../host/thread-runner.ts'
@@ -246,20 +252,30 @@ function request(
   return { op, group: '', name, a: 0n, b: 0n, value: null, value2: null, outCapacity: 0, ...fields }
 }
 
-describe('AssemblyScript SDK: fabric.sync requests', () => {
-  let pool: WorkerPool
-  let program: Program
+let pool: WorkerPool
+let directory: string
+const programs = new Map<string, Program>()
 
-  beforeAll(async () => {
-    pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 2 })
-    program = await loadProgram(guestBytes('test/fixtures/as/sync-requests.ts'))
+beforeAll(async () => {
+  pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 2 })
+  directory = mkdtempSync(join(tmpdir(), 'fabric-sdk-sync-'))
+  programs.set('AssemblyScript', await loadProgram(guestBytes('test/fixtures/as/sync-requests.ts')))
+  const c = build({
+    source: 'test/fixtures/c/sync-requests.c',
+    output: join(directory, 'sync-requests.wasm'),
   })
+  programs.set('C', await loadProgram(new Uint8Array(readFileSync(c.output))))
+})
 
-  afterAll(() => pool?.close())
+afterAll(() => {
+  pool?.close()
+  if (directory !== undefined) rmSync(directory, { recursive: true, force: true })
+})
 
+describe.each(['AssemblyScript', 'C'])('%s SDK: fabric.sync requests', (language) => {
   it('every call sends the layout of host/abi.ts and reads its reply', async () => {
     const fake = new FakeSync()
-    const run = await runMain(pool, program, [], fake)
+    const run = await runMain(pool, programs.get(language)!, [], fake)
     expect(run.error).toBeNull()
     expect(run.stdout.split('\n')).toEqual([
       'get: unset',
@@ -312,7 +328,9 @@ describe('AssemblyScript SDK: fabric.sync requests', () => {
       request('barrierWait', 'round', { a: 3n }),
     ])
   })
+})
 
+describe('misuse', () => {
   it.each([
     ['release', /Lock "table"\.release: this thread does not hold the lock/],
     ['ttl', /Lock "table"\.acquire: a TTL of 0 ms; it must be at least 1 ms/],
@@ -320,22 +338,42 @@ describe('AssemblyScript SDK: fabric.sync requests', () => {
     ['name', /SharedVar "n+": the name is 256 bytes of UTF-8; at most 255 are allowed/],
     ['add', /SharedVar "text"\.add\(1\): the variable holds a value that is not an 8-byte i64/],
     ['parties', /Barrier "round": 0 parties; a barrier needs at least 1/],
-  ])('misuse "%s" aborts the thread with a message naming the call and the object', async (what, message) => {
-    const fake = new FakeSync()
-    // The add case needs a variable that holds text.
-    fake.serve(
-      new Uint8Array([
-        ...new Uint8Array([1, SyncOp.varSet, 0, 0, 4, 0, 0, 0]),
-        ...new Uint8Array(16),
-        ...new Uint8Array([5, 0, 0, 0, 0, 0, 0, 0]),
-        ...new TextEncoder().encode('text'),
-        ...new TextEncoder().encode('hello'),
-      ]),
-      0,
-    )
-    const run = await runMain(pool, program, ['misuse', what], fake)
-    expect(run.stdout).toBe('')
-    expect(run.error?.name).toBe('GuestTrapError')
-    expect(run.error?.message).toMatch(message)
+  ])(
+    'AssemblyScript: "%s" aborts the thread with a message naming the call and the object',
+    async (what, message) => {
+      const fake = new FakeSync()
+      // The add case needs a variable that holds text.
+      fake.serve(
+        new Uint8Array([
+          ...new Uint8Array([1, SyncOp.varSet, 0, 0, 4, 0, 0, 0]),
+          ...new Uint8Array(16),
+          ...new Uint8Array([5, 0, 0, 0, 0, 0, 0, 0]),
+          ...new TextEncoder().encode('text'),
+          ...new TextEncoder().encode('hello'),
+        ]),
+        0,
+      )
+      const run = await runMain(pool, programs.get('AssemblyScript')!, ['misuse', what], fake)
+      expect(run.stdout).toBe('')
+      expect(run.error?.name).toBe('GuestTrapError')
+      expect(run.error?.message).toMatch(message)
+    },
+  )
+
+  it('C: each call returns its error and fabric_strerror names it', async () => {
+    const run = await runMain(pool, programs.get('C')!, ['misuse'], new FakeSync())
+    expect(run.error).toBeNull()
+    const invalid =
+      'invalid request (a name of 1 to 255 bytes, a TTL from 1 ms to the maximum, parties of at least 1)'
+    expect(run.stdout.split('\n')).toEqual([
+      `release by a non-holder: ${SyncError.notHolder} this thread does not hold the lock (not acquired, released, or its lease ran out)`,
+      `TTL 0: ${SyncError.invalid} ${invalid}`,
+      `value too large: ${SyncError.tooLarge} value over the size limit of 65536 bytes`,
+      `name too long: ${SyncError.invalid} ${invalid}`,
+      `empty name: ${SyncError.invalid} ${invalid}`,
+      `no parties: ${SyncError.invalid} ${invalid}`,
+      `add on text: ${SyncError.wrongType} the variable does not hold an 8-byte number`,
+      '',
+    ])
   })
 })

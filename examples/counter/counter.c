@@ -8,9 +8,12 @@
  *
  * How: "add" (fabric_var_add, one atomic request per increment) or "cas" (read, then
  * compare-and-swap, again when another thread got in between), or "lock" (a lock around a fenced
- * read and write: the fencing token refuses the write of a holder whose lease ran out, and the
- * thread then takes the lock again). Natively (gcc -I guest-sdk/c), the threads run one after
- * another and print the same.
+ * read and write: the fencing token refuses the write of a holder whose lease ran out once a newer
+ * holder has written, and the thread then takes the lock again). "add" and "cas" are exact under
+ * any crash; "lock" relies on the TTL outlasting a holder's recovery, because a stale write that
+ * lands after a newer holder's read but before its write is not refused (fenced variables check
+ * tokens on writes only). Natively (gcc -I guest-sdk/c), the threads run one after another and
+ * print the same.
  */
 
 #include <stdint.h>
