@@ -18,10 +18,11 @@
  * where they resume from their latest save.
  */
 
+import { importModuleWasi } from '../../host/abi.ts'
 import type { FabricHostError } from '../../host/errors.ts'
 import { WorkerLostError } from '../../host/errors.ts'
 import type { Program } from '../../host/program.ts'
-import type { EncodedSave } from '../../host/snapshot.ts'
+import { decodeSave, type EncodedSave } from '../../host/snapshot.ts'
 import {
   type HostCall,
   type HostCallReply,
@@ -30,6 +31,7 @@ import {
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
+import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
 import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, type SyncEngine, type SyncThread } from './primitives/engine.ts'
@@ -80,6 +82,8 @@ export interface NodeRuntimeComponents {
   timers: Timers
   /** Monotonic time for the timeouts of guests' waits; the system clock by default. */
   clock?: Clock
+  /** The cluster file system for guests' WASI file calls (guest-files.ts); without it they see no files. */
+  files?: GuestFilesService
   log?: (line: string) => void
 }
 
@@ -131,6 +135,8 @@ interface LocalThread {
   replicationQueue: Promise<void>
   restarts: number
   stopped: boolean
+  /** The thread's open files, when the node serves files; kept across restarts of its worker here. */
+  files: GuestFileSession | null
 }
 
 interface HomeProcess {
@@ -249,6 +255,7 @@ export class NodeRuntime {
     thread.runner?.kill('thread handed over to another node')
     await thread.outputQueue
     await thread.replicationQueue
+    await thread.files?.end().catch(() => {})
     const key = keys.thread(thread.pid, thread.tid)
     const read = await this.components.store.get(key).catch(() => undefined)
     if (read?.value == null || read.version !== thread.version) return
@@ -555,6 +562,7 @@ export class NodeRuntime {
       replicationQueue: Promise.resolve(),
       restarts: 0,
       stopped: false,
+      files: null,
     }
     this.local.set(`${pid}/${tid}`, thread)
     if (claimed.epoch > 1)
@@ -631,7 +639,22 @@ export class NodeRuntime {
     const program = await this.program(process.programDigest, process.home)
     const restore =
       previousReplicas.length > 0 ? await this.fetchChain(thread.pid, thread.tid, previousReplicas) : null
-    if (thread.stopped) return
+    if (this.components.files !== undefined) {
+      // A resumed thread reopens its files as they were at the save it resumes from.
+      const resumed = thread.epoch > 1
+      thread.files = await this.components.files.session({
+        pid: thread.pid,
+        tid: thread.tid,
+        resumed,
+        restoredCallSequence:
+          resumed && restore !== null ? (await decodeSave(restore[restore.length - 1]!)).callSequence : null,
+        requestSave: () => thread.runner?.requestSave(),
+      })
+    }
+    if (thread.stopped) {
+      void thread.files?.end().catch(() => {})
+      return
+    }
     this.launch(thread, process, program, restore)
   }
 
@@ -656,8 +679,8 @@ export class NodeRuntime {
         limits: { memoryPagesMax: process.memoryPagesMax, cpuBudgetMs: process.cpuBudgetMs },
         saveIntervalMs: process.saveIntervalMs,
         incrementalSaves: true,
-        files: false,
-        preopens: [],
+        files: thread.files !== null,
+        preopens: thread.files === null ? [] : [...this.components.files!.preopens],
         restore,
         replayLog: [],
         nextSaveSequence: 1,
@@ -666,7 +689,15 @@ export class NodeRuntime {
         output: (fd, bytes, callSequence) => this.sendOutput(thread, process, fd, bytes, callSequence),
         call: (call) => this.serveCall(thread, process, call),
         save: (save) => {
+          // Its files are committed and its open-file table journaled before the save can be restored.
+          const filesSaved = thread.files?.checkpoint(save.summary.callSequence)
+          filesSaved?.catch((error: Error) =>
+            this.components.log?.(
+              `runtime: files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
+            ),
+          )
           thread.replicationQueue = thread.replicationQueue
+            .then(() => filesSaved)
             .then(() => this.replicate(thread, save))
             .catch(() => {})
         },
@@ -784,6 +815,7 @@ export class NodeRuntime {
     process: ProcessRecord,
     call: HostCall,
   ): Promise<HostCallReply> {
+    if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
       const payload = call.payload
       if (payload === null || payload.length < 4) return { result: -1 }
@@ -885,6 +917,14 @@ export class NodeRuntime {
     if (thread.stopped) return
     await thread.outputQueue
     await thread.replicationQueue
+    // Its files are closed (committed) before anyone learns that it ended, so a join sees them.
+    await thread.files
+      ?.end()
+      .catch((error: Error) =>
+        this.components.log?.(
+          `runtime: closing files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
+        ),
+      )
     const done: ThreadRecord =
       outcome.kind === 'exit'
         ? {
@@ -924,6 +964,7 @@ export class NodeRuntime {
     thread.stopped = true
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.runner?.kill('thread stopped on this node')
+    void thread.files?.end().catch(() => {})
   }
 
   private threadEnded(pid: string, tid: string, outcome?: EndedOutcome): void {

@@ -5,6 +5,7 @@
  */
 
 import { seededRandom, systemTimers } from '../../fabric/platform.ts'
+import type { GuestFilesService } from '../../fabric/runtime/guest-files.ts'
 import { MemoryStore } from '../../fabric/runtime/memory-store.ts'
 import type { RuntimeMessage, RuntimeReply } from '../../fabric/runtime/messages.ts'
 import { NodeRuntime } from '../../fabric/runtime/node-runtime.ts'
@@ -45,7 +46,10 @@ export class InProcessCluster {
     return [...this.members.values()].filter((member) => member.alive).map((member) => member.id)
   }
 
-  async addNode(id: NodeId, options: { seed?: number; speedScore?: number } = {}): Promise<NodeRuntime> {
+  async addNode(
+    id: NodeId,
+    options: { seed?: number; speedScore?: number; files?: GuestFilesService } = {},
+  ): Promise<NodeRuntime> {
     const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 1 })
     const cluster: ClusterView = {
       self: id,
@@ -78,6 +82,7 @@ export class InProcessCluster {
       loadProgram: (bytes) => this.load(bytes),
       random: seededRandom(options.seed ?? id.length * 7919 + id.charCodeAt(id.length - 1)),
       timers: systemTimers,
+      files: options.files,
       log: (line) => this.logs.push(`${id}: ${line}`),
     })
     this.members.set(id, member)
