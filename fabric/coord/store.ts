@@ -59,6 +59,8 @@ export const batchRequestsMax = 64
 export const reconfigureIntervalMsDefault = 500
 export const reconfigurationTimeoutMs = 3000
 export const reconfigurationsInFlightMax = 8
+/** A node that leaves hands its shards over this many at a time, starting the next as each ends. */
+export const handOversInFlightMax = 16
 /** How often the leader of a settled shard (replicas as desired, all installed) checks it again. */
 export const settledShardCheckIntervalMs = 5000
 /** A shard moves only once the replica set membership asks for has held this long (damps flapping). */
@@ -116,6 +118,18 @@ export interface Store {
   genesis(members: readonly NodeId[]): void
   /** The configuration this node believes each shard has, as far as it knows. */
   knownConfig(shard: number): { epoch: number; members: NodeId[] } | undefined
+  /**
+   * A clean leave: this node moves every shard it replicates to the replicas the other live
+   * servers give (it keeps answering as an acceptor meanwhile, and proposes no new members
+   * including itself). Tick on until `shardsToHandOver()` is 0.
+   */
+  leave(): void
+  /**
+   * Shards this node still has to hand over: its known configuration counts this node as a
+   * replica, or a move this node made is not installed on every new replica yet (0 on a node
+   * that is the only live server: there is nobody to hand them to).
+   */
+  shardsToHandOver(): number
   acceptor: Acceptor | undefined
   pendingCount(): number
   readonly shardCount: number
@@ -152,6 +166,8 @@ interface Round {
   proposed: RegisterState | null
   next: Ballot | null
   nextPromised: Set<NodeId>
+  /** An earlier attempt of this round sent an accept, which some acceptor may hold. */
+  sentAccept: boolean
 }
 
 /** A key this proposer may write without a prepare: a quorum promised `ballot` and holds `state`. */
@@ -213,23 +229,25 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   const unknownChecks = new Map<number, number>()
   /** Shards led here whose replicas all answered in the current configuration, checked less often. */
   const settled = new Map<number, { members: string; untilMs: number }>()
+  let leaving = false
 
   function adoptView(shard: number, view: ShardView | null): boolean {
     if (view === null || view.epoch === 0) return false
     const known = configs.get(shard)
     if (known !== undefined && known.epoch >= view.epoch) return false
     configs.set(shard, { epoch: view.epoch, members: view.members })
+    // Views gathered before the move describe the old configuration: gather them again.
+    memberViews.delete(shard)
     return true
   }
 
   function configFor(shard: number): { epoch: number; members: NodeId[] } {
+    // This node's own replica may have been installed (or told) of a configuration newer than
+    // the last one its proposer heard of.
+    const own = acceptor?.view(shard)
+    if (own != null) adoptView(shard, own)
     const known = configs.get(shard)
     if (known !== undefined) return known
-    const own = acceptor?.view(shard)
-    if (own != null && own.epoch > 0) {
-      adoptView(shard, own)
-      return configs.get(shard)!
-    }
     // Unknown: ask the replicas the shard should have; they answer with the configuration they know.
     return { epoch: 0, members: replicasOfShard(shard, shardCount, servers(), replicaCount) }
   }
@@ -308,6 +326,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       proposed: null,
       next: null,
       nextPromised: new Set(),
+      sentAccept: false,
     }
     rounds.set(key, round)
     beginAttempt(round)
@@ -404,11 +423,16 @@ export function createStore(components: StoreComponents, options: StoreOptions =
           elapsedMs = Math.max(elapsedMs, promise.leaseElapsedMs)
       leaseExpired = elapsedMs > current.lease.ttlMs * (1 + leaseMarginRatio)
     }
+    const ownWrite = current.writers?.find(([proposer]) => proposer === self)?.[1]
+    const holdsEarlierAttempt = ownWrite !== undefined && round.proposals.has(ownWrite)
     const state = propose(round, current, leaseExpired)
-    if (state === current && (chosen === null || unanimous)) {
+    if (state === current && (chosen === null || unanimous) && (holdsEarlierAttempt || !round.sentAccept)) {
       // Every promise in the quorum holds the same accepted value (or none), so it is chosen: a
-      // read needs no write. The quorum's promise of this ballot stays unused: keep it for the
-      // next operation on the key.
+      // read needs no write. Not so when an earlier attempt of this round sent an accept that this
+      // quorum does not show: some acceptor may hold it, and a later proposer could still choose
+      // it (it is the highest ballot it would see) after this round answered without it. Writing
+      // the value at this higher ballot buries it. The quorum's promise of this ballot stays
+      // unused: keep it for the next operation on the key.
       remember(round.key, { ballot: round.ballot, members: round.members, state: current })
       complete(round)
       return
@@ -446,6 +470,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
 
   function sendAccept(round: Round, state: RegisterState): void {
     round.phase = 'accept'
+    round.sentAccept = true
     round.proposed = state
     round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
     round.nextPromised = new Set()
@@ -497,6 +522,11 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       beginAttempt(round)
       return
     }
+    if (!moved && (message.reason === 'sealed' || message.reason === 'not-installed'))
+      // The shard is being (or was) moved on and this replica missed the outcome: ask around for
+      // the configuration that followed, or the next attempt meets the same refusal.
+      for (const member of configQueryTargets(round.shard, round.attempts))
+        send(member, { type: 'query', shard: round.shard })
     round.refused.add(from)
     if (round.refused.size > round.members.length - quorumOf(round.members.length)) backOff(round)
   }
@@ -542,7 +572,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
         startRound(key)
       }
     }
-    if (acceptor !== undefined && now >= nextReconfigureCheckMs) {
+    if (leaving) handOver(now)
+    else if (acceptor !== undefined && now >= nextReconfigureCheckMs) {
       nextReconfigureCheckMs = now + reconfigureIntervalMs
       checkShards(now)
     }
@@ -581,6 +612,30 @@ export function createStore(components: StoreComponents, options: StoreOptions =
 
   // ---- reconfiguration: the leader of a shard moves it to the replicas the membership asks for ----
 
+  /** The highest configuration of `shard` this node has seen, or undefined if none. */
+  function knownConfigOf(shard: number): { epoch: number; members: NodeId[] } | undefined {
+    const config = configFor(shard)
+    return config.epoch > 0 ? config : undefined
+  }
+
+  /**
+   * A leaving node is its shards' reconfigurer, whoever leads them: it cannot wait for the
+   * leaders' periodic checks (and their damping of flapping membership), and it knows where its
+   * shards are. Each shard goes to the replicas the other live servers give; a shard with no
+   * other live server stays (there is nobody to hand it to).
+   */
+  function handOver(now: number): void {
+    const others = servers().filter((id) => id !== self)
+    if (others.length === 0) return
+    for (let shard = 0; shard < shardCount; shard++) {
+      if (reconfigurations.size >= handOversInFlightMax) return
+      if (reconfigurations.has(shard)) continue
+      const config = knownConfigOf(shard)
+      if (config === undefined || !config.members.includes(self)) continue
+      startReconfiguration(shard, config, replicasOfShard(shard, shardCount, others, replicaCount), now)
+    }
+  }
+
   function checkShards(now: number): void {
     const live = servers()
     if (!live.includes(self)) return
@@ -613,10 +668,17 @@ export function createStore(components: StoreComponents, options: StoreOptions =
           settled.set(shard, { members: desiredKey, untilMs: now + settledShardCheckIntervalMs })
           continue
         }
+        // A live member that answered from an older configuration (or none) missed an install; one
+        // still sealed or not installed in this one missed the end of a reconfiguration. Either
+        // way it takes no part in quorums until a reconfiguration installs it again.
         const lagging = config.members.some((member) => {
-          if (!live.includes(member)) return false
+          if (!live.includes(member) || !views.has(member)) return false
           const view = views.get(member)
-          return view != null && view.epoch === config.epoch && (!view.installed || view.sealed)
+          return (
+            view == null ||
+            view.epoch < config.epoch ||
+            (view.epoch === config.epoch && (!view.installed || view.sealed))
+          )
         })
         if (((differs && stable) || lagging) && reconfigurations.size < reconfigurationsInFlightMax)
           startReconfiguration(shard, config, desired, now)
@@ -721,8 +783,11 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     if (reconfiguration === undefined || reconfiguration.phase !== 'install') return
     if (message.epoch !== reconfiguration.epoch + 1 || !reconfiguration.next.includes(from)) return
     reconfiguration.acks.add(from)
-    if (reconfiguration.acks.size < quorumOf(reconfiguration.next.length)) return
-    reconfigurations.delete(message.shard)
+    if (reconfiguration.acks.size === reconfiguration.next.length) reconfigurations.delete(message.shard)
+    if (reconfiguration.acks.size !== quorumOf(reconfiguration.next.length)) return
+    // Decided and installed on a quorum: the shard serves again. The other new replicas keep
+    // hearing the install until they answer (or the deadline passes), or the shard would stand on
+    // a bare quorum, one crash away from being stuck.
     adoptView(message.shard, {
       epoch: message.epoch,
       members: reconfiguration.next,
@@ -798,6 +863,16 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       acceptor.genesis(initial)
     },
     knownConfig: (shard) => configs.get(shard),
+    leave() {
+      leaving = true
+    },
+    shardsToHandOver() {
+      if (acceptor === undefined || servers().every((id) => id === self)) return 0
+      let count = 0
+      for (let shard = 0; shard < shardCount; shard++)
+        if (reconfigurations.has(shard) || knownConfigOf(shard)?.members.includes(self)) count++
+      return count
+    },
     acceptor,
     pendingCount: () => pending,
     shardCount,

@@ -33,6 +33,10 @@ export const announceIntervalMs = 2000
 export const clientRequestsInFlightMax = 1024
 export const clientTimeoutMsMax = 60_000
 export const compactionCheckIntervalMs = 10_000
+/** A node that leaves waits at most this long for its shards to move to other replicas. */
+export const handOverTimeoutMs = 5000
+/** A membership tick this much later than due is logged: the node was not running (a stall). */
+export const stallLogThresholdMs = 250
 
 export interface NodeOptions {
   listen: readonly string[]
@@ -256,7 +260,18 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
   }
 
   const timers: TimerHandle[] = []
-  timers.push(systemTimers.every(membership.tickIntervalMs, () => membership.tick()))
+  let lastMembershipTickMs = performance.now()
+  timers.push(
+    systemTimers.every(membership.tickIntervalMs, () => {
+      const now = performance.now()
+      const lateMs = now - lastMembershipTickMs - membership.tickIntervalMs
+      lastMembershipTickMs = now
+      // Others may have taken this node for dead meanwhile; the line says why.
+      if (lateMs > stallLogThresholdMs)
+        log(`event loop stalled: membership tick ${Math.round(lateMs)} ms late`)
+      membership.tick()
+    }),
+  )
   timers.push(systemTimers.every(storeTickIntervalMs, () => store.tick()))
   timers.push(
     systemTimers.every(announceIntervalMs, () => {
@@ -297,7 +312,21 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     async stop() {
       if (stopped) return
       stopped = true
+      // Gone from the others' views at once, so nobody places anything here any more; then, still
+      // answering as an acceptor, move every shard this node replicates to the others, so a key
+      // keeps all its replicas (a later crash of one of them leaves a majority).
       membership.leave()
+      store.leave()
+      const handOverStartedMs = performance.now()
+      const shardsHeld = store.shardsToHandOver()
+      while (store.shardsToHandOver() > 0 && performance.now() - handOverStartedMs < handOverTimeoutMs)
+        await new Promise((resolve) => setTimeout(resolve, storeTickIntervalMs))
+      const shardsLeft = store.shardsToHandOver()
+      log(
+        shardsLeft === 0
+          ? `handed over ${shardsHeld} shards in ${Math.round(performance.now() - handOverStartedMs)} ms`
+          : `left with ${shardsLeft} of ${shardsHeld} shards not handed over after ${handOverTimeoutMs} ms; their other replicas move them`,
+      )
       await new Promise((resolve) => setTimeout(resolve, 100))
       for (const timer of timers) timer.cancel()
       await network.stop()
