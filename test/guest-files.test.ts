@@ -132,6 +132,57 @@ describe('guest files on the distributed file system', () => {
     }
   })
 
+  it('AssemblyScript fs module: same output and files over the cluster file system as over a host directory', async () => {
+    const wasm = build({ source: 'test/fixtures/as/files.ts', output: join(base, 'as-files.wasm') })
+    const program = await loadProgram(new Uint8Array(readFileSync(wasm.output)))
+    const hostDirectory = join(base, 'host-as')
+    mkdirSync(hostDirectory)
+    const onHost = nodeDirectoryFileSystem({ hostDirectory, guestDirectory })
+    const hostRun = await runProgram(pool, program, [guestDirectory], { seed: 1, files: onHost })
+    await onHost.close()
+    expect(hostRun.error).toBeNull()
+    const hostOutput = [...hostRun.stdout.values()].join('')
+    expect(hostOutput).toBe(
+      [
+        'mkdir: OK',
+        'mkdir again: OK',
+        'write: OK',
+        'append: OK',
+        'append: OK',
+        'read: first|second|third|',
+        'write big: OK',
+        'big read back: same, 200000 bytes',
+        'stat notes: size 19, directory no',
+        'stat as: directory yes',
+        'missing: ENOENT',
+        'exists missing: no',
+        'mkdir sub: OK',
+        'write in sub: OK',
+        'listed: big.bin,notes.txt,sub',
+        'remove non-empty: ENOTEMPTY',
+        'rename: OK',
+        'listed sub: notes.txt,x.txt',
+        'remove file: OK',
+        'remove big: OK',
+        'listed: sub',
+        '',
+      ].join('\n'),
+    )
+
+    const fileSystem = cluster.newClient('n2')
+    await fileSystem.mkdir('/as-files')
+    // Mounted at "/" as on a cluster node: the program's paths are /as-files/as/...
+    const onStorage = storageGuestFileSystem(fileSystem)
+    const storageRun = await runProgram(pool, program, ['/as-files'], { seed: 1, files: onStorage })
+    await onStorage.close()
+    expect(storageRun.error).toBeNull()
+    expect([...storageRun.stdout.values()].join('')).toBe(hostOutput)
+    const reader = cluster.newClient('n3')
+    expect(decoder.decode(await reader.readFile('/as-files/as/sub/notes.txt'))).toBe(
+      readFileSync(join(hostDirectory, 'as/sub/notes.txt'), 'utf8'),
+    )
+  })
+
   it(`a worker killed during file I/O leaves the same files and output (${killSeedCount} seeds)`, async () => {
     const runIn = async (name: string, killAtMs?: number) => {
       const fileSystem = cluster.newClient('n2')
