@@ -345,4 +345,60 @@ describe('guest files on the distributed file system', () => {
     // The first incarnation, fenced, cannot write the journal any more.
     await expect(first.checkpoint(99)).rejects.toBeInstanceOf(GuestFilesError)
   })
+
+  it('a change applied just before its node died (reply not yet logged) is not applied again', async () => {
+    await cluster.client('n1').mkdir('/intent')
+    const store = new MemoryStore()
+    // After `writesLeft` more writes the store stops answering this node, as when it is SIGKILLed.
+    let writesLeft = Number.POSITIVE_INFINITY
+    const dyingStore = {
+      get: (key: string) => store.get(key),
+      cas: (key: string, version: number, value: Uint8Array) =>
+        writesLeft-- > 0 ? store.cas(key, version, value) : new Promise<never>(() => {}),
+    }
+    const key = threadFilesKey('p2', '0')
+    const first = new GuestFileSession({
+      fileSystem: cluster.newClient('n1'),
+      directory: '/intent',
+      journal: { store: dyingStore, key },
+    })
+    const firstCaller = caller(first)
+    const created = await firstCaller.call(
+      'path_open',
+      [preopenFd, 0, wasiOpenFlags.create, readWrite, 0],
+      'a.txt',
+    )
+    expect(created.result).toBe(wasiErrno.success)
+    expect((await firstCaller.call('fd_write', [fdOf(created)], 'content')).result).toBe(wasiErrno.success)
+    // The save was taken while call 2 (the write) was pending.
+    await first.checkpoint(2)
+    expect((await firstCaller.call('path_create_directory', [preopenFd], 'd')).result).toBe(wasiErrno.success)
+    // The rename's intent is logged and the rename applied, then the node dies.
+    writesLeft = 1
+    void firstCaller.call('path_rename', [preopenFd, preopenFd, 5], 'a.txtd/b.txt')
+    const reader = cluster.client('n3')
+    for (let waited = 0; (await reader.readdir('/intent/d')).length === 0; waited++) {
+      expect(waited).toBeLessThan(500)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    }
+
+    const resumed = new GuestFileSession({
+      fileSystem: cluster.newClient('n2'),
+      directory: '/intent',
+      journal: { store, key },
+    })
+    await resumed.resume(2)
+    const again = caller(resumed, 2)
+    expect((await again.call('fd_write', [4], 'content')).result).toBe(wasiErrno.success)
+    expect((await again.call('path_create_directory', [preopenFd], 'd')).result).toBe(wasiErrno.success)
+    expect((await again.call('path_rename', [preopenFd, preopenFd, 5], 'a.txtd/b.txt')).result).toBe(
+      wasiErrno.success,
+    )
+    // The descriptor followed the file to its new name.
+    expect((await again.call('fd_write', [4], '!')).result).toBe(wasiErrno.success)
+    expect((await again.call('fd_close', [4])).result).toBe(wasiErrno.success)
+    await resumed.end()
+    expect((await reader.readdir('/intent')).map((entry) => entry.name)).toEqual(['d'])
+    expect(decoder.decode(await reader.readFile('/intent/d/b.txt'))).toBe('content!')
+  })
 })

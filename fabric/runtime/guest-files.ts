@@ -25,16 +25,19 @@
  * resumes with the newest one not later than its save. A thread that resumes re-runs its calls since
  * that save (op id = thread, call sequence number); re-running writes puts the same bytes at the
  * same offsets, so they are not applied twice in effect. Calls whose second run would answer
- * differently are logged in the same key before the guest sees their reply: mkdir, rmdir, unlink,
- * rename and exclusive creates (their logged reply is returned, not re-applied), and the offsets of
- * appending writes (written to before any commit, so replayed appends land where the first run put
- * them). What a resumed thread may see differently from an undisturbed run: a read, re-run, of bytes
- * that the thread itself wrote and committed after its last save (the read sees the later bytes);
- * changes by other clients in between (as with any close-to-open client); a namespace change that
- * was applied but not yet logged when the node died (it is applied again, say rename answers
- * ENOENT); and a file it holds open that was renamed by another client or unlinked (reopening it by
- * path fails: later calls on the descriptor answer EIO). A worker that dies on the same node is
- * replayed exactly: replies since the last save are kept in memory and answered again.
+ * differently are logged in the same key: mkdir, rmdir, unlink, rename and exclusive creates (the
+ * intent before the change, the reply after it, before the guest sees it; a re-run gets the logged
+ * reply and changes nothing), and the offsets of appending writes (logged before any commit, so
+ * replayed appends land where the first run put them). An intent without a reply (the node died in
+ * between) is judged from the file system: applied if the directory exists (mkdir), the name is gone
+ * (rmdir, unlink), the source is gone and the target there (rename), the file exists (exclusive
+ * create); otherwise it runs again. What a resumed thread may see differently from an undisturbed
+ * run: a read, re-run, of bytes that the thread itself wrote and committed after its last save (the
+ * read sees the later bytes); changes by other clients in between (as with any close-to-open
+ * client, and they can mislead the judging of an intent); and a file it holds open that another
+ * client renamed or that was unlinked (reopening it by path fails: later calls on the descriptor
+ * answer EIO). A worker that dies on the same node is replayed exactly: replies since the last save
+ * are kept in memory and answered again.
  */
 
 import { Decoder, Encoder } from 'cbor-x'
@@ -252,6 +255,9 @@ interface RecordedReply {
   bytes: number
 }
 
+/** The result of a logged call whose reply is not known yet. */
+const pendingResult = -1
+
 /** Calls that change names: logged before the guest sees their reply, answered from the log on a re-run. */
 const namespaceCalls = new Set([
   'path_create_directory',
@@ -328,6 +334,14 @@ export class GuestFileSession {
     const renames = [...this.replayEffects.values()]
       .filter((effect) => effect.name === 'path_rename' && effect.result === wasiErrno.success)
       .sort((left, right) => left.callSequence - right.callSequence)
+    // A rename whose reply is unknown may have happened too: tried first, then without it.
+    const renamesMaybe = [...this.replayEffects.values()]
+      .filter(
+        (effect) =>
+          effect.name === 'path_rename' &&
+          (effect.result === wasiErrno.success || effect.result === pendingResult),
+      )
+      .sort((left, right) => left.callSequence - right.callSequence)
     for (const entry of checkpoint.descriptors) {
       if (entry.kind === 'directory') {
         this.descriptors.set(entry.fd, { kind: 'directory', path: entry.path, listing: null, preopen: false })
@@ -335,15 +349,18 @@ export class GuestFileSession {
       }
       // The file is where the thread's renames since the save moved it; the descriptor keeps the
       // path of then, and the replayed renames move it on.
-      let current = entry.path
-      for (const rename of renames) current = movedPath(current, rename.from ?? '', rename.to ?? '')
       let storageFd: number | null = null
-      try {
-        storageFd = await this.fileSystem.open(current, entry.writable ? 'r+' : 'r')
-      } catch (error) {
-        this.options.log?.(
-          `files: ${journal.key} cannot reopen ${entry.path} (${(error as Error).message}); its descriptor answers EIO`,
-        )
+      for (const moves of renamesMaybe.length > renames.length ? [renamesMaybe, renames] : [renames]) {
+        let current = entry.path
+        for (const rename of moves) current = movedPath(current, rename.from ?? '', rename.to ?? '')
+        try {
+          storageFd = await this.fileSystem.open(current, entry.writable ? 'r+' : 'r')
+          break
+        } catch (error) {
+          this.options.log?.(
+            `files: ${journal.key} cannot reopen ${entry.path} at ${current} (${(error as Error).message})`,
+          )
+        }
       }
       this.descriptors.set(entry.fd, {
         kind: 'file',
@@ -468,30 +485,73 @@ export class GuestFileSession {
       this.replayEffects.delete(call.callSequence)
       return this.replay(call, replayed)
     }
-    const operation = this.operations[call.name]
-    if (operation === undefined) return { result: wasiErrno.nosys }
-    let reply: HostCallReply
-    try {
-      reply = { result: wasiErrno.success, payload: await operation(call) }
-    } catch (error) {
-      if (!(error instanceof CallFailure)) throw error
-      reply = { result: error.errno }
-    }
     const exclusiveOpen =
       call.name === 'path_open' &&
       (call.args[2]! & (wasiOpenFlags.create | wasiOpenFlags.exclusive)) ===
         (wasiOpenFlags.create | wasiOpenFlags.exclusive)
-    if (namespaceCalls.has(call.name) || exclusiveOpen) {
-      this.logEffect({
-        callSequence: call.callSequence,
-        name: call.name,
-        result: reply.result,
-        payload: reply.payload ?? null,
-        ...(call.name === 'path_rename' && reply.result === wasiErrno.success ? this.renamePaths(call) : {}),
-      })
-      await this.writeJournal()
+    if (this.options.journal === undefined || !(namespaceCalls.has(call.name) || exclusiveOpen))
+      return this.execute(call)
+    // The intent is logged before the change and its reply after: a node that dies in between
+    // leaves an intent, which a re-run checks against the file system (see `replay`).
+    const effect: EffectRecord = {
+      callSequence: call.callSequence,
+      name: call.name,
+      result: pendingResult,
+      payload: null,
     }
+    if (call.name === 'path_rename') {
+      try {
+        Object.assign(effect, this.renamePaths(call))
+      } catch (error) {
+        if (error instanceof CallFailure) return { result: error.errno }
+        throw error
+      }
+    }
+    this.logEffect(effect)
+    await this.writeJournal()
+    return this.executeLogged(call, effect)
+  }
+
+  private async execute(call: HostCall): Promise<HostCallReply> {
+    const operation = this.operations[call.name]
+    if (operation === undefined) return { result: wasiErrno.nosys }
+    try {
+      return { result: wasiErrno.success, payload: await operation(call) }
+    } catch (error) {
+      if (!(error instanceof CallFailure)) throw error
+      return { result: error.errno }
+    }
+  }
+
+  /** Runs a logged call and records its reply in the journal before the guest sees it. */
+  private async executeLogged(call: HostCall, effect: EffectRecord): Promise<HostCallReply> {
+    const reply = await this.execute(call)
+    effect.result = reply.result
+    effect.payload = reply.payload ?? null
+    if (reply.result !== wasiErrno.success) {
+      delete effect.from
+      delete effect.to
+    }
+    await this.writeJournal()
     return reply
+  }
+
+  /** Whether a logged intent (its reply unknown: the node died) was applied, judged from the file system. */
+  private async intentApplied(call: HostCall, effect: EffectRecord): Promise<boolean> {
+    const exists = async (path: string) => (await this.statOrNull(path)) !== null
+    switch (call.name) {
+      case 'path_create_directory':
+        return (await this.statOrNull(this.pathOf(call.args[0]!, call.payload)))?.type === 'directory'
+      case 'path_remove_directory':
+      case 'path_unlink_file':
+        return !(await exists(this.pathOf(call.args[0]!, call.payload)))
+      case 'path_rename':
+        return !(await exists(effect.from ?? '')) && (await exists(effect.to ?? ''))
+      case 'path_open':
+        return exists(this.pathOf(call.args[0]!, call.payload))
+      default:
+        return false
+    }
   }
 
   /** A logged call of the run before the restart: its reply again, and its effect on this table only. */
@@ -500,6 +560,17 @@ export class GuestFileSession {
       throw new GuestFilesError(
         `file call #${call.callSequence} was ${effect.name} before the restart and is ${call.name} now; the program does not replay deterministically`,
       )
+    if (effect.result === pendingResult) {
+      const applied = await this.intentApplied(call, effect).catch((error: unknown) => {
+        if (error instanceof CallFailure) return false
+        throw error
+      })
+      if (!applied) return this.executeLogged(call, effect)
+      this.options.log?.(`files: call #${call.callSequence} ${call.name} was applied before the restart`)
+      effect.result = wasiErrno.success
+      if (call.name === 'path_open') effect.payload = encodeUint32(this.lowestFreeDescriptor())
+      await this.writeJournal()
+    }
     const reply = { result: effect.result, payload: effect.payload }
     if (effect.result !== wasiErrno.success) return reply
     if (call.name === 'path_rename') {
