@@ -43,11 +43,25 @@ function dying(fileSystem: FileSystem): { fileSystem: FileSystem; kill(): void }
   }
 }
 
+/** Every file below `directory`, path -> content, and every directory (content null). */
+async function snapshotTree(fileSystem: FileSystem, directory: string): Promise<Map<string, string | null>> {
+  const tree = new Map<string, string | null>()
+  for (const entry of await fileSystem.readdir(directory)) {
+    const path = `${directory}/${entry.name}`
+    if (entry.type === 'directory') {
+      tree.set(path.slice(directory.length), null)
+      for (const [below, content] of await snapshotTree(fileSystem, path))
+        tree.set(path.slice(directory.length) + below, content)
+    } else tree.set(path.slice(directory.length), new TextDecoder().decode(await fileSystem.readFile(path)))
+  }
+  return tree
+}
+
 interface Run {
   output: string
   result: { exitCode: number; error: string | null }
-  names: string[]
-  journal: string
+  /** What the program left in its directory. */
+  tree: Map<string, string | null>
   killed: string | null
   resumed: boolean
   /** From submit to result. */
@@ -56,19 +70,21 @@ interface Run {
 
 describe('guest files on the process runtime', () => {
   let base: string
-  let program: Uint8Array
+  const programs = new Map<string, Uint8Array>()
 
   beforeAll(() => {
     base = mkdtempSync(join(tmpdir(), 'fabric-guest-files-runtime-'))
-    const wasm = build({ source: 'test/fixtures/c/journal.c', output: join(base, 'journal.wasm') })
-    program = new Uint8Array(readFileSync(wasm.output))
+    for (const name of ['journal', 'file-rounds']) {
+      const wasm = build({ source: `test/fixtures/c/${name}.c`, output: join(base, `${name}.wasm`) })
+      programs.set(name, new Uint8Array(readFileSync(wasm.output)))
+    }
   })
 
   afterAll(() => {
     if (base !== undefined) rmSync(base, { recursive: true, force: true })
   })
 
-  async function run(name: string, killAfterMs?: number): Promise<Run> {
+  async function run(program: string, name: string, killAfterMs?: number): Promise<Run> {
     const storage: FileSystemCluster = await createFileSystemCluster({
       nodeIds,
       seed: 3,
@@ -87,7 +103,7 @@ describe('guest files on the process runtime', () => {
       const startedAt = performance.now()
       const process = await cluster
         .runtime(home)
-        .submit(program, { args: ['journal', `/${name}`], seed: 1, saveIntervalMs })
+        .submit(programs.get(program)!, { args: [program, `/${name}`], seed: 1, saveIntervalMs })
       let output = ''
       process.onOutput((chunk) => {
         if (chunk.fd === 1) output += new TextDecoder().decode(chunk.bytes)
@@ -120,46 +136,64 @@ describe('guest files on the process runtime', () => {
       clearInterval(watch)
       clearTimeout(timer)
       const reader = storage.newClient('node-c' === killed ? 'node-b' : 'node-c')
-      const names = (await reader.readdir(`/${name}`)).map((entry) => entry.name)
-      const journal = names.includes('journal.done')
-        ? new TextDecoder().decode(await reader.readFile(`/${name}/journal.done`))
-        : ''
+      const tree = await snapshotTree(reader, `/${name}`)
       const resumed = cluster.logs.some((line) => line.includes('resuming thread 0'))
-      return { output, result, names, journal, killed, resumed, durationMs }
+      return { output, result, tree, killed, resumed, durationMs }
     } finally {
       cluster.close()
       await storage.cluster.close()
     }
   }
 
-  it(`the node running a C program that writes files dies: files and output as undisturbed (${killSeedCount} seeds)`, async () => {
-    // The first run also instruments the program; the second shows how long the program itself runs.
-    await run('warm-up')
-    const reference = await run('reference')
-    const referenceMs = reference.durationMs
-    expect(reference.result).toEqual({ exitCode: 0, error: null })
-    expect(reference.output).toMatch(/^journal: \d+ bytes, checksum \d+\nlisted: journal.done\n$/)
-    expect(reference.names).toEqual(['journal.done'])
-    expect(reference.journal.split('\n').length).toBe(40 * 25 + 1)
+  it.each([
+    {
+      program: 'journal',
+      output: /^journal: \d+ bytes, checksum \d+\nlisted: journal.done\n$/,
+      paths: ['/journal.done'],
+    },
+    {
+      program: 'file-rounds',
+      output: /^rounds: 24, log lines: 24, checksum \d+\n(listed: .*\n){13}$/,
+      paths: [
+        '/out',
+        '/out/log.txt',
+        ...Array.from(
+          { length: 12 },
+          (_, index) => `/out/round-${String(2 * index + 1).padStart(2, '0')}.txt`,
+        ),
+      ],
+    },
+  ])(
+    `the node running C program $program dies mid-run: files and output as undisturbed (${killSeedCount} seeds)`,
+    async ({ program, output, paths }) => {
+      // The first run also instruments the program; the second shows how long the program itself runs.
+      await run(program, 'warm-up')
+      const reference = await run(program, 'reference')
+      const referenceMs = reference.durationMs
+      expect(reference.result).toEqual({ exitCode: 0, error: null })
+      expect(reference.output).toMatch(output)
+      expect([...reference.tree.keys()].sort()).toEqual(paths.sort())
 
-    const only = process.env.FABRIC_SEED
-    const seeds =
-      only === undefined ? Array.from({ length: killSeedCount }, (_, index) => index + 1) : [Number(only)]
-    let resumedRuns = 0
-    for (const seed of seeds) {
-      const killAfterMs = (0.1 + 0.6 * seededRandom(seed)()) * referenceMs
-      const disturbed = await run(`seed-${seed}`, killAfterMs)
-      const where = `SEED=${seed} (kill ${killAfterMs.toFixed(0)} ms after start, killed ${disturbed.killed}); rerun: FABRIC_SEED=${seed} npx vitest run test/guest-files-runtime.test.ts`
-      expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
-      expect(disturbed.output, where).toBe(reference.output)
-      expect(disturbed.names, where).toEqual(['journal.done'])
-      expect(disturbed.journal === reference.journal, where).toBe(true)
-      console.log(`${where}: resumed ${disturbed.resumed}, ${disturbed.durationMs.toFixed(0)} ms`)
-      if (disturbed.killed !== null && disturbed.resumed) resumedRuns++
-    }
-    console.log(
-      `guest-files-runtime: ${resumedRuns} of ${seeds.length} runs resumed the writer on another node; undisturbed run ${referenceMs.toFixed(0)} ms`,
-    )
-    if (only === undefined) expect(resumedRuns).toBeGreaterThan(0)
-  }, 180_000)
+      const only = process.env.FABRIC_SEED
+      const seeds =
+        only === undefined ? Array.from({ length: killSeedCount }, (_, index) => index + 1) : [Number(only)]
+      let resumedRuns = 0
+      for (const seed of seeds) {
+        const killAfterMs = (0.1 + 0.6 * seededRandom(seed)()) * referenceMs
+        const disturbed = await run(program, `seed-${seed}`, killAfterMs)
+        const where = `${program} SEED=${seed} (kill ${killAfterMs.toFixed(0)} ms after start, killed ${disturbed.killed}); rerun: FABRIC_SEED=${seed} npx vitest run test/guest-files-runtime.test.ts`
+        expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
+        expect(disturbed.output, where).toBe(reference.output)
+        expect([...disturbed.tree.keys()].sort(), where).toEqual([...reference.tree.keys()].sort())
+        for (const [path, content] of reference.tree)
+          expect(disturbed.tree.get(path) === content, `${where}: ${path}`).toBe(true)
+        if (disturbed.killed !== null && disturbed.resumed) resumedRuns++
+      }
+      console.log(
+        `guest-files-runtime: ${program}: ${resumedRuns} of ${seeds.length} runs resumed the program on another node; undisturbed run ${referenceMs.toFixed(0)} ms`,
+      )
+      if (only === undefined) expect(resumedRuns).toBeGreaterThan(0)
+    },
+    180_000,
+  )
 })
