@@ -333,7 +333,7 @@ describe.each(['AssemblyScript', 'C'])('%s SDK: fabric.sync requests', (language
 describe('misuse', () => {
   it.each([
     ['release', /Lock "table"\.release: this thread does not hold the lock/],
-    ['ttl', /Lock "table"\.acquire: a TTL of 0 ms; it must be at least 1 ms/],
+    ['ttl', /Lock "table"\.acquire: a TTL of 0 ms; it must be positive/],
     ['large', /SharedVar "big"\.set: the value is 65537 bytes; at most 65536 are allowed/],
     ['name', /SharedVar "n+": the name is 256 bytes of UTF-8; at most 255 are allowed/],
     ['add', /SharedVar "text"\.add\(1\): the variable holds a value that is not an 8-byte i64/],
@@ -363,8 +363,7 @@ describe('misuse', () => {
   it('C: each call returns its error and fabric_strerror names it', async () => {
     const run = await runMain(pool, programs.get('C')!, ['misuse'], new FakeSync())
     expect(run.error).toBeNull()
-    const invalid =
-      'invalid request (a name of 1 to 255 bytes, a TTL from 1 ms to the maximum, parties of at least 1)'
+    const invalid = `invalid request (a name of 1 to 255 bytes, a TTL or queue capacity out of the runtime's bounds, a token below 1, no parties)`
     expect(run.stdout.split('\n')).toEqual([
       `release by a non-holder: ${SyncError.notHolder} this thread does not hold the lock (not acquired, released, or its lease ran out)`,
       `TTL 0: ${SyncError.invalid} ${invalid}`,

@@ -85,7 +85,7 @@ export function main(): i32 {
   settings.producers = argument(argv, 1, settings.producers, threadsMax, "producers")
   settings.consumers = argument(argv, 2, settings.consumers, threadsMax, "consumers")
   settings.itemsPerProducer = argument(argv, 3, settings.itemsPerProducer, itemsMax, "items per producer")
-  settings.capacity = argument(argv, 4, settings.capacity, 1_000_000, "queue capacity")
+  settings.capacity = argument(argv, 4, settings.capacity, 65_536, "queue capacity")
   const total = <i64>settings.producers * <i64>settings.itemsPerProducer
   if (total > itemsMax) {
     print("producer-consumer: at most " + itemsMax.toString() + " items in all, got " + total.toString())

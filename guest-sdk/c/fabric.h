@@ -62,7 +62,7 @@ typedef int32_t fabric_thread;
  * results of the sync calls, the same numbers as `SyncError` in host/abi.ts. fabric_strerror
  * names them.
  */
-#define FABRIC_SYNC_INVALID (-1)      /* bad name, TTL of 0 or over the maximum, parties < 1 */
+#define FABRIC_SYNC_INVALID (-1)      /* bad name, TTL or capacity out of bounds, token < 1 */
 #define FABRIC_SYNC_TOO_LARGE (-2)    /* a value over FABRIC_SYNC_VALUE_BYTES_MAX */
 #define FABRIC_SYNC_TIMEOUT (-3)      /* waited for the timeout (or, with no wait, would wait) */
 #define FABRIC_SYNC_NOT_HOLDER (-4)   /* renew or release of a lock this thread does not hold */
@@ -614,7 +614,7 @@ static inline int32_t fabric_var_set_f64(fabric_context context, const char *nam
  * Locks with a lease: held until released or until `ttl_ms` passes without a renewal, so a holder
  * that died frees it. Acquire waits up to `timeout_ms` (FABRIC_WAIT_FOREVER, FABRIC_NO_WAIT) and
  * returns 0 with the fencing token in *token (larger than any earlier holder's), or
- * FABRIC_SYNC_TIMEOUT. A TTL of 0 or over the runtime's maximum is FABRIC_SYNC_INVALID.
+ * FABRIC_SYNC_TIMEOUT. A TTL out of the runtime's bounds is FABRIC_SYNC_INVALID.
  */
 static inline int32_t fabric_lock_acquire(fabric_context context, const char *name, int64_t ttl_ms,
                                           int64_t timeout_ms, int64_t *token) {
@@ -686,7 +686,7 @@ static inline int32_t fabric_barrier_wait(fabric_context context, const char *na
 static inline const char *fabric_strerror(int32_t error) {
   switch (error) {
   case FABRIC_SYNC_INVALID:
-    return "invalid request (a name of 1 to 255 bytes, a TTL from 1 ms to the maximum, parties of at least 1)";
+    return "invalid request (a name of 1 to 255 bytes, a TTL or queue capacity out of the runtime's bounds, a token below 1, no parties)";
   case FABRIC_SYNC_TOO_LARGE:
     return "value over the size limit of 65536 bytes";
   case FABRIC_SYNC_TIMEOUT:

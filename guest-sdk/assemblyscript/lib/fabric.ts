@@ -351,7 +351,7 @@ function misuse(call: string, result: i32): void {
   let reason: string
   if (result == SyncError.invalid) {
     reason = "the request was refused as invalid (a name of 1 to " + syncNameBytesMax.toString() +
-      " bytes, a TTL from 1 ms to the runtime's maximum, parties of at least 1, a known operation)"
+      " bytes, a TTL and a queue capacity within the runtime's bounds, a positive fencing token, parties of at least 1)"
   } else if (result == SyncError.tooLarge) {
     reason = "a value or reply is over the limit of " + syncValueBytesMax.toString() + " bytes"
   } else if (result == SyncError.notHolder) {
@@ -554,7 +554,7 @@ export class Lock extends Named {
 
   private checkTtl(call: string, ttlMs: i64): void {
     if (ttlMs <= 0) {
-      throw new Error(this.label + "." + call + ": a TTL of " + ttlMs.toString() + " ms; it must be at least 1 ms")
+      throw new Error(this.label + "." + call + ": a TTL of " + ttlMs.toString() + " ms; it must be positive (and within the runtime's bounds)")
     }
   }
 
@@ -564,7 +564,7 @@ export class Lock extends Named {
     if (result == SyncError.timeout) return false
     if (result == SyncError.invalid) {
       throw new Error(this.label + "." + call + ": the runtime refused a TTL of " + ttlMs.toString() +
-        " ms or a timeout of " + timeoutMs.toString() + " ms as out of range")
+        " ms (or a timeout of " + timeoutMs.toString() + " ms) as out of its bounds")
     }
     if (result < 0) misuse(this.label + "." + call, result)
     if (result != 8) misuse(this.label + "." + call, result)
@@ -600,6 +600,9 @@ export class Lock extends Named {
     if (result == SyncError.notHolder) {
       this.token = 0
       return false
+    }
+    if (result == SyncError.invalid) {
+      throw new Error(this.label + ".renew: the runtime refused a TTL of " + ttlMs.toString() + " ms as out of its bounds")
     }
     if (result < 0) misuse(this.label + ".renew", result)
     return true
@@ -694,6 +697,10 @@ export class Queue extends Named {
     if (result == SyncError.full) return QueueStatus.full
     if (result == SyncError.timeout) return QueueStatus.full
     if (result == SyncError.closed) return QueueStatus.closed
+    if (result == SyncError.invalid) {
+      throw new Error(this.label + "." + call + ": the runtime refused a capacity of " + this.capacity.toString() +
+        " items (or a timeout of " + timeoutMs.toString() + " ms) as out of its bounds")
+    }
     if (result < 0) misuse(this.label + "." + call, result)
     return QueueStatus.ok
   }
