@@ -4,6 +4,7 @@
  *   fabric build prog.ts|prog.c [-o prog.wasm]
  *   fabric run [options] prog.wasm [-- args...]     (an embedded local cluster, or --join one)
  *   fabric ps --join <multiaddr>;  fabric kill <pid> --join <multiaddr>
+ *   fabric fs ls|put|get|cat|rm|mkdir|mv|stat|du ... --join <multiaddr>
  *
  * Expected failures print one line `fabric: ...` and exit with code 2 (bad input) or 1.
  */
@@ -13,6 +14,7 @@ import { loadClusterKey } from '../net/cluster-key.ts'
 import type { ProcessSummary } from '../runtime/messages.ts'
 import { attachToProcess, killProcess, listProcesses } from '../runtime/submit-client.ts'
 import { build } from './build.ts'
+import { fsCommand, fsUsage } from './fs-command.ts'
 import { clusterKeyCommand, kvCommand, nodeCommand, nodeUsage } from './node-command.ts'
 import { runCluster } from './run-cluster.ts'
 import { runLocal } from './run-local.ts'
@@ -45,7 +47,8 @@ const usage = `usage:
   fabric attach <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
       Shows a process's output from its start and follows it to its end (after a disconnect).
   fabric kill <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
-${nodeUsage}`
+${nodeUsage}
+${fsUsage}`
 
 class UsageError extends Error {}
 
@@ -203,6 +206,8 @@ async function main(argv: string[]): Promise<number> {
       return await nodeCommand(rest)
     case 'kv':
       return await kvCommand(rest)
+    case 'fs':
+      return await fsCommand(rest)
     case 'cluster-key':
       return await clusterKeyCommand()
     case undefined:

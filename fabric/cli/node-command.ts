@@ -15,7 +15,8 @@ import { startNode } from '../net/node.ts'
 import { startRuntimeNode } from '../runtime/runtime-node.ts'
 
 export const nodeUsage = `  fabric node [--listen <multiaddr,...>] [--bootstrap <multiaddr,...>] [--data-dir <dir>]
-              [--cluster-key <hex|file>] [--replicas 3|5] [--fsync] [--core-only]
+              [--cluster-key <hex|file>] [--replicas 3|5] [--fsync] [--core-only] [--no-storage]
+              [--brick-replicas N]
   fabric kv get <key> | put <key> <value> | cas <key> <expected-version> <value>
               --join <multiaddr,...> [--cluster-key <hex|file>] [--timeout-ms N]
   fabric cluster-key`
@@ -85,12 +86,20 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       replicas: 'value',
       fsync: 'flag',
       'core-only': 'flag',
+      'no-storage': 'flag',
+      'brick-replicas': 'value',
     })
     if (positional.length > 0)
       throw new CommandUsageError(`fabric node takes no arguments, got ${positional[0]}`)
     const replicas = Number(flags.get('replicas') ?? 3)
     if (replicas !== 3 && replicas !== 5)
       throw new CommandUsageError(`--replicas takes 3 or 5, got ${flags.get('replicas')}`)
+    const brickReplicas = flags.has('brick-replicas') ? Number(flags.get('brick-replicas')) : undefined
+    if (
+      brickReplicas !== undefined &&
+      !(Number.isInteger(brickReplicas) && brickReplicas >= 1 && brickReplicas <= 16)
+    )
+      throw new CommandUsageError(`--brick-replicas takes 1 to 16, got ${flags.get('brick-replicas')}`)
     const clusterKeyText = flags.get('cluster-key')
     const nodeOptions = {
       listen: flags.has('listen') ? list(flags.get('listen')) : defaultListen,
@@ -100,10 +109,13 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       store: { replicaCount: replicas },
       fsync: flags.has('fsync'),
     }
-    // A core-only node serves membership and the coordination store but runs no programs.
+    // A core-only node serves membership and the coordination store but runs no programs and stores no files.
     const { node, stop } = flags.has('core-only')
       ? await startNode(nodeOptions).then((core) => ({ node: core, stop: () => core.stop() }))
-      : await startRuntimeNode(nodeOptions)
+      : await startRuntimeNode({
+          ...nodeOptions,
+          storage: flags.has('no-storage') ? undefined : { replicaCount: brickReplicas },
+        })
     process.stdout.write(`peer-id ${node.peerId}\n`)
     for (const address of node.addresses()) process.stdout.write(`listening ${address}\n`)
     process.stdout.write('ready\n')

@@ -126,6 +126,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
                 refuseConnection(`cluster key handshake failed (${(error as Error).message.slice(0, 80)})`)
                 throw error
               }
+              encryptInPieces(wrapped)
               peekFirstMessage(wrapped, (bytes) => {
                 const expected = multistreamHeader.subarray(
                   0,
@@ -318,6 +319,32 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
 }
 
 const multistreamHeader = new TextEncoder().encode('\x13/multistream/1.0.0\n')
+
+/**
+ * Largest piece the cluster-key layer encrypts at once. Its cipher (the `xsalsa20` package) keeps
+ * one WebAssembly memory for all connections and grows it for a large input; after that, the other
+ * connections' views of the memory are stale and each of their updates grows it again, until it
+ * passes its 64 MiB maximum and the process dies. Inputs below its initial 640 KiB never grow it,
+ * and a stream cipher gives the same bytes whether it encrypts a buffer whole or in pieces.
+ */
+export const pnetPieceBytesMax = 256 * 1024
+
+function encryptInPieces(stream: unknown): void {
+  type Pieces = { byteLength: number; sublist(start: number, end: number): Pieces }
+  type Sent = { sentBytes: number; canSendMore: boolean }
+  const box = stream as { sendData?: (data: Pieces) => Sent }
+  const sendData = box.sendData?.bind(stream)
+  if (sendData === undefined) return
+  box.sendData = (data) => {
+    if (data.byteLength <= pnetPieceBytesMax) return sendData(data)
+    let canSendMore = true
+    for (let start = 0; start < data.byteLength; start += pnetPieceBytesMax)
+      canSendMore = sendData(
+        data.sublist(start, Math.min(start + pnetPieceBytesMax, data.byteLength)),
+      ).canSendMore
+    return { sentBytes: data.byteLength, canSendMore }
+  }
+}
 
 /**
  * Shows the first chunk that arrives on `stream` to `inspect` without taking it from the stream's

@@ -13,6 +13,7 @@ import { instrumentInWorker } from '../../host/instrument-node.ts'
 import { loadProgram } from '../../host/program.ts'
 import { coreCount, nodeWorkerFactory } from '../../host/worker-node.ts'
 import { WorkerPool } from '../../host/worker-pool.ts'
+import { type NodeStorage, type NodeStorageOptions, startNodeStorage } from '../../storage/node-storage.ts'
 import { type FabricNode, type NodeOptions, startNode } from '../net/node.ts'
 import { systemRandom, systemTimers } from '../platform.ts'
 import { NodeRuntime } from './node-runtime.ts'
@@ -21,17 +22,25 @@ import { clusterView, libp2pMessenger, storeClient } from './node-services.ts'
 export interface RuntimeNodeOptions extends NodeOptions {
   /** Threads computing at once; default: the cores. */
   workers?: number
+  /** Starts a storage node too (bricks under `<dataDirectory>/bricks`); no storage when absent. */
+  storage?: NodeStorageOptions
 }
 
 export interface RuntimeNode {
   node: FabricNode
   runtime: NodeRuntime
+  /** The node's storage, when started: `storage.fileSystem` is the cluster file system as this node sees it. */
+  storage: NodeStorage | undefined
   stop(): Promise<void>
 }
 
 export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<RuntimeNode> {
   const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`))
   const node = await startNode({ ...options, log })
+  const storage =
+    options.storage === undefined
+      ? undefined
+      : await startNodeStorage(node, { dataDirectory: options.dataDirectory, log, ...options.storage })
   const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
   // One cache per machine: nodes on one host share instrumented modules (keyed by content hash).
   const cache = diskInstrumentCache(
@@ -51,11 +60,13 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
   return {
     node,
     runtime,
+    storage,
     async stop() {
       // A clean leave: threads move to other nodes from fresh saves before this node goes.
       await runtime.drain().catch(() => {})
       runtime.stop()
       pool.close()
+      await storage?.stop()
       await node.stop()
     },
   }
