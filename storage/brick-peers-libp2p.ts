@@ -46,7 +46,7 @@ export const brickInboundStreamsMax = 64
 export const brickOutboundStreamsMax = 64
 /** Announcements waiting for the DHT; beyond this new ones are dropped (and counted) until it drains. */
 export const announceQueueMax = 100_000
-export const announcesInFlightMax = 4
+export const announcesInFlightMax = 16
 export const announceTimeoutMs = 10_000
 /** How long a DHT provider lookup may take before the nodes found so far are used. */
 export const findProvidersTimeoutMs = 3000

@@ -16,7 +16,7 @@ import type {
   Stream,
   StreamMessageEvent,
 } from '@libp2p/interface'
-import { kadDHT } from '@libp2p/kad-dht'
+import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
@@ -153,7 +153,13 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     services: {
       identify: identify(),
       ping: ping(),
-      dht: kadDHT({ protocol: dhtProtocol, clientMode: options.client === true }),
+      // Every address a member announces counts: kad-dht by default drops private ones, which on a
+      // LAN or loopback cluster leaves the routing table empty and every query waiting.
+      dht: kadDHT({
+        protocol: dhtProtocol,
+        clientMode: options.client === true,
+        peerInfoMapper: passthroughMapper,
+      }),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false }),
     },
   })

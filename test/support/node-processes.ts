@@ -43,6 +43,10 @@ export async function startNodeProcess(options: {
   clusterKey: string
   bootstrap?: string[]
   port?: number
+  /** Only membership and the coordination store (no runtime, no storage); default true. */
+  coreOnly?: boolean
+  /** More `fabric node` options. */
+  args?: string[]
 }): Promise<NodeProcess> {
   const args = [
     cli,
@@ -53,9 +57,10 @@ export async function startNodeProcess(options: {
     options.dataDirectory,
     '--cluster-key',
     options.clusterKey,
-    // These tests are of the fabric core (membership, store); the process runtime has its own.
-    '--core-only',
   ]
+  // Tests of the fabric core (membership, store) leave out the process runtime and storage.
+  if (options.coreOnly ?? true) args.push('--core-only')
+  args.push(...(options.args ?? []))
   if (options.bootstrap !== undefined && options.bootstrap.length > 0)
     args.push('--bootstrap', options.bootstrap.join(','))
   const child = spawn(nodeBinary, args, { stdio: ['ignore', 'pipe', 'pipe'] })
