@@ -11,8 +11,9 @@
  *   lost; `rebalance.ts` moves bricks to a node that joined, at a limited rate, resumably. A file
  *   may ask for its own replica count (`open(path, 'w', { replicaCount: 5 })`); every holder of its
  *   bricks remembers it (`replica-counts.ts`), so repair keeps that many.
- *   Nodes reach each other through `BrickPeers` (`brick-peers.ts`): libp2p and DHT provider
- *   records in the product, an in-process network in tests and the embedded local cluster.
+ *   Nodes reach each other through `BrickPeers` (`brick-peers.ts`): over libp2p
+ *   (`/fabric/bricks/1`, DHT provider records; `brick-peers-libp2p.ts`) in the product, an
+ *   in-process network in tests.
  * - **Metadata** (`metadata-store.ts`, `metadata-transactions.ts`, `records.ts`): names,
  *   directories and file heads, as keys of the coordination store (linearizable registers with
  *   compare-and-swap; `metadata-store-coordination.ts` adapts the fabric's store). Changes of one
@@ -27,7 +28,15 @@
  * mkdir, unlink, rmdir, rename) are atomic and visible at once. Directories keep their entries in
  * their metadata value up to 24 KiB and beyond that in a listing brick that each change rewrites.
  *
- * A node wires it like this (tests do the same with in-process pieces, see
+ * Every `fabric node` runs `startNodeStorage` (`node-storage.ts`): disk block store under its data
+ * dir, libp2p peers, the file system over the coordination store, background repair and
+ * rebalancing, and the `/fabric/fs/1` service (`file-service.ts`) that `fabric fs` uses through
+ * `connectFileClient` (`file-client.ts`):
+ *
+ *   const storage = await startNodeStorage(fabricNode, { dataDirectory: './n1' })
+ *   await storage.fileSystem.writeFile('/hello.txt', new TextEncoder().encode('hi\n'))
+ *
+ * What it wires, piece by piece (tests do the same with in-process pieces, see
  * `test/support/storage-cluster.ts`):
  *
  *   import { sleep, systemClock, systemRandom, wallClockMs } from '../fabric/platform.ts'
@@ -69,6 +78,7 @@ export {
   type InProcessBrickNetwork,
 } from './brick-peers.ts'
 export * from './errors.ts'
+export { connectFileClient, type FileClient, type FileClientOptions } from './file-client.ts'
 export {
   chunkBytesDefault,
   createFileSystem,
@@ -83,6 +93,7 @@ export {
 } from './file-system.ts'
 export { createMemoryMetadataStore, type MetadataResult, type MetadataStore } from './metadata-store.ts'
 export { coordinationMetadataStore } from './metadata-store-coordination.ts'
+export { type NodeStorage, type NodeStorageOptions, startNodeStorage } from './node-storage.ts'
 export { replicaCountDefault } from './placement.ts'
 export { type RebalanceReport, rebalanceBytesPerSecondDefault } from './rebalance.ts'
 export { type RepairReport, repairBytesPerSecondDefault } from './repair.ts'
