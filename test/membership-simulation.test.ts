@@ -52,6 +52,7 @@ function cluster(
       return {
         receive: (from, message) => membership.receive(from, message as MembershipMessage),
         tickers: [{ intervalMs: membership.tickIntervalMs, tick: () => membership.tick() }],
+        disconnected: (peer) => membership.disconnected(peer),
       }
     })
   ids.forEach((id, index) => {
@@ -110,6 +111,54 @@ describe('membership in the simulator', () => {
       expect(c.sim.now() - crashedAt).toBeLessThan(1500)
     })
   }
+
+  for (const seed of [21, 22, 23, 24, 25]) {
+    withSeed(
+      `a node whose process does not run for 2 s is not declared dead, while a crashed node is within 1.5 s (seed ${seed})`,
+      seed,
+      () => {
+        const c = cluster(seed, 10, { lossRate: 0.01 })
+        const ids = [...c.nodes.keys()]
+        c.sim.runUntil(() => converged(c, ids), 3000)
+        const victim = ids[Math.floor(c.sim.random.next() * ids.length)]!
+        const others = ids.filter((id) => id !== victim)
+        const stalled = others[Math.floor(c.sim.random.next() * others.length)]!
+        const from = c.sim.now()
+        // The stall begins just before the crash, as when a loaded machine starves a process.
+        c.sim.stall(stalled, 2000)
+        c.sim.runFor(100)
+        const crashedAt = c.sim.now()
+        c.sim.crash(victim)
+        // Every node that runs sees the victim gone and the stalled node still there.
+        const running = others.filter((id) => id !== stalled)
+        const want = [...others].sort().join()
+        const seen = () => running.every((id) => c.nodes.get(id)!.alive().join() === want)
+        expect(c.sim.runUntil(seen, 1500)).toBe(true)
+        expect(c.sim.now() - crashedAt).toBeLessThan(1500)
+        c.sim.runFor(3000)
+        expect(converged(c, others)).toBe(true)
+        const wrongDeaths = c.changes.filter(
+          ({ at, change }) => at > from && change.member.status !== 'alive' && change.member.id !== victim,
+        )
+        expect(wrongDeaths).toEqual([])
+      },
+    )
+  }
+
+  withSeed(
+    'a node cut off by a partition (connections open, silent) is declared dead by the others within 4 s',
+    26,
+    () => {
+      const c = cluster(26, 10)
+      const ids = [...c.nodes.keys()]
+      c.sim.runUntil(() => converged(c, ids), 3000)
+      const rest = ids.filter((id) => id !== 'node-6')
+      const cutAt = c.sim.now()
+      c.sim.partition([['node-6'], rest])
+      expect(c.sim.runUntil(() => converged(c, rest), 4000)).toBe(true)
+      console.log(`partitioned node declared dead everywhere after ${(c.sim.now() - cutAt).toFixed(0)} ms`)
+    },
+  )
 
   withSeed('a node that leaves cleanly is gone from every view at once (within 300 ms)', 11, () => {
     const c = cluster(11, 10)

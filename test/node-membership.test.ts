@@ -1,5 +1,4 @@
 import { afterAll, describe, expect, it } from 'vitest'
-import { failureTimeoutMsDefault } from '../fabric/membership/membership.ts'
 import { connectClient } from '../fabric/net/client.ts'
 import { generateClusterKey } from '../fabric/net/cluster-key.ts'
 import {
@@ -18,6 +17,8 @@ afterAll(() => {
 })
 
 const nodeCount = 10
+/** "At once" for a clean leave: no timeout involved, only the notice's own trip (under load). */
+const leaveVisibleMsMax = 1000
 
 async function startCluster(clusterKey: string, prefix: string): Promise<NodeProcess[]> {
   const first = await startNodeProcess({
@@ -90,11 +91,10 @@ describe('membership of ten node processes on loopback', () => {
       )
       expect(convergedMs).toBeLessThan(2000)
       expect(detectionMs).toBeLessThan(1500)
-      // "At once": inside one failure-detection period (failureTimeoutMsDefault), with no timeout involved.
-      expect(leaveMs).toBeLessThan(failureTimeoutMsDefault)
-      // Nobody else taken for dead. Ten processes on this 2-core machine sometimes starve one node
-      // for most of a timeout (it refutes within ~100 ms): counted here, asserted in the 60 s soak
-      // (FABRIC_SOAK=1), which is the issue's own measure of false deaths.
+      expect(leaveMs).toBeLessThan(leaveVisibleMsMax)
+      // Nobody else taken for dead. Ten processes on this 2-core machine starve one another for
+      // hundreds of milliseconds at a time (the nodes log such stalls); a death needs a closed
+      // connection, or a silence far longer than these stalls (membership.ts).
       const falseDeaths = nodes.flatMap((node) =>
         nodes
           .filter((other) => other !== victim)
@@ -108,8 +108,11 @@ describe('membership of ten node processes on loopback', () => {
           )
           .map((other) => `${node.name} declared ${other.name} dead`),
       )
-      if (falseDeaths.length > 0) console.warn(`false suspicions (refuted): ${falseDeaths.join('; ')}`)
-      if (process.env.FABRIC_SOAK === '1') expect(falseDeaths).toEqual([])
+      const stalls = nodes.flatMap((node) =>
+        node.lines.filter((line) => line.text.includes('event loop stalled')),
+      )
+      console.log(`${stalls.length} event-loop stalls logged by the nodes during the test`)
+      expect(falseDeaths).toEqual([])
     } catch (error) {
       dumpLogs(nodes)
       throw error

@@ -2,11 +2,21 @@
  * Membership and failure detection: who is in the cluster, who is alive, and what each node offers.
  *
  * Every `heartbeatIntervalMs` each node pings its `monitorCount` predecessors on a ring ordered by
- * keyspace position (they answer with a heartbeat) and sends a heartbeat to one random member. A
- * node that hears nothing from a predecessor for `failureTimeoutMs` declares it dead. News (joins, deaths, departures, capacity
- * updates) rides on heartbeats, each item a bounded number of times (infection-style dissemination),
- * and a paged anti-entropy exchange repairs what gossip missed. Per-node traffic is a constant number
- * of bounded messages per interval, whatever the cluster size.
+ * keyspace position (they answer with a heartbeat) and sends a heartbeat to one random member. News
+ * (joins, deaths, departures, capacity updates) rides on heartbeats, each item a bounded number of
+ * times (infection-style dissemination), and a paged anti-entropy exchange repairs what gossip
+ * missed. Per-node traffic is a constant number of bounded messages per interval, whatever the
+ * cluster size.
+ *
+ * A node declares a predecessor dead on one of two pieces of evidence:
+ * - the transport lost every connection to it (`disconnected`) and it has been silent for
+ *   `disconnectedTimeoutMs`: a process that dies (SIGKILL, a crash) has its connections closed by
+ *   its operating system at once, so this is how deaths are found within a second;
+ * - it has been silent for `failureTimeoutMs` with its connection open: a host that vanished, or a
+ *   network partition. This timeout is long on purpose: a live process that does not run for a
+ *   while (a loaded machine, a GC pause, a stalled event loop: on 2 shared cores, stalls near a
+ *   second are common) looks exactly like this, and must not be taken for dead. Silence alone
+ *   cannot tell a slow process from a dead one; a closed connection can.
  *
  * A node wrongly declared dead hears about it and refutes by raising its incarnation.
  *
@@ -48,7 +58,10 @@ export type MembershipMessage =
 export const membershipMessageTypes: ReadonlySet<string> = new Set(['heartbeat', 'ping', 'join', 'sync'])
 
 export const heartbeatIntervalMsDefault = 100
-export const failureTimeoutMsDefault = 900
+/** Silence, with the connection open, after which a predecessor is declared dead (see above). */
+export const failureTimeoutMsDefault = 3000
+/** Silence after the transport lost every connection to a predecessor, after which it is declared dead. */
+export const disconnectedTimeoutMsDefault = 500
 export const monitorCountDefault = 3
 export const newsPerMessageMax = 8
 export const newsQueueMax = 256
@@ -76,6 +89,7 @@ export interface MembershipComponents {
 export interface MembershipOptions {
   heartbeatIntervalMs?: number
   failureTimeoutMs?: number
+  disconnectedTimeoutMs?: number
   monitorCount?: number
 }
 
@@ -87,6 +101,11 @@ export interface Membership {
   join(seeds: readonly NodeId[]): void
   /** Tells the others this node leaves now, so they drop it at once instead of waiting for a timeout. */
   leave(): void
+  /**
+   * The transport lost every connection to `id` (the driver calls this; any message from `id`
+   * afterwards cancels it). Evidence of death once `id` has also been silent for a while.
+   */
+  disconnected(id: NodeId): void
   updateSelf(update: Partial<Pick<MemberInfo, 'capacity' | 'addresses'>>): void
   member(id: NodeId): MemberInfo | undefined
   members(): MemberInfo[]
@@ -106,10 +125,13 @@ export function createMembership(
   const { clock, random, send } = components
   const heartbeatIntervalMs = options.heartbeatIntervalMs ?? heartbeatIntervalMsDefault
   const failureTimeoutMs = options.failureTimeoutMs ?? failureTimeoutMsDefault
+  const disconnectedTimeoutMs = options.disconnectedTimeoutMs ?? disconnectedTimeoutMsDefault
   const monitorCount = options.monitorCount ?? monitorCountDefault
   let self: MemberInfo = { ...components.self, status: 'alive' }
   const table = new Map<NodeId, MemberInfo & { changedAtMs: number }>()
   const lastHeardMs = new Map<NodeId, number>()
+  /** Members whose every connection the transport reported lost, and nothing heard from since. */
+  const disconnectedMembers = new Set<NodeId>()
   /** The predecessors this node watched at its last tick. */
   let watching = new Set<NodeId>()
   const news: { info: MemberInfo; sendsLeft: number }[] = []
@@ -268,6 +290,7 @@ export function createMembership(
     }
     merge(sender)
     lastHeardMs.set(from, clock.now())
+    disconnectedMembers.delete(from)
   }
 
   return {
@@ -338,7 +361,11 @@ export function createMembership(
         // A node we only start watching now (the ring changed: a death, a join) gets a whole
         // timeout from now; when we last heard from it in passing says nothing about its silence.
         if (heardMs === undefined || !watching.has(predecessor)) lastHeardMs.set(predecessor, now)
-        else if (now - heardMs > failureTimeoutMs) declareDead(predecessor)
+        else if (
+          now - heardMs > failureTimeoutMs ||
+          (disconnectedMembers.has(predecessor) && now - heardMs > disconnectedTimeoutMs)
+        )
+          declareDead(predecessor)
       }
       watching = new Set(predecessors)
       if (now >= nextSyncMs) {
@@ -356,8 +383,12 @@ export function createMembership(
           if (info.status !== 'alive' && now - info.changedAtMs > tombstoneMs) {
             table.delete(id)
             lastHeardMs.delete(id)
+            disconnectedMembers.delete(id)
           }
       }
+    },
+    disconnected(id) {
+      if (table.get(id)?.status === 'alive') disconnectedMembers.add(id)
     },
     join(seeds) {
       for (const seed of seeds) if (seed !== self.id) send(seed, { type: 'join', sender: self })

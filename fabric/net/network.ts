@@ -58,6 +58,8 @@ export interface Network {
   /** Sends a fabric message; silently dropped when the peer is unreachable (callers retry). */
   send(to: string, protocol: string, body: unknown): void
   onMessage(handler: (from: string, protocol: string, body: unknown) => void): void
+  /** Called when libp2p has lost every connection to `peer` (a peer whose process died, among others). */
+  onPeerDisconnected(handler: (peer: string) => void): void
   /** Dials multiaddrs and returns the peer ids that answered. */
   dial(addresses: readonly string[]): Promise<string[]>
   addAddresses(peer: string, addresses: readonly string[]): void
@@ -287,6 +289,9 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     },
     onMessage(handler) {
       handlers.push(handler)
+    },
+    onPeerDisconnected(handler) {
+      libp2p.addEventListener('peer:disconnect', (event) => handler(event.detail.toString()))
     },
     async dial(addresses) {
       const peers: string[] = []

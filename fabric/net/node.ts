@@ -150,6 +150,10 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     )
   })
 
+  // A process that dies has its connections closed by its operating system: the fast evidence
+  // of death that membership waits for before it trusts a short silence (see membership.ts).
+  network.onPeerDisconnected((peer) => membership.disconnected(peer))
+
   network.onMessage((from, protocol, body) => {
     if (protocol === 'membership') {
       if (

@@ -97,6 +97,7 @@ export function simFabricNode(options: SimFabricOptions): NodeFactory {
         { intervalMs: membership.tickIntervalMs, tick: () => membership.tick() },
         { intervalMs: storeTickIntervalMs, tick: () => store.tick() },
       ],
+      disconnected: (peer) => membership.disconnected(peer),
     }
   }
 }

@@ -3,7 +3,10 @@
  *
  * N nodes run on one event queue. Every choice — message latency, loss, reordering, clock offset
  * and drift, tick jitter — is drawn from one seeded random source, so one seed reproduces a run.
- * Tests crash, restart and partition nodes; a crashed node loses everything but its `disk`.
+ * Tests crash, restart, stall and partition nodes; a crashed node loses everything but its `disk`,
+ * and the others' transports notice its connections close (`disconnected`), as a real operating
+ * system closes a dead process's sockets. A stalled node is alive but does not run for a while
+ * (a loaded machine): its ticks and the messages sent to it wait until it runs again.
  *
  *   const sim = createSimulator({ seed: 7 })
  *   sim.addNode('a', (env) => ({ receive: (from, message) => {}, tickers: [] }))
@@ -49,6 +52,8 @@ export interface NodeEnvironment {
 export interface NodeProcess {
   receive(from: NodeId, message: unknown): void
   tickers: { intervalMs: number; tick(): void }[]
+  /** The transport lost its connections to `peer` (the peer's process died). */
+  disconnected?(peer: NodeId): void
 }
 
 export type NodeFactory = (environment: NodeEnvironment) => NodeProcess
@@ -62,6 +67,8 @@ export interface Simulator {
   addNode(id: NodeId, factory: NodeFactory): void
   crash(id: NodeId): void
   restart(id: NodeId): void
+  /** The node does not run for `durationMs`: no ticks, and messages to it wait until it runs again. */
+  stall(id: NodeId, durationMs: number): void
   isUp(id: NodeId): boolean
   nodeIds(): NodeId[]
   process(id: NodeId): NodeProcess | undefined
@@ -94,6 +101,7 @@ interface SimNode {
   clockRate: number
   startedAtMs: number
   process: NodeProcess | undefined
+  stalledUntilMs: number
 }
 
 export function createSimulator(options: { seed: number; network?: Partial<NetworkOptions> }): Simulator {
@@ -186,16 +194,22 @@ export function createSimulator(options: { seed: number; network?: Partial<Netwo
             : network.latencyMsMin + random.next() * (network.latencyMsMax - network.latencyMsMin)
         if (to !== node.id && random.next() < network.spikeRate)
           latencyMs += random.next() * network.latencySpikeMsMax
-        schedule(latencyMs, () => {
+        const deliver = () => {
           const target = nodes.get(to)
           if (target === undefined || !target.up || target.process === undefined || !connected(node.id, to)) {
             stats.dropped++
             return
           }
+          if (target.stalledUntilMs > timeMs) {
+            // It waits in the target's socket buffers until the target runs again.
+            schedule(target.stalledUntilMs - timeMs, deliver)
+            return
+          }
           stats.delivered++
           stats.receivedBy.set(to, (stats.receivedBy.get(to) ?? 0) + 1)
           target.process.receive(node.id, message)
-        })
+        }
+        schedule(latencyMs, deliver)
       },
     }
     node.process = node.factory(environment)
@@ -203,6 +217,10 @@ export function createSimulator(options: { seed: number; network?: Partial<Netwo
       const realIntervalMs = ticker.intervalMs / node.clockRate
       const loop = () => {
         if (!node.up || node.generation !== generation) return
+        if (node.stalledUntilMs > timeMs) {
+          schedule(node.stalledUntilMs - timeMs, loop)
+          return
+        }
         ticker.tick()
         schedule(realIntervalMs * (0.9 + random.next() * 0.2), loop)
       }
@@ -233,6 +251,7 @@ export function createSimulator(options: { seed: number; network?: Partial<Netwo
         clockRate: 1,
         startedAtMs: 0,
         process: undefined,
+        stalledUntilMs: 0,
       }
       nodes.set(id, node)
       start(node)
@@ -241,6 +260,23 @@ export function createSimulator(options: { seed: number; network?: Partial<Netwo
       const node = nodeOf(id)
       node.up = false
       node.process = undefined
+      node.stalledUntilMs = 0
+      // The operating system closes the dead process's connections; each peer's transport notices
+      // after about one message latency (later if that peer is stalled itself).
+      for (const other of nodes.values()) {
+        if (other === node || !other.up || !connected(id, other.id)) continue
+        const generation = other.generation
+        const notice = () => {
+          if (!other.up || other.generation !== generation) return
+          if (other.stalledUntilMs > timeMs) schedule(other.stalledUntilMs - timeMs, notice)
+          else other.process?.disconnected?.(id)
+        }
+        schedule(network.latencyMsMin + random.next() * (network.latencyMsMax - network.latencyMsMin), notice)
+      }
+    },
+    stall(id, durationMs) {
+      const node = nodeOf(id)
+      node.stalledUntilMs = Math.max(node.stalledUntilMs, timeMs + durationMs)
     },
     restart(id) {
       const node = nodeOf(id)
