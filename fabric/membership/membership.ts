@@ -8,15 +8,17 @@
  * missed. Per-node traffic is a constant number of bounded messages per interval, whatever the
  * cluster size.
  *
- * A node declares a predecessor dead on one of two pieces of evidence:
- * - the transport lost every connection to it (`disconnected`) and it has been silent for
- *   `disconnectedTimeoutMs`: a process that dies (SIGKILL, a crash) has its connections closed by
- *   its operating system at once, so this is how deaths are found within a second;
- * - it has been silent for `failureTimeoutMs` with its connection open: a host that vanished, or a
- *   network partition. This timeout is long on purpose: a live process that does not run for a
- *   while (a loaded machine, a GC pause, a stalled event loop: on 2 shared cores, stalls near a
- *   second are common) looks exactly like this, and must not be taken for dead. Silence alone
- *   cannot tell a slow process from a dead one; a closed connection can.
+ * A node declares another dead on one of two pieces of evidence:
+ * - the transport lost every connection to it (`disconnected`) and nothing came from it in the
+ *   `disconnectedTimeoutMs` since, though it was probed (a probe makes the transport dial again, so
+ *   a live node whose connection merely dropped answers): a process that dies (SIGKILL, a crash)
+ *   has its connections closed by its operating system at once, so every node connected to it
+ *   finds the death by itself within a second, without waiting for gossip;
+ * - a predecessor it watches has been silent for `failureTimeoutMs` with its connection open: a
+ *   host that vanished, or a network partition. This timeout is long on purpose: a live process
+ *   that does not run for a while (a loaded machine, a GC pause, a stalled event loop: on 2 shared
+ *   cores, stalls near a second are common) looks exactly like this, and must not be taken for
+ *   dead. Silence alone cannot tell a slow process from a dead one; a closed connection can.
  *
  * A node wrongly declared dead hears about it and refutes by raising its incarnation.
  *
@@ -130,8 +132,8 @@ export function createMembership(
   let self: MemberInfo = { ...components.self, status: 'alive' }
   const table = new Map<NodeId, MemberInfo & { changedAtMs: number }>()
   const lastHeardMs = new Map<NodeId, number>()
-  /** Members whose every connection the transport reported lost, and nothing heard from since. */
-  const disconnectedMembers = new Set<NodeId>()
+  /** Members whose every connection the transport reported lost (when it did), and nothing heard from since. */
+  const disconnectedMembers = new Map<NodeId, number>()
   /** The predecessors this node watched at its last tick. */
   let watching = new Set<NodeId>()
   const news: { info: MemberInfo; sendsLeft: number }[] = []
@@ -340,13 +342,15 @@ export function createMembership(
       if (self.status !== 'alive') return
       const now = clock.now()
       const lateMs = now - lastTickMs - heartbeatIntervalMs
+      // Members whose connections closed get no such credit: no stall of ours explains that.
       if (lateMs > 3 * heartbeatIntervalMs) {
         // We were not running (a pause, a stall): silence from others says nothing about them.
-        for (const id of lastHeardMs.keys()) lastHeardMs.set(id, now)
+        for (const id of lastHeardMs.keys()) if (!disconnectedMembers.has(id)) lastHeardMs.set(id, now)
       } else if (lateMs > heartbeatIntervalMs * tickLatenessToleranceRatio) {
         // A late tick means this node was busy, and what others sent meanwhile may still wait in
         // its buffers (timers run before pending I/O): the delay is not counted as their silence.
-        for (const [id, heardMs] of lastHeardMs) lastHeardMs.set(id, heardMs + lateMs)
+        for (const [id, heardMs] of lastHeardMs)
+          if (!disconnectedMembers.has(id)) lastHeardMs.set(id, heardMs + lateMs)
       }
       lastTickMs = now
       // Probe the predecessors we watch; they answer with a heartbeat. Who watches whom then
@@ -361,13 +365,14 @@ export function createMembership(
         // A node we only start watching now (the ring changed: a death, a join) gets a whole
         // timeout from now; when we last heard from it in passing says nothing about its silence.
         if (heardMs === undefined || !watching.has(predecessor)) lastHeardMs.set(predecessor, now)
-        else if (
-          now - heardMs > failureTimeoutMs ||
-          (disconnectedMembers.has(predecessor) && now - heardMs > disconnectedTimeoutMs)
-        )
-          declareDead(predecessor)
+        else if (now - heardMs > failureTimeoutMs) declareDead(predecessor)
       }
       watching = new Set(predecessors)
+      for (const [id, lostAtMs] of disconnectedMembers) {
+        if (table.get(id)?.status !== 'alive') disconnectedMembers.delete(id)
+        else if (now - lostAtMs > disconnectedTimeoutMs) declareDead(id)
+        else send(id, { type: 'ping', sender: self, news: [] })
+      }
       if (now >= nextSyncMs) {
         nextSyncMs = now + syncIntervalMs
         const partner = randomAlive()
@@ -388,7 +393,10 @@ export function createMembership(
       }
     },
     disconnected(id) {
-      if (table.get(id)?.status === 'alive') disconnectedMembers.add(id)
+      if (table.get(id)?.status !== 'alive' || disconnectedMembers.has(id)) return
+      disconnectedMembers.set(id, clock.now())
+      // A live node answers, over a new connection; a dead one cannot.
+      send(id, { type: 'ping', sender: self, news: [] })
     },
     join(seeds) {
       for (const seed of seeds) if (seed !== self.id) send(seed, { type: 'join', sender: self })

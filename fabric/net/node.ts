@@ -152,7 +152,11 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
 
   // A process that dies has its connections closed by its operating system: the fast evidence
   // of death that membership waits for before it trusts a short silence (see membership.ts).
-  network.onPeerDisconnected((peer) => membership.disconnected(peer))
+  network.onPeerDisconnected((peer) => {
+    if (membership.member(peer)?.status !== 'alive') return
+    log(`connections to ${short(peer)} lost`)
+    membership.disconnected(peer)
+  })
 
   network.onMessage((from, protocol, body) => {
     if (protocol === 'membership') {
