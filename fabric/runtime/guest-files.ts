@@ -27,7 +27,8 @@
  * same offsets, so they are not applied twice in effect. Calls whose second run would answer
  * differently are logged in the same key: mkdir, rmdir, unlink, rename and exclusive creates (the
  * intent before the change, the reply after it, before the guest sees it; a re-run gets the logged
- * reply and changes nothing), and the offsets of appending writes (logged before any commit, so
+ * reply, and the change is only made to hold again where the re-run undid it: a file the re-run
+ * created again is renamed or removed as before), and the offsets of appending writes (logged before any commit, so
  * replayed appends land where the first run put them). An intent without a reply (the node died in
  * between) is judged from the file system: applied if the directory exists (mkdir), the name is gone
  * (rmdir, unlink), the source is gone and the target there (rename), the file exists (exclusive
@@ -573,8 +574,22 @@ export class GuestFileSession {
     }
     const reply = { result: effect.result, payload: effect.payload }
     if (effect.result !== wasiErrno.success) return reply
-    if (call.name === 'path_rename') {
+    // The re-run re-creates what the first run created after the save (a file opened with O_CREAT,
+    // say); each logged change is made to hold again, so that a re-created file is renamed or
+    // removed as the first run did. What already holds is left alone.
+    const settle = (change: Promise<unknown>) =>
+      change.catch((error: unknown) => {
+        if (!(error instanceof FileSystemError)) throw error
+      })
+    if (call.name === 'path_create_directory') {
+      await settle(this.fileSystem.mkdir(this.pathOf(call.args[0]!, call.payload)))
+    } else if (call.name === 'path_remove_directory') {
+      await settle(this.fileSystem.rmdir(this.pathOf(call.args[0]!, call.payload)))
+    } else if (call.name === 'path_unlink_file') {
+      await settle(this.fileSystem.unlink(this.pathOf(call.args[0]!, call.payload)))
+    } else if (call.name === 'path_rename') {
       const { from, to } = this.renamePaths(call)
+      if ((await this.statOrNull(from)) !== null) await settle(this.fileSystem.rename(from, to))
       this.renamed(from, to)
     } else if (call.name === 'path_open') {
       // Created by the first run: open it again, without O_EXCL.
