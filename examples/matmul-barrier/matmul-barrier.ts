@@ -5,8 +5,8 @@
 //   npx fabric run examples/matmul-barrier/matmul-barrier.wasm -- 64 40 4   (size, rounds, threads)
 //
 // Thread t computes rows of M(r+1) from all of M(r): each round it reads every band of M(r) from
-// shared variables, writes its band of M(r+1), and waits at the barrier until every band is
-// written. Rounds alternate between two sets of variables (by the round's parity), so one barrier
+// shared variables (a band is stored in chunks), writes its band of M(r+1), and waits at the
+// barrier until every band is written. Rounds alternate between two sets of variables (by the round's parity), so one barrier
 // per round is enough: nobody writes a set while somebody may still read it. The threads work in
 // the context group "matmul" (its names are its own); main checks the result against the same
 // power computed on its own.
@@ -15,8 +15,14 @@ import { args, Barrier, Context, exit, group, print, SharedVar, spawn, Thread, t
 
 const modulus: u64 = 1_000_000_007
 const groupName = "matmul"
-/** A band is one shared value: 4 bytes per entry, at most 64 KiB (syncValueBytesMax). */
-const bandEntriesMax = 16384
+/**
+ * Entries of all the chunks one round's readers hold at a time, summed over the threads: every
+ * thread reads every chunk, and the runtime keeps each read's result with the variable until the
+ * reader's next context save (for exactly-once replay), all within one 64 KiB register. So a
+ * chunk gets smaller as threads grow: 16 KiB / threads, at least 64 entries.
+ */
+const chunkEntriesPerRound = 4096
+const chunkEntriesMin = 64
 const sizeMax = 1024
 const roundsMax = 100_000
 const threadsMax = 256
@@ -30,8 +36,23 @@ function bandStart(band: i32, size: i32, threads: i32): i32 {
   return <i32>((<i64>band * <i64>size) / <i64>threads)
 }
 
-function bandName(round: i32, band: i32): string {
-  return "m/" + (round & 1).toString() + "/" + band.toString()
+function chunkName(round: i32, band: i32, chunk: i32): string {
+  return "m/" + (round & 1).toString() + "/" + band.toString() + "/" + chunk.toString()
+}
+
+function chunkEntries(threads: i32): i32 {
+  return max(chunkEntriesMin, chunkEntriesPerRound / threads)
+}
+
+/** Writes rows [first, end) of M(round), `entries`, as the chunks of `band`. */
+function writeBand(context: Context, round: i32, band: i32, threads: i32, entries: Uint32Array): void {
+  const perChunk = chunkEntries(threads)
+  for (let start = 0, chunk = 0; start < entries.length; start += perChunk, chunk++) {
+    const end = min(start + perChunk, entries.length)
+    const bytes = new ArrayBuffer((end - start) * 4)
+    memory.copy(changetype<usize>(bytes), changetype<usize>(entries.dataStart) + <usize>(start * 4), (end - start) * 4)
+    context.sharedVar(chunkName(round, band, chunk)).set(bytes)
+  }
 }
 
 /** Rows [first, end) of A x M, where M is size x size, row-major. */
@@ -60,14 +81,19 @@ function matrixA(size: i32): Uint32Array {
 /** Reads M(round) from the bands in `context`. */
 function readMatrix(context: Context, round: i32, size: i32, threads: i32): Uint32Array {
   const m = new Uint32Array(size * size)
+  const perChunk = chunkEntries(threads)
   for (let band = 0; band < threads; band++) {
-    const bytes = context.sharedVar(bandName(round, band)).get()
-    const first = bandStart(band, size, threads)
-    const expected = (bandStart(band + 1, size, threads) - first) * size * 4
-    if (bytes == null || bytes.byteLength != expected) {
-      throw new Error("band " + band.toString() + " of round " + round.toString() + " is missing or has the wrong size")
+    const first = bandStart(band, size, threads) * size
+    const end = bandStart(band + 1, size, threads) * size
+    for (let start = first, chunk = 0; start < end; start += perChunk, chunk++) {
+      const expected = (min(start + perChunk, end) - start) * 4
+      const bytes = context.sharedVar(chunkName(round, band, chunk)).get()
+      if (bytes == null || bytes.byteLength != expected) {
+        throw new Error("chunk " + chunk.toString() + " of band " + band.toString() + " of round " + round.toString() +
+          " is missing or has the wrong size")
+      }
+      memory.copy(changetype<usize>(m.dataStart) + <usize>(start * 4), changetype<usize>(bytes), expected)
     }
-    memory.copy(changetype<usize>(m.dataStart) + <usize>(first * size * 4), changetype<usize>(bytes), expected)
   }
   return m
 }
@@ -95,7 +121,7 @@ export function worker(): void {
   for (let round = 0; round < rounds; round++) {
     const m = round == 0 ? matrixA(size) : readMatrix(context, round, size, threads)
     const rows = multiplyRows(m, size, first, end)
-    context.sharedVar(bandName(round + 1, band)).set(rows.buffer)
+    writeBand(context, round + 1, band, threads, rows)
     const passed = barrier.wait()
     if (passed != round) {
       throw new Error("thread " + band.toString() + " passed barrier round " + passed.toString() + " in round " + round.toString())
@@ -118,12 +144,6 @@ export function main(): i32 {
   const size = argument(argv, 1, 64, sizeMax, "size")
   const rounds = argument(argv, 2, 40, roundsMax, "rounds")
   const threads = argument(argv, 3, 4, min(threadsMax, size), "threads (at most the size)")
-  const widest = bandStart(1, size, threads) + 1
-  if (<i64>widest * <i64>size > bandEntriesMax) {
-    print("matmul-barrier: a band of " + widest.toString() + " rows of " + size.toString() +
-      " entries is over " + bandEntriesMax.toString() + " entries; use more threads")
-    return 2
-  }
   print("A is " + size.toString() + " x " + size.toString() + ", " + rounds.toString() + " rounds on " +
     threads.toString() + " threads: A^" + (rounds + 1).toString() + " modulo " + modulus.toString())
   const workers = new Array<Thread>()

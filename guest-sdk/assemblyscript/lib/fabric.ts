@@ -353,7 +353,8 @@ function misuse(call: string, result: i32): void {
     reason = "the request was refused as invalid (a name of 1 to " + syncNameBytesMax.toString() +
       " bytes, a TTL and a queue capacity within the runtime's bounds, a positive fencing token, parties of at least 1)"
   } else if (result == SyncError.tooLarge) {
-    reason = "a value or reply is over the limit of " + syncValueBytesMax.toString() + " bytes"
+    reason = "too large: the value or item, with what the runtime keeps beside it, does not fit in " +
+      syncValueBytesMax.toString() + " bytes"
   } else if (result == SyncError.notHolder) {
     reason = "this thread does not hold the lock"
   } else if (result == SyncError.wrongType) {
