@@ -23,7 +23,23 @@
  * write id in `writers`, never applied twice. An acquire on a key that holds a lease needs the
  * acceptors' clocks (reported with promises) to tell whether the lease expired, so it always
  * prepares. Clients send a key's requests to the node closest to its shard (net/client.ts), so in
- * the steady state one proposer serves a key and these accepts are rarely refused.
+ * the steady state one proposer serves a key and these accepts are rarely refused. One rule keeps
+ * retries honest: a round that has sent an accept never answers from a read-only prepare that
+ * does not show that accept (some acceptor may hold it, and a later proposer that sees it as the
+ * highest ballot would choose it after we answered without it); it writes the value it read at
+ * its higher ballot instead, which buries the old accept.
+ *
+ * Shards move by reconfiguration: the reconfigurer seals a quorum of the old members (they stop
+ * taking operations and hand their accepted values over), a quorum of them accepts the next
+ * members, and the next members install the merged values at epoch + 1 (every ballot of a newer
+ * epoch is higher than every ballot of an older one). The leader of a shard moves it when
+ * membership asks for other replicas, and also when a live member answers from an older
+ * configuration, or is sealed or not installed in the current one (it missed an install: without
+ * it the shard stands on a bare quorum). The shard serves again once a quorum installed; the
+ * other new members keep hearing the install until they answer. A node that leaves cleanly
+ * (`leave`) is the reconfigurer of every shard it replicates, towards the replicas the other live
+ * servers give, before it goes: its keys keep all their replicas, so one more crash leaves them a
+ * majority.
  *
  *   const store = createStore({ self, clock, random, send, servers: () => membership.liveServers(), storage })
  *   store.submit('lock/a', { kind: 'get' }, { timeoutMs: 2000 }, (outcome) => console.log(outcome))
