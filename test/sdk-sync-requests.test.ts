@@ -101,6 +101,8 @@ class FakeSync {
   serve(payload: Uint8Array, outCapacity: number): HostCallReply {
     const request = decodeRequest(payload, outCapacity)
     this.requests.push(request)
+    // A store that cannot be reached, for the name "down".
+    if (request.name === 'down') return { result: SyncError.unavailable }
     const key = `${request.group}/${request.name}`
     const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength)
     const valueStart = syncHeaderBytes + view.getUint16(2, true) + view.getUint16(4, true)
@@ -338,6 +340,10 @@ describe('misuse', () => {
     ['name', /SharedVar "n+": the name is 256 bytes of UTF-8; at most 255 are allowed/],
     ['add', /SharedVar "text"\.add\(1\): the variable holds a value that is not an 8-byte i64/],
     ['parties', /Barrier "round": 0 parties; a barrier needs at least 1/],
+    [
+      'unavailable',
+      /SharedVar "down"\.add\(1\): the coordination store could not be reached in time \(the runtime retried\); the call may or may not have taken effect/,
+    ],
   ])(
     'AssemblyScript: "%s" aborts the thread with a message naming the call and the object',
     async (what, message) => {
@@ -357,6 +363,9 @@ describe('misuse', () => {
       expect(run.stdout).toBe('')
       expect(run.error?.name).toBe('GuestTrapError')
       expect(run.error?.message).toMatch(message)
+      // Sent once: a second add under a new op id could apply twice.
+      if (what === 'unavailable')
+        expect(fake.requests.filter((request) => request.name === 'down')).toHaveLength(1)
     },
   )
 

@@ -71,7 +71,7 @@ typedef int32_t fabric_thread;
 #define FABRIC_SYNC_CLOSED (-7)       /* push on a closed queue, or pop on a closed and empty one */
 #define FABRIC_SYNC_UNSET (-8)        /* get of a variable that was never set */
 #define FABRIC_SYNC_WRONG_TYPE (-9)   /* add on a variable that does not hold 8 bytes */
-#define FABRIC_SYNC_UNAVAILABLE (-10) /* the store could not be reached in time; may be retried */
+#define FABRIC_SYNC_UNAVAILABLE (-10) /* the store could not be reached in time (see below) */
 
 /* Bytes of a name or group name (UTF-8), and of a value or queue item, at most. */
 #define FABRIC_SYNC_NAME_BYTES_MAX 255
@@ -479,6 +479,10 @@ static inline int32_t fabric_sync_send(const uint8_t *request, size_t length, vo
  *     fabric_lock_release(FABRIC_GLOBAL, "table", token);            // a newer holder wrote
  *   }
  *
+ * FABRIC_SYNC_UNAVAILABLE comes after the runtime itself retried for a while; a get, set, length
+ * or close may be sent again, but an add, compare-and-swap, push, pop, acquire or barrier wait
+ * sent again is a new request and may take effect twice if the first one landed.
+ *
  * Every call returns a negative FABRIC_SYNC_* error or a result >= 0; names are NUL-terminated
  * UTF-8 of 1 to FABRIC_SYNC_NAME_BYTES_MAX bytes. Calls that hand back bytes (gets and pops) take
  * `out` and `capacity`, copy at most `capacity` bytes and return the whole length, as fabric_join
@@ -704,7 +708,7 @@ static inline const char *fabric_strerror(int32_t error) {
   case FABRIC_SYNC_WRONG_TYPE:
     return "the variable does not hold an 8-byte number";
   case FABRIC_SYNC_UNAVAILABLE:
-    return "the coordination store could not be reached in time (the call may be retried)";
+    return "the coordination store could not be reached in time (the call may or may not have taken effect)";
   default:
     return error >= 0 ? "success" : "unknown error";
   }

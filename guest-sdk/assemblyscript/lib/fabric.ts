@@ -188,7 +188,9 @@ export function spawnString(entry: string, arg: string): Thread {
 // - misuse that a correct program never makes (an empty or over-long name, a TTL out of range, a
 //   value over `syncValueBytesMax`, releasing a lock this thread never acquired, `add` on a value
 //   that is not an i64) aborts the thread with a message that names the call and the object; the
-//   host reports it as a GuestTrapError and the process ends with that message.
+//   host reports it as a GuestTrapError and the process ends with that message. So does a store
+//   that stays unreachable through the runtime's own retries (Unavailable): sending the request
+//   again would be a new op id, and an add, push or pop could then take effect twice.
 // ---------------------------------------------------------------------------------------------
 
 @external("fabric", "sync")
@@ -227,8 +229,6 @@ export const noWait: i64 = 0
 
 const syncRequestVersion: u8 = 1
 const syncHeaderBytes = 32
-/** Tries of one request while the store reports it unreachable (the ABI says it may be retried). */
-const syncUnavailableTriesMax = 5
 
 const opGroup: u8 = 1
 const opVarGet: u8 = 2
@@ -339,11 +339,9 @@ function syncCall(
   if (value2 != null) memory.copy(offset, changetype<usize>(value2), value2Length)
   const outPointer: usize = out == null ? 0 : changetype<usize>(out)
   const outCapacity = out == null ? 0 : <u32>out.byteLength
-  let result = fabric_sync(base, <u32>length, outPointer, outCapacity)
-  for (let tries = 1; result == SyncError.unavailable && tries < syncUnavailableTriesMax; tries++) {
-    result = fabric_sync(base, <u32>length, outPointer, outCapacity)
-  }
-  return result
+  // Unavailable is not retried here: the runtime has retried the same op id already, and a new
+  // request (a new op id) could apply an add, a push or a pop a second time if the first landed.
+  return fabric_sync(base, <u32>length, outPointer, outCapacity)
 }
 
 /** Ends the thread with a message that names the call, for results a correct program never sees. */
@@ -360,7 +358,7 @@ function misuse(call: string, result: i32): void {
   } else if (result == SyncError.wrongType) {
     reason = "the variable holds a value that is not an 8-byte i64"
   } else if (result == SyncError.unavailable) {
-    reason = "the coordination store could not be reached (" + syncUnavailableTriesMax.toString() + " tries)"
+    reason = "the coordination store could not be reached in time (the runtime retried); the call may or may not have taken effect"
   } else {
     reason = "unexpected result " + result.toString() + " from fabric.sync"
   }
