@@ -280,7 +280,7 @@ export function createBrickNode(components: BrickNodeComponents, options: BrickN
       return { ...report, localCopiesRestored: restored }
     },
     rebalance: (rebalanceOptions = {}) =>
-      rebalanceStep({ store, peers, replicaCounts, clock, sleep }, rebalanceOptions),
+      rebalanceStep({ store, peers, replicaCount, replicaCounts, clock, sleep }, rebalanceOptions),
     liveHolders,
     counters: () => ({ ...counters }),
   }

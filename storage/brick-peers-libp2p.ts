@@ -220,10 +220,13 @@ export async function startLibp2pBrickNetwork(
   }
 
   node.membership.onChange(({ member }) => {
-    if (member.status !== 'alive') {
-      probedAtMs.delete(member.id)
-      setStorageNode(member.id, false)
-    }
+    if (member.status === 'alive' || member.id === self) return
+    probedAtMs.delete(member.id)
+    if (storageNodes.has(member.id)) setStorageNode(member.id, false)
+    // A server that left may have held bricks even if this node never saw it serve them (it joined
+    // just before): the listeners hear of every departure.
+    else if (member.kind === 'server')
+      for (const listener of listeners) listener({ node: member.id, live: false })
   })
 
   async function serve(request: BrickRequest): Promise<BrickReply> {

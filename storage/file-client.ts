@@ -74,6 +74,8 @@ export interface FileClient {
   unlink(path: string): Promise<void>
   rename(from: string, to: string): Promise<void>
   du(path: string): Promise<DiskUsage>
+  /** Creates or replaces a small file in one open, write and close (no temporary name). */
+  writeFile(path: string, bytes: Uint8Array): Promise<void>
   /** Copies a local file into the cluster file system; returns the bytes copied. */
   putFile(localPath: string, remotePath: string, options?: PutOptions): Promise<number>
   /** Copies a cluster file to `sink` in order (a local path, or a writable such as stdout). */
@@ -250,6 +252,16 @@ export async function connectFileClient(options: FileClientOptions): Promise<Fil
     unlink: (path) => call<void>({ t: 'unlink', path }),
     rename: (from, to) => call<void>({ t: 'rename', from, to }),
     du: (path) => call<DiskUsage>({ t: 'du', path }),
+    async writeFile(path, bytes) {
+      if (bytes.length > fileTransferBytesMax)
+        throw new StorageArgumentError(`writeFile takes at most ${fileTransferBytesMax} bytes; use putFile`)
+      const fd = await call<number>({ t: 'open', path, flags: 'w' })
+      try {
+        await call({ t: 'write', fd, bytes, position: 0 })
+      } finally {
+        await call({ t: 'close', fd })
+      }
+    },
     putFile,
     getFile,
     async close() {

@@ -46,6 +46,8 @@ export const rebalanceIntervalMsDefault = 30_000
 export const backgroundSettleMs = 500
 /** Rebalancing passes in a row before other work gets a turn. */
 export const rebalancePassesPerJobMax = 64
+/** Bytes one rebalancing pass moves; between passes a repair that became due goes first. */
+export const rebalanceBytesPerPassMax = 64 * 1024 * 1024
 
 export interface NodeStorageOptions {
   /** Bricks go to `<dataDirectory>/bricks`, replica counts to `<dataDirectory>/replica-counts`; in memory when absent. */
@@ -114,6 +116,7 @@ export async function startNodeStorage(
   let chain: Promise<void> = Promise.resolve()
   const timers: TimerHandle[] = []
   let repairTimer: TimerHandle | undefined
+  let repairPending = false
   let rebalanceTimer: TimerHandle | undefined
 
   function enqueue(name: string, job: () => Promise<void>): Promise<void> {
@@ -130,6 +133,7 @@ export async function startNodeStorage(
   }
 
   async function repair(): Promise<void> {
+    repairPending = false
     const started = systemClock.now()
     const report = await bricks.repair({
       signal,
@@ -148,9 +152,15 @@ export async function startNodeStorage(
     let moved = 0
     let bytes = 0
     for (let pass = 0; pass < rebalancePassesPerJobMax; pass++) {
+      // Bricks short of replicas come first: let the repair run, and carry on afterwards.
+      if (repairPending) {
+        scheduleRebalance()
+        break
+      }
       const report = await bricks.rebalance({
         signal,
         cursor,
+        bytesMax: rebalanceBytesPerPassMax,
         bytesPerSecond: options.rebalanceBytesPerSecond ?? rebalanceBytesPerSecondDefault,
       })
       moved += report.moved
@@ -162,6 +172,7 @@ export async function startNodeStorage(
   }
 
   function scheduleRepair(): void {
+    repairPending = true
     if (repairTimer !== undefined || signal.aborted) return
     repairTimer = systemTimers.after(backgroundSettleMs, () => {
       repairTimer = undefined

@@ -1,6 +1,8 @@
 /**
  * Rebalancing: a node that holds more than its share of bytes moves bricks to the emptiest live
- * nodes that do not hold them yet, until it is down to the mean, at a limited rate.
+ * nodes that do not hold them yet, until it is down to the mean, at a limited rate. A brick that
+ * has fewer live replicas than it asks for (a node was lost, repair has not reached it yet) is
+ * copied and kept, so rebalancing never moves a brick away from its only other copies.
  *
  * A move is "copy to the target, and only when the target says the copy is new there, drop ours",
  * so a move never lowers a brick's replica count, even when two nodes move the same brick at once.
@@ -15,6 +17,7 @@ import type { CID } from './brick.ts'
 import type { BrickPeers } from './brick-peers.ts'
 import { BrickPeerUnreachableError } from './errors.ts'
 import { readLocalCopy } from './local-copy.ts'
+import { requiredReplicas } from './placement.ts'
 import type { Clock, NodeId, Sleep } from './platform-types.ts'
 import { createRateLimiter } from './rate-limiter.ts'
 import type { ReplicaCounts } from './replica-counts.ts'
@@ -36,6 +39,8 @@ export interface RebalanceOptions extends AbortOptions {
 
 export interface RebalanceReport {
   moved: number
+  /** Bricks short of replicas that were copied to the target and kept here too. */
+  copiedShort: number
   bytesMoved: number
   /** True when this node has nothing more to shed; false when the pass stopped at `bytesMax`. */
   done: boolean
@@ -46,6 +51,8 @@ export interface RebalanceReport {
 export interface RebalanceComponents {
   store: BlockStore
   peers: BrickPeers
+  /** The default; bricks listed in `replicaCounts` ask for their own. */
+  replicaCount: number
   replicaCounts: ReplicaCounts
   clock: Clock
   sleep: Sleep
@@ -62,7 +69,7 @@ export async function rebalanceStep(
   const limiter = createRateLimiter(components, {
     bytesPerSecond: options.bytesPerSecond ?? rebalanceBytesPerSecondDefault,
   })
-  const report: RebalanceReport = { moved: 0, bytesMoved: 0, done: true }
+  const report: RebalanceReport = { moved: 0, copiedShort: 0, bytesMoved: 0, done: true }
   const live = peers.liveNodes()
   if (!live.includes(self)) return report
 
@@ -91,6 +98,11 @@ export async function rebalanceStep(
     if (report.bytesMoved >= bytesMax) return { ...report, done: false, cursor: report.cursor }
     report.cursor = cid.toString()
     const holders = new Set(await peers.findProviders(cid, { signal }))
+    holders.add(self)
+    // A brick short of replicas (a node was lost and repair has not reached it) is copied, not moved.
+    const liveHolders = live.filter((node) => holders.has(node)).length
+    const underReplicated =
+      liveHolders < requiredReplicas(replicaCounts.get(cid) ?? components.replicaCount, live.length)
     const target = emptiest(loads, (node) => node !== self && !holders.has(node))
     if (target === undefined || loads.get(target)! >= mean) continue
     const { bytes } = await readLocalCopy(store, peers, cid, { signal })
@@ -106,6 +118,11 @@ export async function rebalanceStep(
     }
     // Only a copy that is new at the target may replace ours; otherwise dropping ours would lose a replica.
     if (!created) continue
+    if (underReplicated) {
+      loads.set(target, loads.get(target)! + bytes.length)
+      report.copiedShort++
+      continue
+    }
     await store.delete(cid, { signal })
     await replicaCounts.forget(cid)
     await peers.withdraw(cid, { signal })

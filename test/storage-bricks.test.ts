@@ -231,6 +231,20 @@ describe('rebalancing', () => {
     }
   })
 
+  it('rebalancing after a loss copies, not moves, a brick short of replicas: no brick ends with fewer live copies', async () => {
+    const { cluster, bricks } = await filledCluster(12)
+    await cluster.kill('c')
+    await cluster.add('d')
+    // Rebalancing before any repair: a, b and the empty d are live, every brick has 2 live copies.
+    for (const id of ['a', 'b', 'd']) await cluster.node(id).rebalance()
+    const liveCopies = bricks.map(({ cid }) => cluster.holders(cid).length)
+    expect(Math.min(...liveCopies)).toBeGreaterThanOrEqual(2)
+    // What rebalancing sent to d was a copy: those bricks are back at 3 before any repair ran.
+    expect(liveCopies.filter((count) => count >= 3).length).toBeGreaterThan(0)
+    await cluster.repairAll()
+    for (const { cid } of bricks) expect(cluster.holders(cid).length).toBeGreaterThanOrEqual(3)
+  })
+
   it('rebalancing in bounded passes resumes from its cursor and reaches the same evenness', async () => {
     const { cluster } = await filledCluster(10)
     await cluster.add('d')

@@ -9,13 +9,13 @@ import { repositoryRoot } from '../support/guests.ts'
 import { coordBench } from './coord-bench.ts'
 import { type BenchRow, hostBench } from './host-bench.ts'
 import { runtimeBench } from './runtime-bench.ts'
-import { storageBench } from './storage-bench.ts'
+import { storageNetBench } from './storage-net-bench.ts'
 
 const suites: Array<{ name: string; run: () => Promise<BenchRow[]> }> = [
   { name: 'host', run: hostBench },
   { name: 'coord', run: coordBench },
   { name: 'runtime', run: runtimeBench },
-  { name: 'storage', run: storageBench },
+  { name: 'storage', run: storageNetBench },
 ]
 
 function table(rows: BenchRow[]): string {

@@ -7,6 +7,10 @@
  *
  * The large file is `FABRIC_BENCH_STORAGE_MIB` MiB (default 256; the issue's figure is 1024).
  * `FABRIC_BENCH_SYNC=0` turns off the per-brick flush, to see what the flush costs.
+ *
+ * `npm run bench` measures storage on node processes over libp2p instead (`storage-net-bench.ts`);
+ * this suite runs on its own (`node test/bench/storage-bench.ts`) to see the storage layer's cost
+ * without the network.
  */
 
 import { mkdtempSync, rmSync } from 'node:fs'
