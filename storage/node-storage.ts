@@ -38,8 +38,11 @@ import { rebalanceBytesPerSecondDefault } from './rebalance.ts'
 import { repairBytesPerSecondDefault } from './repair.ts'
 import { createMemoryReplicaCounts, openDiskReplicaCounts } from './replica-counts.ts'
 
-/** A full repair scan runs at least this often, besides the one after each loss. */
-export const repairIntervalMsDefault = 60_000
+/**
+ * A full repair scan runs at least this often, besides the one after each loss. A scan looks up
+ * the holders of every local brick (a DHT lookup and a check of each holder), so it is not cheap.
+ */
+export const repairIntervalMsDefault = 600_000
 /** A rebalancing check runs at least this often, besides the one after each join. */
 export const rebalanceIntervalMsDefault = 30_000
 /** Wait after a loss or join before acting, so that several changes at once make one pass. */
