@@ -16,6 +16,7 @@ import { WorkerPool } from '../../host/worker-pool.ts'
 import { type NodeStorage, type NodeStorageOptions, startNodeStorage } from '../../storage/node-storage.ts'
 import { type FabricNode, type NodeOptions, startNode } from '../net/node.ts'
 import { systemRandom, systemTimers } from '../platform.ts'
+import { createGuestFilesService } from './guest-files.ts'
 import { NodeRuntime } from './node-runtime.ts'
 import { clusterView, libp2pMessenger, storeClient } from './node-services.ts'
 
@@ -46,14 +47,20 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
   const cache = diskInstrumentCache(
     process.env.FABRIC_CACHE_DIR ?? join(homedir(), '.cache', 'fabric', 'instrumented'),
   )
+  const store = storeClient(node)
   const runtime = new NodeRuntime({
     cluster: clusterView(node),
-    store: storeClient(node),
+    store,
     messenger: libp2pMessenger(node, log),
     pool,
     loadProgram: (bytes) => loadProgram(bytes, { cache, instrument: instrumentInWorker }),
     random: systemRandom,
     timers: systemTimers,
+    // Guests' WASI file calls reach the cluster file system (preopened at "/").
+    files:
+      storage === undefined
+        ? undefined
+        : createGuestFilesService({ fileSystem: storage.fileSystem, store, log }),
     log,
   })
   await runtime.start()
