@@ -217,8 +217,21 @@ export class NodeRuntime {
     this.components.messenger.serve((from, message) => this.handle(from, message))
     await this.acquireOwnLease()
     this.timerHandles.push(this.components.timers.every(this.leaseTtlMs / 3, () => void this.renewOwnLease()))
-    this.timerHandles.push(this.components.timers.every(homeSweepMs, () => void this.sweepHomes()))
-    this.components.cluster.onDeparture((id) => void this.recoverNode(id))
+    this.timerHandles.push(
+      this.components.timers.every(homeSweepMs, () => void this.sweepHomes().catch(this.backgroundFailed)),
+    )
+    this.components.cluster.onDeparture((id) => void this.recoverNode(id).catch(this.backgroundFailed))
+  }
+
+  /**
+   * Work started in the background (sweeps, recoveries, hand-overs) that failed, mostly a store that
+   * did not answer in time under load: logged, and the next sweep tries again. It must not end the
+   * node as an unhandled rejection would.
+   */
+  private readonly backgroundFailed = (error: unknown): void => {
+    this.components.log?.(
+      `runtime: background work failed: ${error instanceof Error ? error.message : String(error)}`,
+    )
   }
 
   /** Stops every local thread and timer (the node is shutting down or was fenced for good). */
@@ -717,7 +730,7 @@ export class NodeRuntime {
         this.launch(thread, process, program, chain)
         return
       }
-      void this.finishThread(thread, outcome)
+      void this.finishThread(thread, outcome).catch(this.backgroundFailed)
     })
   }
 
@@ -974,7 +987,7 @@ export class NodeRuntime {
     if (home === undefined) return
     home.ended.add(tid)
     home.threads.delete(tid)
-    if (tid === '0') void this.finishProcess(home)
+    if (tid === '0') void this.finishProcess(home).catch(this.backgroundFailed)
   }
 
   // --- home duties ----------------------------------------------------------------------------
@@ -1034,7 +1047,8 @@ export class NodeRuntime {
     await this.fenceNode(departed)
     for (const home of affected) {
       for (const [tid, node] of home.threads) {
-        if (node === departed && !home.ended.has(tid)) void this.replace(home.record.pid, tid, departed)
+        if (node === departed && !home.ended.has(tid))
+          void this.replace(home.record.pid, tid, departed).catch(this.backgroundFailed)
       }
     }
   }
@@ -1122,7 +1136,7 @@ export class NodeRuntime {
         const written = await this.components.store
           .cas(keys.thread(pid, tid), read.version, encodeRecord(moved))
           .catch(() => undefined)
-        if (written?.ok) void this.handOver(pid, tid, written.version, moved)
+        if (written?.ok) void this.handOver(pid, tid, written.version, moved).catch(this.backgroundFailed)
       }
     }
     this.orphanSuspects = suspects
@@ -1179,7 +1193,7 @@ export class NodeRuntime {
     for (const thread of orphans) this.stopThread(thread)
     await this.acquireOwnLease()
     // Threads that nobody moved while we had no lease are ours to resume (from their saves).
-    for (const thread of orphans) void this.reclaim(thread)
+    for (const thread of orphans) void this.reclaim(thread).catch(this.backgroundFailed)
   }
 }
 
