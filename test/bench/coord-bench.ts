@@ -222,15 +222,18 @@ async function fabricBench(count: number): Promise<BenchRow[]> {
 
 // ---- etcd ----------------------------------------------------------------------------------------
 
-function etcdInstalled(): boolean {
+export function etcdInstalled(): boolean {
   return spawnSync('etcd', ['--version'], { stdio: 'ignore' }).status === 0
 }
 
-async function startEtcd(directory: string): Promise<{ endpoints: string[]; children: ChildProcess[] }> {
+export async function startEtcd(
+  directory: string,
+  basePort = etcdBasePort,
+): Promise<{ endpoints: string[]; children: ChildProcess[] }> {
   const members = [0, 1, 2].map((index) => ({
     name: `e${index}`,
-    client: `http://127.0.0.1:${etcdBasePort + index * 2}`,
-    peer: `http://127.0.0.1:${etcdBasePort + index * 2 + 1}`,
+    client: `http://127.0.0.1:${basePort + index * 2}`,
+    peer: `http://127.0.0.1:${basePort + index * 2 + 1}`,
   }))
   const initialCluster = members.map((member) => `${member.name}=${member.peer}`).join(',')
   const children = members.map((member) => {
@@ -269,7 +272,11 @@ async function startEtcd(directory: string): Promise<{ endpoints: string[]; chil
 
 const base64 = (text: string) => Buffer.from(text).toString('base64')
 
-async function etcdCall(endpoint: string, path: string, body: unknown): Promise<Record<string, unknown>> {
+export async function etcdCall(
+  endpoint: string,
+  path: string,
+  body: unknown,
+): Promise<Record<string, unknown>> {
   const response = await fetch(`${endpoint}${path}`, { method: 'POST', body: JSON.stringify(body) })
   const result = (await response.json()) as Record<string, unknown>
   if (!response.ok) throw new Error(`etcd ${path}: ${JSON.stringify(result).slice(0, 200)}`)

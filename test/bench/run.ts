@@ -8,6 +8,7 @@ import { join } from 'node:path'
 import { repositoryRoot } from '../support/guests.ts'
 import { coordBench } from './coord-bench.ts'
 import { type BenchRow, hostBench } from './host-bench.ts'
+import { primitivesBench } from './primitives-bench.ts'
 import { runtimeBench } from './runtime-bench.ts'
 import { storageNetBench } from './storage-net-bench.ts'
 
@@ -16,6 +17,7 @@ const suites: Array<{ name: string; run: () => Promise<BenchRow[]> }> = [
   { name: 'coord', run: coordBench },
   { name: 'runtime', run: runtimeBench },
   { name: 'storage', run: storageNetBench },
+  { name: 'primitives', run: primitivesBench },
 ]
 
 function table(rows: BenchRow[]): string {
