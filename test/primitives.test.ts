@@ -264,6 +264,24 @@ describe('queues', () => {
     expect((await g.call({ op: SyncOp.queuePop, name: 'empty' })).result).toBe(SyncError.timeout)
   })
 
+  test('a push that does not fit the register with the queued items is Full, and fits once one is popped', async () => {
+    const { engines } = cluster(['a'])
+    const g = guest(engines.get('a')!, thread('0'))
+    const item = new Uint8Array(20_000)
+    for (let index = 0; index < 3; index++)
+      expect((await g.call({ op: SyncOp.queuePush, name: 'q', value: item })).result).toBe(0)
+    expect((await g.call({ op: SyncOp.queuePush, name: 'q', value: item })).result).toBe(SyncError.full)
+    const waiting = g.call({ op: SyncOp.queuePush, name: 'q', value: item, b: 5000n })
+    const other = guest(engines.get('a')!, thread('0.1'))
+    expect((await other.call({ op: SyncOp.queuePop, name: 'q' }, { outCapacity: 65536 })).result).toBe(20_000)
+    // The popped item is kept for the consumer's replays until its next save is on its replicas.
+    expect((await g.call({ op: SyncOp.queuePush, name: 'q', value: item }, { sequence: 100 })).result).toBe(
+      SyncError.full,
+    )
+    engines.get('a')!.saveCommitted('p1', '0.1', 2)
+    expect((await waiting).result).toBe(0)
+  })
+
   test('an item too large for the buffer stays in the queue', async () => {
     const { engines } = cluster(['a'])
     const g = guest(engines.get('a')!, thread('0'))

@@ -63,6 +63,8 @@ export const casBackoffMsMax = 50
 export const unavailableAfterMs = 30_000
 /** Keys whose last register the engine keeps (saves a read before the next write). */
 export const cachedKeysMax = 4096
+/** Other threads' save floors one operation carries, at most. */
+export const otherFloorsMax = 256
 /** Keys remembered per thread (to drop its results when it ends). */
 export const touchedKeysPerThreadMax = 1024
 
@@ -349,7 +351,7 @@ export class SyncEngine {
   // --- batches --------------------------------------------------------------------------------
 
   private operation(
-    _pid: string,
+    pid: string,
     tid: string,
     callSequence: number,
     outCapacity: number,
@@ -361,6 +363,7 @@ export class SyncEngine {
       tid,
       callSequence,
       floor: track.floor,
+      otherFloors: this.otherFloors(pid, tid),
       outCapacity,
       node: this.components.self,
       deadlinePassed,
@@ -461,6 +464,14 @@ export class SyncEngine {
   /** A batch whose state would not fit in a register: each operation alone; one that cannot fit gets TooLarge. */
   private async commitTooLarge(key: string, slot: Slot, operations: BatchOperation[]): Promise<Committed[]> {
     if (operations.length === 1) {
+      const step = operations[0]!.step
+      // A push that does not fit with the items already queued waits for room, as on a full queue.
+      if (step.kind === 'apply' && step.operation.op === 'queue_push') {
+        const outcome: Outcome = operations[0]!.deadlinePassed
+          ? { kind: 'done', reply: { result: SyncError.full, payload: null }, recorded: false }
+          : { kind: 'wait' }
+        return [{ outcome, waiters: [] }]
+      }
       return [
         {
           outcome: { kind: 'done', reply: { result: SyncError.tooLarge, payload: null }, recorded: false },
@@ -541,6 +552,19 @@ export class SyncEngine {
   }
 
   // --- per-thread bookkeeping -----------------------------------------------------------------
+
+  /** Committed-save floors of this node's other threads of the process (their old results can go). */
+  private otherFloors(pid: string, tid: string): Array<[string, number]> {
+    const floors: Array<[string, number]> = []
+    const prefix = `${pid}/`
+    for (const [id, track] of this.threads) {
+      if (track.floor === 0 || !id.startsWith(prefix)) continue
+      const other = id.slice(prefix.length)
+      if (other !== tid) floors.push([other, track.floor])
+      if (floors.length >= otherFloorsMax) break
+    }
+    return floors
+  }
 
   private track(pid: string, tid: string): ThreadTrack {
     const id = `${pid}/${tid}`

@@ -55,6 +55,8 @@ export interface BatchOperation {
   callSequence: number
   /** The thread's latest committed save was taken at this call: results below it can go. */
   floor: number
+  /** The same for other threads the engine knows of ([tid, floor]), so their old results go too. */
+  otherFloors?: Array<[string, number]>
   /** Bytes the guest can take back; a larger reply is refused before anything changes. */
   outCapacity: number
   /** The node to wake when this operation waits. */
@@ -168,15 +170,18 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
   const outcomes: Outcome[] = []
   for (const operation of operations) {
     const { tid, callSequence } = operation
-    // Results below the thread's committed save are never asked for again.
-    const before = state.results[tid]
-    if (before !== undefined) {
-      const kept = before.filter(([sequence]) => sequence >= operation.floor)
-      if (kept.length !== before.length) {
-        changed = true
-        if (kept.length === 0) delete state.results[tid]
-        else state.results[tid] = kept
-      }
+    // Results below a thread's committed save are never asked for again.
+    for (const [owner, floor] of [
+      [tid, operation.floor] as [string, number],
+      ...(operation.otherFloors ?? []),
+    ]) {
+      const before = state.results[owner]
+      if (before === undefined) continue
+      const kept = before.filter(([sequence]) => sequence >= floor)
+      if (kept.length === before.length) continue
+      changed = true
+      if (kept.length === 0) delete state.results[owner]
+      else state.results[owner] = kept
     }
     const step = operation.step
     if (step.kind === 'forget') {
