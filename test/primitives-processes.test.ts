@@ -50,6 +50,7 @@ const examples: Example[] = [
 
 async function run(cluster: LocalCluster, source: string, args: string[], onLine?: (line: string) => void) {
   let output = ''
+  let errors = ''
   const result = await runOnCluster({
     node: cluster.nodes[0]!.address,
     program: guestBytes(source),
@@ -57,10 +58,11 @@ async function run(cluster: LocalCluster, source: string, args: string[], onLine
     onOutput: (chunk) => {
       const text = new TextDecoder().decode(chunk.bytes)
       if (chunk.fd === 1) output += text
+      else errors += text
       for (const line of text.split('\n')) if (line !== '') onLine?.(line)
     },
   })
-  return { output, result }
+  return { output, errors, result }
 }
 
 describe('guest coordination on real node processes', () => {
@@ -89,7 +91,7 @@ describe('guest coordination on real node processes', () => {
         )
         const disturbed = await run(cluster, example.source, example.args)
         for (const timer of timers) clearTimeout(timer)
-        const where = `SEED=${seed} (killed nodes ${victims.join(', ')}); rerun: FABRIC_PRIMITIVES_SEEDS=${seed} npx vitest run --project processes test/primitives-processes.test.ts -t ${example.name}`
+        const where = `SEED=${seed} (killed nodes ${victims.join(', ')}); output:\n${disturbed.output}${disturbed.errors}\nrerun: FABRIC_PRIMITIVES_SEEDS=${seed} npx vitest run --project processes test/primitives-processes.test.ts -t ${example.name}`
         expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
         for (const line of example.expected) expect(disturbed.output, where).toContain(line)
         // The output depends only on the arguments.

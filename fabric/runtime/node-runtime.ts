@@ -794,14 +794,17 @@ export class NodeRuntime {
       }),
     )
     const holding = replicas.filter((_node, index) => results[index])
-    // On every replica, any restore starts at this save or later: results before it can go.
-    if (holding.length === replicas.length && holding.length > 0)
-      this.sync.saveCommitted(thread.pid, thread.tid, save.summary.callSequence)
     if (thread.stopped || holding.length === 0) return
+    // A thread that uses sync objects confirms each save on all its replicas in its record: once
+    // that cas succeeds, any later incarnation restores from this save or a later one, so the
+    // results the objects keep for calls before it can go. (A save of an incarnation that was
+    // already replaced fails the cas and prunes nothing.)
+    const confirm = holding.length === replicas.length && this.sync.tracks(thread.pid, thread.tid)
     const known = thread.record.saveReplicas
-    if (holding.length === known.length && holding.every((node) => known.includes(node))) return
+    if (!confirm && holding.length === known.length && holding.every((node) => known.includes(node))) return
     thread.replicas = holding
-    await this.writeRecord(thread, { ...thread.record, saveReplicas: holding })
+    const written = await this.writeRecord(thread, { ...thread.record, saveReplicas: holding })
+    if (written && confirm) this.sync.saveCommitted(thread.pid, thread.tid, save.summary.callSequence)
   }
 
   /** A cas on the version this incarnation last wrote; failure means it was replaced: it stops. */
@@ -873,7 +876,12 @@ export class NodeRuntime {
         const groupKey = `${thread.pid}/${group}`
         this.noteGroupNode(groupKey, this.self)
         if (thread.record.group === group) return
-        await this.writeRecord(thread, { ...thread.record, group })
+        // After any record write of a save in flight: two writes at once would look like a takeover.
+        const written = thread.replicationQueue.then(() =>
+          this.writeRecord(thread, { ...thread.record, group }).catch(() => false),
+        )
+        thread.replicationQueue = written.then(() => {})
+        await written
       },
     }
   }
@@ -978,6 +986,7 @@ export class NodeRuntime {
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.runner?.kill('thread stopped on this node')
     void thread.files?.end().catch(() => {})
+    this.sync.threadStopped(thread.pid, thread.tid)
   }
 
   private threadEnded(pid: string, tid: string, outcome?: EndedOutcome): void {

@@ -172,6 +172,16 @@ export class SyncEngine {
     }
   }
 
+  /** Whether the thread has made sync calls on this node (its saves then confirm a floor). */
+  tracks(pid: string, tid: string): boolean {
+    return this.threads.has(`${pid}/${tid}`)
+  }
+
+  /** The thread stopped on this node (moved, or its node lost its lease): its floor is not ours to keep. */
+  threadStopped(pid: string, tid: string): void {
+    this.threads.delete(`${pid}/${tid}`)
+  }
+
   /** The thread ended for good: its recorded results are dropped from the registers it used. */
   threadEnded(pid: string, tid: string): void {
     const id = `${pid}/${tid}`
