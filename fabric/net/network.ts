@@ -253,11 +253,12 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     self,
     addresses: () => libp2p.getMultiaddrs().map((address) => address.toString()),
     send(to, protocol, body) {
-      const frame = encodeFrame(protocol, body)
       if (to === self) {
+        // No wire in between: not encoded (a proposer's accept to its own acceptor, and the reply).
         queueMicrotask(() => deliver(self, protocol, body))
         return
       }
+      const frame = encodeFrame(protocol, body)
       let entry = outbound.get(to)
       if (entry === undefined) {
         entry = { stream: undefined, pending: [], opening: false, failedAtMs: -Infinity }
