@@ -365,7 +365,11 @@ function misuse(call: string, result: i32): void {
   throw new Error(call + ": " + reason)
 }
 
-/** A context: the process's global context, or a group; names in one context do not clash with another's. */
+/**
+ * A context: the process's global context, or a group; names in one context do not clash with
+ * another's. `group(name)` joins a group; `new Context(name)` only names it, to use its objects
+ * without joining (and without placing this thread's later children near it).
+ */
 export class Context {
   readonly name: string
   readonly encoded: ArrayBuffer
