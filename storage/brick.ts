@@ -25,9 +25,14 @@ export async function brickCid(bytes: Uint8Array): Promise<CID> {
   return CID.createV1(raw.code, digest)
 }
 
-/** True when `cid` names a brick this layer can verify (CIDv1, raw codec, sha2-256). */
+/** True when `cid` names a brick this layer can verify (CIDv1, raw codec, a whole sha2-256 digest). */
 export function isBrickCid(cid: CID): boolean {
-  return cid.version === 1 && cid.code === raw.code && cid.multihash.code === sha256.code
+  return (
+    cid.version === 1 &&
+    cid.code === raw.code &&
+    cid.multihash.code === sha256.code &&
+    cid.multihash.size === 32
+  )
 }
 
 /** Checks `bytes` against `cid`; throws {@link BrickCorruptError} naming `where` the copy came from. */

@@ -155,10 +155,18 @@ export async function connectFileClient(options: FileClientOptions): Promise<Fil
     const total = (await statLocal(localPath)).size
     const slash = remotePath.lastIndexOf('/')
     const temporary = `${remotePath.slice(0, slash + 1)}.${remotePath.slice(slash + 1)}.fabric-put-${Math.floor(systemRandom.next() * 2 ** 40).toString(36)}`
-    const fd = await call<number>(
-      { t: 'open', path: temporary, flags: 'wx', temporary: true, replicaCount: putOptions.replicaCount },
-      signal,
-    )
+    let fd: number
+    try {
+      fd = await call<number>(
+        { t: 'open', path: temporary, flags: 'wx', temporary: true, replicaCount: putOptions.replicaCount },
+        signal,
+      )
+    } catch (error) {
+      // Name the target, not the temporary file the user never asked for.
+      if (error instanceof FileSystemError)
+        throw new FileSystemError(error.code as PosixErrorCode, 'open', remotePath)
+      throw error
+    }
     let sent = 0
     try {
       const inFlight = new Set<Promise<void>>()
