@@ -22,7 +22,8 @@ import { createFileSystemCluster, type FileSystemCluster } from './support/stora
 
 const nodeIds = ['node-a', 'node-b', 'node-c', 'node-d']
 const home = 'node-a'
-const killSeedCount = 3
+/** Runs with a kill per program; `npm run soak` (FABRIC_SOAK=1) does more. */
+const killSeedCount = process.env.FABRIC_SOAK === '1' ? 8 : 2
 const saveIntervalMs = 20
 
 /** A file-system client that stops answering once its node is dead (a SIGKILLed process does nothing more). */
@@ -179,15 +180,23 @@ describe('guest files on the process runtime', () => {
         only === undefined ? Array.from({ length: killSeedCount }, (_, index) => index + 1) : [Number(only)]
       let resumedRuns = 0
       for (const seed of seeds) {
-        const killAfterMs = (0.1 + 0.6 * seededRandom(seed)()) * referenceMs
-        const disturbed = await run(program, `seed-${seed}`, killAfterMs)
-        const where = `${program} SEED=${seed} (kill ${killAfterMs.toFixed(0)} ms after start, killed ${disturbed.killed}); rerun: FABRIC_SEED=${seed} npx vitest run test/guest-files-runtime.test.ts`
-        expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
-        expect(disturbed.output, where).toBe(reference.output)
-        expect([...disturbed.tree.keys()].sort(), where).toEqual([...reference.tree.keys()].sort())
-        for (const [path, content] of reference.tree)
-          expect(disturbed.tree.get(path) === content, `${where}: ${path}`).toBe(true)
-        if (disturbed.killed !== null && disturbed.resumed) resumedRuns++
+        // The main thread may land on the home (never killed) or the run may finish before the
+        // kill on a busy machine: then the seed runs again, with the kill earlier.
+        const killShare = 0.1 + 0.6 * seededRandom(seed)()
+        for (let attempt = 1; attempt <= 3; attempt++) {
+          const killAfterMs = (killShare * referenceMs) / attempt
+          const disturbed = await run(program, `seed-${seed}-${attempt}`, killAfterMs)
+          const where = `${program} SEED=${seed} attempt ${attempt} (kill ${killAfterMs.toFixed(0)} ms after start, killed ${disturbed.killed}); rerun: FABRIC_SEED=${seed} npx vitest run test/guest-files-runtime.test.ts`
+          expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
+          expect(disturbed.output, where).toBe(reference.output)
+          expect([...disturbed.tree.keys()].sort(), where).toEqual([...reference.tree.keys()].sort())
+          for (const [path, content] of reference.tree)
+            expect(disturbed.tree.get(path) === content, `${where}: ${path}`).toBe(true)
+          if (disturbed.killed !== null && disturbed.resumed) {
+            resumedRuns++
+            break
+          }
+        }
       }
       console.log(
         `guest-files-runtime: ${program}: ${resumedRuns} of ${seeds.length} runs resumed the program on another node; undisturbed run ${referenceMs.toFixed(0)} ms`,

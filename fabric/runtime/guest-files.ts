@@ -440,6 +440,24 @@ export class GuestFileSession {
     })
   }
 
+  /**
+   * This incarnation stops while another may take the thread over: nothing more is committed (a
+   * late commit of its writes could land after the other's). The storage client cannot drop a
+   * descriptor's changes, so its descriptors stay open there until the node stops.
+   */
+  abandon(): void {
+    if (this.ended) return
+    this.ended = true
+    const left = [...this.descriptors.values()].filter((opened) => opened.kind === 'file').length
+    if (left > 0)
+      this.options.log?.(
+        `files: ${this.options.journal?.key ?? 'a thread'} stopped with ${left} files open; left uncommitted`,
+      )
+    this.descriptors.clear()
+    this.replies.clear()
+    this.replyBytes = 0
+  }
+
   // ---- internals
 
   private serialized<T>(run: () => Promise<T>): Promise<T> {

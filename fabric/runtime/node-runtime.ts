@@ -268,7 +268,7 @@ export class NodeRuntime {
     thread.runner?.kill('thread handed over to another node')
     await thread.outputQueue
     await thread.replicationQueue
-    await thread.files?.end().catch(() => {})
+    thread.files?.abandon()
     const key = keys.thread(thread.pid, thread.tid)
     const read = await this.components.store.get(key).catch(() => undefined)
     if (read?.value == null || read.version !== thread.version) return
@@ -384,7 +384,8 @@ export class NodeRuntime {
         this.threadEnded(message.pid, message.tid, message.outcome)
         return { type: 'ok' }
       case 'stop':
-        for (const thread of [...this.local.values()]) if (thread.pid === message.pid) this.stopThread(thread)
+        for (const thread of [...this.local.values()])
+          if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
         this.sync.processEnded(message.pid)
         for (const groupKey of [...this.groupNodes.keys()])
@@ -665,7 +666,7 @@ export class NodeRuntime {
       })
     }
     if (thread.stopped) {
-      void thread.files?.end().catch(() => {})
+      thread.files?.abandon()
       return
     }
     this.launch(thread, process, program, restore)
@@ -980,12 +981,15 @@ export class NodeRuntime {
     }
   }
 
-  private stopThread(thread: LocalThread): void {
+  private stopThread(thread: LocalThread, options: { processEnded?: boolean } = {}): void {
     if (thread.stopped) return
     thread.stopped = true
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.runner?.kill('thread stopped on this node')
-    void thread.files?.end().catch(() => {})
+    // Its process ended: its files are closed as at exit. Otherwise another incarnation may go on
+    // with them, and this one's writes since its save must not land after that one's.
+    if (options.processEnded === true) void thread.files?.end().catch(() => {})
+    else thread.files?.abandon()
     this.sync.threadStopped(thread.pid, thread.tid)
   }
 
