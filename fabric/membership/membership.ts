@@ -11,7 +11,8 @@
  * A node declares another dead on one of two pieces of evidence:
  * - the transport lost every connection to it (`disconnected`) and nothing came from it in the
  *   `disconnectedTimeoutMs` since, though it was probed (a probe makes the transport dial again, so
- *   a live node whose connection merely dropped answers): a process that dies (SIGKILL, a crash)
+ *   a live node whose connection merely dropped answers, and a new connection (`connected`) is
+ *   proof enough that its process runs): a process that dies (SIGKILL, a crash)
  *   has its connections closed by its operating system at once, so every node connected to it
  *   finds the death by itself within a second, without waiting for gossip;
  * - a predecessor it watches has been silent for `failureTimeoutMs` with its connection open: a
@@ -71,6 +72,12 @@ export const newsRetransmitFactor = 3
 export const syncIntervalMs = 1000
 export const syncEntriesMax = 16
 export const joinEntriesMax = 1024
+/**
+ * A node that admits a newcomer tells this many live members about it at once, besides gossip:
+ * in a small cluster that is everyone, so views converge in one hop, however slowly gossip's
+ * rounds run on a loaded machine; in a large one gossip carries it on from them.
+ */
+export const joinAnnounceFanout = 16
 export const tombstoneMs = 30_000
 /** Timer jitter up to this share of the heartbeat interval is not credited back to silent members. */
 export const tickLatenessToleranceRatio = 0.1
@@ -108,6 +115,11 @@ export interface Membership {
    * afterwards cancels it). Evidence of death once `id` has also been silent for a while.
    */
   disconnected(id: NodeId): void
+  /**
+   * The transport connected to `id` again: its process is running (a dead one cannot finish a
+   * handshake), so a lost connection is no longer evidence of its death.
+   */
+  connected(id: NodeId): void
   updateSelf(update: Partial<Pick<MemberInfo, 'capacity' | 'addresses'>>): void
   member(id: NodeId): MemberInfo | undefined
   members(): MemberInfo[]
@@ -310,8 +322,21 @@ export function createMembership(
             for (const info of message.news.slice(0, newsPerMessageMax)) merge(info)
           if (message.type === 'ping') heartbeat(from)
           return
-        case 'join':
+        case 'join': {
+          const known = table.get(from)
           heard(from, message.sender)
+          if (
+            known === undefined ||
+            known.status !== 'alive' ||
+            known.incarnation < message.sender.incarnation
+          ) {
+            const others = aliveById.filter((id) => id !== self.id && id !== from)
+            for (let count = 0; count < joinAnnounceFanout && others.length > 0; count++) {
+              const index = Math.floor(random.next() * others.length)
+              const [target] = others.splice(index, 1)
+              send(target!, { type: 'heartbeat', sender: self, news: [message.sender] })
+            }
+          }
           send(from, {
             type: 'sync',
             sender: self,
@@ -320,6 +345,7 @@ export function createMembership(
             aliveCount: aliveById.length,
           })
           return
+        }
         case 'sync':
           heard(from, message.sender)
           if (Array.isArray(message.entries))
@@ -397,6 +423,9 @@ export function createMembership(
       disconnectedMembers.set(id, clock.now())
       // A live node answers, over a new connection; a dead one cannot.
       send(id, { type: 'ping', sender: self, news: [] })
+    },
+    connected(id) {
+      disconnectedMembers.delete(id)
     },
     join(seeds) {
       for (const seed of seeds) if (seed !== self.id) send(seed, { type: 'join', sender: self })

@@ -60,6 +60,8 @@ export interface Network {
   onMessage(handler: (from: string, protocol: string, body: unknown) => void): void
   /** Called when libp2p has lost every connection to `peer` (a peer whose process died, among others). */
   onPeerDisconnected(handler: (peer: string) => void): void
+  /** Called when libp2p has a connection to `peer` again (or for the first time). */
+  onPeerConnected(handler: (peer: string) => void): void
   /** Dials multiaddrs and returns the peer ids that answered. */
   dial(addresses: readonly string[]): Promise<string[]>
   addAddresses(peer: string, addresses: readonly string[]): void
@@ -290,6 +292,9 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     },
     onMessage(handler) {
       handlers.push(handler)
+    },
+    onPeerConnected(handler) {
+      libp2p.addEventListener('peer:connect', (event) => handler(event.detail.toString()))
     },
     onPeerDisconnected(handler) {
       libp2p.addEventListener('peer:disconnect', (event) => handler(event.detail.toString()))

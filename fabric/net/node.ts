@@ -157,6 +157,8 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     log(`connections to ${short(peer)} lost`)
     membership.disconnected(peer)
   })
+  // A connection that comes back (libp2p may also drop idle ones) proves the process runs.
+  network.onPeerConnected((peer) => membership.connected(peer))
 
   network.onMessage((from, protocol, body) => {
     if (protocol === 'membership') {
