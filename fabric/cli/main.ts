@@ -19,15 +19,29 @@ import { clusterKeyCommand, kvCommand, nodeCommand, nodeUsage } from './node-com
 import { runCluster } from './run-cluster.ts'
 import { runLocal } from './run-local.ts'
 
+function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`
+}
+
 function formatProcesses(processes: ProcessSummary[]): string {
-  const lines = ['PID               STATE    THREAD       NODE          LAST SAVE']
+  const lines = [
+    'PID               STATE    THREAD       NODE          EPOCH  LAST SAVE (SEQUENCE, AGE, SIZE)',
+  ]
   for (const entry of processes) {
     lines.push(`${entry.pid.padEnd(17)} ${entry.state.padEnd(8)} ${''.padEnd(12)} ${entry.home.slice(-12)}`)
     for (const thread of entry.threads) {
-      const save =
-        thread.lastSaveMs === null ? '-' : `${((Date.now() - thread.lastSaveMs) / 1000).toFixed(1)} s ago`
+      const last = thread.lastSave
+      const age =
+        last?.ageMs != null
+          ? `${(last.ageMs / 1000).toFixed(1)} s ago`
+          : thread.lastSaveMs === null
+            ? 'age unknown'
+            : `${((Date.now() - thread.lastSaveMs) / 1000).toFixed(1)} s ago`
+      const save = last == null ? '-' : `#${last.sequence}, ${age}, ${formatBytes(last.bytes)}`
       lines.push(
-        `${''.padEnd(17)} ${thread.state.slice(0, 8).padEnd(8)} ${thread.tid.padEnd(12)} ${thread.node.slice(-12).padEnd(13)} ${save}`,
+        `${''.padEnd(17)} ${thread.state.slice(0, 8).padEnd(8)} ${thread.tid.padEnd(12)} ${thread.node.slice(-12).padEnd(13)} ${String(thread.epoch ?? '-').padEnd(6)} ${save}`,
       )
     }
   }

@@ -9,6 +9,10 @@ export const chainLengthMax = 4096
 export const waitMsMax = 30_000
 /** A coordination store key (the store takes 512 bytes). */
 export const syncKeyLengthMax = 512
+/** Logged values in one replay log (a save truncates it). */
+export const logEntriesMax = 1_000_000
+/** A thread record in a `start` message (its argument included). */
+export const recordBytesMax = 16 * 1024 * 1024
 
 const isObject = (value: unknown): value is Record<string, unknown> =>
   typeof value === 'object' && value !== null
@@ -17,6 +21,17 @@ const isId = (value: unknown): value is string =>
 const isCount = (value: unknown, max = Number.MAX_SAFE_INTEGER): value is number =>
   Number.isSafeInteger(value) && (value as number) >= 0 && (value as number) <= max
 const isBytes = (value: unknown): value is Uint8Array => value instanceof Uint8Array
+const isLogEntries = (value: unknown): value is Array<[number, string]> =>
+  Array.isArray(value) &&
+  value.length <= logEntriesMax &&
+  value.every(
+    (entry) =>
+      Array.isArray(entry) &&
+      entry.length === 2 &&
+      isCount(entry[0]) &&
+      typeof entry[1] === 'string' &&
+      /^-?[0-9]{1,40}$/.test(entry[1]),
+  )
 const isStrings = (value: unknown): value is string[] =>
   Array.isArray(value) &&
   value.length <= argumentsMax &&
@@ -26,6 +41,13 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
   if (!isObject(value) || typeof value.type !== 'string') return false
   switch (value.type) {
     case 'start':
+      return (
+        isId(value.pid) &&
+        isId(value.tid) &&
+        isCount(value.version) &&
+        isBytes(value.record) &&
+        value.record.length <= recordBytesMax
+      )
     case 'fetch-saves':
     case 'drop-saves':
       return isId(value.pid) && isId(value.tid)
@@ -33,6 +55,7 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       return (
         isId(value.pid) &&
         isId(value.tid) &&
+        (value.early === undefined || typeof value.early === 'boolean') &&
         (value.outcome === undefined ||
           (isObject(value.outcome) &&
             (value.outcome.state === 'done' || value.outcome.state === 'failed') &&
@@ -46,6 +69,14 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
         isCount(value.sequence) &&
         (value.baseSequence === null || isCount(value.baseSequence)) &&
         isBytes(value.bytes)
+      )
+    case 'log':
+      return (
+        isId(value.pid) &&
+        isId(value.tid) &&
+        isCount(value.epoch) &&
+        isCount(value.afterSequence) &&
+        isLogEntries(value.entries)
       )
     case 'fetch-program':
       return isId(value.digest)
@@ -67,7 +98,7 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
     case 'attach':
       return isId(value.pid) && isCount(value.from) && isCount(value.waitMs, waitMsMax)
     case 'ps':
-      return true
+      return value.local === undefined || typeof value.local === 'boolean'
     case 'sync-wake':
       return typeof value.key === 'string' && value.key.length > 0 && value.key.length <= syncKeyLengthMax
     default:
@@ -87,8 +118,19 @@ export function isRuntimeReply(value: unknown): value is RuntimeReply {
         Array.isArray(value.chain) &&
         value.chain.length <= chainLengthMax &&
         value.chain.every(isBytes) &&
-        Number.isSafeInteger(value.epoch)
+        Number.isSafeInteger(value.epoch) &&
+        (value.sequences === undefined ||
+          (Array.isArray(value.sequences) &&
+            value.sequences.length === value.chain.length &&
+            value.sequences.every((sequence) => isCount(sequence)))) &&
+        (value.log === undefined ||
+          (isObject(value.log) &&
+            isCount(value.log.epoch) &&
+            isCount(value.log.afterSequence) &&
+            isLogEntries(value.log.entries)))
       )
+    case 'claimed':
+      return isId(value.node) && typeof value.state === 'string'
     case 'program':
       return isBytes(value.bytes)
     case 'submitted':

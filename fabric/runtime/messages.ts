@@ -1,8 +1,12 @@
 /** Messages of the process runtime between nodes (protocol `/fabric/runtime/1`, CBOR on the wire). */
 
 export type RuntimeMessage =
-  /** Claim and run a thread that was placed on the receiver. */
-  | { type: 'start'; pid: string; tid: string }
+  /**
+   * Claim and run a thread: the receiver writes `record` (the thread's record as read at `version`,
+   * or a new thread's at version 0) back with itself as node, state `running` and epoch + 1, by one
+   * compare-and-swap on `version`, and runs it only if that succeeds.
+   */
+  | { type: 'start'; pid: string; tid: string; version: number; record: Uint8Array }
   /** Keep this context save of a thread (a replica in memory). */
   | {
       type: 'save'
@@ -13,7 +17,20 @@ export type RuntimeMessage =
       baseSequence: number | null
       bytes: Uint8Array
     }
-  /** Send the chain of saves held for a thread (full save first). */
+  /**
+   * Keep a thread's replay log: values it saw (clock readings) since save `afterSequence` (0: since
+   * its start), as [call sequence number, decimal value]. Sent before an effect that may depend on
+   * them becomes visible.
+   */
+  | {
+      type: 'log'
+      pid: string
+      tid: string
+      epoch: number
+      afterSequence: number
+      entries: Array<[number, string]>
+    }
+  /** Send the chain of saves held for a thread (full save first), and the log that follows it. */
   | { type: 'fetch-saves'; pid: string; tid: string }
   /** The thread ended: drop its saves. */
   | { type: 'drop-saves'; pid: string; tid: string }
@@ -23,8 +40,11 @@ export type RuntimeMessage =
   | { type: 'output'; pid: string; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
   /** A thread was placed on `node` (to the home node, which watches its process's threads). */
   | { type: 'placed'; pid: string; tid: string; node: string }
-  /** A thread ended (to the home node and to the node that spawned it, which may be joining it). */
-  | { type: 'ended'; pid: string; tid: string; outcome?: EndedOutcome }
+  /**
+   * A thread ended (to the home node and to the node that spawned it, which may be joining it).
+   * `early`: sent before the record says so (for joins only; the home waits for the durable one).
+   */
+  | { type: 'ended'; pid: string; tid: string; outcome?: EndedOutcome; early?: boolean }
   /** Stop the threads of a process (it ended) on the receiver. */
   | { type: 'stop'; pid: string }
   /** From a submitter: run this program; the receiver becomes its home. */
@@ -33,15 +53,26 @@ export type RuntimeMessage =
   | { type: 'attach'; pid: string; from: number; waitMs: number }
   /** From a submitter or operator: end a process. */
   | { type: 'kill'; pid: string }
-  /** From an operator: the processes and threads this node knows of. */
-  | { type: 'ps' }
+  /**
+   * From an operator: the processes and threads this node knows of; a home asks the nodes that run
+   * its threads for their details. `local`: only the threads running on the receiver.
+   */
+  | { type: 'ps'; local?: boolean }
   /** A coordination object changed: calls waiting on it here should look again (primitives/engine.ts). */
   | { type: 'sync-wake'; key: string }
 
 export type RuntimeReply =
   | { type: 'ok' }
   | { type: 'refused'; reason: string }
-  | { type: 'saves'; chain: Uint8Array[]; epoch: number }
+  | {
+      type: 'saves'
+      chain: Uint8Array[]
+      epoch: number
+      sequences?: number[]
+      log?: { epoch: number; afterSequence: number; entries: Array<[number, string]> }
+    }
+  /** A `start` found the record changed: another claim won; it is `state` on `node`. */
+  | { type: 'claimed'; node: string; state: string }
   | { type: 'program'; bytes: Uint8Array }
   | { type: 'submitted'; pid: string }
   | {
@@ -62,7 +93,20 @@ export interface ProcessSummary {
   pid: string
   home: string
   state: string
-  threads: Array<{ tid: string; node: string; state: string; lastSaveMs: number | null }>
+  threads: ThreadSummary[]
+}
+
+export interface ThreadSummary {
+  tid: string
+  node: string
+  /** `running here` (on the node that answered), `running`, or `starting` (not running yet on `node`). */
+  state: string
+  /** Wall-clock time of the latest save, ms since the epoch (as the running node reads it). */
+  lastSaveMs: number | null
+  /** The incarnation: raised by each claim. */
+  epoch?: number
+  /** The latest save: its sequence number, its age when the running node answered, its size. */
+  lastSave?: { sequence: number; ageMs: number | null; bytes: number } | null
 }
 
 export const runtimeMessageTypes: ReadonlySet<string> = new Set([
@@ -72,6 +116,7 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'ps',
   'start',
   'save',
+  'log',
   'fetch-saves',
   'drop-saves',
   'fetch-program',

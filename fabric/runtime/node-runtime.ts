@@ -9,8 +9,10 @@
  *   process.onOutput((tid, fd, bytes) => ...)
  *   const { exitCode } = await process.result
  *
- * Start is two-phase: a thread is first placed (its record names a node, state `placed`), then the
- * node claims it by compare-and-swap (state `running`, epoch + 1) and only then runs it. Every
+ * Start is two-phase: the placer chooses a node and sends it the thread's record as read (a new
+ * thread's at version 0); that node claims it by one compare-and-swap on that version (itself as
+ * node, state `running`, epoch + 1), creating a new thread's record with its claim, and only then
+ * runs it. A spawn returns once the child's record is durable; the child starts meanwhile. Every
  * later write of the running incarnation is a cas on the version it claimed, so an incarnation that
  * was replaced fails its next write and stops. A node holds a lease on its own key `node/<id>`; the
  * home of a process that sees the node depart takes that lease once it has expired (which fences
@@ -18,7 +20,7 @@
  * where they resume from their latest save.
  */
 
-import { importModuleWasi } from '../../host/abi.ts'
+import { importModuleFabric, importModuleWasi } from '../../host/abi.ts'
 import type { FabricHostError } from '../../host/errors.ts'
 import { WorkerLostError } from '../../host/errors.ts'
 import type { Program } from '../../host/program.ts'
@@ -32,7 +34,7 @@ import {
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
-import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
+import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply, ThreadSummary } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, type SyncEngine, type SyncThread } from './primitives/engine.ts'
 import {
@@ -47,7 +49,7 @@ import {
   threadNumber,
 } from './records.ts'
 import { SaveReplicas } from './save-replicas.ts'
-import type { ClusterView, CoordinationClient, Messenger, NodeId } from './services.ts'
+import type { ClusterView, CoordinationClient, Messenger, NodeId, Register } from './services.ts'
 
 export const nodeLeaseTtlMsDefault = 1000
 export const saveReplicaCountDefault = 2
@@ -58,8 +60,26 @@ export const cpuBudgetMsDefault = 3_600_000
 export const outputBytesMax = 64 * 1024 * 1024
 /** Attempts to hand a placed thread to a node before the process fails. */
 export const startAttemptsMax = 8
+/** Outcomes of ended threads a node remembers for joins that come after the `ended` notice. */
+export const endedOutcomesMax = 10_000
+/** How often a home tries to take the lease of a departed node until it has expired. */
+export const fenceRetryMs = 50
+/** How long a home keeps trying to fence a departed node. */
+export const fenceWaitMsMax = 30_000
+/** Spawns of one thread whose child records are still being written; the next spawn waits. */
+export const spawnsInFlightMax = 1024
+/** How long the runtime waits before asking the store again after it did not answer. */
+export const storeRetryMs = 100
+/** Attempts to record a thread's end while the store does not answer. */
+export const endWriteAttemptsMax = 50
+/** Reads the runtime asks the store for again, when it did not answer in time, before it gives up. */
+export const storeReadAttemptsMax = 20
+/** How long a placer waits before asking again nodes that all refused a thread. */
+export const startRetryMs = 100
 /** How often a joiner re-reads the record of the thread it waits for, besides `ended` notices. */
 export const joinPollMs = 250
+/** Record reads of a join between two notices to the home that the awaited child runs somewhere. */
+export const joinPollsPerHomeNotice = 8
 /** How often a home checks that the nodes of its threads still live. */
 export const homeSweepMs = 500
 /** Restarts of one thread on this node after its worker died, before the thread fails. */
@@ -137,6 +157,18 @@ interface LocalThread {
   stopped: boolean
   /** The thread's open files, when the node serves files; kept across restarts of its worker here. */
   files: GuestFileSession | null
+  /**
+   * Spawns whose child record is not durable yet. A spawn returns at once (the child's id is
+   * fixed by the call's op id); what could lose the child if this thread died now waits for them:
+   * a save (restored past the spawn, the thread would not spawn again), its end, a join.
+   */
+  spawning: Set<Promise<void>>
+  /** Values the guest saw (clock readings) since its last save, replayed should it restart. */
+  log: Array<[number, bigint]>
+  /** The save the log follows (0: the thread's start). */
+  logBase: number
+  /** Entries of `log` known to be on the replicas. */
+  logSent: number
 }
 
 interface HomeProcess {
@@ -180,6 +212,8 @@ export class NodeRuntime {
   private readonly programBytes = new Map<string, Uint8Array>()
   private readonly processes = new Map<string, Promise<ProcessRecord>>()
   private readonly joinWaiters = new Map<string, Set<(outcome?: EndedOutcome) => void>>()
+  /** Ended threads' outcomes by record key, oldest first (a join may come after the notice). */
+  private readonly endedOutcomes = new Map<string, EndedOutcome>()
   private readonly timerHandles: TimerHandle[] = []
   private leaseToken = 0
   private leaseHeld = false
@@ -272,22 +306,21 @@ export class NodeRuntime {
     const key = keys.thread(thread.pid, thread.tid)
     const read = await this.components.store.get(key).catch(() => undefined)
     if (read?.value == null || read.version !== thread.version) return
-    const others = this.components.cluster.live().filter((peer) => peer.id !== this.self)
-    if (others.length === 0) return
-    const node = chooseNode({ candidates: others, load: new Map(), random: this.components.random })
-    const moved: ThreadRecord = { ...thread.record, node, state: 'placed' }
-    const written = await this.components.store
-      .cas(key, read.version, encodeRecord(moved))
-      .catch(() => undefined)
-    if (written?.ok) {
+    const node = await this.handOver(thread.pid, thread.tid, read.version, decodeThread(read.value), {
+      exclude: this.self,
+    })
+    if (node !== null)
       this.components.log?.(`runtime: handed thread ${thread.tid} of ${thread.pid} to ${node}`)
-      await this.handOver(thread.pid, thread.tid, written.version, moved)
-    }
   }
 
   /** Number of threads running here (for tests, `ps` and load reports). */
   runningCount(): number {
     return this.local.size
+  }
+
+  /** What `fabric ps` shows: the processes homed here with each thread's node, state, epoch, last save. */
+  listProcesses(): Promise<ProcessSummary[]> {
+    return this.processSummaries(false)
   }
 
   localThreads(): Array<{ pid: string; tid: string; epoch: number }> {
@@ -354,14 +387,26 @@ export class NodeRuntime {
   private async handle(from: NodeId, message: RuntimeMessage): Promise<RuntimeReply> {
     switch (message.type) {
       case 'start':
-        return this.claim(message.pid, message.tid)
+        return this.claim(message.pid, message.tid, message.version, message.record)
       case 'save': {
         const kept = this.replicas.keep(message)
         return kept ? { type: 'ok' } : { type: 'refused', reason: 'save does not follow the chain held' }
       }
+      case 'log': {
+        const { type: _type, ...log } = message
+        const kept = this.replicas.keepLog(log)
+        return kept ? { type: 'ok' } : { type: 'refused', reason: 'a later incarnation is held' }
+      }
       case 'fetch-saves': {
         const chain = this.replicas.chain(message.pid, message.tid)
-        return { type: 'saves', chain: chain?.saves ?? [], epoch: chain?.epoch ?? -1 }
+        const log = this.replicas.log(message.pid, message.tid)
+        return {
+          type: 'saves',
+          chain: chain?.saves ?? [],
+          epoch: chain?.epoch ?? -1,
+          sequences: chain?.sequences ?? [],
+          ...(log === undefined ? {} : { log }),
+        }
       }
       case 'drop-saves':
         this.replicas.drop(message.pid, message.tid)
@@ -381,7 +426,7 @@ export class NodeRuntime {
         return { type: 'ok' }
       }
       case 'ended':
-        this.threadEnded(message.pid, message.tid, message.outcome)
+        this.threadEnded(message.pid, message.tid, message.outcome, message.early === true)
         return { type: 'ok' }
       case 'stop':
         for (const thread of [...this.local.values()])
@@ -390,6 +435,8 @@ export class NodeRuntime {
         this.sync.processEnded(message.pid)
         for (const groupKey of [...this.groupNodes.keys()])
           if (groupKey.startsWith(`${message.pid}/`)) this.groupNodes.delete(groupKey)
+        for (const key of [...this.endedOutcomes.keys()])
+          if (key.startsWith(keys.thread(message.pid, ''))) this.endedOutcomes.delete(key)
         return { type: 'ok' }
       case 'submit': {
         const handle = await this.submit(message.program, { args: message.args, env: message.env })
@@ -405,7 +452,7 @@ export class NodeRuntime {
         return { type: 'ok' }
       }
       case 'ps':
-        return { type: 'processes', processes: this.processSummaries() }
+        return { type: 'processes', processes: await this.processSummaries(message.local === true) }
       case 'sync-wake':
         this.sync.wake(message.key)
         return { type: 'ok' }
@@ -443,27 +490,74 @@ export class NodeRuntime {
     return { type: 'output', chunks, next, result }
   }
 
-  private processSummaries(): ProcessSummary[] {
-    const summaries: ProcessSummary[] = []
-    for (const home of this.homes.values()) {
-      summaries.push({
-        pid: home.record.pid,
-        home: this.self,
-        state: home.finished ? 'ended' : 'running',
-        threads: [...home.threads].map(([tid, node]) => ({ tid, node, state: 'running', lastSaveMs: null })),
-      })
-    }
-    const running = new Map<string, ProcessSummary>()
+  /** This node's threads, by process. */
+  private localSummaries(): ProcessSummary[] {
+    const byProcess = new Map<string, ProcessSummary>()
+    const now = Date.now()
     for (const thread of this.local.values()) {
-      let summary = running.get(thread.pid)
+      let summary = byProcess.get(thread.pid)
       if (summary === undefined) {
         summary = { pid: thread.pid, home: '', state: 'running', threads: [] }
-        running.set(thread.pid, summary)
-        summaries.push(summary)
+        byProcess.set(thread.pid, summary)
       }
-      const lastSave = thread.chain.at(-1)?.summary.takenAtMs ?? null
-      summary.threads.push({ tid: thread.tid, node: this.self, state: 'running here', lastSaveMs: lastSave })
+      const last = thread.chain.at(-1)
+      // A chain restored from replicas does not say when its saves were taken.
+      const takenAtMs = last === undefined || last.summary.takenAtMs === 0 ? null : last.summary.takenAtMs
+      summary.threads.push({
+        tid: thread.tid,
+        node: this.self,
+        state: 'running here',
+        lastSaveMs: takenAtMs,
+        epoch: thread.epoch,
+        lastSave:
+          last === undefined
+            ? null
+            : {
+                sequence: last.summary.sequence,
+                ageMs: takenAtMs === null ? null : Math.max(0, now - takenAtMs),
+                bytes: last.bytes.length,
+              },
+      })
     }
+    return [...byProcess.values()]
+  }
+
+  /**
+   * The processes homed here, each thread with what its node says of it, then the threads running
+   * here of processes homed elsewhere. With `localOnly`, just the latter (what a home asks).
+   */
+  private async processSummaries(localOnly: boolean): Promise<ProcessSummary[]> {
+    const here = this.localSummaries()
+    if (localOnly) return here
+    const homes = [...this.homes.values()]
+    const nodes = new Set(homes.flatMap((home) => [...home.threads.values()]))
+    nodes.delete(this.self)
+    const details = new Map<string, ThreadSummary>()
+    const remember = (summaries: ProcessSummary[]) => {
+      for (const summary of summaries)
+        for (const thread of summary.threads) details.set(`${summary.pid}/${thread.tid}`, thread)
+    }
+    remember(here)
+    await Promise.all(
+      [...nodes].map(async (node) => {
+        const reply = await this.components.messenger
+          .request(node, { type: 'ps', local: true })
+          .catch(() => undefined)
+        if (reply?.type === 'processes') remember(reply.processes)
+      }),
+    )
+    const summaries: ProcessSummary[] = homes.map((home) => ({
+      pid: home.record.pid,
+      home: this.self,
+      state: home.finished ? 'ended' : 'running',
+      threads: [...home.threads].map(([tid, node]): ThreadSummary => {
+        const known = details.get(`${home.record.pid}/${tid}`)
+        return known === undefined || known.node !== node
+          ? { tid, node, state: 'starting', lastSaveMs: null }
+          : { ...known, state: 'running' }
+      }),
+    }))
+    for (const summary of here) if (!this.homes.has(summary.pid)) summaries.push(summary)
     return summaries
   }
 
@@ -475,7 +569,7 @@ export class NodeRuntime {
     return load
   }
 
-  /** Writes the record of a new thread (placed) and hands it to a node. Idempotent per tid. */
+  /** Starts a new thread: the node that will run it creates its record with its claim. Idempotent per tid. */
   private async placeThread(
     pid: string,
     tid: string,
@@ -483,15 +577,6 @@ export class NodeRuntime {
     arg: Uint8Array,
     group?: string,
   ): Promise<void> {
-    const key = keys.thread(pid, tid)
-    const groupKey = group === undefined ? null : `${pid}/${group}`
-    const node = chooseNode({
-      candidates: this.components.cluster.live(),
-      load: this.loadByNode(),
-      groupNodes: groupKey === null ? undefined : this.groupNodes.get(groupKey),
-      random: this.components.random,
-    })
-    if (groupKey !== null) this.noteGroupNode(groupKey, node)
     const record: ThreadRecord = {
       formatVersion: recordFormatVersion,
       pid,
@@ -499,7 +584,7 @@ export class NodeRuntime {
       entry,
       arg,
       state: 'placed',
-      node,
+      node: '',
       epoch: 0,
       saveReplicas: [],
       result: null,
@@ -508,61 +593,102 @@ export class NodeRuntime {
       spawnerNode: this.self,
       ...(group === undefined ? {} : { group }),
     }
-    const written = await this.components.store.cas(key, 0, encodeRecord(record))
-    if (!written.ok) {
-      // A replayed spawn: the child exists. If it was never claimed (its first node may have died
-      // before anyone learned of it), hand it over again; claiming is idempotent.
-      const existing = written.value === null ? null : decodeThread(written.value)
-      if (existing?.state === 'placed') await this.handOver(pid, tid, written.version, existing)
-      return
-    }
-    await this.handOver(pid, tid, written.version, record)
+    // A replayed spawn finds the record there: the claim fails and names the node that holds it.
+    await this.handOver(pid, tid, 0, record)
   }
 
-  /** Sends `start` to the node a placed record names; re-places it when that node refuses or is gone. */
-  private async handOver(pid: string, tid: string, version: number, record: ThreadRecord): Promise<void> {
-    let current = { version, record }
-    for (let attempt = 0; attempt < startAttemptsMax; attempt++) {
-      const process = await this.processRecord(pid)
-      void this.components.messenger
-        .request(process.home, { type: 'placed', pid, tid, node: current.record.node })
-        .catch(() => {})
+  /**
+   * Has a node claim the thread whose record read `record` at `version` (0: a new thread), and tells
+   * the home where it runs. A node that refuses or cannot be reached is passed over. Returns the node
+   * that runs the thread, or null when another claim won or no node took it.
+   */
+  private async handOver(
+    pid: string,
+    tid: string,
+    version: number,
+    record: ThreadRecord,
+    choice: { exclude?: NodeId; prefer?: NodeId } = {},
+  ): Promise<NodeId | null> {
+    const passedOver = new Set<NodeId>(choice.exclude === undefined ? [] : [choice.exclude])
+    const encoded = encodeRecord(record)
+    // Threads of one context group go near each other.
+    const groupKey = record.group === undefined ? null : `${pid}/${record.group}`
+    for (let attempt = 0; attempt < startAttemptsMax && !this.stopped; attempt++) {
+      let candidates = this.components.cluster.live().filter((peer) => !passedOver.has(peer.id))
+      if (candidates.length === 0) {
+        // Every node refused (still starting, say): wait a little and ask them all again.
+        await new Promise<void>((resolve) => this.components.timers.after(startRetryMs, resolve))
+        passedOver.clear()
+        if (choice.exclude !== undefined) passedOver.add(choice.exclude)
+        candidates = this.components.cluster.live().filter((peer) => !passedOver.has(peer.id))
+        if (candidates.length === 0) break
+      }
+      const node =
+        attempt === 0 && choice.prefer !== undefined && candidates.some((peer) => peer.id === choice.prefer)
+          ? choice.prefer
+          : chooseNode({
+              candidates,
+              load: this.loadByNode(),
+              groupNodes: groupKey === null ? undefined : this.groupNodes.get(groupKey),
+              random: this.components.random,
+            })
       const reply = await this.components.messenger
-        .request(current.record.node, { type: 'start', pid, tid })
+        .request(node, { type: 'start', pid, tid, version, record: encoded })
         .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
-      if (reply.type === 'ok') return
-      // The node is gone or refused: place the thread elsewhere, unless someone else moved it on.
-      const fresh = await this.components.store.get(keys.thread(pid, tid))
-      if (fresh.version !== current.version || fresh.value === null) return
-      const live = this.components.cluster.live().filter((peer) => peer.id !== current.record.node)
-      if (live.length === 0) break
-      const node = chooseNode({ candidates: live, load: this.loadByNode(), random: this.components.random })
-      const moved: ThreadRecord = { ...current.record, node, state: 'placed' }
-      const written = await this.components.store.cas(
-        keys.thread(pid, tid),
-        current.version,
-        encodeRecord(moved),
-      )
-      if (!written.ok) return
-      current = { version: written.version, record: moved }
+      if (reply.type === 'ok') {
+        if (groupKey !== null) this.noteGroupNode(groupKey, node)
+        this.tellHome(pid, tid, node)
+        return node
+      }
+      if (reply.type === 'claimed') {
+        // Another claim won (or this one did and its answer was lost): the home must watch that node.
+        if (reply.state === 'running') this.tellHome(pid, tid, reply.node)
+        return null
+      }
+      passedOver.add(node)
     }
     this.components.log?.(`runtime: could not start thread ${tid} of process ${pid}`)
+    return null
   }
 
-  /** Second phase of a start: claims a thread placed here and runs it. */
-  private async claim(pid: string, tid: string): Promise<RuntimeReply> {
+  /** Tells the home of `pid` that thread `tid` runs on `node` (it restarts it should `node` die). */
+  private tellHome(pid: string, tid: string, node: NodeId): void {
+    void this.processRecord(pid)
+      .then((process) => this.components.messenger.request(process.home, { type: 'placed', pid, tid, node }))
+      .catch(() => {})
+  }
+
+  /** Second phase of a start: claims the thread by one cas on `version` and runs it. */
+  private async claim(
+    pid: string,
+    tid: string,
+    version: number,
+    recordBytes: Uint8Array,
+  ): Promise<RuntimeReply> {
     if (this.stopped || this.draining || !this.leaseHeld)
       return { type: 'refused', reason: 'node is not serving' }
-    const key = keys.thread(pid, tid)
-    const read = await this.components.store.get(key)
-    if (read.value === null) return { type: 'refused', reason: 'no such thread' }
-    const record = decodeThread(read.value)
-    if (record.state !== 'placed' || record.node !== this.self) {
-      return { type: 'refused', reason: `thread is ${record.state} on ${record.node}` }
+    let record: ThreadRecord
+    try {
+      record = decodeThread(recordBytes)
+    } catch (error) {
+      return { type: 'refused', reason: (error as Error).message }
     }
-    const claimed: ThreadRecord = { ...record, state: 'running', epoch: record.epoch + 1 }
-    const written = await this.components.store.cas(key, read.version, encodeRecord(claimed))
-    if (!written.ok) return { type: 'refused', reason: 'another claim won' }
+    if (record.pid !== pid || record.tid !== tid)
+      return { type: 'refused', reason: 'record of another thread' }
+    if (record.state === 'done' || record.state === 'failed')
+      return { type: 'claimed', node: record.node, state: record.state }
+    const key = keys.thread(pid, tid)
+    const claimed: ThreadRecord = { ...record, node: this.self, state: 'running', epoch: record.epoch + 1 }
+    // A cas the store did not confirm in time may have applied: the record tells.
+    const written = await this.components.store
+      .cas(key, version, encodeRecord(claimed))
+      .catch(() => this.readRetrying(key).then((read) => ({ ...read, ok: this.isClaim(read, claimed) })))
+    if (!written.ok) {
+      const existing = written.value === null ? null : decodeThread(written.value)
+      if (existing === null) return { type: 'refused', reason: 'no such thread' }
+      return { type: 'claimed', node: existing.node, state: existing.state }
+    }
+    if (this.stopped) return { type: 'refused', reason: 'node is not serving' }
     const thread: LocalThread = {
       pid,
       tid,
@@ -577,21 +703,34 @@ export class NodeRuntime {
       restarts: 0,
       stopped: false,
       files: null,
+      spawning: new Set(),
+      log: [],
+      logBase: 0,
+      logSent: 0,
     }
     this.local.set(`${pid}/${tid}`, thread)
     if (claimed.epoch > 1)
       this.components.log?.(`runtime: resuming thread ${tid} of ${pid} (epoch ${claimed.epoch})`)
-    void this.run(thread, record.saveReplicas).catch((error: Error) => {
+    void this.run(thread, record).catch((error: Error) => {
       this.components.log?.(`runtime: thread ${tid} of ${pid} could not run: ${error.message}`)
-      void this.finishThread(thread, { kind: 'error', error: error as FabricHostError })
+      void this.finishThread(thread, { kind: 'error', error: error as FabricHostError }).catch(
+        this.backgroundFailed,
+      )
     })
     return { type: 'ok' }
+  }
+
+  /** Whether `read` holds the claim `claimed` (this node's, at its epoch). */
+  private isClaim(read: Register, claimed: ThreadRecord): boolean {
+    if (read.value === null) return false
+    const record = decodeThread(read.value)
+    return record.node === claimed.node && record.epoch === claimed.epoch && record.state === 'running'
   }
 
   private async processRecord(pid: string): Promise<ProcessRecord> {
     let pending = this.processes.get(pid)
     if (pending === undefined) {
-      pending = this.components.store.get(keys.process(pid)).then((read) => {
+      pending = this.readRetrying(keys.process(pid)).then((read) => {
         if (read.value === null) throw new Error(`no process ${pid}`)
         return decodeProcess(read.value)
       })
@@ -599,6 +738,18 @@ export class NodeRuntime {
       pending.catch(() => this.processes.delete(pid))
     }
     return pending
+  }
+
+  /** Reads `key`, asking again while the store does not answer in time (a busy or changing cluster). */
+  private async readRetrying(key: string): Promise<Register> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.components.store.get(key)
+      } catch (error) {
+        if (attempt >= storeReadAttemptsMax || this.stopped) throw error
+        await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+      }
+    }
   }
 
   private program(digest: string, home: NodeId): Promise<Program> {
@@ -621,38 +772,66 @@ export class NodeRuntime {
     return pending
   }
 
-  /** The latest chain of saves among `replicas` (highest epoch, then longest). */
+  /**
+   * The latest chain of saves among `replicas` (highest epoch, then longest), and the longest replay
+   * log that follows it.
+   */
   private async fetchChain(
     pid: string,
     tid: string,
     replicas: readonly NodeId[],
-  ): Promise<Uint8Array[] | null> {
+  ): Promise<{ saves: Uint8Array[]; sequences: number[]; log: Array<[number, bigint]> }> {
     const replies = await Promise.all(
       replicas.map((node) =>
         this.components.messenger.request(node, { type: 'fetch-saves', pid, tid }).catch(() => undefined),
       ),
     )
-    let best: { epoch: number; chain: Uint8Array[] } | null = null
+    let best: { epoch: number; saves: Uint8Array[]; sequences: number[] } = {
+      epoch: -1,
+      saves: [],
+      sequences: [],
+    }
     for (const reply of replies) {
       if (reply?.type !== 'saves' || reply.chain.length === 0) continue
       if (
-        best === null ||
+        best.saves.length === 0 ||
         reply.epoch > best.epoch ||
-        (reply.epoch === best.epoch && reply.chain.length > best.chain.length)
+        (reply.epoch === best.epoch && reply.chain.length > best.saves.length)
       ) {
-        best = { epoch: reply.epoch, chain: reply.chain }
+        best = { epoch: reply.epoch, saves: reply.chain, sequences: reply.sequences ?? [] }
       }
     }
-    return best?.chain ?? null
+    const base = best.sequences.at(-1) ?? 0
+    let log: Array<[number, string]> = []
+    for (const reply of replies) {
+      if (reply?.type !== 'saves' || reply.log === undefined || reply.log.afterSequence !== base) continue
+      if (reply.log.entries.length > log.length) log = reply.log.entries
+    }
+    return { ...best, log: log.map(([sequence, value]) => [sequence, BigInt(value)]) }
   }
 
   // --- running --------------------------------------------------------------------------------
 
-  private async run(thread: LocalThread, previousReplicas: readonly NodeId[]): Promise<void> {
-    const process = await this.processRecord(thread.pid)
-    const program = await this.program(process.programDigest, process.home)
-    const restore =
-      previousReplicas.length > 0 ? await this.fetchChain(thread.pid, thread.tid, previousReplicas) : null
+  private async run(thread: LocalThread, previous: ThreadRecord): Promise<void> {
+    const loading = this.processRecord(thread.pid)
+    // A thread that ran before resumes from its saves and replays its log; they are on the nodes
+    // its record names, and the log of a thread that never saved is on the nodes its node chose.
+    const holders =
+      previous.epoch === 0
+        ? []
+        : [
+            ...new Set([
+              ...previous.saveReplicas,
+              ...chooseSaveReplicas(previous.node, this.components.cluster.live(), this.replicaCount),
+            ]),
+          ]
+    // The program and the saves come from different nodes: fetch them at once.
+    const [process, program, restore] = await Promise.all([
+      loading,
+      loading.then((process) => this.program(process.programDigest, process.home)),
+      holders.length > 0 ? this.fetchChain(thread.pid, thread.tid, holders) : null,
+    ])
+    const restoreSaves = restore === null || restore.saves.length === 0 ? null : restore.saves
     if (this.components.files !== undefined) {
       // A resumed thread reopens its files as they were at the save it resumes from.
       const resumed = thread.epoch > 1
@@ -661,7 +840,9 @@ export class NodeRuntime {
         tid: thread.tid,
         resumed,
         restoredCallSequence:
-          resumed && restore !== null ? (await decodeSave(restore[restore.length - 1]!)).callSequence : null,
+          resumed && restoreSaves !== null
+            ? (await decodeSave(restoreSaves[restoreSaves.length - 1]!)).callSequence
+            : null,
         requestSave: () => thread.runner?.requestSave(),
       })
     }
@@ -669,7 +850,57 @@ export class NodeRuntime {
       thread.files?.abandon()
       return
     }
-    this.launch(thread, process, program, restore)
+    if (restore !== null && restore.sequences.length === restore.saves.length) {
+      // The restored chain is this incarnation's too: a replica new to the thread gets it whole
+      // before the deltas that follow it.
+      thread.chain = restore.saves.map((bytes, index) => ({
+        bytes,
+        summary: {
+          threadId: threadNumber(thread.tid),
+          sequence: restore.sequences[index]!,
+          baseSequence: index === 0 ? null : restore.sequences[index - 1]!,
+          callSequence: 0,
+          memoryPages: 0,
+          pageCount: 0,
+          takenAtMs: 0,
+        },
+      }))
+    }
+    if (restore !== null) {
+      // Replayed values are not reported again by the guest: keep them for this node's replicas.
+      thread.log = restore.log
+      thread.logBase = restore.sequences.at(-1) ?? 0
+      thread.logSent = 0
+    }
+    this.launch(thread, process, program, restoreSaves)
+  }
+
+  /**
+   * Makes the values the guest saw since its last save durable on the save replicas, before an
+   * effect that may depend on them becomes visible (output, a spawn, a call, its end), so a restart
+   * anywhere replays them. Nothing to send, nothing to wait for.
+   */
+  private async flushLog(thread: LocalThread): Promise<void> {
+    if (thread.log.length === thread.logSent) return
+    // The save this log follows must reach the replicas first.
+    await thread.replicationQueue
+    const entries = thread.log.slice()
+    const afterSequence = thread.logBase
+    if (entries.length === 0 || afterSequence !== thread.logBase) return
+    const message: RuntimeMessage = {
+      type: 'log',
+      pid: thread.pid,
+      tid: thread.tid,
+      epoch: thread.epoch,
+      afterSequence,
+      entries: entries.map(([sequence, value]) => [sequence, value.toString()]),
+    }
+    const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
+    const replies = await Promise.all(
+      replicas.map((node) => this.components.messenger.request(node, message).catch(() => undefined)),
+    )
+    if (replies.some((reply) => reply?.type === 'ok') && thread.logBase === afterSequence)
+      thread.logSent = Math.max(thread.logSent, entries.length)
   }
 
   private launch(
@@ -696,7 +927,7 @@ export class NodeRuntime {
         files: thread.files !== null,
         preopens: thread.files === null ? [] : [...this.components.files!.preopens],
         restore,
-        replayLog: [],
+        replayLog: thread.log.slice(),
         nextSaveSequence: 1,
       },
       {
@@ -710,12 +941,22 @@ export class NodeRuntime {
               `runtime: files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
             ),
           )
+          // The save covers what the guest saw up to its call; the log starts again from it.
+          thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
+          thread.logBase = save.summary.sequence
+          thread.logSent = 0
+          // Only spawns made before the save must be durable before it is (later ones may wait on
+          // this very queue to send their log first).
+          const spawnedBefore = [...thread.spawning]
           thread.replicationQueue = thread.replicationQueue
             .then(() => filesSaved)
+            .then(() => Promise.all(spawnedBefore))
             .then(() => this.replicate(thread, save))
             .catch(() => {})
         },
-        log: () => {},
+        log: (callSequence, value) => {
+          thread.log.push([callSequence, value])
+        },
       },
     )
     thread.runner = runner
@@ -751,6 +992,7 @@ export class NodeRuntime {
       bytes,
     }
     thread.outputQueue = thread.outputQueue.then(async () => {
+      await this.flushLog(thread)
       for (let attempt = 0; attempt < 50 && !thread.stopped; attempt++) {
         try {
           await this.components.messenger.request(process.home, message)
@@ -832,6 +1074,10 @@ export class NodeRuntime {
     process: ProcessRecord,
     call: HostCall,
   ): Promise<HostCallReply> {
+    // A call other than spawn (it flushes on its own, off the guest's path) and join may have an
+    // effect that others see: what the guest saw before it must be durable first.
+    const spawnOrJoin = call.module === importModuleFabric && (call.name === 'spawn' || call.name === 'join')
+    if (!spawnOrJoin) await this.flushLog(thread)
     if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
       const payload = call.payload
@@ -846,16 +1092,29 @@ export class NodeRuntime {
       )
       if (!exported) return { result: -2 }
       // The child's id derives from the call's op id: a replayed spawn finds the same child.
-      await this.placeThread(
-        thread.pid,
-        childThreadId(thread.tid, call.callSequence),
-        entry,
-        payload.slice(4 + entryLength),
-        thread.record.group,
-      )
+      while (thread.spawning.size >= spawnsInFlightMax) await Promise.race(thread.spawning)
+      // The child (an effect) appears once what the guest saw before the spawn is durable.
+      const spawning = this.flushLog(thread)
+        .then(() =>
+          this.placeThread(
+            thread.pid,
+            childThreadId(thread.tid, call.callSequence),
+            entry,
+            payload.slice(4 + entryLength),
+            thread.record.group,
+          ),
+        )
+        .catch((error: Error) => {
+          this.components.log?.(`runtime: spawn of ${entry} by thread ${thread.tid} failed: ${error.message}`)
+        })
+      thread.spawning.add(spawning)
+      void spawning.then(() => thread.spawning.delete(spawning))
       return { result: call.callSequence }
     }
-    if (call.name === 'join') return this.join(thread, call.args[0]!)
+    if (call.name === 'join') {
+      await this.spawnsDurable(thread)
+      return this.join(thread, call.args[0]!)
+    }
     if (call.name === 'sync') {
       return this.sync.call(this.syncThread(thread), {
         callSequence: call.callSequence,
@@ -864,6 +1123,11 @@ export class NodeRuntime {
       })
     }
     return { result: -1 }
+  }
+
+  /** Resolves once every child this thread spawned so far has a durable record. */
+  private async spawnsDurable(thread: LocalThread): Promise<void> {
+    while (thread.spawning.size > 0) await Promise.all(thread.spawning)
   }
 
   /** What the sync engine may do with a thread running here. */
@@ -896,25 +1160,17 @@ export class NodeRuntime {
   private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
     const tid = childThreadId(thread.tid, handle)
     const key = keys.thread(thread.pid, tid)
-    let homeTold = false
-    for (;;) {
+    const reply = (outcome: EndedOutcome): HostCallReply => {
+      if (outcome.state === 'failed') return { result: -3 }
+      const result = outcome.result ?? new Uint8Array(0)
+      return { result: result.length, payload: result }
+    }
+    for (let polls = 0; ; polls++) {
       if (thread.stopped) return new Promise(() => {})
-      const read = await this.components.store.get(key)
-      if (read.value === null) return { result: -1 }
-      const record = decodeThread(read.value)
-      if (record.state === 'done') {
-        const result = record.result ?? new Uint8Array(0)
-        return { result: result.length, payload: result }
-      }
-      if (record.state === 'failed') return { result: -3 }
-      if (!homeTold) {
-        // Make sure the home watches the child: it restarts it should its node die.
-        homeTold = true
-        const process = await this.processRecord(thread.pid)
-        void this.components.messenger
-          .request(process.home, { type: 'placed', pid: thread.pid, tid, node: record.node })
-          .catch(() => {})
-      }
+      // The child's node tells this node (its spawner's) when it ends; the record is read only when
+      // no notice came for a while (the notice was lost, or the parent moved here since the spawn).
+      const known = this.endedOutcomes.get(key)
+      if (known !== undefined) return reply(known)
       const outcome = await new Promise<EndedOutcome | undefined>((resolve) => {
         const waiters = this.joinWaiters.get(key) ?? new Set()
         this.joinWaiters.set(key, waiters)
@@ -927,18 +1183,26 @@ export class NodeRuntime {
         const timer = this.components.timers.after(joinPollMs, () => wake())
         waiters.add(wake)
       })
-      if (outcome?.state === 'done') {
-        const result = outcome.result ?? new Uint8Array(0)
-        return { result: result.length, payload: result }
-      }
-      if (outcome?.state === 'failed') return { result: -3 }
+      if (outcome !== undefined) return reply(outcome)
+      if (thread.stopped) continue
+      // A store that does not answer now is asked again at the next poll.
+      const read = await this.components.store.get(key).catch(() => undefined)
+      if (read === undefined) continue
+      if (read.value === null) return { result: -1 }
+      const record = decodeThread(read.value)
+      if (record.state === 'done') return reply({ state: 'done', result: record.result })
+      if (record.state === 'failed') return { result: -3 }
+      // Make sure the home watches the child (it restarts it should its node die), now and then
+      // again, should the notice be lost.
+      if (polls % joinPollsPerHomeNotice === 0) this.tellHome(thread.pid, tid, record.node)
     }
   }
 
   private async finishThread(thread: LocalThread, outcome: ThreadOutcome): Promise<void> {
     if (thread.stopped) return
     await thread.outputQueue
-    await thread.replicationQueue
+    await this.spawnsDurable(thread)
+    await this.flushLog(thread)
     // Its files are closed (committed) before anyone learns that it ended, so a join sees them.
     await thread.files
       ?.end()
@@ -947,6 +1211,24 @@ export class NodeRuntime {
           `runtime: closing files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
         ),
       )
+    const ended: RuntimeMessage = {
+      type: 'ended',
+      pid: thread.pid,
+      tid: thread.tid,
+      outcome:
+        outcome.kind === 'exit'
+          ? { state: 'done', result: outcome.result }
+          : { state: 'failed', result: null },
+    }
+    // The spawning node (where the parent most likely waits in `join`) learns the outcome before
+    // it is durable: should this node die before the record says `done`, the thread runs again
+    // from its last save and, replaying what it saw, ends the same way. The home, which ends the
+    // process on the main thread's end, hears only once the record is written.
+    const spawner = thread.record.spawnerNode
+    const toldSpawner = spawner !== undefined && thread.tid !== '0' && !thread.stopped
+    if (toldSpawner)
+      void this.components.messenger.request(spawner, { ...ended, early: true }).catch(() => {})
+    await thread.replicationQueue
     const done: ThreadRecord =
       outcome.kind === 'exit'
         ? {
@@ -957,22 +1239,30 @@ export class NodeRuntime {
             saveReplicas: [],
           }
         : { ...thread.record, state: 'failed', error: outcome.error.message, saveReplicas: [] }
-    const written = await this.writeRecord(thread, done).catch(() => false)
+    // A store that does not answer is asked again; a cas that fails because the first attempt did
+    // apply finds this incarnation's end in the record.
+    let written = false
+    for (let attempt = 0; attempt < endWriteAttemptsMax && !thread.stopped; attempt++) {
+      const outcome = await this.components.store
+        .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(done))
+        .catch(() => undefined)
+      if (outcome !== undefined) {
+        const current = outcome.ok || outcome.value === null ? null : decodeThread(outcome.value)
+        written = outcome.ok || (current?.epoch === thread.epoch && current.state === done.state)
+        if (!written) this.components.log?.(`runtime: thread ${thread.tid} of ${thread.pid} was taken over`)
+        break
+      }
+      await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+    }
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.stopped = true
     if (!written) return
     this.sync.threadEnded(thread.pid, thread.tid)
-    const process = await this.processRecord(thread.pid)
-    // The home, and the node that spawned the thread (where its parent most likely still waits in
-    // `join`; a parent that moved finds out by polling). The notice carries the outcome.
+    const process = await this.processRecord(thread.pid).catch(() => undefined)
+    if (process === undefined) return
+    // The home, and the spawning node if not told yet (a parent that moved finds out by polling).
     const notify = new Set<NodeId>([process.home])
-    if (thread.record.spawnerNode !== undefined) notify.add(thread.record.spawnerNode)
-    const ended: RuntimeMessage = {
-      type: 'ended',
-      pid: thread.pid,
-      tid: thread.tid,
-      outcome: { state: done.state === 'failed' ? 'failed' : 'done', result: done.result },
-    }
+    if (spawner !== undefined && !toldSpawner) notify.add(spawner)
     for (const node of notify) void this.components.messenger.request(node, ended).catch(() => {})
     for (const node of thread.replicas) {
       void this.components.messenger
@@ -993,11 +1283,16 @@ export class NodeRuntime {
     this.sync.threadStopped(thread.pid, thread.tid)
   }
 
-  private threadEnded(pid: string, tid: string, outcome?: EndedOutcome): void {
+  private threadEnded(pid: string, tid: string, outcome?: EndedOutcome, early = false): void {
     const key = keys.thread(pid, tid)
+    if (outcome !== undefined) {
+      this.endedOutcomes.set(key, outcome)
+      if (this.endedOutcomes.size > endedOutcomesMax)
+        this.endedOutcomes.delete(this.endedOutcomes.keys().next().value!)
+    }
     for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake(outcome)
     const home = this.homes.get(pid)
-    if (home === undefined) return
+    if (home === undefined || early) return
     home.ended.add(tid)
     home.threads.delete(tid)
     if (tid === '0') void this.finishProcess(home).catch(this.backgroundFailed)
@@ -1021,7 +1316,14 @@ export class NodeRuntime {
 
   private async finishProcess(home: HomeProcess): Promise<void> {
     if (home.finished) return
-    const read = await this.components.store.get(keys.thread(home.record.pid, '0'))
+    // A store that does not answer in time (a busy machine) is asked again: the process must end.
+    let read: Register | undefined
+    while (read === undefined && !this.stopped) {
+      read = await this.components.store.get(keys.thread(home.record.pid, '0')).catch(() => undefined)
+      if (read === undefined)
+        await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+    }
+    if (read === undefined) return
     const main = read.value === null ? null : decodeThread(read.value)
     if (main === null || (main.state !== 'done' && main.state !== 'failed')) return
     const result: ProcessResult =
@@ -1053,44 +1355,42 @@ export class NodeRuntime {
   /** Restarts elsewhere the threads of this node's processes that ran on a departed node. */
   private async recoverNode(departed: NodeId): Promise<void> {
     if (departed === this.self) return
-    const affected = [...this.homes.values()].filter(
-      (home) => !home.finished && [...home.threads.values()].includes(departed),
-    )
-    if (affected.length === 0) return
-    await this.fenceNode(departed)
-    for (const home of affected) {
+    const lost: Array<{ pid: string; tid: string }> = []
+    for (const home of this.homes.values()) {
+      if (home.finished) continue
       for (const [tid, node] of home.threads) {
-        if (node === departed && !home.ended.has(tid))
-          void this.replace(home.record.pid, tid, departed).catch(this.backgroundFailed)
+        if (node === departed && !home.ended.has(tid)) lost.push({ pid: home.record.pid, tid })
       }
     }
+    if (lost.length === 0) return
+    // The records are read while the lease runs out: a record the node wrote meanwhile (it was
+    // not dead after all) has a new version, and the claim on the old one fails.
+    const reads = lost.map(({ pid, tid }) =>
+      this.components.store.get(keys.thread(pid, tid)).catch(() => undefined),
+    )
+    await this.fenceNode(departed)
+    await Promise.all(
+      lost.map(async ({ pid, tid }, index) => {
+        const read = await reads[index]!
+        if (read?.value == null) return
+        const record = decodeThread(read.value)
+        if (record.node !== departed || record.state === 'done' || record.state === 'failed') return
+        const node = await this.handOver(pid, tid, read.version, record, { exclude: departed })
+        if (node !== null)
+          this.components.log?.(`runtime: thread ${tid} of ${pid} moved from ${departed} to ${node}`)
+      }),
+    )
   }
 
   /** Waits until `node`'s lease has expired and takes it, so the node can no longer renew. */
   private async fenceNode(node: NodeId): Promise<void> {
-    for (let attempt = 0; attempt < 100 && !this.stopped; attempt++) {
+    for (let attempt = 0; attempt < fenceWaitMsMax / fenceRetryMs && !this.stopped; attempt++) {
       const taken = await this.components.store
         .acquire(keys.node(node), `fenced-by:${this.self}`, this.leaseTtlMs * 10)
         .catch(() => undefined)
       if (taken?.ok) return
-      await new Promise<void>((resolve) => this.components.timers.after(this.leaseTtlMs / 4, resolve))
+      await new Promise<void>((resolve) => this.components.timers.after(fenceRetryMs, resolve))
     }
-  }
-
-  private async replace(pid: string, tid: string, departed: NodeId): Promise<void> {
-    const key = keys.thread(pid, tid)
-    const read = await this.components.store.get(key)
-    if (read.value === null) return
-    const record = decodeThread(read.value)
-    if (record.node !== departed || record.state === 'done' || record.state === 'failed') return
-    const live = this.components.cluster.live().filter((peer) => peer.id !== departed)
-    if (live.length === 0) return
-    const node = chooseNode({ candidates: live, load: this.loadByNode(), random: this.components.random })
-    const moved: ThreadRecord = { ...record, node, state: 'placed' }
-    const written = await this.components.store.cas(key, read.version, encodeRecord(moved))
-    if (!written.ok) return
-    this.components.log?.(`runtime: thread ${tid} of ${pid} moves from ${departed} to ${node}`)
-    await this.handOver(pid, tid, written.version, moved)
   }
 
   private async sweepHomes(): Promise<void> {
@@ -1120,7 +1420,9 @@ export class NodeRuntime {
     }
     const suspects = new Set<string>()
     for (const [node, threads] of byNode) {
-      const reply = await this.components.messenger.request(node, { type: 'ps' }).catch(() => undefined)
+      const reply = await this.components.messenger
+        .request(node, { type: 'ps', local: true })
+        .catch(() => undefined)
       if (reply?.type !== 'processes') continue
       const running = new Set(
         reply.processes.flatMap((entry) =>
@@ -1139,17 +1441,7 @@ export class NodeRuntime {
         const record = decodeThread(read.value)
         if (record.node !== node || record.state !== 'running') continue
         this.components.log?.(`runtime: thread ${tid} of ${pid} is not running on ${node}; placing it again`)
-        const others = this.components.cluster.live()
-        const target = chooseNode({
-          candidates: others,
-          load: this.loadByNode(),
-          random: this.components.random,
-        })
-        const moved: ThreadRecord = { ...record, node: target, state: 'placed' }
-        const written = await this.components.store
-          .cas(keys.thread(pid, tid), read.version, encodeRecord(moved))
-          .catch(() => undefined)
-        if (written?.ok) void this.handOver(pid, tid, written.version, moved).catch(this.backgroundFailed)
+        void this.handOver(pid, tid, read.version, record).catch(this.backgroundFailed)
       }
     }
     this.orphanSuspects = suspects
@@ -1163,11 +1455,7 @@ export class NodeRuntime {
     const record = decodeThread(read.value)
     // Still ours if nobody claimed it since (same node, same epoch), whatever we wrote meanwhile.
     if (record.node !== this.self || record.epoch !== thread.epoch || record.state !== 'running') return
-    const placed: ThreadRecord = { ...record, state: 'placed' }
-    const written = await this.components.store
-      .cas(key, read.version, encodeRecord(placed))
-      .catch(() => undefined)
-    if (written?.ok) await this.handOver(thread.pid, thread.tid, written.version, placed)
+    await this.handOver(thread.pid, thread.tid, read.version, record, { prefer: this.self })
   }
 
   // --- this node's lease ----------------------------------------------------------------------

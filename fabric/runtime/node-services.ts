@@ -11,6 +11,7 @@ import { Decoder, Encoder } from 'cbor-x'
 import type { Operation, OperationResult } from '../coord/register.ts'
 import { MessageRejectedError } from '../errors.ts'
 import type { FabricNode } from '../net/node.ts'
+import { createFrameReader } from '../net/wire.ts'
 import { isRuntimeMessage, isRuntimeReply } from './message-validation.ts'
 import type { RuntimeMessage, RuntimeReply } from './messages.ts'
 import type { ClusterView, CoordinationClient, Messenger, PeerInfo, Register } from './services.ts'
@@ -168,18 +169,204 @@ export async function requestRuntime(
   }
 }
 
+/**
+ * Small runtime messages (a thread's start, its end, output, notices) share one long-lived stream
+ * per peer, each request tagged with an id its reply carries: opening a stream per request costs a
+ * protocol negotiation and several packets, more than the request itself. Requests whose body or
+ * reply may be large (saves, programs) keep a stream of their own, so they never hold the small
+ * ones up.
+ */
+export const runtimeMuxProtocol = '/fabric/runtime-mux/1.0.0'
+/** Largest request sent on the shared stream; larger ones get their own stream. */
+export const muxRequestBytesMax = 64 * 1024
+/** Requests a peer may have in flight on one shared stream; more are refused. */
+export const muxInFlightMax = 4096
+/** Request types whose replies may be large: they always get their own stream. */
+const ownStreamTypes: ReadonlySet<string> = new Set(['fetch-saves', 'fetch-program', 'submit', 'attach'])
+
+interface MuxConnection {
+  stream: Stream
+  pending: Map<number, { resolve: (reply: RuntimeReply) => void; reject: (error: Error) => void }>
+}
+
+function muxFrame(body: unknown): Uint8Array {
+  return frame(body)
+}
+
+/** Splits `stream`'s bytes into runtime frames and hands each decoded body to `onBody`. */
+function readMuxFrames(
+  stream: Stream,
+  onBody: (body: unknown) => void,
+  onError: (error: Error) => void,
+): void {
+  const reader = createFrameReader()
+  stream.addEventListener('message', (event) => {
+    const data = event.data
+    let frames: Uint8Array[]
+    try {
+      frames = reader.push(data instanceof Uint8Array ? data : data.subarray())
+    } catch (error) {
+      onError(error as Error)
+      return
+    }
+    for (const payload of frames) {
+      let envelope: { v?: unknown; b?: unknown }
+      try {
+        envelope = decoder.decode(payload)
+      } catch (error) {
+        onError(
+          new MessageRejectedError('malformed', `undecodable runtime frame: ${(error as Error).message}`),
+        )
+        return
+      }
+      if (envelope?.v !== runtimeWireVersion) {
+        onError(
+          new MessageRejectedError(
+            'unknown-version',
+            `runtime frame version ${String(envelope?.v).slice(0, 20)}`,
+          ),
+        )
+        return
+      }
+      onBody(envelope.b)
+    }
+  })
+}
+
+function muxClient(node: FabricNode) {
+  const connections = new Map<string, Promise<MuxConnection>>()
+  let nextId = 1
+  const connect = (to: string): Promise<MuxConnection> => {
+    let pending = connections.get(to)
+    if (pending !== undefined) return pending
+    pending = (async () => {
+      const stream = await node.network.libp2p.dialProtocol(peerIdFromString(to), runtimeMuxProtocol, {
+        signal: AbortSignal.timeout(5000),
+      })
+      const connection: MuxConnection = { stream, pending: new Map() }
+      const fail = (error: Error) => {
+        if (connections.get(to) === pending) connections.delete(to)
+        for (const waiter of connection.pending.values()) waiter.reject(error)
+        connection.pending.clear()
+        stream.abort(error)
+      }
+      readMuxFrames(
+        stream,
+        (body) => {
+          const { id, reply } = (body ?? {}) as { id?: unknown; reply?: unknown }
+          const waiter = typeof id === 'number' ? connection.pending.get(id) : undefined
+          if (waiter === undefined) return
+          connection.pending.delete(id as number)
+          if (isRuntimeReply(reply)) waiter.resolve(reply)
+          else waiter.reject(new MessageRejectedError('malformed', `malformed runtime reply from ${to}`))
+        },
+        fail,
+      )
+      stream.addEventListener('close', () => fail(new Error(`runtime stream to ${to} closed`)))
+      return connection
+    })()
+    connections.set(to, pending)
+    pending.catch(() => {
+      if (connections.get(to) === pending) connections.delete(to)
+    })
+    return pending
+  }
+  return async (to: string, message: RuntimeMessage): Promise<RuntimeReply | null> => {
+    if (ownStreamTypes.has(message.type)) return null
+    const id = nextId++
+    const bytes = muxFrame({ id, message })
+    if (bytes.length > muxRequestBytesMax) return null
+    const connection = await connect(to)
+    return new Promise<RuntimeReply>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        connection.pending.delete(id)
+        reject(new Error(`no runtime reply from ${to} within ${runtimeRequestTimeoutMs} ms`))
+      }, runtimeRequestTimeoutMs)
+      connection.pending.set(id, {
+        resolve: (reply) => {
+          clearTimeout(timer)
+          resolve(reply)
+        },
+        reject: (error) => {
+          clearTimeout(timer)
+          reject(error)
+        },
+      })
+      try {
+        connection.stream.send(bytes)
+      } catch (error) {
+        connection.pending.get(id)?.reject(error as Error)
+        connection.pending.delete(id)
+      }
+    })
+  }
+}
+
+/** Serves requests that arrive on a shared stream, each answered with its id as soon as it is done. */
+function serveMux(
+  stream: Stream,
+  from: string,
+  serveWith: (from: string, message: RuntimeMessage) => Promise<RuntimeReply>,
+  log: (line: string) => void,
+): void {
+  let inFlight = 0
+  const reply = (id: number, body: RuntimeReply) => {
+    if (stream.status !== 'open') return
+    try {
+      stream.send(muxFrame({ id, reply: body }))
+    } catch {
+      // The peer went away; it gets no answer, as if the request was lost.
+    }
+  }
+  readMuxFrames(
+    stream,
+    (body) => {
+      const { id, message } = (body ?? {}) as { id?: unknown; message?: unknown }
+      if (typeof id !== 'number' || !Number.isSafeInteger(id)) {
+        log(`runtime: refused a request from ${from.slice(-8)}: no request id`)
+        return
+      }
+      if (!isRuntimeMessage(message)) {
+        reply(id, { type: 'refused', reason: 'malformed runtime message' })
+        return
+      }
+      if (inFlight >= muxInFlightMax) {
+        reply(id, { type: 'refused', reason: `more than ${muxInFlightMax} requests in flight` })
+        return
+      }
+      inFlight++
+      serveWith(from, message)
+        .catch((error: Error): RuntimeReply => ({ type: 'refused', reason: error.message }))
+        .then((answer) => {
+          inFlight--
+          reply(id, answer)
+        })
+    },
+    (error) => {
+      log(`runtime: refused a request from ${from.slice(-8)}: ${error.message}`)
+      stream.abort(error)
+    },
+  )
+}
+
 export function libp2pMessenger(node: FabricNode, log: (line: string) => void): Messenger {
   let handler: ((from: string, message: RuntimeMessage) => Promise<RuntimeReply>) | null = null
+  const requestShared = muxClient(node)
   return {
     async request(to, message) {
       if (to === node.peerId) {
         if (handler === null) throw new Error('runtime is not serving yet')
         return handler(to, message)
       }
-      return requestRuntime(node.network.libp2p, to, message)
+      return (await requestShared(to, message)) ?? requestRuntime(node.network.libp2p, to, message)
     },
     serve(serveWith) {
       handler = serveWith
+      void node.network.libp2p.handle(
+        runtimeMuxProtocol,
+        (stream: Stream, connection) => serveMux(stream, connection.remotePeer.toString(), serveWith, log),
+        { maxInboundStreams: runtimeInboundStreamsMax },
+      )
       void node.network.libp2p.handle(
         runtimeProtocol,
         async (stream: Stream, connection) => {

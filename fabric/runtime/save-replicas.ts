@@ -2,6 +2,10 @@
  * Context saves kept for other nodes' threads, in memory. Per thread the highest incarnation wins;
  * within it, a full save replaces the chain and a delta extends it when it follows the last save.
  * Superseded saves are dropped; all of a thread's saves go when it ends.
+ *
+ * Next to the chain, the thread's replay log: the clock readings (and other logged values) the guest
+ * saw since its last save, so a thread restored on another node reads them again. A save supersedes
+ * the log that preceded it.
  */
 
 import type { RuntimeMessage } from './messages.ts'
@@ -20,8 +24,19 @@ interface Chain {
 /** A save as the `save` message carries it. */
 export type IncomingSave = Omit<Extract<RuntimeMessage, { type: 'save' }>, 'type'>
 
+/** A replay log as the `log` message carries it. */
+export type IncomingLog = Omit<Extract<RuntimeMessage, { type: 'log' }>, 'type'>
+
+/** Logged values a thread saw since the save `afterSequence` (0: since its start). */
+export interface HeldLog {
+  epoch: number
+  afterSequence: number
+  entries: Array<[number, string]>
+}
+
 export class SaveReplicas {
   private readonly chains = new Map<string, Chain>()
+  private readonly logs = new Map<string, HeldLog>()
   private bytes = 0
   private clock = 0
 
@@ -47,21 +62,56 @@ export class SaveReplicas {
       this.bytes += save.bytes.length
       held.touchedAt = ++this.clock
     }
+    // A log that follows this save may have come first (logs and saves travel apart).
+    const log = this.logs.get(key)
+    if (log !== undefined && log.afterSequence < save.sequence) this.logs.delete(key)
     this.evict()
     return true
   }
 
-  chain(pid: string, tid: string): { epoch: number; saves: Uint8Array[] } | undefined {
+  /** Keeps a thread's replay log; false when a later incarnation's chain or log is held. */
+  keepLog(log: IncomingLog): boolean {
+    const key = `${log.pid}/${log.tid}`
+    const chain = this.chains.get(key)
+    if (chain !== undefined && log.epoch < chain.epoch) return false
+    const held = this.logs.get(key)
+    if (held !== undefined && log.epoch < held.epoch) return false
+    // Logs only grow between saves: a shorter one for the same save arrived late.
+    if (
+      held !== undefined &&
+      held.epoch === log.epoch &&
+      held.afterSequence === log.afterSequence &&
+      held.entries.length > log.entries.length
+    )
+      return true
+    this.logs.set(key, { epoch: log.epoch, afterSequence: log.afterSequence, entries: log.entries })
+    return true
+  }
+
+  /** The log that continues the chain held (or, with no chain, the thread's start), if any. */
+  log(pid: string, tid: string): HeldLog | undefined {
+    const key = `${pid}/${tid}`
+    const held = this.logs.get(key)
+    if (held === undefined) return undefined
+    const chain = this.chains.get(key)
+    return held.afterSequence === (chain?.sequences.at(-1) ?? 0) ? held : undefined
+  }
+
+  chain(pid: string, tid: string): { epoch: number; saves: Uint8Array[]; sequences: number[] } | undefined {
     const held = this.chains.get(`${pid}/${tid}`)
-    return held === undefined ? undefined : { epoch: held.epoch, saves: held.saves.slice() }
+    return held === undefined
+      ? undefined
+      : { epoch: held.epoch, saves: held.saves.slice(), sequences: held.sequences.slice() }
   }
 
   drop(pid: string, tid: string): void {
     this.replace(`${pid}/${tid}`, undefined)
+    this.logs.delete(`${pid}/${tid}`)
   }
 
   dropProcess(pid: string): void {
     for (const key of [...this.chains.keys()]) if (key.startsWith(`${pid}/`)) this.replace(key, undefined)
+    for (const key of [...this.logs.keys()]) if (key.startsWith(`${pid}/`)) this.logs.delete(key)
   }
 
   get byteCount(): number {
