@@ -5,10 +5,11 @@
  * and writing where it was.
  *
  *   const files = createGuestFilesService({ fileSystem, store })        // one per node
- *   const session = await files.session({ pid, tid, restoredCallSequence: null })
+ *   const session = await files.session({ pid, tid, resumed: false, restoredCallSequence: null })
  *   await session.handle(call)              // each WASI file call of the thread, in order
  *   await session.checkpoint(callSequence)  // at each context save, before it is replicated
  *   await session.end()                     // the thread ended: its files are closed (committed)
+ *   session.abandon()                       // or it stopped here and may go on elsewhere
  *
  * What a guest sees. The cluster file system is preopened at `/` (the whole volume; `fabric fs ls /`
  * lists the same), so `fopen("/results/out.txt", "w")` and relative paths both work. Consistency is
@@ -28,8 +29,8 @@
  * differently are logged in the same key: mkdir, rmdir, unlink, rename and exclusive creates (the
  * intent before the change, the reply after it, before the guest sees it; a re-run gets the logged
  * reply, and the change is only made to hold again where the re-run undid it: a file the re-run
- * created again is renamed or removed as before), and the offsets of appending writes (logged before any commit, so
- * replayed appends land where the first run put them). An intent without a reply (the node died in
+ * created again is renamed or removed as before), and the offsets of appending writes (logged
+ * before any commit, so replayed appends land where the first run put them). An intent without a reply (the node died in
  * between) is judged from the file system: applied if the directory exists (mkdir), the name is gone
  * (rmdir, unlink), the source is gone and the target there (rename), the file exists (exclusive
  * create); otherwise it runs again. What a resumed thread may see differently from an undisturbed
@@ -38,7 +39,9 @@
  * client, and they can mislead the judging of an intent); and a file it holds open that another
  * client renamed or that was unlinked (reopening it by path fails: later calls on the descriptor
  * answer EIO). A worker that dies on the same node is replayed exactly: replies since the last save
- * are kept in memory and answered again.
+ * are kept in memory and answered again. An incarnation stopped while another may take over (its
+ * node lost its lease, or handed the thread on) commits nothing more: its writes since its save are
+ * dropped, and the other incarnation makes them again.
  */
 
 import { Decoder, Encoder } from 'cbor-x'
