@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
+import { decodeThread, keys } from '../fabric/runtime/records.ts'
 import { guestBytes, repositoryRoot } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
 
@@ -124,6 +125,20 @@ describe('guest coordination on in-process nodes', () => {
     }
     throw new Error('the holder never ran apart from main in 8 runs')
   }, 90_000)
+
+  test('group records the context group in the thread record, and spawned children inherit it', async () => {
+    await nodes(3)
+    const home = cluster.runtime('node-a')
+    const process = await home.submit(guestBytes(workout), { args: ['sync-workout', 'group'], seed: 7 })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    // Children are named by the spawn's call number: look through the first few.
+    const groups: Array<string | undefined> = []
+    for (const tid of ['0', ...Array.from({ length: 60 }, (_, index) => `0.${index}`)]) {
+      const read = await cluster.store.get(keys.thread(process.pid, tid))
+      if (read.value !== null) groups.push(decodeThread(read.value).group)
+    }
+    expect(groups).toEqual(['team', 'team', 'team', 'team'])
+  }, 60_000)
 
   test('bad calls give the guest clear errors and the node goes on serving', async () => {
     await nodes(2)
