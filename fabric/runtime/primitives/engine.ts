@@ -283,8 +283,22 @@ export class SyncEngine {
         if (thread.stopped()) return never()
       }
     }
-    const checked = await step({ kind: 'check' })
-    const recorded = checked.outcome.kind === 'done' ? checked.outcome.reply : null
+    // Renew and release read the register anyway (for the lease): the recorded result comes with it.
+    // Acquire looks at the key's cached register, when there is one.
+    const read = operation.op === 'lock_acquire' ? null : await this.persist(thread, () => store.get(key))
+    let recorded: SyncReply | null
+    if (read === null) {
+      const checked = await step({ kind: 'check' })
+      recorded = checked.outcome.kind === 'done' ? checked.outcome.reply : null
+    } else {
+      const slot = this.slots.get(key)
+      if (slot !== undefined && !slot.running && (slot.cached?.version ?? -1) <= read.version)
+        slot.cached = { version: read.version, value: read.value }
+      const entry = decodeState(read.value, 'lock').results[thread.tid]?.find(
+        ([sequence]) => sequence === call.callSequence,
+      )
+      recorded = entry === undefined ? null : { result: entry[1], payload: entry[2] }
+    }
 
     switch (operation.op) {
       case 'lock_acquire': {
@@ -315,8 +329,8 @@ export class SyncEngine {
         }
       }
       case 'lock_renew': {
-        if (recorded !== null) return recorded
-        const read = await this.persist(thread, () => store.get(key))
+        if (recorded !== null || read === null)
+          return recorded ?? { result: SyncError.invalid, payload: null }
         if (read.holder !== holder || read.token !== operation.token)
           return (await record({ result: SyncError.notHolder, payload: null })).reply
         // An acquire by the holder keeps its token and takes the new TTL.
@@ -327,8 +341,7 @@ export class SyncEngine {
         return (await record({ result: SyncError.notHolder, payload: null })).reply
       }
       case 'lock_release': {
-        const read = await this.persist(thread, () => store.get(key))
-        const holds = read.holder === holder && read.token === operation.token
+        const holds = read?.holder === holder && read.token === operation.token
         if (recorded !== null) {
           // A replayed release that was recorded but may not have reached the lease: finish it.
           if (recorded.result === 0 && holds) await this.releaseAndWake(thread, key, holder, operation.token)
