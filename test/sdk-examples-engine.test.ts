@@ -9,17 +9,14 @@
  *   FABRIC_SEED=<n> npx vitest run test/sdk-examples-engine.test.ts
  */
 
-import { readFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { build } from '../fabric/cli/build.ts'
 import { systemClock, systemTimers } from '../fabric/platform.ts'
 import { MemoryStore } from '../fabric/runtime/memory-store.ts'
 import { createSyncEngine } from '../fabric/runtime/primitives/engine.ts'
 import type { ProcessOptions } from '../host/local-process.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import type { WorkerPool } from '../host/worker-pool.ts'
-import { guestBytes, repositoryRoot } from './support/guests.ts'
+import { guestBytes } from './support/guests.ts'
 import { createPool, type KillPlan, runProgram, seededRandom } from './support/run.ts'
 
 const killSeedCount = process.env.FABRIC_SOAK === '1' ? 20 : 2
@@ -157,15 +154,7 @@ describe('coordination examples on the sync engine', () => {
     pool = createPool(2)
     for (const example of examples) {
       if (programs.has(example.source)) continue
-      const bytes = example.source.endsWith('.ts')
-        ? guestBytes(example.source)
-        : readFileSync(
-            build({
-              source: join(repositoryRoot, example.source),
-              output: join(repositoryRoot, '.cache', `sdk-${example.name.split(' ')[0]}.wasm`),
-            }).output,
-          )
-      programs.set(example.source, await loadProgram(new Uint8Array(bytes)))
+      programs.set(example.source, await loadProgram(guestBytes(example.source)))
     }
   })
 
@@ -205,6 +194,7 @@ describe('coordination examples on the sync engine', () => {
       const result = await run(example, { triggers: [{ afterSaves, delayMs }], random })
       const where = `SEED=${seed} (${result.kills} kill, ${delayMs.toFixed(0)} ms after save ${afterSaves}); rerun: FABRIC_SEED=${seed} npx vitest run test/sdk-examples-engine.test.ts -t '${example.name}'`
       expect(result.error, where).toBeNull()
+      expect({ exitCode: result.exitCode, stderr: result.stderr }, where).toEqual({ exitCode: 0, stderr: '' })
       expect(result.stdout.get(0), where).toBe(example.output)
       kills += result.kills
       killedRuns += result.kills > 0 ? 1 : 0
