@@ -195,7 +195,16 @@ describe('guest files on node processes', () => {
             expect(left.get(file) === content, `${where}: ${file}`).toBe(true)
         }
         expect(await cat(`/${name}/out/log.txt`)).toBe(referenceFiles.get('log.txt'))
-        if (disturbed?.killed != null) killedRuns++
+        if (disturbed?.killed != null) {
+          killedRuns++
+          // The thread went on elsewhere from a save (not from its start on the same node).
+          const resumed = nodes.some(
+            (node) =>
+              node.name !== disturbed!.killed &&
+              node.lines.some((line) => /resuming thread 0 /.test(line.text)),
+          )
+          expect(resumed, `SEED=${seed}: no node logged resuming the main thread`).toBe(true)
+        }
         if (disturbed?.killed != null && seed < killSeedCount) {
           // Killed nodes stay dead; a fresh one takes the place for the next seed.
           const replacement = await startNodeProcess({
