@@ -1,7 +1,7 @@
 /**
  * Membership and failure detection: who is in the cluster, who is alive, and what each node offers.
  *
- * Every `heartbeatIntervalMs` each node pings its `monitorCount` predecessors on a ring ordered by
+ * Every `probeIntervalMs` each node pings its `monitorCount` predecessors on a ring ordered by
  * keyspace position (they answer with a heartbeat) and sends a heartbeat to one random member. News
  * (joins, deaths, departures, capacity updates) rides on heartbeats, each item a bounded number of
  * times (infection-style dissemination), and a paged anti-entropy exchange repairs what gossip
@@ -60,7 +60,14 @@ export type MembershipMessage =
 
 export const membershipMessageTypes: ReadonlySet<string> = new Set(['heartbeat', 'ping', 'join', 'sync'])
 
+/** How often a node checks its evidence (silences, lost connections): the tick. */
 export const heartbeatIntervalMsDefault = 100
+/**
+ * How often a node probes its predecessors and heartbeats a random member. Slower than the tick:
+ * deaths of processes are found through lost connections, so probes only need to beat the long
+ * silence timeout, and every message costs all nodes CPU (on a loaded machine, that is stalls).
+ */
+export const probeIntervalMsDefault = 300
 /** Silence, with the connection open, after which a predecessor is declared dead (see above). */
 export const failureTimeoutMsDefault = 3000
 /** Silence after the transport lost every connection to a predecessor, after which it is declared dead. */
@@ -73,11 +80,11 @@ export const syncIntervalMs = 1000
 export const syncEntriesMax = 16
 export const joinEntriesMax = 1024
 /**
- * A node that admits a newcomer tells this many live members about it at once, besides gossip:
- * in a small cluster that is everyone, so views converge in one hop, however slowly gossip's
- * rounds run on a loaded machine; in a large one gossip carries it on from them.
+ * A node that admits a newcomer, or finds a death itself, tells this many live members at once,
+ * besides gossip: in a small cluster that is everyone, so views converge in one hop, however
+ * slowly gossip's rounds run on a loaded machine; in a large one gossip carries it on from them.
  */
-export const joinAnnounceFanout = 16
+export const announceFanout = 16
 export const tombstoneMs = 30_000
 /** Timer jitter up to this share of the heartbeat interval is not credited back to silent members. */
 export const tickLatenessToleranceRatio = 0.1
@@ -97,6 +104,7 @@ export interface MembershipComponents {
 
 export interface MembershipOptions {
   heartbeatIntervalMs?: number
+  probeIntervalMs?: number
   failureTimeoutMs?: number
   disconnectedTimeoutMs?: number
   monitorCount?: number
@@ -139,6 +147,8 @@ export function createMembership(
   const { clock, random, send } = components
   const heartbeatIntervalMs = options.heartbeatIntervalMs ?? heartbeatIntervalMsDefault
   const failureTimeoutMs = options.failureTimeoutMs ?? failureTimeoutMsDefault
+  const probeIntervalMs = options.probeIntervalMs ?? probeIntervalMsDefault
+  let nextProbeMs = clock.now()
   const disconnectedTimeoutMs = options.disconnectedTimeoutMs ?? disconnectedTimeoutMsDefault
   const monitorCount = options.monitorCount ?? monitorCountDefault
   let self: MemberInfo = { ...components.self, status: 'alive' }
@@ -250,7 +260,18 @@ export function createMembership(
   function declareDead(id: NodeId): void {
     const known = table.get(id)
     if (known === undefined || known.status !== 'alive') return
-    merge({ ...known, status: 'dead' })
+    const dead: MemberInfo = { ...known, status: 'dead' }
+    merge(dead)
+    announce(dead, id)
+  }
+
+  /** Tells up to `announceFanout` random live members (not `about` itself) the news `info`. */
+  function announce(info: MemberInfo, about: NodeId): void {
+    const others = aliveById.filter((id) => id !== self.id && id !== about)
+    for (let count = 0; count < announceFanout && others.length > 0; count++) {
+      const [target] = others.splice(Math.floor(random.next() * others.length), 1)
+      send(target!, { type: 'heartbeat', sender: self, news: [info] })
+    }
   }
 
   function neighbours(direction: 1 | -1): NodeId[] {
@@ -329,14 +350,8 @@ export function createMembership(
             known === undefined ||
             known.status !== 'alive' ||
             known.incarnation < message.sender.incarnation
-          ) {
-            const others = aliveById.filter((id) => id !== self.id && id !== from)
-            for (let count = 0; count < joinAnnounceFanout && others.length > 0; count++) {
-              const index = Math.floor(random.next() * others.length)
-              const [target] = others.splice(index, 1)
-              send(target!, { type: 'heartbeat', sender: self, news: [message.sender] })
-            }
-          }
+          )
+            announce(message.sender, from)
           send(from, {
             type: 'sync',
             sender: self,
@@ -381,10 +396,13 @@ export function createMembership(
       lastTickMs = now
       // Probe the predecessors we watch; they answer with a heartbeat. Who watches whom then
       // depends only on the watcher's own view, so views that differ cannot starve a watcher.
-      for (const predecessor of neighbours(-1))
-        send(predecessor, { type: 'ping', sender: self, news: takeNews() })
-      const extra = randomAlive()
-      if (extra !== undefined) heartbeat(extra)
+      if (now >= nextProbeMs) {
+        nextProbeMs = now + probeIntervalMs
+        for (const predecessor of neighbours(-1))
+          send(predecessor, { type: 'ping', sender: self, news: takeNews() })
+        const extra = randomAlive()
+        if (extra !== undefined) heartbeat(extra)
+      }
       const predecessors = neighbours(-1)
       for (const predecessor of predecessors) {
         const heardMs = lastHeardMs.get(predecessor)
