@@ -33,9 +33,12 @@
  * before any commit, so replayed appends land where the first run put them). An intent without a reply (the node died in
  * between) is judged from the file system: applied if the directory exists (mkdir), the name is gone
  * (rmdir, unlink), the source is gone and the target there (rename), the file exists (exclusive
- * create); otherwise it runs again. What a resumed thread may see differently from an undisturbed
- * run: a read, re-run, of bytes that the thread itself wrote and committed after its last save (the
- * read sees the later bytes); changes by other clients in between (as with any close-to-open
+ * create); otherwise it runs again. Reads since the save are logged too when the thread commits a
+ * file (close, fsync) before its next save, up to {@link readLogBytesMax} bytes: a re-run read gets
+ * what the first run read, not what the thread committed after it. What a resumed thread may see
+ * differently from an undisturbed run: past that many bytes, a re-run read of bytes that the thread
+ * itself wrote and committed after its last save (the read sees the later bytes); changes by other
+ * clients in between (as with any close-to-open
  * client, and they can mislead the judging of an intent); and a file it holds open that another
  * client renamed or that was unlinked (reopening it by path fails: later calls on the descriptor
  * answer EIO). A worker that dies on the same node is replayed exactly: replies since the last save
@@ -84,6 +87,8 @@ export const journalEffectsSaveAt = 256
 export const journalEffectsMax = 1024
 /** The journal is one value of the coordination store (its limit is 64 KiB). */
 export const journalBytesMax = 60 * 1024
+/** Bytes of read replies since the last save kept for the journal; beyond, reads are not logged. */
+export const readLogBytesMax = 32 * 1024
 /** Attempts at one journal write when the store does not answer in time. */
 export const journalWriteAttemptsMax = 5
 /** Checkpoints kept in the journal: the newest, and the one before in case its save never arrived. */
@@ -298,6 +303,12 @@ export class GuestFileSession {
   /** Calls since the last checkpoint that changed the table or were logged. */
   private changedSinceCheckpoint = false
   private journalUnwritten = false
+  /**
+   * Replies of reads since the last checkpoint: logged before the thread commits a file, so that a
+   * re-run read does not see what the thread itself committed after it.
+   */
+  private readsSinceCheckpoint: EffectRecord[] = []
+  private readBytesSinceCheckpoint = 0
   /** Logged calls of the run before a restart, by call sequence number. */
   private replayEffects = new Map<number, EffectRecord>()
   private ended = false
@@ -406,6 +417,9 @@ export class GuestFileSession {
       if (this.ended) return
       const table = this.lastCall?.callSequence === callSequence ? this.lastCall.table : this.tableRecord()
       this.forgetBefore(callSequence)
+      // Reads before the save are not run again.
+      this.readsSinceCheckpoint = []
+      this.readBytesSinceCheckpoint = 0
       if (this.options.journal === undefined || !this.changedSinceCheckpoint) return
       // Where appends went must be known before they become visible (a re-run would append again).
       if (this.journalUnwritten) await this.writeJournal()
@@ -595,6 +609,12 @@ export class GuestFileSession {
     }
     const reply = { result: effect.result, payload: effect.payload }
     if (effect.result !== wasiErrno.success) return reply
+    if (call.name === 'fd_read') {
+      // What the first run read, before the thread committed over it.
+      this.readableFile(call.args[0]!).position += effect.payload?.length ?? 0
+      return reply
+    }
+    if (call.name === 'fd_pread') return reply
     // The re-run re-creates what the first run created after the save (a file opened with O_CREAT,
     // say); each logged change is made to hold again, so that a re-created file is renamed or
     // removed as the first run did. What already holds is left alone.
@@ -875,24 +895,27 @@ export class GuestFileSession {
       return encodeUint32(fd)
     },
 
-    fd_read: async ({ args: [fd = -1, capacity = 0] }) => {
+    fd_read: async ({ callSequence, args: [fd = -1, capacity = 0] }) => {
       const opened = this.readableFile(fd)
       const bytes = await storage(
         this.fileSystem.read(this.storageFd(opened), Math.min(capacity, transferBytesMax), opened.position),
       )
       opened.position += bytes.length
+      this.noteRead(callSequence, 'fd_read', bytes)
       return bytes
     },
 
-    fd_pread: async ({ args: [fd = -1, capacity = 0, offset = 0] }) => {
+    fd_pread: async ({ callSequence, args: [fd = -1, capacity = 0, offset = 0] }) => {
       const opened = this.readableFile(fd)
-      return storage(
+      const bytes = await storage(
         this.fileSystem.read(
           this.storageFd(opened),
           Math.min(capacity, transferBytesMax),
           checkOffset(offset),
         ),
       )
+      this.noteRead(callSequence, 'fd_pread', bytes)
+      return bytes
     },
 
     fd_write: async ({ callSequence, args: [fd = -1], payload }) => {
@@ -940,7 +963,7 @@ export class GuestFileSession {
       if (opened.kind === 'directory' && opened.preopen) throw new CallFailure(wasiErrno.notsup)
       this.descriptors.delete(fd)
       if (opened.kind === 'file' && opened.storageFd !== null) {
-        if (this.journalUnwritten) await this.writeJournal()
+        if (opened.writable) await this.beforeCommit()
         await storage(this.fileSystem.close(opened.storageFd))
       }
       return null
@@ -1060,10 +1083,45 @@ export class GuestFileSession {
   private async sync(fd: number): Promise<null> {
     const opened = this.descriptor(fd)
     if (opened.kind === 'file' && opened.writable) {
-      if (this.journalUnwritten) await this.writeJournal()
+      await this.beforeCommit()
       await storage(this.fileSystem.fsync(this.storageFd(opened)))
     }
     return null
+  }
+
+  private noteRead(callSequence: number, name: string, bytes: Uint8Array): void {
+    if (this.options.journal === undefined) return
+    this.readBytesSinceCheckpoint += bytes.length
+    if (this.readBytesSinceCheckpoint > readLogBytesMax) return
+    this.readsSinceCheckpoint.push({ callSequence, name, result: wasiErrno.success, payload: bytes.slice() })
+  }
+
+  /**
+   * A commit between saves makes the thread's writes visible, also to its own re-run: what it read
+   * since its save, and where its appends went, go to the journal first.
+   */
+  private async beforeCommit(): Promise<void> {
+    if (this.options.journal === undefined) return
+    if (this.readBytesSinceCheckpoint > 0) {
+      const reads = this.readsSinceCheckpoint
+      const complete = this.readBytesSinceCheckpoint <= readLogBytesMax
+      const fits =
+        this.journal.effects.length + reads.length <= journalEffectsMax &&
+        encodeJournal({ ...this.journal, effects: [...this.journal.effects, ...reads] }).length <=
+          journalBytesMax
+      if (complete && fits) {
+        this.journal.effects.push(...reads)
+        this.journalUnwritten = true
+      } else {
+        this.options.log?.(
+          `files: ${this.options.journal.key}: ${this.readBytesSinceCheckpoint} bytes read since the last save are too many to log; a re-run may read what this commit writes`,
+        )
+        this.options.requestSave?.()
+      }
+      this.readsSinceCheckpoint = []
+      this.readBytesSinceCheckpoint = 0
+    }
+    if (this.journalUnwritten) await this.writeJournal()
   }
 }
 
