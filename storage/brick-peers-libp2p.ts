@@ -44,6 +44,11 @@ export const brickDialTimeoutMs = 5000
 export const brickRequestTimeoutMs = 60_000
 export const brickInboundStreamsMax = 64
 export const brickOutboundStreamsMax = 64
+/**
+ * Requests to one node in flight at once; the others wait their turn. Below the stream limits, so
+ * that a burst (a striped read checking holders) queues instead of being refused by libp2p.
+ */
+export const brickRequestsPerNodeInFlightMax = 32
 /** Announcements waiting for the DHT; beyond this new ones are dropped (and counted) until it drains. */
 export const announceQueueMax = 100_000
 export const announcesInFlightMax = 16
@@ -295,6 +300,9 @@ export async function startLibp2pBrickNetwork(
     { maxInboundStreams: brickInboundStreamsMax, maxOutboundStreams: brickOutboundStreamsMax },
   )
 
+  /** Per node: requests in flight, and the ones waiting for a turn. */
+  const turns = new Map<NodeId, { running: number; waiting: (() => void)[] }>()
+
   async function request(to: NodeId, message: BrickRequest, signal?: AbortSignal): Promise<BrickReply> {
     if (stopped) throw new BrickPeerUnreachableError(to, 'this node is stopping')
     if (to === self) {
@@ -302,6 +310,25 @@ export async function startLibp2pBrickNetwork(
       if (reply.t === 'error') throw new BrickPeerUnreachableError(to, reply.message)
       return reply
     }
+    let turn = turns.get(to)
+    if (turn === undefined) {
+      turn = { running: 0, waiting: [] }
+      turns.set(to, turn)
+    }
+    // A finished request hands its turn straight to the next waiting one.
+    if (turn.running >= brickRequestsPerNodeInFlightMax)
+      await new Promise<void>((resolve) => turn!.waiting.push(resolve))
+    else turn.running++
+    try {
+      return await requestNow(to, message, signal)
+    } finally {
+      const next = turn.waiting.shift()
+      if (next !== undefined) next()
+      else if (--turn.running === 0) turns.delete(to)
+    }
+  }
+
+  async function requestNow(to: NodeId, message: BrickRequest, signal?: AbortSignal): Promise<BrickReply> {
     const timeout = AbortSignal.timeout(brickDialTimeoutMs)
     let stream: Stream
     try {
