@@ -86,18 +86,30 @@ describe('guest files on node processes', () => {
       ]
       await waitFor(() => nodes.every((node) => aliveCount(node) === nodeCount), 30_000, 'membership')
       const home = first
+      let startedNodes = nodeCount
+      /** A node that is still alive (the killed ones leave `nodes` at once). */
+      const alive = () => nodes[0]!
       const wasm = build({
         source: 'test/fixtures/c/file-rounds.c',
         output: join(directory.path, 'rounds.wasm'),
       })
       const program = new Uint8Array(readFileSync(wasm.output))
       const cat = async (path: string) => {
-        const result = await fabric(['fs', 'cat', path, '--join', home.address, '--cluster-key', clusterKey])
+        const result = await fabric([
+          'fs',
+          'cat',
+          path,
+          '--join',
+          alive().address,
+          '--cluster-key',
+          clusterKey,
+        ])
         if (result.code !== 0) throw new Error(`fabric fs cat ${path}: ${result.stderr}`)
         return result.stdout.toString()
       }
       // Every file a run left, read from outside the cluster as `fabric fs get` does.
-      const files = await connectFileClient({ nodes: [home.address], clusterKey: key })
+      // It asks the nodes in turn until one answers.
+      const files = await connectFileClient({ nodes: nodes.map((node) => node.address), clusterKey: key })
       const tree = async (path: string) => {
         const contents = new Map<string, string>()
         for (const entry of await files.readdir(path)) {
@@ -109,13 +121,13 @@ describe('guest files on node processes', () => {
       }
 
       /** Runs the program in `/name`; with `killAfterRound`, SIGKILLs its node once that round is logged. */
-      const run = async (name: string, killAfterRound?: number): Promise<Run> => {
+      const run = async (name: string, killAfterRound?: number, via: NodeProcess = home): Promise<Run> => {
         let output = ''
         let pid: string | null = null
         let killed: string | null = null
         const startedAt = performance.now()
         const running = runOnCluster({
-          node: home.address,
+          node: via.address,
           clusterKey: key,
           program,
           args: ['file-rounds', `/${name}`, String(rounds)],
@@ -136,15 +148,15 @@ describe('guest files on node processes', () => {
           while (!settled && victim === undefined) {
             await new Promise((resolve) => setTimeout(resolve, 20))
             if (pid === null) continue
-            const processes = await listProcesses({ node: home.address, clusterKey: key }).catch(() => [])
+            const processes = await listProcesses({ node: via.address, clusterKey: key }).catch(() => [])
             const main = processes
               .find((each) => each.pid === pid)
               ?.threads.find((thread) => thread.tid === '0')
             if (main === undefined) continue
             victim = nodes.find((node) => node.peerId === main.node)
-            if (victim === home) break
+            if (victim === via) break
           }
-          if (victim !== undefined && victim !== home && !settled) {
+          if (victim !== undefined && victim !== via && !settled) {
             // A moment tied to the program's progress, not to the load of the machine.
             const logBytes = (killAfterRound + 1) * 'round 0: 40 lines\n'.length
             while (!settled) {
@@ -158,6 +170,7 @@ describe('guest files on node processes', () => {
             if (!settled) {
               victim.child.kill('SIGKILL')
               killed = victim.name
+              nodes.splice(nodes.indexOf(victim), 1)
             }
           }
         }
@@ -180,12 +193,13 @@ describe('guest files on node processes', () => {
       let killedRuns = 0
       for (let seed = 1; seed <= killSeedCount; seed++) {
         const killAfterRound = 1 + Math.floor(seededRandom(seed)() * (rounds - 4))
-        // Placement may put the main thread on the home, which must live: then run again.
+        // Placement may put the main thread on the node it was submitted to, its home, which must
+        // live (it keeps the output): then run again, submitted to the next node.
         let disturbed: Run | undefined
         let name = ''
         for (let attempt = 1; attempt <= 4 && disturbed?.killed == null; attempt++) {
           name = `seed-${seed}-${attempt}`
-          disturbed = await run(name, killAfterRound)
+          disturbed = await run(name, killAfterRound, nodes[attempt % nodes.length])
           const where = `SEED=${seed} attempt ${attempt} (kill after round ${killAfterRound}, killed ${disturbed.killed})`
           expect(disturbed.result, where).toEqual({ exitCode: 0, error: null })
           expect(disturbed.output, where).toBe(reference.output)
@@ -207,16 +221,16 @@ describe('guest files on node processes', () => {
         }
         if (disturbed?.killed != null && seed < killSeedCount) {
           // Killed nodes stay dead; a fresh one takes the place for the next seed.
+          const number = startedNodes++
           const replacement = await startNodeProcess({
-            name: `f${nodes.length}`,
-            dataDirectory: `${directory.path}/f${nodes.length}`,
+            name: `f${number}`,
+            dataDirectory: `${directory.path}/f${number}`,
             clusterKey,
-            bootstrap: [first.address],
+            bootstrap: [alive().address],
             coreOnly: false,
           })
-          const index = nodes.findIndex((node) => node.name === disturbed!.killed)
-          nodes.splice(index, 1, replacement)
-          await waitFor(() => aliveCount(home) === nodeCount, 30_000, 'the replacement to join')
+          nodes.push(replacement)
+          await waitFor(() => aliveCount(alive()) === nodeCount, 30_000, 'the replacement to join')
         }
       }
       console.log(
