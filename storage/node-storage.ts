@@ -8,7 +8,8 @@
  * `repairBytesPerSecondDefault`, rebalancing at `rebalanceBytesPerSecondDefault`): a repair pass
  * starts shortly after a storage node leaves the live list and every `repairIntervalMs` besides; a
  * rebalancing pass (resumed from its cursor until done) starts shortly after a storage node joins
- * and every `rebalanceIntervalMs` besides. A node that starts over an existing data dir announces
+ * and every `rebalanceIntervalMs` besides. A repair that becomes due stops a rebalancing pass in
+ * progress and goes first. A node that starts over an existing data dir announces
  * its bricks again first.
  *
  *   const storage = await startNodeStorage(node, { dataDirectory: './n1' })
@@ -120,6 +121,7 @@ export async function startNodeStorage(
   const timers: TimerHandle[] = []
   let repairTimer: TimerHandle | undefined
   let repairPending = false
+  let rebalancePreempt: AbortController | undefined
   let rebalanceTimer: TimerHandle | undefined
 
   function enqueue(name: string, job: () => Promise<void>): Promise<void> {
@@ -151,6 +153,20 @@ export async function startNodeStorage(
   }
 
   async function rebalance(): Promise<void> {
+    // A repair that becomes due stops the pass (moves are copy-then-drop, so a stop loses nothing).
+    const preempt = new AbortController()
+    rebalancePreempt = preempt
+    try {
+      await rebalancePasses(AbortSignal.any([signal, preempt.signal]))
+    } catch (error) {
+      if (!preempt.signal.aborted || signal.aborted) throw error
+      scheduleRebalance()
+    } finally {
+      rebalancePreempt = undefined
+    }
+  }
+
+  async function rebalancePasses(jobSignal: AbortSignal): Promise<void> {
     let cursor: string | undefined
     let moved = 0
     let bytes = 0
@@ -161,7 +177,7 @@ export async function startNodeStorage(
         break
       }
       const report = await bricks.rebalance({
-        signal,
+        signal: jobSignal,
         cursor,
         bytesMax: rebalanceBytesPerPassMax,
         bytesPerSecond: options.rebalanceBytesPerSecond ?? rebalanceBytesPerSecondDefault,
@@ -176,6 +192,7 @@ export async function startNodeStorage(
 
   function scheduleRepair(): void {
     repairPending = true
+    rebalancePreempt?.abort(new Error('a repair is due'))
     if (repairTimer !== undefined || signal.aborted) return
     repairTimer = systemTimers.after(backgroundSettleMs, () => {
       repairTimer = undefined
