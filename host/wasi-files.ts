@@ -169,6 +169,8 @@ export function encodeUint64(value: number): Uint8Array {
 
 export interface FileCallBridge {
   memory(): WebAssembly.Memory
+  /** The host wrote guest memory here (see `WasiContext.written`). */
+  written(pointer: number, length: number): void
   /** Guest names of the preopened directories, for fds 3, 4, ... */
   preopens: readonly string[]
   /** Sends a call to the embedding; the reply's `result` is a WASI errno, `payload` any data. */
@@ -252,16 +254,20 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
     for (const span of spans) {
       const take = Math.min(span.length, data.length - offset)
       memory.set(data.subarray(offset, offset + take), span.pointer)
+      bridge.written(span.pointer, take)
       offset += take
       if (offset === data.length) break
     }
   }
-  const writeUint32 = (pointer: number, value: number) =>
+  const writeUint32 = (pointer: number, value: number) => {
     new DataView(buffer()).setUint32(pointer, value, true)
+    bridge.written(pointer, 4)
+  }
   const copyOut = (pointer: number, data: Uint8Array | null, expectedBytes: number) => {
     if (data === null || data.length !== expectedBytes)
       throw new Error(`bug: file call reply has ${data?.length ?? 0} bytes, expected ${expectedBytes}`)
     new Uint8Array(buffer()).set(data, pointer)
+    bridge.written(pointer, data.length)
   }
 
   /**
@@ -304,6 +310,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
       const view = new DataView(buffer())
       view.setUint8(result, prestatTagDirectory)
       view.setUint32(result + 4, preopenNames[index]!.length, true)
+      bridge.written(result, prestatBytes)
       return wasiErrno.success
     },
     fd_prestat_dir_name: (fd, pointer, length) => {
@@ -313,6 +320,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
       if (length < name.length) return wasiErrno.nametoolong
       if (pointer + name.length > buffer().byteLength) return wasiErrno.fault
       new Uint8Array(buffer()).set(name, pointer)
+      bridge.written(pointer, name.length)
       return wasiErrno.success
     },
     fd_fdstat_get: (fd, result) => {
@@ -323,6 +331,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
           encodeFdstat({ fileType: wasiFileType.directory, append: false }),
           result,
         )
+        bridge.written(result, fdstatBytes)
         return wasiErrno.success
       }
       return call(
@@ -474,6 +483,7 @@ export function createFileCalls(bridge: FileCallBridge): FileCalls {
           const data = payload ?? new Uint8Array(0)
           if (data.length > length) throw new Error('bug: fd_readdir reply exceeds the buffer')
           new Uint8Array(buffer()).set(data, pointer)
+          bridge.written(pointer, data.length)
           writeUint32(usedCount, data.length)
         },
       ),

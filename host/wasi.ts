@@ -28,6 +28,12 @@ export class ExitSignal {
 
 export interface WasiContext {
   memory(): WebAssembly.Memory
+  /**
+   * The host wrote `length` bytes of guest memory at `pointer`. Stores of the guest mark their
+   * pages for the next incremental save; the host's own writes must say so here, or a thread
+   * restored from a later save would miss them.
+   */
+  written(pointer: number, length: number): void
   args: readonly string[]
   env: readonly string[]
   /** stdout (1) and stderr (2). */
@@ -48,11 +54,12 @@ export type FileCalls = Record<string, (...args: number[]) => WasiResult>
 const encoder = new TextEncoder()
 
 function writeStringTable(
-  memory: WebAssembly.Memory,
+  context: WasiContext,
   strings: readonly string[],
   pointers: number,
   buffer: number,
 ) {
+  const memory = context.memory()
   const view = new DataView(memory.buffer)
   const bytes = new Uint8Array(memory.buffer)
   let cursor = buffer
@@ -63,22 +70,26 @@ function writeStringTable(
     bytes[cursor + encoded.length] = 0
     cursor += encoded.length + 1
   })
+  context.written(pointers, strings.length * 4)
+  context.written(buffer, cursor - buffer)
   return errno.success
 }
 
 function tableSizes(
-  memory: WebAssembly.Memory,
+  context: WasiContext,
   strings: readonly string[],
   countPointer: number,
   sizePointer: number,
 ) {
-  const view = new DataView(memory.buffer)
+  const view = new DataView(context.memory().buffer)
   view.setUint32(countPointer, strings.length, true)
   view.setUint32(
     sizePointer,
     strings.reduce((sum, value) => sum + encoder.encode(value).length + 1, 0),
     true,
   )
+  context.written(countPointer, 4)
+  context.written(sizePointer, 4)
   return errno.success
 }
 
@@ -107,21 +118,24 @@ export function createWasi(context: WasiContext): Record<string, (...args: never
   const file = (name: string, fallback: number) => files?.[name] ?? ((..._args: number[]) => fallback)
 
   const core: Record<string, (...args: number[]) => WasiResult> = {
-    args_sizes_get: (count, size) => tableSizes(memory(), context.args, count, size),
-    args_get: (pointers, buffer) => writeStringTable(memory(), context.args, pointers, buffer),
-    environ_sizes_get: (count, size) => tableSizes(memory(), context.env, count, size),
-    environ_get: (pointers, buffer) => writeStringTable(memory(), context.env, pointers, buffer),
+    args_sizes_get: (count, size) => tableSizes(context, context.args, count, size),
+    args_get: (pointers, buffer) => writeStringTable(context, context.args, pointers, buffer),
+    environ_sizes_get: (count, size) => tableSizes(context, context.env, count, size),
+    environ_get: (pointers, buffer) => writeStringTable(context, context.env, pointers, buffer),
     clock_res_get: (_clock, result) => {
       new DataView(memory().buffer).setBigUint64(result, 1000n, true)
+      context.written(result, 8)
       return errno.success
     },
     clock_time_get: (clock, _precision, result) => {
       if (clock !== clockRealtime && clock !== clockMonotonic) return errno.inval
       new DataView(memory().buffer).setBigUint64(result, context.clockNs(clock), true)
+      context.written(result, 8)
       return errno.success
     },
     random_get: (buffer, length) => {
       context.fillRandom(new Uint8Array(memory().buffer, buffer, length))
+      context.written(buffer, length)
       return errno.success
     },
     proc_exit: (code) => {
@@ -132,6 +146,7 @@ export function createWasi(context: WasiContext): Record<string, (...args: never
       if (fd === 1 || fd === 2) {
         const bytes = gatherIovecs(memory(), iovs, iovsLength)
         new DataView(memory().buffer).setUint32(written, bytes.length, true)
+        context.written(written, 4)
         context.writeOutput(fd, bytes) // may transfer `bytes` away
         return errno.success
       }
@@ -144,6 +159,7 @@ export function createWasi(context: WasiContext): Record<string, (...args: never
         view.setUint16(result + 2, 0, true)
         view.setBigUint64(result + 8, 0xffffn, true)
         view.setBigUint64(result + 16, 0xffffn, true)
+        context.written(result, 24)
         return errno.success
       }
       return file('fd_fdstat_get', errno.badf)(fd, result)
@@ -156,6 +172,7 @@ export function createWasi(context: WasiContext): Record<string, (...args: never
     fd_read: (fd, iovs, iovsLength, read) => {
       if (fd === 0) {
         new DataView(memory().buffer).setUint32(read, 0, true)
+        context.written(read, 4)
         return errno.success
       }
       return file('fd_read', errno.badf)(fd, iovs, iovsLength, read)

@@ -52,3 +52,27 @@ describe('context save and restore: a thread whose worker dies continues from it
     }, 240_000)
   }
 })
+
+describe('context save and restore: what the host writes into guest memory', () => {
+  let pool: WorkerPool
+  beforeAll(() => {
+    pool = createPool(2)
+  })
+  afterAll(() => pool.close())
+
+  test('bytes the host wrote after a save (random_get into an untouched page) are in the next incremental save', async () => {
+    const program = await load(guestBytes('test/fixtures/as/host-writes.ts'))
+    const args = ['400000000']
+    const onlyCheckpoints = { saveIntervalMs: 3_600_000 }
+    const reference = await runProgram(pool, program, args, onlyCheckpoints)
+    expect(reference.exitCode).toBe(0)
+    expect(reference.saves).toBe(2)
+    // Killed while it computes after its second save: it resumes from that save.
+    const run = await runProgram(pool, program, args, {
+      ...onlyCheckpoints,
+      kill: { triggers: [{ afterSaves: 2, delayMs: 50 }], random: seededRandom(1) },
+    })
+    expect(run.killsWithSave).toBe(1)
+    expect(summary(run)).toEqual(summary(reference))
+  })
+})

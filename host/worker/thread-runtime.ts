@@ -194,6 +194,7 @@ export class GuestThread {
       arg_length: () => this.start.arg.length,
       arg_read: (pointer) => {
         this.bytes().set(this.start.arg, pointer)
+        this.markWritten(pointer, this.start.arg.length)
         return 0
       },
       set_result: (pointer, length) => {
@@ -213,6 +214,7 @@ export class GuestThread {
   ) {
     const wasi = createWasi({
       memory: () => this.memory,
+      written: (pointer, length) => this.markWritten(pointer, length),
       args: this.start.args,
       env: this.start.env,
       writeOutput: (fd, bytes) => {
@@ -241,6 +243,7 @@ export class GuestThread {
     if (!this.start.files) return null
     return createFileCalls({
       memory: () => this.memory,
+      written: (pointer, length) => this.markWritten(pointer, length),
       preopens: this.start.preopens,
       callHost: (name, args, payload) => this.callHost(name, args, payload, importModuleWasi),
     })
@@ -277,9 +280,22 @@ export class GuestThread {
   /** Copies a reply's bytes (at most `capacity`) to the guest; returns the call's result. */
   private copyReply(reply: Reply, pointer: number, capacity: number): number {
     if (reply.payload !== null && reply.result >= 0) {
-      this.bytes().set(reply.payload.subarray(0, Math.min(capacity, reply.payload.length)), pointer)
+      const length = Math.min(capacity, reply.payload.length)
+      this.bytes().set(reply.payload.subarray(0, length), pointer)
+      this.markWritten(pointer, length)
     }
     return reply.result
+  }
+
+  /**
+   * Marks the pages of a host write into guest memory for the next incremental save (the
+   * instrumentation marks only the guest's own stores).
+   */
+  private markWritten(pointer: number, length: number): void {
+    if (length <= 0) return
+    const dirty = new Uint8Array(this.dirty.buffer)
+    const last = Math.min(Math.floor((pointer + length - 1) / wasmPageBytes), dirty.length - 1)
+    for (let page = Math.floor(pointer / wasmPageBytes); page <= last; page++) dirty[page] = 1
   }
 
   private bytes(): Uint8Array {
