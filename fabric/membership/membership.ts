@@ -63,11 +63,12 @@ export const membershipMessageTypes: ReadonlySet<string> = new Set(['heartbeat',
 /** How often a node checks its evidence (silences, lost connections): the tick. */
 export const heartbeatIntervalMsDefault = 100
 /**
- * How often a node probes its predecessors and heartbeats a random member. Slower than the tick:
- * deaths of processes are found through lost connections, so probes only need to beat the long
- * silence timeout, and every message costs all nodes CPU (on a loaded machine, that is stalls).
+ * How often a node probes its predecessors and heartbeats a random member (news rides on these).
+ * Deaths of processes are found through lost connections, so probes only need to beat the long
+ * silence timeout and could be rarer, but news (joins above all) would then take longer to
+ * drain: at 300 ms, a 1,000-node cluster still carried its join news 15 s later.
  */
-export const probeIntervalMsDefault = 300
+export const probeIntervalMsDefault = 100
 /** Silence, with the connection open, after which a predecessor is declared dead (see above). */
 export const failureTimeoutMsDefault = 3000
 /** Silence after the transport lost every connection to a predecessor, after which it is declared dead. */
@@ -397,7 +398,8 @@ export function createMembership(
       // Probe the predecessors we watch; they answer with a heartbeat. Who watches whom then
       // depends only on the watcher's own view, so views that differ cannot starve a watcher.
       if (now >= nextProbeMs) {
-        nextProbeMs = now + probeIntervalMs
+        // On the tick nearest the interval (ticks come with jitter): every tick when they are equal.
+        nextProbeMs = now + probeIntervalMs - heartbeatIntervalMs / 2
         for (const predecessor of neighbours(-1))
           send(predecessor, { type: 'ping', sender: self, news: takeNews() })
         const extra = randomAlive()
