@@ -94,7 +94,7 @@ describe('guest coordination on in-process nodes', () => {
     for (let attempt = 0; attempt < 8; attempt++) {
       let killedAt = 0
       let tookAt = 0
-      const { result } = await run(cluster, ['deadholder', `${ttlMs}`], {
+      const { result } = await run(cluster, ['deadholder', `${ttlMs}`, '1500'], {
         onLine: (line) => {
           if (line.startsWith('holder ready')) {
             const holderNode = cluster.liveIds().find((id) =>

@@ -78,7 +78,10 @@ describe('guest coordination on real node processes', () => {
       const started = performance.now()
       const reference = await run(cluster, example.source, example.args)
       const referenceMs = performance.now() - started
-      expect(reference.result).toEqual({ exitCode: 0, error: null })
+      expect(reference.result, `undisturbed run:\n${reference.output}${reference.errors}`).toEqual({
+        exitCode: 0,
+        error: null,
+      })
       for (const line of example.expected) expect(reference.output).toContain(line)
       await cluster.stop()
       for (let seed = 1; seed <= seedCount; seed++) {
@@ -113,7 +116,7 @@ describe('guest coordination on real node processes', () => {
       const { result } = await run(
         cluster,
         'test/fixtures/as/sync-workout.ts',
-        ['w', 'deadholder', `${ttlMs}`],
+        ['w', 'deadholder', `${ttlMs}`, '15000'],
         (line) => {
           if (line.startsWith('holder ready')) {
             void findHolder().then((index) => {
