@@ -1,8 +1,8 @@
 /**
  * How a storage node reaches the bricks of other nodes: the `BrickPeers` interface, and an
  * in-process network that connects several storage nodes of one process for tests and for the
- * embedded local cluster. The real implementation rides libp2p streams (`/fabric/bricks/1`) and
- * announces holdings as DHT provider records.
+ * embedded local cluster. The real implementation (`brick-peers-libp2p.ts`) rides libp2p streams
+ * (`/fabric/bricks/1`) and announces holdings as DHT provider records.
  *
  *   const network = createInProcessBrickNetwork()
  *   const peers = network.join('node-a', node.handler)   // node.handler answers other nodes
