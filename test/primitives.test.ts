@@ -227,6 +227,21 @@ describe('exactly once across replays', () => {
     expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 8 })).payload)).toBe('two')
   })
 
+  test('a replay from before the committed save (its saves lost) is refused as Unavailable, not applied twice', async () => {
+    const { engines, store } = cluster(['a'])
+    const engine = engines.get('a')!
+    const g = guest(engine, thread('0'))
+    for (let index = 0; index < 5; index++) await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n })
+    engine.saveCommitted('p1', '0', 4)
+    await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n }, { sequence: 6 })
+    expect((await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n }, { sequence: 2 })).result).toBe(
+      SyncError.unavailable,
+    )
+    expect(readI64((await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n }, { sequence: 4 })).payload)).toBe(4n)
+    const read = await store.get(await syncKey('p1', '', 'var', 'n'))
+    expect(readI64(decodeState(read.value, 'var').value)).toBe(6n)
+  })
+
   test('a committed save prunes the results before it; too many unsaved results ask for a save', async () => {
     const { engines, store } = cluster(['a'])
     const engine = engines.get('a')!

@@ -18,7 +18,10 @@
  *   replays its calls and gets the recorded results, with no second effect. The engine asks a thread
  *   to save once it has `saveRequestAfterResults` unsaved results, and the register refuses more
  *   than `unsavedResultsPerThreadMax` per thread until it has saved, which bounds that memory. A
- *   queue item popped is recorded with the pop, so it reaches exactly one consumer, once.
+ *   queue item popped is recorded with the pop, so it reaches exactly one consumer, once. A save
+ *   prunes only once the thread's record (a cas of the same incarnation) names replicas holding
+ *   it; a call below a pruned floor can only come from a restart that lost its saves, and gets
+ *   Unavailable (the SDK stops the thread: the effect is unknown) instead of a second effect.
  * - Locks are the store's leases: holder `<pid>/<tid>`, the fencing token is the store's (it grows
  *   with each new holder). A dead holder's lock is free once its TTL has passed; a holder restored
  *   from a save keeps the lock only if its lease still holds (else renew and release answer

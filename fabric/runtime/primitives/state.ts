@@ -45,6 +45,12 @@ export interface SyncState {
   arrived: Array<[string, number]>
   /** Per thread id: results since its last committed save. */
   results: Record<string, RecordedResult[]>
+  /**
+   * Per thread id: the floor below which its results were dropped. A call below it that comes
+   * again can only be a replay from a save older than the committed one (saves lost): it is
+   * refused as Unavailable rather than applied a second time.
+   */
+  pruned?: Record<string, number>
   /** Nodes that have threads waiting for this register to change. */
   waiters: string[]
 }
@@ -163,8 +169,10 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
     items: current.items.slice(),
     arrived: current.arrived.slice(),
     results: { ...current.results },
+    pruned: { ...(current.pruned ?? {}) },
     waiters: current.waiters.slice(),
   }
+  const pruned = state.pruned!
   let changed = false
   let dataChanged = false
   const outcomes: Outcome[] = []
@@ -182,11 +190,13 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       changed = true
       if (kept.length === 0) delete state.results[owner]
       else state.results[owner] = kept
+      pruned[owner] = Math.max(pruned[owner] ?? 0, floor)
     }
     const step = operation.step
     if (step.kind === 'forget') {
-      if (state.results[tid] !== undefined) {
+      if (state.results[tid] !== undefined || pruned[tid] !== undefined) {
         delete state.results[tid]
+        delete pruned[tid]
         changed = true
       }
       outcomes.push({ kind: 'none' })
@@ -207,6 +217,10 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
     }
     if (step.kind === 'check') {
       outcomes.push({ kind: 'none' })
+      continue
+    }
+    if (callSequence < (pruned[tid] ?? 0)) {
+      outcomes.push({ kind: 'done', reply: reply(SyncError.unavailable), recorded: false })
       continue
     }
     if ((state.results[tid]?.length ?? 0) >= unsavedResultsPerThreadMax) {
