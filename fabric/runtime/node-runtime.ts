@@ -66,8 +66,6 @@ export const endedOutcomesMax = 10_000
 export const fenceRetryMs = 50
 /** How long a home keeps trying to fence a departed node. */
 export const fenceWaitMsMax = 30_000
-/** Spawns of one thread whose child records are still being written; the next spawn waits. */
-export const spawnsInFlightMax = 1024
 /** How long the runtime waits before asking the store again after it did not answer. */
 export const storeRetryMs = 100
 /** Attempts to record a thread's end while the store does not answer. */
@@ -157,12 +155,6 @@ interface LocalThread {
   stopped: boolean
   /** The thread's open files, when the node serves files; kept across restarts of its worker here. */
   files: GuestFileSession | null
-  /**
-   * Spawns whose child record is not durable yet. A spawn returns at once (the child's id is
-   * fixed by the call's op id); what could lose the child if this thread died now waits for them:
-   * a save (restored past the spawn, the thread would not spawn again), its end, a join.
-   */
-  spawning: Set<Promise<void>>
   /** Values the guest saw (clock readings) since its last save, replayed should it restart. */
   log: Array<[number, bigint]>
   /** The save the log follows (0: the thread's start). */
@@ -703,7 +695,6 @@ export class NodeRuntime {
       restarts: 0,
       stopped: false,
       files: null,
-      spawning: new Set(),
       log: [],
       logBase: 0,
       logSent: 0,
@@ -945,12 +936,8 @@ export class NodeRuntime {
           thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
           thread.logBase = save.summary.sequence
           thread.logSent = 0
-          // Only spawns made before the save must be durable before it is (later ones may wait on
-          // this very queue to send their log first).
-          const spawnedBefore = [...thread.spawning]
           thread.replicationQueue = thread.replicationQueue
             .then(() => filesSaved)
-            .then(() => Promise.all(spawnedBefore))
             .then(() => this.replicate(thread, save))
             .catch(() => {})
         },
@@ -1092,29 +1079,24 @@ export class NodeRuntime {
       )
       if (!exported) return { result: -2 }
       // The child's id derives from the call's op id: a replayed spawn finds the same child.
-      while (thread.spawning.size >= spawnsInFlightMax) await Promise.race(thread.spawning)
-      // The child (an effect) appears once what the guest saw before the spawn is durable.
-      const spawning = this.flushLog(thread)
-        .then(() =>
-          this.placeThread(
-            thread.pid,
-            childThreadId(thread.tid, call.callSequence),
-            entry,
-            payload.slice(4 + entryLength),
-            thread.record.group,
-          ),
-        )
-        .catch((error: Error) => {
-          this.components.log?.(`runtime: spawn of ${entry} by thread ${thread.tid} failed: ${error.message}`)
-        })
-      thread.spawning.add(spawning)
-      void spawning.then(() => thread.spawning.delete(spawning))
+      // The spawn returns once the child's record is durable (created with its claim by the node
+      // that runs it); the child starts meanwhile. (Returning before, with saves and the end
+      // waiting for the records instead, sent bursts of children to the nodes at once and made
+      // tiny threads several times slower: each node started new workers for the queue.)
+      // The child, an effect, appears once what the guest saw before the spawn is durable.
+      await this.flushLog(thread)
+      await this.placeThread(
+        thread.pid,
+        childThreadId(thread.tid, call.callSequence),
+        entry,
+        payload.slice(4 + entryLength),
+        thread.record.group,
+      ).catch((error: Error) => {
+        this.components.log?.(`runtime: spawn of ${entry} by thread ${thread.tid} failed: ${error.message}`)
+      })
       return { result: call.callSequence }
     }
-    if (call.name === 'join') {
-      await this.spawnsDurable(thread)
-      return this.join(thread, call.args[0]!)
-    }
+    if (call.name === 'join') return this.join(thread, call.args[0]!)
     if (call.name === 'sync') {
       return this.sync.call(this.syncThread(thread), {
         callSequence: call.callSequence,
@@ -1123,11 +1105,6 @@ export class NodeRuntime {
       })
     }
     return { result: -1 }
-  }
-
-  /** Resolves once every child this thread spawned so far has a durable record. */
-  private async spawnsDurable(thread: LocalThread): Promise<void> {
-    while (thread.spawning.size > 0) await Promise.all(thread.spawning)
   }
 
   /** What the sync engine may do with a thread running here. */
@@ -1201,7 +1178,6 @@ export class NodeRuntime {
   private async finishThread(thread: LocalThread, outcome: ThreadOutcome): Promise<void> {
     if (thread.stopped) return
     await thread.outputQueue
-    await this.spawnsDurable(thread)
     await this.flushLog(thread)
     // Its files are closed (committed) before anyone learns that it ended, so a join sees them.
     await thread.files
