@@ -109,6 +109,12 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       store: { replicaCount: replicas },
       fsync: flags.has('fsync'),
     }
+    // A failed background task (a sweep, a notice, a peer's stream) is a bug to log, not a reason to
+    // take the node down with every thread, save replica and brick it serves.
+    process.on('unhandledRejection', (reason) => {
+      const text = reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)
+      process.stderr.write(`${new Date().toISOString()} bug: unhandled rejection: ${text}\n`)
+    })
     // A core-only node serves membership and the coordination store but runs no programs and stores no files.
     const { node, stop } = flags.has('core-only')
       ? await startNode(nodeOptions).then((core) => ({ node: core, stop: () => core.stop() }))
