@@ -159,6 +159,8 @@ export async function requestRuntime(
   })
   try {
     const reply = readFrame(stream, runtimeRequestTimeoutMs)
+    // Awaited below; when the send fails first, its rejection must not go unhandled (that ends the node).
+    reply.catch(() => {})
     await sendFrame(stream, message)
     const body = await reply
     if (!isRuntimeReply(body))
