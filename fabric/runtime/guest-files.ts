@@ -110,6 +110,12 @@ interface DescriptorRecord {
   writable: boolean
   append: boolean
   position: number
+  /**
+   * A writable file's committed size at the save. An incarnation that died after the save may have
+   * committed more (a later automatic save whose context never reached its replicas); the resumed
+   * thread cuts that off, or its re-run would find the end of the file further on than it was.
+   */
+  size?: number
 }
 
 interface CheckpointRecord {
@@ -377,6 +383,15 @@ export class GuestFileSession {
           )
         }
       }
+      if (storageFd !== null && entry.writable && entry.size !== undefined) {
+        const status = await this.fileSystem.fstat(storageFd)
+        if (status.size > entry.size) {
+          this.options.log?.(
+            `files: ${journal.key} cuts ${entry.path} back to ${entry.size} bytes, its size at the save`,
+          )
+          await this.fileSystem.ftruncate(storageFd, entry.size)
+        }
+      }
       this.descriptors.set(entry.fd, {
         kind: 'file',
         path: entry.path,
@@ -426,9 +441,16 @@ export class GuestFileSession {
       for (const opened of this.descriptors.values())
         if (opened.kind === 'file' && opened.writable && opened.storageFd !== null)
           await this.fileSystem.fsync(opened.storageFd)
-      const checkpoints = [...this.journal.checkpoints, { callSequence, descriptors: table }].slice(
-        -checkpointsKept,
-      )
+      const descriptors: DescriptorRecord[] = []
+      for (const entry of table) {
+        const opened = this.descriptors.get(entry.fd)
+        const sized =
+          entry.kind === 'file' && entry.writable && opened?.kind === 'file' && opened.storageFd !== null
+            ? { ...entry, size: await this.fileSize(opened) }
+            : entry
+        descriptors.push(sized)
+      }
+      const checkpoints = [...this.journal.checkpoints, { callSequence, descriptors }].slice(-checkpointsKept)
       const oldest = checkpoints[0]!.callSequence
       this.journal = {
         formatVersion: journalFormatVersion,
