@@ -10,9 +10,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { systemClock, systemTimers } from '../fabric/platform.ts'
-import { MemoryStore } from '../fabric/runtime/memory-store.ts'
-import { createSyncEngine } from '../fabric/runtime/primitives/engine.ts'
+import { localSyncOptions } from '../fabric/runtime/primitives/local.ts'
 import type { ProcessOptions } from '../host/local-process.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import type { WorkerPool } from '../host/worker-pool.ts'
@@ -120,30 +118,7 @@ function bankChecksum(accounts: number, threads: number, transfers: number): big
 
 /** Serves `sync` with a fresh engine over an in-memory store, as `fabric run --local` does. */
 function engineOptions(): Partial<ProcessOptions> {
-  const pid = 'test'
-  const sync = createSyncEngine({
-    store: new MemoryStore(),
-    self: 'local',
-    clock: systemClock,
-    timers: systemTimers,
-    notify: () => {},
-  })
-  return {
-    onSave: (threadId, save) => sync.saveCommitted(pid, `${threadId}`, save.summary.callSequence),
-    serveCall: (threadId, call, thread) =>
-      call.name === 'sync'
-        ? sync.call(
-            {
-              pid,
-              tid: `${threadId}`,
-              requestSave: thread.requestSave,
-              stopped: thread.stopped,
-              setGroup: async () => {},
-            },
-            { callSequence: call.callSequence, payload: call.payload, outCapacity: call.args[0] ?? 0 },
-          )
-        : Promise.resolve({ result: -1 }),
-  }
+  return localSyncOptions('test')
 }
 
 describe('coordination examples on the sync engine', () => {

@@ -9,9 +9,7 @@ import { LocalProcess } from '../../host/local-process.ts'
 import { loadProgram } from '../../host/program.ts'
 import { coreCount, nodeWorkerFactory } from '../../host/worker-node.ts'
 import { WorkerPool } from '../../host/worker-pool.ts'
-import { systemClock, systemTimers } from '../platform.ts'
-import { MemoryStore } from '../runtime/memory-store.ts'
-import { createSyncEngine } from '../runtime/primitives/engine.ts'
+import { localSyncOptions } from '../runtime/primitives/local.ts'
 
 export interface RunLocalOptions {
   program: string
@@ -37,16 +35,6 @@ export async function runLocal(options: RunLocalOptions): Promise<number> {
   })
   const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
   const files = options.mapDirectory === undefined ? undefined : await mapDirectory(options.mapDirectory)
-  // Shared variables, locks, queues and barriers over a store in this process: the same programs
-  // run here as on a cluster. Waiters are all local, so wake notices never leave the engine.
-  const pid = 'local'
-  const sync = createSyncEngine({
-    store: new MemoryStore(),
-    self: 'local',
-    clock: systemClock,
-    timers: systemTimers,
-    notify: () => {},
-  })
   const process_ = new LocalProcess({
     pool,
     program,
@@ -56,20 +44,8 @@ export async function runLocal(options: RunLocalOptions): Promise<number> {
     cpuBudgetMs: options.cpuBudgetMs,
     saveIntervalMs: options.saveIntervalMs,
     files,
-    onSave: (threadId, save) => sync.saveCommitted(pid, `${threadId}`, save.summary.callSequence),
-    serveCall: (threadId, call, thread) =>
-      call.name === 'sync'
-        ? sync.call(
-            {
-              pid,
-              tid: `${threadId}`,
-              requestSave: thread.requestSave,
-              stopped: thread.stopped,
-              setGroup: async () => {},
-            },
-            { callSequence: call.callSequence, payload: call.payload, outCapacity: call.args[0] ?? 0 },
-          )
-        : Promise.resolve({ result: -1 }),
+    // Shared variables, locks, queues and barriers over a store in this process.
+    ...localSyncOptions('local'),
     onOutput: (_threadId, fd, data) => (fd === 2 ? process.stderr : process.stdout).write(data),
   })
   const result = await process_.result
