@@ -420,6 +420,71 @@ describe('locks and fenced variables', () => {
     expect((await other.call({ op: SyncOp.lockRenew, name: 'l', a: otherToken, b: 5000n })).result).toBe(0)
   })
 
+  test('a holder restarted from a save keeps the lock only if its lease still holds: a replayed acquire whose lease expired acquires afresh', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const other = guest(engines.get('b')!, thread('0.9'))
+    for (const blocking of [false, true]) {
+      const name = blocking ? 'blocking' : 'try'
+      const restarted = guest(engines.get('a')!, thread(blocking ? '0.1' : '0.2'))
+      const first = readI64(
+        (await restarted.call({ op: SyncOp.lockAcquire, name, a: 200n, b: -1n }, { sequence: 1 })).payload,
+      )
+      // The lease runs out while the holder is down; another thread takes the lock.
+      await new Promise((resolve) => setTimeout(resolve, 300))
+      const taken = await other.call({ op: SyncOp.lockAcquire, name, a: 5000n, b: 0n })
+      const otherToken = readI64(taken.payload)
+      expect(otherToken).toBeGreaterThan(first)
+      if (!blocking) {
+        // A replayed try-acquire tries again: the lock is taken, so it times out.
+        expect(
+          (await restarted.call({ op: SyncOp.lockAcquire, name, a: 5000n, b: 0n }, { sequence: 1 })).result,
+        ).toBe(SyncError.timeout)
+        continue
+      }
+      // A blocking replay waits for the lock and gets a new token, newer than the other holder's.
+      const waiting = restarted.call({ op: SyncOp.lockAcquire, name, a: 5000n, b: -1n }, { sequence: 1 })
+      await new Promise((resolve) => setTimeout(resolve, 30))
+      expect((await other.call({ op: SyncOp.lockRelease, name, a: otherToken })).result).toBe(0)
+      const again = await waiting
+      expect(again.result).toBe(8)
+      const fresh = readI64(again.payload)
+      expect(fresh).toBeGreaterThan(otherToken)
+      // The new token is the holder's: renew and release work with it, not with the old one.
+      expect((await restarted.call({ op: SyncOp.lockRenew, name, a: first, b: 5000n })).result).toBe(
+        SyncError.notHolder,
+      )
+      expect((await restarted.call({ op: SyncOp.lockRenew, name, a: fresh, b: 5000n })).result).toBe(0)
+      expect((await restarted.call({ op: SyncOp.lockRelease, name, a: fresh })).result).toBe(0)
+    }
+  })
+
+  test('a replayed acquire holds the lock again when no one took it since; a replayed timeout times out again', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const holder = guest(engines.get('a')!, thread('0.1'))
+    const waiter = guest(engines.get('b')!, thread('0.2'))
+    await holder.call({ op: SyncOp.lockAcquire, name: 'l', a: 150n, b: -1n }, { sequence: 1 })
+    expect(
+      (await waiter.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n }, { sequence: 1 })).result,
+    ).toBe(SyncError.timeout)
+    await new Promise((resolve) => setTimeout(resolve, 250))
+    const replayed = await holder.call(
+      { op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n },
+      { sequence: 1 },
+    )
+    expect(replayed.result).toBe(8)
+    const token = readI64(replayed.payload)
+    expect((await waiter.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n })).result).toBe(
+      SyncError.timeout,
+    )
+    expect((await holder.call({ op: SyncOp.lockRelease, name: 'l', a: token }, { sequence: 2 })).result).toBe(
+      0,
+    )
+    // The waiter's try that timed out before times out again when replayed, though the lock is free now.
+    expect(
+      (await waiter.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: 0n }, { sequence: 1 })).result,
+    ).toBe(SyncError.timeout)
+  })
+
   test('a fenced variable refuses a write with a token older than the newest it saw', async () => {
     const { engines } = cluster(['a'])
     const g = guest(engines.get('a')!, thread('0'))

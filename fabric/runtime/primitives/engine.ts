@@ -23,9 +23,11 @@
  *   it; a call below a pruned floor can only come from a restart that lost its saves, and gets
  *   Unavailable (the SDK stops the thread: the effect is unknown) instead of a second effect.
  * - Locks are the store's leases: holder `<pid>/<tid>`, the fencing token is the store's (it grows
- *   with each new holder). A dead holder's lock is free once its TTL has passed; a holder restored
- *   from a save keeps the lock only if its lease still holds (else renew and release answer
- *   NotHolder, and fenced writes with its token answer StaleToken once a newer token was used).
+ *   with each new holder). A dead holder's lock is free once its TTL has passed. A holder restored
+ *   from a save keeps the lock only if its lease still holds: a replayed acquire acquires again (an
+ *   acquire by the holder keeps its token), so it gets its token back while no one else took the
+ *   lock, and otherwise acts as a fresh acquire (waits, times out or fails a try as the call asked,
+ *   and gets a newer token). Only an acquire's Timeout is recorded, so it times out again.
  * - Waiting never spins: a waiting call puts its node on the register's waiter list and sleeps; the
  *   node that changes the register sends the waiters a direct notice. A slow re-check
  *   (`recheckMs`) covers lost notices. The guest's thread is suspended meanwhile (no CPU).
@@ -305,6 +307,7 @@ export class SyncEngine {
 
     switch (operation.op) {
       case 'lock_acquire': {
+        // Only a Timeout is recorded (a replay must time out again: the guest went on without it).
         if (recorded !== null) return recorded
         if (call.outCapacity < 8) return { result: SyncError.tooLarge, payload: null }
         const deadline = this.components.clock.now() + operation.timeoutMs
@@ -314,8 +317,11 @@ export class SyncEngine {
           const nap = this.nap(key)
           const taken = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
           if (taken.ok) {
+            // Not recorded: a replay acquires again, which gives the same token while the lease
+            // still holds (an acquire by the holder renews it), and a fresh one (or a wait) once it
+            // does not. So a restarted holder keeps the lock only if its lease still holds.
             nap.cancel()
-            return (await record(tokenReply(taken.token))).reply
+            return tokenReply(taken.token)
           }
           if (this.components.clock.now() >= deadline) {
             nap.cancel()
