@@ -219,8 +219,11 @@ export class NodeRuntime {
   private draining = false
   /** Guests' shared variables, locks, queues and barriers (the `sync` call). */
   private readonly sync: SyncEngine
-  /** Nodes known to run threads of a context group, by `<pid>/<group>`: placement keeps groups close. */
-  private readonly groupNodes = new Map<string, Set<NodeId>>()
+  /**
+   * Where the threads of a context group that this node placed or runs are (tid to node), by
+   * `<pid>/<group>`, until they end: placement keeps a group on few nodes.
+   */
+  private readonly groupThreads = new Map<string, Map<string, NodeId>>()
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
@@ -425,8 +428,8 @@ export class NodeRuntime {
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
         this.sync.processEnded(message.pid)
-        for (const groupKey of [...this.groupNodes.keys()])
-          if (groupKey.startsWith(`${message.pid}/`)) this.groupNodes.delete(groupKey)
+        for (const groupKey of [...this.groupThreads.keys()])
+          if (groupKey.startsWith(`${message.pid}/`)) this.groupThreads.delete(groupKey)
         for (const key of [...this.endedOutcomes.keys()])
           if (key.startsWith(keys.thread(message.pid, ''))) this.endedOutcomes.delete(key)
         return { type: 'ok' }
@@ -621,14 +624,14 @@ export class NodeRuntime {
           : chooseNode({
               candidates,
               load: this.loadByNode(),
-              groupNodes: groupKey === null ? undefined : this.groupNodes.get(groupKey),
+              groupThreads: groupKey === null ? undefined : this.groupNodesLoad(groupKey),
               random: this.components.random,
             })
       const reply = await this.components.messenger
         .request(node, { type: 'start', pid, tid, version, record: encoded })
         .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
       if (reply.type === 'ok') {
-        if (groupKey !== null) this.noteGroupNode(groupKey, node)
+        if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
         this.tellHome(pid, tid, node)
         return node
       }
@@ -823,6 +826,12 @@ export class NodeRuntime {
       holders.length > 0 ? this.fetchChain(thread.pid, thread.tid, holders) : null,
     ])
     const restoreSaves = restore === null || restore.saves.length === 0 ? null : restore.saves
+    if (thread.epoch > 1) {
+      // Which save a moved thread resumes from: what a hand-over or a recovery kept of its work.
+      const from =
+        restoreSaves === null ? 'its start (no save held)' : `save ${restore!.sequences.at(-1) ?? '?'}`
+      this.components.log?.(`runtime: thread ${thread.tid} of ${thread.pid} resumes from ${from}`)
+    }
     if (this.components.files !== undefined) {
       // A resumed thread reopens its files as they were at the save it resumes from.
       const resumed = thread.epoch > 1
@@ -1116,7 +1125,7 @@ export class NodeRuntime {
       stopped: () => thread.stopped,
       setGroup: async (group) => {
         const groupKey = `${thread.pid}/${group}`
-        this.noteGroupNode(groupKey, this.self)
+        this.noteGroupThread(groupKey, thread.tid, this.self)
         if (thread.record.group === group) return
         // After any record write of a save in flight: two writes at once would look like a takeover.
         const written = thread.replicationQueue.then(() =>
@@ -1128,10 +1137,24 @@ export class NodeRuntime {
     }
   }
 
-  private noteGroupNode(groupKey: string, node: NodeId): void {
-    const nodes = this.groupNodes.get(groupKey) ?? new Set()
-    nodes.add(node)
-    this.groupNodes.set(groupKey, nodes)
+  private noteGroupThread(groupKey: string, tid: string, node: NodeId): void {
+    const threads = this.groupThreads.get(groupKey) ?? new Map<string, NodeId>()
+    threads.set(tid, node)
+    this.groupThreads.set(groupKey, threads)
+  }
+
+  /** A thread ended: it no longer counts where its group is. */
+  private forgetGroupThread(pid: string, tid: string): void {
+    for (const [groupKey, threads] of this.groupThreads)
+      if (groupKey.startsWith(`${pid}/`)) threads.delete(tid)
+  }
+
+  /** Threads of a group on each node, as far as this node knows. */
+  private groupNodesLoad(groupKey: string): Map<NodeId, number> {
+    const load = new Map<NodeId, number>()
+    for (const node of this.groupThreads.get(groupKey)?.values() ?? [])
+      load.set(node, (load.get(node) ?? 0) + 1)
+    return load
   }
 
   private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
@@ -1232,6 +1255,7 @@ export class NodeRuntime {
     }
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.stopped = true
+    this.forgetGroupThread(thread.pid, thread.tid)
     if (!written) return
     this.sync.threadEnded(thread.pid, thread.tid)
     const process = await this.processRecord(thread.pid).catch(() => undefined)
@@ -1267,6 +1291,7 @@ export class NodeRuntime {
         this.endedOutcomes.delete(this.endedOutcomes.keys().next().value!)
     }
     for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake(outcome)
+    this.forgetGroupThread(pid, tid)
     const home = this.homes.get(pid)
     if (home === undefined || early) return
     home.ended.add(tid)

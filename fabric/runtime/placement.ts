@@ -1,39 +1,53 @@
 /**
  * Placement: which node runs a new thread. Each live server node gets a weight of its cores times
  * its measured speed, divided by one plus the threads it already runs per core; a node twice as fast
- * thus gets about twice the threads. Threads of one context group prefer nodes that already run
- * threads of the group. The choice is random in proportion to the weights, from an injected source.
+ * thus gets about twice the threads. Threads of one context group go to nodes that already run
+ * threads of the group while those have room (`groupThreadsPerCoreMax`), so a group fills the fewest
+ * nodes; only then does it take another node. The choice is random in proportion to the weights,
+ * from an injected source.
  */
 
 import type { Random } from '../platform.ts'
 import type { NodeId, PeerInfo } from './services.ts'
 
-/** Weight multiplier for a node already running threads of the same context group. */
-export const groupAffinityFactor = 4
+/**
+ * Threads of one context group a node takes per core before the group spills to another node: the
+ * group stays close, yet a large group still gets the cores of several nodes.
+ */
+export const groupThreadsPerCoreMax = 2
 
 export interface PlacementInput {
   candidates: readonly PeerInfo[]
   /** Threads each node runs now, as far as the placer knows. */
   load: ReadonlyMap<NodeId, number>
-  /** Nodes that run threads of the new thread's context group. */
-  groupNodes?: ReadonlySet<NodeId>
+  /** Threads of the new thread's context group on each node, as far as the placer knows. */
+  groupThreads?: ReadonlyMap<NodeId, number>
   random: Random
 }
 
-export function nodeWeight(peer: PeerInfo, threads: number, inGroup: boolean): number {
+export function nodeWeight(peer: PeerInfo, threads: number): number {
   const cores = Math.max(1, peer.capacity.cores)
   const speed = Math.max(1e-6, peer.capacity.speedScore)
-  const weight = (cores * speed) / (1 + threads / cores)
-  return inGroup ? weight * groupAffinityFactor : weight
+  return (cores * speed) / (1 + threads / cores)
+}
+
+/** The candidates that run threads of the group and have room for one more of them. */
+function groupNodesWithRoom(candidates: readonly PeerInfo[], groupThreads: ReadonlyMap<NodeId, number>) {
+  return candidates.filter((peer) => {
+    const threads = groupThreads.get(peer.id) ?? 0
+    return threads > 0 && threads < Math.max(1, peer.capacity.cores) * groupThreadsPerCoreMax
+  })
 }
 
 export function chooseNode(input: PlacementInput): NodeId {
   const servers = input.candidates.filter((peer) => peer.kind === 'server')
-  const pool = servers.length > 0 ? servers : input.candidates
+  let pool = servers.length > 0 ? servers : input.candidates
   if (pool.length === 0) throw new Error('no live node to place a thread on')
-  const weights = pool.map((peer) =>
-    nodeWeight(peer, input.load.get(peer.id) ?? 0, input.groupNodes?.has(peer.id) ?? false),
-  )
+  if (input.groupThreads !== undefined) {
+    const near = groupNodesWithRoom(pool, input.groupThreads)
+    if (near.length > 0) pool = near
+  }
+  const weights = pool.map((peer) => nodeWeight(peer, input.load.get(peer.id) ?? 0))
   const total = weights.reduce((sum, weight) => sum + weight, 0)
   let pick = input.random.next() * total
   for (let index = 0; index < pool.length; index++) {
