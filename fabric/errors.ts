@@ -59,6 +59,13 @@ export class NodeUnreachableError extends FabricError {
 }
 
 /** Persistent state in the data directory could not be read. */
+/** A browser node could not join: no server node answered over WebSockets, or none let it in (a missing or wrong cluster key). */
+export class BrowserJoinError extends FabricError {
+  constructor(message: string) {
+    super('BROWSER_JOIN', message)
+  }
+}
+
 export class DataDirectoryError extends FabricError {
   constructor(message: string) {
     super('DATA_DIRECTORY', message)

@@ -143,7 +143,8 @@ function isBrickReply(body: unknown): body is BrickReply {
 }
 
 export interface Libp2pBrickNetworkComponents {
-  node: FabricNode
+  /** A server node, or a browser node (`fabric/net/browser-node.ts`), which never lists itself to others as a storage node. */
+  node: Pick<FabricNode, 'peerId' | 'network' | 'membership'>
   /** Whether this node's block store holds the brick (its provider records may be stale). */
   hasLocal(cid: CID): Promise<boolean>
   log(line: string): void

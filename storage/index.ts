@@ -58,6 +58,11 @@
  *   await fs.close(fd)                     // visible cluster-wide from here
  *   setInterval(() => bricks.repair(), 60_000)
  *
+ * A browser node (`fabric/net/browser-node.ts`) runs `startBrowserStorage` (`browser-storage.ts`):
+ * the same file system, its metadata through the servers' store as a client, and every brick it
+ * reads kept in a bounded LRU cache (`brick-cache.ts`). It never holds a replica, never announces
+ * a brick, and servers never list it as a storage node, so repair and replica counts ignore it.
+ *
  * Errors are named classes in `errors.ts`; file-system calls throw `FileSystemError` with a POSIX
  * `code` (ENOENT, EEXIST, ENOTDIR, EISDIR, ENOTEMPTY, EBADF, EINVAL, ...).
  */
@@ -70,6 +75,12 @@ export {
 } from './block-store.ts'
 export { diskBrickPath, openDiskBlockStore } from './block-store-disk.ts'
 export { brickBytesMax, brickCid, type CID, parseBrickCid, verifyBrick } from './brick.ts'
+export {
+  type BrickCache,
+  type BrickCacheStats,
+  brickCacheBytesMaxDefault,
+  createBrickCache,
+} from './brick-cache.ts'
 export { type BrickNode, type BrickNodeComponents, createBrickNode } from './brick-node.ts'
 export {
   type BrickPeers,
@@ -77,6 +88,12 @@ export {
   createInProcessBrickNetwork,
   type InProcessBrickNetwork,
 } from './brick-peers.ts'
+export {
+  type BrowserStorage,
+  type BrowserStorageCounters,
+  type BrowserStorageOptions,
+  startBrowserStorage,
+} from './browser-storage.ts'
 export * from './errors.ts'
 export { connectFileClient, type FileClient, type FileClientOptions } from './file-client.ts'
 export {
@@ -97,9 +114,5 @@ export { type NodeStorage, type NodeStorageOptions, startNodeStorage } from './n
 export { replicaCountDefault } from './placement.ts'
 export { type RebalanceReport, rebalanceBytesPerSecondDefault } from './rebalance.ts'
 export { type RepairReport, repairBytesPerSecondDefault } from './repair.ts'
-export {
-  createMemoryReplicaCounts,
-  openDiskReplicaCounts,
-  type ReplicaCounts,
-  replicaCountMax,
-} from './replica-counts.ts'
+export { createMemoryReplicaCounts, type ReplicaCounts, replicaCountMax } from './replica-counts.ts'
+export { openDiskReplicaCounts } from './replica-counts-disk.ts'

@@ -37,7 +37,8 @@ import type { MetadataStore } from './metadata-store.ts'
 import { coordinationMetadataStore } from './metadata-store-coordination.ts'
 import { rebalanceBytesPerSecondDefault } from './rebalance.ts'
 import { repairBytesPerSecondDefault } from './repair.ts'
-import { createMemoryReplicaCounts, openDiskReplicaCounts } from './replica-counts.ts'
+import { createMemoryReplicaCounts } from './replica-counts.ts'
+import { openDiskReplicaCounts } from './replica-counts-disk.ts'
 
 /**
  * A full repair scan runs at least this often, besides the one after each loss. A scan looks up

@@ -10,7 +10,7 @@ import { BrickUnavailableError, StorageArgumentError } from '../storage/errors.t
 import { readOrder, replicaCandidates } from '../storage/placement.ts'
 import type { Sleep } from '../storage/platform-types.ts'
 import { createRateLimiter } from '../storage/rate-limiter.ts'
-import { openDiskReplicaCounts } from '../storage/replica-counts.ts'
+import { openDiskReplicaCounts } from '../storage/replica-counts-disk.ts'
 import { createStorageCluster, type StorageCluster } from './support/storage-cluster.ts'
 import { testRandom } from './support/storage-random.ts'
 

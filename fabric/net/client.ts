@@ -37,6 +37,11 @@ export interface ClientOptions {
   clusterKey?: Uint8Array | string
   timeoutMs?: number
   log?: (line: string) => void
+  /**
+   * A libp2p network to send the requests over (a browser node's own); the client then leaves it
+   * running when it closes. Without it the client starts a network of its own.
+   */
+  network?: Network
 }
 
 export interface Lease {
@@ -86,15 +91,18 @@ export const nodeRetryAfterMs = 1000
 
 export async function connectClient(options: ClientOptions): Promise<FabricClient> {
   if (options.nodes.length === 0) throw new InvalidArgumentError('Expected at least one node address')
-  const network: Network = await createNetwork({
-    privateKey: await generateKeyPair('Ed25519'),
-    listen: [],
-    clusterKey:
-      typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey,
-    protocols: new Set(['client']),
-    log: options.log ?? (() => {}),
-    client: true,
-  })
+  const ownNetwork = options.network === undefined
+  const network: Network =
+    options.network ??
+    (await createNetwork({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: [],
+      clusterKey:
+        typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey,
+      protocols: new Set(['client']),
+      log: options.log ?? (() => {}),
+      client: true,
+    }))
   const connections: Connection[] = options.nodes.map((address) => {
     const peer = multiaddr(address)
       .getComponents()
@@ -304,7 +312,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
         pending.delete(id)
         request.reject(new NodeUnreachableError('client closed'))
       }
-      await network.stop()
+      if (ownNetwork) await network.stop()
     },
   }
 }

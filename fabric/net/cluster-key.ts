@@ -1,11 +1,20 @@
 /**
  * The cluster key: a 32-byte pre-shared key. Connections are wrapped in libp2p's private-network
  * protector (XSalsa20 keyed with it), so a node or client without the key cannot even start the
- * noise handshake.
+ * noise handshake. A browser node holds the key too (as 64 hex digits; there are no key files in a
+ * page), so this file has no static Node import: it reaches `node:fs` only for a key file.
  */
 
-import { readFileSync } from 'node:fs'
 import { ClusterKeyError } from '../errors.ts'
+
+/** `node:fs`'s readFileSync when running in Node; undefined in a browser. */
+function nodeReadFile(): ((path: string, encoding: 'utf8') => string) | undefined {
+  const nodeProcess = (globalThis as { process?: { getBuiltinModule?(id: string): unknown } }).process
+  const fs = nodeProcess?.getBuiltinModule?.('node:fs') as
+    | { readFileSync(path: string, encoding: 'utf8'): string }
+    | undefined
+  return fs?.readFileSync
+}
 
 const hexKey = /^[0-9a-fA-F]{64}$/
 
@@ -14,7 +23,9 @@ export function loadClusterKey(keyOrPath: string): Uint8Array {
   let text = keyOrPath.trim()
   if (!hexKey.test(text)) {
     try {
-      text = readFileSync(keyOrPath, 'utf8')
+      const readFile = nodeReadFile()
+      if (readFile === undefined) throw new Error('no file system here')
+      text = readFile(keyOrPath, 'utf8')
     } catch {
       throw new ClusterKeyError(
         `--cluster-key takes 64 hex digits or a file that holds them; "${keyOrPath.slice(0, 80)}" is neither. ` +

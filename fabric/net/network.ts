@@ -80,6 +80,12 @@ export interface NetworkOptions {
   log: Log
   /** Clients neither listen nor run the DHT server. */
   client?: boolean
+  /**
+   * A node in a web page: WebSockets is its only transport (TCP throws in a browser), it listens
+   * on nothing and runs the DHT as a client, like `client`. libp2p's browser build refuses to dial
+   * private addresses by default; a cluster on a LAN or on loopback is made of nothing else.
+   */
+  browser?: boolean
 }
 
 export async function createNetwork(options: NetworkOptions): Promise<Network> {
@@ -142,10 +148,12 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
             },
           }
         }
+  const browser = options.browser === true
   const libp2p = await createLibp2p({
     privateKey: options.privateKey,
-    addresses: { listen: options.client ? [] : [...options.listen] },
-    transports: [tcp(), webSockets()],
+    addresses: { listen: options.client || browser ? [] : [...options.listen] },
+    transports: browser ? [webSockets()] : [tcp(), webSockets()],
+    ...(browser ? { connectionGater: { denyDialMultiaddr: () => false } } : {}),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionProtector: protector,
@@ -161,7 +169,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       // LAN or loopback cluster leaves the routing table empty and every query waiting.
       dht: kadDHT({
         protocol: dhtProtocol,
-        clientMode: options.client === true,
+        clientMode: options.client === true || browser,
         peerInfoMapper: passthroughMapper,
       }),
       pubsub: gossipsub({ allowPublishToZeroTopicPeers: true, emitSelf: false }),

@@ -50,7 +50,7 @@ const pageHtml = `<!doctype html>
  * `*-node.ts` adapters. This turns such an import into a build error that names the importer,
  * where esbuild alone would say only that "node:module" cannot be resolved.
  */
-const browserSafety: Plugin = {
+export const browserSafety: Plugin = {
   name: 'fabric-browser-safety',
   setup(build) {
     build.onResolve({ filter: /^(binaryen|node:.*)$/ }, (args) => ({

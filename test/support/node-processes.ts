@@ -18,6 +18,8 @@ export interface NodeProcess {
   child: ChildProcess
   peerId: string
   address: string
+  /** Every address the node listens on (the first is `address`), with /p2p/<peer id> as printed. */
+  addresses: string[]
   /** stderr lines with the wall-clock time (ms) they arrived. */
   lines: { atMs: number; text: string }[]
 }
@@ -90,8 +92,17 @@ export async function startNodeProcess(options: {
       if (!stdout.includes('ready\n')) return
       clearTimeout(timer)
       const peerId = /peer-id (\S+)/.exec(stdout)![1]!
-      const address = /listening (\S+)/.exec(stdout)![1]!
-      resolve({ name: options.name, dataDirectory: options.dataDirectory, child, peerId, address, lines })
+      const addresses = [...stdout.matchAll(/listening (\S+)/g)].map((match) => match[1]!)
+      const address = addresses[0]!
+      resolve({
+        name: options.name,
+        dataDirectory: options.dataDirectory,
+        child,
+        peerId,
+        address,
+        addresses,
+        lines,
+      })
     })
     child.on('exit', (code) => {
       clearTimeout(timer)

@@ -13,11 +13,8 @@ import type { CID } from '../../storage/brick.ts'
 import { type BrickNode, createBrickNode } from '../../storage/brick-node.ts'
 import { createInProcessBrickNetwork, type InProcessBrickNetwork } from '../../storage/brick-peers.ts'
 import type { Clock, Sleep } from '../../storage/platform-types.ts'
-import {
-  createMemoryReplicaCounts,
-  openDiskReplicaCounts,
-  type ReplicaCounts,
-} from '../../storage/replica-counts.ts'
+import { createMemoryReplicaCounts, type ReplicaCounts } from '../../storage/replica-counts.ts'
+import { openDiskReplicaCounts } from '../../storage/replica-counts-disk.ts'
 
 export const realClock: Clock = systemClock
 export const realWallClock: Clock = { now: wallClockMs }

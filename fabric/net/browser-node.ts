@@ -1,0 +1,186 @@
+/**
+ * A browser node: a member of the cluster that lives in a web page. It dials server nodes over
+ * WebSockets with the cluster key (the same noise + private-network protector as every node), joins
+ * membership as kind `browser`, and reaches the coordination store as a client of the servers it
+ * dialled. It is never an acceptor (the store takes its acceptors from `liveServers()`), never
+ * placed threads on, and never counts as a storage replica; it listens on nothing, since pages
+ * cannot accept connections, and the servers answer it over the connections it opened.
+ *
+ * The same code runs in Node (WebSockets works there too), which tests use.
+ *
+ *   const node = await startBrowserNode({ bootstrap: ['/ip4/10.0.0.1/tcp/4002/ws/p2p/12D3…'], clusterKey: hex })
+ *   node.membership.liveServers()
+ *   await node.client.get('config/x')
+ *   await node.stop()
+ */
+
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { BrowserJoinError } from '../errors.ts'
+import {
+  type Capacity,
+  createMembership,
+  type MemberInfo,
+  type Membership,
+  type MembershipMessage,
+  membershipMessageTypes,
+} from '../membership/membership.ts'
+import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
+import { connectClient, type FabricClient } from './client.ts'
+import { loadClusterKey } from './cluster-key.ts'
+import { createNetwork, type Log, membersTopic, type Network } from './network.ts'
+import { decodeEnvelope, encodeFrame } from './wire.ts'
+
+/** How often the page publishes its member record on the members topic, as servers do. */
+export const browserAnnounceIntervalMs = 2000
+/** How long joining may take before the page gives up with {@link BrowserJoinError}. */
+export const browserJoinTimeoutMsDefault = 15_000
+/** Pause between attempts to reach the bootstrap nodes while joining. */
+export const browserJoinRetryMs = 500
+
+export interface BrowserNodeOptions {
+  /** WebSockets multiaddrs of server nodes, each ending in /p2p/<peer id>. */
+  bootstrap: readonly string[]
+  /** The cluster key as 64 hex digits (or the encoded pre-shared key); without it only keyless clusters answer. */
+  clusterKey?: string | Uint8Array
+  joinTimeoutMs?: number
+  log?: Log
+}
+
+/** What the storage layer and the page use of a browser node; a subset of a server's `FabricNode`. */
+export interface BrowserNode {
+  peerId: string
+  kind: 'browser'
+  membership: Membership
+  network: Network
+  /** The coordination store, through the server nodes this page dialled. */
+  client: FabricClient
+  stop(): Promise<void>
+}
+
+function browserCapacity(): Capacity {
+  const navigatorInfo = (
+    globalThis as { navigator?: { hardwareConcurrency?: number; deviceMemory?: number } }
+  ).navigator
+  return {
+    cores: Math.max(1, navigatorInfo?.hardwareConcurrency ?? 1),
+    // `deviceMemory` (GiB, Chromium only) is coarse on purpose; a page gets a share of it at best.
+    memoryBytes: Math.round((navigatorInfo?.deviceMemory ?? 1) * 2 ** 30),
+    speedScore: 1,
+  }
+}
+
+export async function startBrowserNode(options: BrowserNodeOptions): Promise<BrowserNode> {
+  const log = options.log ?? (() => {})
+  if (options.bootstrap.length === 0)
+    throw new BrowserJoinError('A browser node needs the WebSockets address of at least one server node')
+  const clusterKey =
+    typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey
+  const network = await createNetwork({
+    privateKey: await generateKeyPair('Ed25519'),
+    listen: [],
+    clusterKey,
+    protocols: new Set(['membership', 'client']),
+    log,
+    browser: true,
+  })
+  const self = network.self
+  const membership = createMembership({
+    self: { id: self, incarnation: 1, kind: 'browser', capacity: browserCapacity(), addresses: [] },
+    clock: systemClock,
+    random: systemRandom,
+    send: (to, body) => network.send(to, 'membership', body),
+  })
+  membership.onChange(({ member }) => {
+    if (member.status === 'alive') network.addAddresses(member.id, member.addresses)
+  })
+  network.onPeerDisconnected((peer) => {
+    if (membership.member(peer)?.status === 'alive') membership.disconnected(peer)
+  })
+  network.onPeerConnected((peer) => membership.connected(peer))
+  network.onMessage((from, protocol, body) => {
+    if (protocol !== 'membership') return
+    if (
+      typeof body !== 'object' ||
+      body === null ||
+      !membershipMessageTypes.has((body as { type: string }).type)
+    )
+      return network.refuse(from, 'malformed membership message')
+    membership.receive(from, body as MembershipMessage)
+  })
+
+  const pubsub = network.libp2p.services.pubsub as unknown as {
+    subscribe(topic: string): void
+    publish(topic: string, data: Uint8Array): Promise<unknown>
+    addEventListener(type: 'message', listener: (event: CustomEvent) => void): void
+  }
+  pubsub.subscribe(membersTopic)
+  pubsub.addEventListener('message', (event) => {
+    const message = event.detail as { topic: string; data: Uint8Array; from?: { toString(): string } }
+    if (message.topic !== membersTopic || message.from === undefined) return
+    try {
+      const body = decodeEnvelope(message.data, new Set(['membership'])).b as MemberInfo
+      const from = message.from.toString()
+      if (body?.id === from) membership.receive(from, { type: 'heartbeat', sender: body, news: [] })
+    } catch (error) {
+      network.refuse(message.from.toString(), `gossipsub: ${(error as Error).message}`)
+    }
+  })
+
+  const timers: TimerHandle[] = [
+    systemTimers.every(membership.tickIntervalMs, () => membership.tick()),
+    systemTimers.every(browserAnnounceIntervalMs, () => {
+      const info = membership.member(self)
+      if (info !== undefined)
+        pubsub.publish(membersTopic, encodeFrame('membership', info).subarray(4)).catch(() => {})
+    }),
+  ]
+  const stopAll = async () => {
+    for (const timer of timers) timer.cancel()
+    await network.stop()
+  }
+
+  // Join: dial the bootstrap nodes until one answers, then until membership hears from a server.
+  const joinTimeoutMs = options.joinTimeoutMs ?? browserJoinTimeoutMsDefault
+  const deadline = performance.now() + joinTimeoutMs
+  let peers: string[] = []
+  while (membership.liveServers().length === 0) {
+    if (performance.now() > deadline) {
+      await stopAll()
+      throw new BrowserJoinError(
+        peers.length === 0
+          ? `no server node let this page in within ${joinTimeoutMs} ms (${options.bootstrap.join(', ')}): ` +
+              'check the addresses (WebSockets, ending in /p2p/<peer id>) and that the page holds the cluster key'
+          : `server nodes answered but membership did not admit this page within ${joinTimeoutMs} ms`,
+      )
+    }
+    peers = await network.dial(options.bootstrap)
+    if (peers.length > 0) membership.join(peers)
+    await new Promise((resolve) => setTimeout(resolve, browserJoinRetryMs))
+  }
+  log(`joined as a browser node through ${peers.length} server nodes`)
+
+  let client: FabricClient
+  try {
+    client = await connectClient({ nodes: options.bootstrap, network })
+  } catch (error) {
+    await stopAll()
+    throw error
+  }
+
+  let stopped = false
+  return {
+    peerId: self,
+    kind: 'browser',
+    membership,
+    network,
+    client,
+    async stop() {
+      if (stopped) return
+      stopped = true
+      membership.leave()
+      await client.close()
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      await stopAll()
+    },
+  }
+}

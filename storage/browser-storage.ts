@@ -1,0 +1,226 @@
+/**
+ * Storage in a browser node: the cluster file system, with every brick the page reads kept in a
+ * bounded cache (`brick-cache.ts`), so that reading a file again costs no transfer.
+ *
+ * A browser is never a replica. It holds no block store, never announces a brick, and the servers
+ * never list it among the storage nodes (`brick-peers-libp2p.ts` lists live members of kind
+ * `server` only), so replica counts, repair and rebalancing see only servers: a brick whose other
+ * copies sit in browser caches is still under-replicated and is repaired. Reads find the holders
+ * among the live servers (provider records, then each server directly), fetch from one in stripe
+ * order, and check the bytes against the brick's hash before they are used or cached; a bad copy
+ * is skipped for the next holder. Writes put each brick on r live servers, none on the page.
+ * Metadata (names, directories, file heads) goes through the servers' coordination store as a
+ * client (`metadata-store-client.ts`). The cache answers other nodes that ask the page for a brick
+ * on `/fabric/bricks/1`, though none asks in practice: nobody is told the page holds anything.
+ *
+ *   const node = await startBrowserNode({ bootstrap: [wsAddress], clusterKey })
+ *   const storage = await startBrowserStorage(node, { cacheBytesMax: 64 * 1024 * 1024 })
+ *   const bytes = await storage.fileSystem.readFile('/data/input.csv')   // again: from the cache
+ *   storage.counters()   // { bricksFetched, cacheHits, ... }
+ */
+
+import type { BrowserNode } from '../fabric/net/browser-node.ts'
+import { sleep, systemClock, systemRandom, wallClockMs } from '../fabric/platform.ts'
+import { brickCid, type CID, verifyBrick } from './brick.ts'
+import {
+  type BrickCache,
+  type BrickCacheStats,
+  brickCacheBytesMaxDefault,
+  createBrickCache,
+} from './brick-cache.ts'
+import type { BrickPeers, BrickRequestHandler } from './brick-peers.ts'
+import { type Libp2pBrickNetwork, startLibp2pBrickNetwork } from './brick-peers-libp2p.ts'
+import {
+  BrickCorruptError,
+  BrickPeerUnreachableError,
+  BrickUnavailableError,
+  InsufficientReplicasError,
+  StorageArgumentError,
+} from './errors.ts'
+import type { ChunkBricks } from './file-image.ts'
+import { createFileSystem, type FileSystem, type FileSystemOptions } from './file-system.ts'
+import { clientMetadataStore } from './metadata-store-client.ts'
+import { readOrder, replicaCandidates, replicaCountDefault, requiredReplicas } from './placement.ts'
+import { checkReplicaCount } from './replica-counts.ts'
+
+/** How long a browser waits for its first storage server (probed after membership admits it) before a read gives up. */
+export const storageServersWaitMs = 10_000
+/** Pause between looks at the storage server list while waiting for the first one. */
+const storageServersPollMs = 50
+
+export interface BrowserStorageOptions {
+  /** Most bytes of bricks kept in the page; default {@link brickCacheBytesMaxDefault}. */
+  cacheBytesMax?: number
+  /** Replicas per brick this page writes; default 3 (on servers). */
+  replicaCount?: number
+  fileSystem?: FileSystemOptions
+  log?: (line: string) => void
+}
+
+export interface BrowserStorageCounters {
+  /** Bricks fetched from server nodes (each one checked against its hash). */
+  bricksFetched: number
+  bytesFetched: number
+  /** Reads of a brick answered by the cache. */
+  cacheHits: number
+  /** Reads of a brick the cache did not hold. */
+  cacheMisses: number
+  /** Copies from a server that did not match their hash (skipped). */
+  corruptCopiesSkipped: number
+  /** Bricks this page wrote to servers. */
+  bricksWritten: number
+  cache: BrickCacheStats
+}
+
+export interface BrowserStorage {
+  /** The cluster file system (close-to-open consistency, see `file-system.ts`). */
+  fileSystem: FileSystem
+  cache: BrickCache
+  network: Libp2pBrickNetwork
+  /** Storage servers this page knows to be live (never the page itself). */
+  storageServers(): string[]
+  counters(): BrowserStorageCounters
+  stop(): Promise<void>
+}
+
+export async function startBrowserStorage(
+  node: BrowserNode,
+  options: BrowserStorageOptions = {},
+): Promise<BrowserStorage> {
+  const log = options.log ?? (() => {})
+  const replicaCount = options.replicaCount ?? replicaCountDefault
+  checkReplicaCount(replicaCount)
+  const cache = createBrickCache({ bytesMax: options.cacheBytesMax ?? brickCacheBytesMaxDefault })
+  const counters = {
+    bricksFetched: 0,
+    bytesFetched: 0,
+    cacheHits: 0,
+    cacheMisses: 0,
+    corruptCopiesSkipped: 0,
+    bricksWritten: 0,
+  }
+  const network = await startLibp2pBrickNetwork({ node, hasLocal: async (cid) => cache.has(cid), log })
+  // What the page answers on /fabric/bricks/1: its cache, read-only. It never takes a replica.
+  const handler: BrickRequestHandler = {
+    fetch: async (cid) => cache.get(cid),
+    async store(cid) {
+      throw new StorageArgumentError(
+        `a browser node holds no replicas; brick ${cid} belongs on a server node`,
+      )
+    },
+    drop: async (cid) => cache.delete(cid),
+    stats: async () => ({ bricks: cache.stats().bricks, bytes: cache.stats().bytes }),
+  }
+  const peers: BrickPeers = network.connect(handler)
+  const self = peers.self
+
+  /** The live storage servers: the brick network's live list without the page itself. */
+  function storageServers(): string[] {
+    return peers.liveNodes().filter((id) => id !== self)
+  }
+
+  async function someStorageServers(signal?: AbortSignal): Promise<string[]> {
+    const deadline = systemClock.now() + storageServersWaitMs
+    let servers = storageServers()
+    while (servers.length === 0 && systemClock.now() < deadline) {
+      await sleep(storageServersPollMs, signal)
+      servers = storageServers()
+    }
+    return servers
+  }
+
+  async function get(cid: CID, callOptions: { stripe: number; signal?: AbortSignal }): Promise<Uint8Array> {
+    const cached = cache.get(cid)
+    if (cached !== undefined) {
+      counters.cacheHits++
+      return cached
+    }
+    counters.cacheMisses++
+    const { signal } = callOptions
+    await someStorageServers(signal)
+    const holders = (await peers.findProviders(cid, { signal })).filter((id) => id !== self)
+    const tried: string[] = []
+    for (const holder of readOrder(self, holders, callOptions.stripe)) {
+      tried.push(holder)
+      let bytes: Uint8Array | undefined
+      try {
+        bytes = await peers.fetch(holder, cid, { signal })
+      } catch (error) {
+        signal?.throwIfAborted()
+        if (error instanceof BrickPeerUnreachableError) continue
+        throw error
+      }
+      if (bytes === undefined) continue
+      try {
+        await verifyBrick(cid, bytes, `node ${holder}`)
+      } catch (error) {
+        if (!(error instanceof BrickCorruptError)) throw error
+        counters.corruptCopiesSkipped++
+        continue
+      }
+      counters.bricksFetched++
+      counters.bytesFetched += bytes.length
+      cache.put(cid, bytes)
+      return bytes
+    }
+    throw new BrickUnavailableError(cid.toString(), tried)
+  }
+
+  async function put(
+    bytes: Uint8Array,
+    callOptions: { stripe: number; replicaCount?: number; signal?: AbortSignal },
+  ): Promise<CID> {
+    const wanted = callOptions.replicaCount ?? replicaCount
+    checkReplicaCount(wanted)
+    const cid = await brickCid(bytes)
+    const { signal } = callOptions
+    const servers = await someStorageServers(signal)
+    const required = requiredReplicas(wanted, servers.length)
+    // `self` is not among the candidates' live nodes, so every replica goes to a server.
+    const candidates = replicaCandidates({ self, live: servers, count: required, stripe: callOptions.stripe })
+    let placed = 0
+    for (const server of candidates) {
+      if (placed >= required) break
+      try {
+        await peers.store(server, cid, bytes, { signal, replicaCount: callOptions.replicaCount })
+        placed++
+      } catch (error) {
+        signal?.throwIfAborted()
+        if (!(error instanceof BrickPeerUnreachableError)) throw error
+      }
+    }
+    if (placed < required || servers.length === 0)
+      throw new InsufficientReplicasError(cid.toString(), placed, Math.max(required, 1))
+    counters.bricksWritten++
+    cache.put(cid, bytes)
+    return cid
+  }
+
+  const bricks: ChunkBricks = { get, put }
+  const fileSystem = createFileSystem(
+    {
+      metadata: clientMetadataStore(node.client),
+      bricks,
+      clock: systemClock,
+      wallClock: { now: wallClockMs },
+      random: systemRandom,
+      sleep,
+    },
+    options.fileSystem,
+  )
+
+  let stopped = false
+  return {
+    fileSystem,
+    cache,
+    network,
+    storageServers,
+    counters: () => ({ ...counters, cache: cache.stats() }),
+    async stop() {
+      if (stopped) return
+      stopped = true
+      await fileSystem.closeAll().catch(() => {})
+      await network.stop()
+    },
+  }
+}
