@@ -62,6 +62,12 @@ export const outputBytesMax = 64 * 1024 * 1024
 export const startAttemptsMax = 8
 /** Outcomes of ended threads a node remembers for joins that come after the `ended` notice. */
 export const endedOutcomesMax = 10_000
+/** Ended processes a node remembers, to refuse starts of their threads that arrive late. */
+export const endedProcessesMax = 10_000
+/** How long a spawn keeps trying to have its child placed while no node takes it (store timeouts during a membership change, say). */
+export const spawnPlacementWaitMsMax = 30_000
+/** Pause between two rounds of placing a child that no node took. */
+export const spawnPlacementRetryMs = 250
 /** How often a home tries to take the lease of a departed node until it has expired. */
 export const fenceRetryMs = 50
 /** How long a home keeps trying to fence a departed node. */
@@ -204,6 +210,8 @@ export class NodeRuntime {
   private readonly programBytes = new Map<string, Uint8Array>()
   private readonly processes = new Map<string, Promise<ProcessRecord>>()
   private readonly joinWaiters = new Map<string, Set<(outcome?: EndedOutcome) => void>>()
+  /** Processes known to have ended (a `stop` came, or this home ended them), oldest first. */
+  private readonly endedProcesses = new Set<string>()
   /** Ended threads' outcomes by record key, oldest first (a join may come after the notice). */
   private readonly endedOutcomes = new Map<string, EndedOutcome>()
   private readonly timerHandles: TimerHandle[] = []
@@ -424,6 +432,7 @@ export class NodeRuntime {
         this.threadEnded(message.pid, message.tid, message.outcome, message.early === true)
         return { type: 'ok' }
       case 'stop':
+        this.processEnded(message.pid)
         for (const thread of [...this.local.values()])
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
@@ -589,7 +598,17 @@ export class NodeRuntime {
       ...(group === undefined ? {} : { group }),
     }
     // A replayed spawn finds the record there: the claim fails and names the node that holds it.
-    await this.handOver(pid, tid, 0, record)
+    // No node taking the thread (each refused or did not answer: a store that did not answer in a
+    // membership change, say) must not lose it: its joiner would find no such thread. So it is
+    // placed again until its record exists, for a bounded time.
+    for (let waitedMs = 0; ; waitedMs += spawnPlacementRetryMs) {
+      if ((await this.handOver(pid, tid, 0, record)) !== null || this.stopped) return
+      const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
+      if (read?.value != null) return
+      if (waitedMs >= spawnPlacementWaitMsMax)
+        throw new Error(`no node took thread ${tid} of process ${pid} in ${spawnPlacementWaitMsMax} ms`)
+      await new Promise<void>((resolve) => this.components.timers.after(spawnPlacementRetryMs, resolve))
+    }
   }
 
   /**
@@ -672,6 +691,10 @@ export class NodeRuntime {
       return { type: 'refused', reason: 'record of another thread' }
     if (record.state === 'done' || record.state === 'failed')
       return { type: 'claimed', node: record.node, state: record.state }
+    if (this.endedProcesses.has(pid)) return { type: 'refused', reason: `process ${pid} has ended` }
+    // A start that arrives after its process ended must not run: the process record says so (read
+    // alongside the claim; a node that ran threads of the process has it already).
+    const processRead = this.processRecord(pid).catch(() => undefined)
     const key = keys.thread(pid, tid)
     const claimed: ThreadRecord = { ...record, node: this.self, state: 'running', epoch: record.epoch + 1 }
     // A cas the store did not confirm in time may have applied: the record tells.
@@ -684,6 +707,11 @@ export class NodeRuntime {
       return { type: 'claimed', node: existing.node, state: existing.state }
     }
     if (this.stopped) return { type: 'refused', reason: 'node is not serving' }
+    const process = await processRead
+    if (this.endedProcesses.has(pid) || (process !== undefined && process.state !== 'running')) {
+      this.components.log?.(`runtime: refused thread ${tid} of ${pid}: the process has ended`)
+      return { type: 'refused', reason: `process ${pid} has ended` }
+    }
     const thread: LocalThread = {
       pid,
       tid,
@@ -1094,7 +1122,7 @@ export class NodeRuntime {
       // tiny threads several times slower: each node started new workers for the queue.)
       // The child, an effect, appears once what the guest saw before the spawn is durable.
       await this.flushLog(thread)
-      await this.placeThread(
+      const placed = await this.placeThread(
         thread.pid,
         childThreadId(thread.tid, call.callSequence),
         entry,
@@ -1102,8 +1130,10 @@ export class NodeRuntime {
         thread.record.group,
       ).catch((error: Error) => {
         this.components.log?.(`runtime: spawn of ${entry} by thread ${thread.tid} failed: ${error.message}`)
+        return 'failed' as const
       })
-      return { result: call.callSequence }
+      // A child that no node took fails the spawn (the guest's error names it), not a later join.
+      return placed === 'failed' ? { result: -1 } : { result: call.callSequence }
     }
     if (call.name === 'join') return this.join(thread, call.args[0]!)
     if (call.name === 'sync') {
@@ -1338,6 +1368,7 @@ export class NodeRuntime {
   private async endProcess(home: HomeProcess, result: ProcessResult): Promise<void> {
     if (home.finished) return
     home.finished = true
+    this.processEnded(home.record.pid)
     const nodes = new Set(this.components.cluster.live().map((peer) => peer.id))
     for (const node of nodes) {
       void this.components.messenger.request(node, { type: 'stop', pid: home.record.pid }).catch(() => {})
@@ -1351,6 +1382,14 @@ export class NodeRuntime {
       .put(keys.process(home.record.pid), encodeRecord(record))
       .catch(() => undefined)
     home.finish(result)
+  }
+
+  /** From now on, starts of the process's threads are refused here (its cached record is stale). */
+  private processEnded(pid: string): void {
+    this.endedProcesses.add(pid)
+    if (this.endedProcesses.size > endedProcessesMax)
+      this.endedProcesses.delete(this.endedProcesses.values().next().value!)
+    this.processes.delete(pid)
   }
 
   /** Restarts elsewhere the threads of this node's processes that ran on a departed node. */

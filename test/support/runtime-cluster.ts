@@ -93,6 +93,17 @@ export class InProcessCluster {
   /** Lines the runtimes logged, with the node's id. */
   readonly logs: string[] = []
 
+  /**
+   * Consulted for every message between live nodes: a reply it returns is the answer, and the
+   * message is not delivered (a test's faults: a node that refuses starts, say).
+   */
+  intercept: ((from: NodeId, to: NodeId, message: RuntimeMessage) => RuntimeReply | undefined) | null = null
+
+  /** Sends a runtime message as node `from` would. */
+  send(from: NodeId, to: NodeId, message: RuntimeMessage): Promise<RuntimeReply> {
+    return this.deliver(from, to, message)
+  }
+
   /** A clean leave: the node hands its threads over, then goes; the others see it leave at once. */
   async leave(id: NodeId): Promise<void> {
     const member = this.members.get(id)!
@@ -158,6 +169,8 @@ export class InProcessCluster {
     const target = this.members.get(to)
     if (sender?.alive !== true) throw new Error(`${from} is down`)
     if (target?.alive !== true || target.handler === null) throw new Error(`cannot reach ${to}`)
+    const intercepted = this.intercept?.(from, to, message)
+    if (intercepted !== undefined) return intercepted
     return target.handler(from, message)
   }
 }

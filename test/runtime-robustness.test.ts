@@ -1,0 +1,98 @@
+/**
+ * Regression tests of the process runtime's known defects, in one process: a thread start that
+ * arrives after its process ended, and a spawn whose child no node takes for a while.
+ */
+
+import { afterEach, describe, expect, test } from 'vitest'
+import { encodeRecord, recordFormatVersion, type ThreadRecord } from '../fabric/runtime/records.ts'
+import { guestBytes } from './support/guests.ts'
+import { InProcessCluster } from './support/runtime-cluster.ts'
+
+function newThreadRecord(pid: string, tid: string): ThreadRecord {
+  return {
+    formatVersion: recordFormatVersion,
+    pid,
+    tid,
+    entry: 'work',
+    arg: new TextEncoder().encode('7'),
+    state: 'placed',
+    node: '',
+    epoch: 0,
+    saveReplicas: [],
+    result: null,
+    exitCode: null,
+    error: null,
+    spawnerNode: 'node-a',
+  }
+}
+
+describe('process runtime defects', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('a thread start that arrives after its process ended (or was killed) is refused and does not run', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const ended = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
+    expect(await ended.result).toEqual({ exitCode: 0, error: null })
+    const killed = await home.submit(waves, { args: ['waves', '50', '2'], seed: 1 })
+    expect(await cluster.send('node-b', 'node-a', { type: 'kill', pid: killed.pid })).toEqual({ type: 'ok' })
+    expect(await killed.result).toEqual({ exitCode: 137, error: 'killed' })
+    // A node that joins afterwards never got the processes' `stop`: the process record tells it.
+    await cluster.addNode('node-d')
+    for (const { pid } of [ended, killed]) {
+      for (const node of ['node-b', 'node-c', 'node-d']) {
+        const tid = `0.late-${node}`
+        const reply = await cluster.send('node-a', node, {
+          type: 'start',
+          pid,
+          tid,
+          version: 0,
+          record: encodeRecord(newThreadRecord(pid, tid)),
+        })
+        expect(reply, `${node}, process ${pid}`).toEqual({
+          type: 'refused',
+          reason: `process ${pid} has ended`,
+        })
+        expect(
+          cluster
+            .runtime(node)
+            .localThreads()
+            .filter((thread) => thread.pid === pid),
+        ).toEqual([])
+      }
+    }
+  }, 60_000)
+
+  test('a spawn whose child every node refuses for a while still starts it, and the join gets its result', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const reference = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
+    let referenceOutput = ''
+    reference.onOutput((chunk) => {
+      referenceOutput += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+
+    // Every node refuses the children's starts for a while, as nodes whose store does not answer
+    // during a membership change do: more refusals than one placement round tries nodes.
+    let refusals = 0
+    cluster.intercept = (_from, _to, message) => {
+      if (message.type !== 'start' || message.tid === '0' || refusals >= 30) return undefined
+      refusals++
+      return { type: 'refused', reason: 'node is not serving' }
+    }
+    const process = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe(referenceOutput)
+    expect(refusals).toBe(30)
+  }, 60_000)
+})
