@@ -9,7 +9,10 @@
  * starts shortly after a storage node leaves the live list and every `repairIntervalMs` besides; a
  * rebalancing pass (resumed from its cursor until done) starts shortly after a storage node joins
  * and every `rebalanceIntervalMs` besides. A repair that becomes due stops a rebalancing pass in
- * progress and goes first. A node that starts over an existing data dir announces
+ * progress and goes first. Bricks a repair pass left to a holder with a smaller id are checked
+ * again `repairTakeOverDelayMs` (times this node's rank among their holders) later and repaired
+ * here if they are still short, so a loss is repaired within seconds even when that holder
+ * restarted and never saw it. A node that starts over an existing data dir announces
  * its bricks again first.
  *
  *   const storage = await startNodeStorage(node, { dataDirectory: './n1' })
@@ -29,6 +32,7 @@ import {
 } from '../fabric/platform.ts'
 import { type BlockStore, createMemoryBlockStore } from './block-store.ts'
 import { openDiskBlockStore } from './block-store-disk.ts'
+import type { CID } from './brick.ts'
 import { type BrickNode, createBrickNode } from './brick-node.ts'
 import { type Libp2pBrickNetwork, startLibp2pBrickNetwork } from './brick-peers-libp2p.ts'
 import { type FileService, startFileService } from './file-service.ts'
@@ -47,6 +51,11 @@ import { openDiskReplicaCounts } from './replica-counts-disk.ts'
 export const repairIntervalMsDefault = 600_000
 /** A rebalancing check runs at least this often, besides the one after each join. */
 export const rebalanceIntervalMsDefault = 30_000
+/**
+ * How long a holder waits, per rank behind the smallest live holder, before it repairs a brick that
+ * the smallest holder was expected to repair and did not.
+ */
+export const repairTakeOverDelayMs = 3000
 /** Wait after a loss or join before acting, so that several changes at once make one pass. */
 export const backgroundSettleMs = 500
 /** Rebalancing passes in a row before other work gets a turn. */
@@ -140,17 +149,42 @@ export async function startNodeStorage(
 
   async function repair(): Promise<void> {
     repairPending = false
+    await repairPass({})
+  }
+
+  async function repairPass(scope: { bricks?: CID[]; takeOver?: boolean }): Promise<void> {
     const started = systemClock.now()
     const report = await bricks.repair({
       signal,
       bytesPerSecond: options.repairBytesPerSecond ?? repairBytesPerSecondDefault,
+      ...scope,
     })
     if (report.replicasAdded > 0 || report.localCopiesRestored > 0 || report.stillUnderReplicated > 0)
       log(
-        `storage: repair scanned ${report.scanned} bricks in ${Math.round(systemClock.now() - started)} ms: ` +
+        `storage: repair${scope.takeOver ? ' (take-over)' : ''} scanned ${report.scanned} bricks in ${Math.round(systemClock.now() - started)} ms: ` +
           `${report.replicasAdded} replicas added (${report.bytesCopied} bytes), ` +
           `${report.localCopiesRestored} corrupt local copies restored, ${report.stillUnderReplicated} still under-replicated`,
       )
+    scheduleTakeOvers(report.deferred)
+  }
+
+  /** Checks again, later, the bricks left to a smaller holder; those still short are repaired here. */
+  function scheduleTakeOvers(deferred: { cid: CID; rank: number }[]): void {
+    const byRank = new Map<number, CID[]>()
+    for (const { cid, rank } of deferred) {
+      const group = byRank.get(rank) ?? []
+      group.push(cid)
+      byRank.set(rank, group)
+    }
+    for (const [rank, cids] of byRank) {
+      if (signal.aborted) return
+      const timer = systemTimers.after(repairTakeOverDelayMs * rank, () => {
+        timers.splice(timers.indexOf(timer), 1)
+        rebalancePreempt?.abort(new Error('a repair is due'))
+        void enqueue('repair take-over', () => repairPass({ bricks: cids, takeOver: true }))
+      })
+      timers.push(timer)
+    }
   }
 
   async function rebalance(): Promise<void> {

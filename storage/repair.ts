@@ -4,8 +4,12 @@
  * For each local brick the node looks up the live holders (provider records intersected with the
  * live nodes). When there are fewer than min(r, live nodes), the holder with the smallest id among
  * the live holders copies it to new nodes chosen by placement; the other holders leave it, so that
- * a lost node's bricks are copied once rather than by every survivor. Views of liveness may differ
- * for a moment, so a brick can get a replica too many, never one too few after a completed scan.
+ * a lost node's bricks are copied once rather than by every survivor. The others report the bricks
+ * they left (`deferred`, with their rank among the live holders) and check them again a little
+ * later with `takeOver`, repairing what is still short themselves: the smallest holder may not have
+ * seen the loss at all (it was restarting, or its view of the live nodes was not complete yet).
+ * Views of liveness may differ for a moment, so a brick can get a replica too many, never one too
+ * few after a completed scan.
  * There is no central list of bricks: a brick whose every holder is lost cannot be repaired, and
  * the read that needs it reports {@link BrickUnavailableError}.
  */
@@ -25,9 +29,15 @@ import type { ReplicaCounts } from './replica-counts.ts'
 export const repairBytesPerSecondDefault = 256 * 1024 * 1024
 /** Bricks repaired at once by one node. */
 export const repairBricksInFlightMax = 4
+/** Under-replicated bricks left to another holder that one scan reports for a later check; beyond this, the periodic scan finds them. */
+export const repairDeferredBricksMax = 100_000
 
 export interface RepairOptions extends AbortOptions {
   bytesPerSecond?: number
+  /** Check only these bricks (those held here) instead of every local brick. */
+  bricks?: readonly CID[]
+  /** Repair under-replicated bricks even when a live holder with a smaller id was expected to: it did not. */
+  takeOver?: boolean
   onProgress?(progress: { scanned: number; replicasAdded: number }): void
 }
 
@@ -43,6 +53,12 @@ export interface RepairReport {
   stillUnderReplicated: number
   /** Local copies dropped as corrupt and fetched back from another replica. */
   localCopiesRestored: number
+  /**
+   * Under-replicated bricks left to a live holder with a smaller id, with this node's rank among
+   * the live holders (1 = second smallest). Check them again with `takeOver` after a delay that
+   * grows with the rank, so that the holders do not all copy at once.
+   */
+  deferred: { cid: CID; rank: number }[]
 }
 
 export interface RepairComponents {
@@ -72,6 +88,7 @@ export async function repairScan(
     bytesCopied: 0,
     stillUnderReplicated: 0,
     localCopiesRestored: 0,
+    deferred: [],
   }
 
   async function repairOne(cid: CID): Promise<void> {
@@ -84,7 +101,11 @@ export async function repairScan(
     if (holders.length >= required) return
     report.underReplicated++
     // One holder repairs, the others leave it: the one with the smallest id.
-    if ([...holders].sort()[0] !== self) return
+    const rank = [...holders].sort().indexOf(self)
+    if (rank > 0 && options.takeOver !== true) {
+      if (report.deferred.length < repairDeferredBricksMax) report.deferred.push({ cid, rank })
+      return
+    }
     // A corrupt copy is dropped; another holder repairs it, and ours is fetched back from there.
     const { bytes } = await readLocalCopy(store, peers, cid, { signal })
     if (bytes === undefined) return
@@ -111,7 +132,11 @@ export async function repairScan(
     if (holders.length + added < required) report.stillUnderReplicated++
   }
 
-  await forEachLimited(store.list({ signal }), repairBricksInFlightMax, async (cid) => {
+  async function* only(cids: readonly CID[]): AsyncIterable<CID> {
+    for (const cid of cids) if (await store.has(cid, { signal })) yield cid
+  }
+  const scanned = options.bricks === undefined ? store.list({ signal }) : only(options.bricks)
+  await forEachLimited(scanned, repairBricksInFlightMax, async (cid) => {
     report.scanned++
     await repairOne(cid)
     options.onProgress?.({ scanned: report.scanned, replicasAdded: report.replicasAdded })

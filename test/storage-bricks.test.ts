@@ -117,6 +117,33 @@ describe('replicated bricks over in-process nodes (r = 3)', () => {
     expect(cluster.holders(cid!)).toEqual(['a', 'b', 'c'])
   })
 
+  it('repair race (issue 6): a holder behind the smallest one takes over when the smallest never repaired (it restarted and missed the loss)', async () => {
+    const cluster = await createStorageCluster({ nodeIds: ['a', 'b', 'c', 'd'] })
+    const [{ cid }] = await putBricks(cluster, 'a', 1, 9)
+    const [smallest, second, third] = cluster.holders(cid!)
+    expect(smallest).toBe('a')
+    await cluster.kill(third!)
+    // The smallest holder restarts: it comes back with its bricks but never saw the loss, so it does not repair.
+    await cluster.kill(smallest!)
+    await cluster.restart(smallest!)
+    const first = await cluster.node(second!).repair({ bytesPerSecond: Number.POSITIVE_INFINITY })
+    expect(first).toMatchObject({ underReplicated: 1, replicasAdded: 0 })
+    expect(first.deferred).toEqual([{ cid, rank: 1 }])
+    expect(cluster.holders(cid!)).toHaveLength(2)
+    const takeOver = await cluster
+      .node(second!)
+      .repair({
+        bricks: first.deferred.map((each) => each.cid),
+        takeOver: true,
+        bytesPerSecond: Number.POSITIVE_INFINITY,
+      })
+    expect(takeOver).toMatchObject({ scanned: 1, replicasAdded: 1, stillUnderReplicated: 0 })
+    expect(cluster.holders(cid!)).toHaveLength(3)
+    // Checked again once it is whole, it has nothing to do.
+    const again = await cluster.node(second!).repair({ bricks: [cid!], takeOver: true })
+    expect(again).toMatchObject({ scanned: 1, underReplicated: 0, replicasAdded: 0, deferred: [] })
+  })
+
   it('a brick that no live node holds fails with BrickUnavailableError naming the nodes tried', async () => {
     const cluster = await createStorageCluster({ nodeIds: ['a', 'b', 'c', 'd'] })
     const [{ cid }] = await putBricks(cluster, 'a', 1, 5)
