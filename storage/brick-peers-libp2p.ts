@@ -143,7 +143,10 @@ function isBrickReply(body: unknown): body is BrickReply {
 }
 
 export interface Libp2pBrickNetworkComponents {
-  /** A server node, or a browser node (`fabric/net/browser-node.ts`), which never lists itself to others as a storage node. */
+  /**
+   * A server node, or a browser node (`fabric/net/browser-node.ts`): a browser is no storage node,
+   * in its own list as in everyone else's, so it never counts itself as a holder either.
+   */
   node: Pick<FabricNode, 'peerId' | 'network' | 'membership'>
   /** Whether this node's block store holds the brick (its provider records may be stale). */
   hasLocal(cid: CID): Promise<boolean>
@@ -188,6 +191,7 @@ export async function startLibp2pBrickNetwork(
   const libp2p = node.network.libp2p
   const dht = libp2p.services.dht as unknown as Dht
   const self = node.peerId
+  const selfStores = node.membership.member(self)?.kind === 'server'
   const counters: Libp2pBrickNetworkCounters = {
     announcesQueued: 0,
     announcesDone: 0,
@@ -221,7 +225,8 @@ export async function startLibp2pBrickNetwork(
     if (live === storageNodes.has(id)) return
     if (live) storageNodes.add(id)
     else storageNodes.delete(id)
-    log(`storage: node ${id.slice(-8)} ${live ? 'joined' : 'left'}; ${storageNodes.size + 1} storage nodes`)
+    const count = storageNodes.size + (selfStores ? 1 : 0)
+    log(`storage: node ${id.slice(-8)} ${live ? 'joined' : 'left'}; ${count} storage nodes`)
     for (const listener of listeners) listener({ node: id, live })
   }
 
@@ -390,7 +395,7 @@ export async function startLibp2pBrickNetwork(
   const probeTimer = systemTimers.every(storageProbeIntervalMs, probeMembers)
 
   function liveNodes(): NodeId[] {
-    const live = [self]
+    const live = selfStores ? [self] : []
     for (const id of storageNodes) if (isLiveServer(id)) live.push(id)
     return live.sort()
   }
@@ -446,7 +451,7 @@ export async function startLibp2pBrickNetwork(
     signal?.throwIfAborted()
     const live = liveNodes()
     const holders: NodeId[] = []
-    if (await hasLocal(cid)) holders.push(self)
+    if (selfStores && (await hasLocal(cid))) holders.push(self)
     const named = live.filter((id) => id !== self && candidates.has(id))
     const confirm = async (ids: NodeId[]) => {
       const answers = await mapLimited(ids, holderChecksInFlightMax, async (id) => {

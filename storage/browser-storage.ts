@@ -114,9 +114,9 @@ export async function startBrowserStorage(
   const peers: BrickPeers = network.connect(handler)
   const self = peers.self
 
-  /** The live storage servers: the brick network's live list without the page itself. */
+  /** The live storage servers: the brick network never lists a browser node, this page included. */
   function storageServers(): string[] {
-    return peers.liveNodes().filter((id) => id !== self)
+    return [...peers.liveNodes()]
   }
 
   async function someStorageServers(signal?: AbortSignal): Promise<string[]> {
@@ -138,7 +138,7 @@ export async function startBrowserStorage(
     counters.cacheMisses++
     const { signal } = callOptions
     await someStorageServers(signal)
-    const holders = (await peers.findProviders(cid, { signal })).filter((id) => id !== self)
+    const holders = await peers.findProviders(cid, { signal })
     const tried: string[] = []
     for (const holder of readOrder(self, holders, callOptions.stripe)) {
       tried.push(holder)

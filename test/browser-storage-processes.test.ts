@@ -76,14 +76,18 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
   return [...digest].map((byte) => byte.toString(16).padStart(2, '0')).join('')
 }
 
-function fabric(args: string[]): Promise<{ code: number; stderr: string }> {
+function fabric(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     const child = spawn(join(root, 'node_modules/.bin/node'), [join(root, 'fabric/cli/bin.js'), ...args])
+    let stdout = ''
     let stderr = ''
+    child.stdout.on('data', (data: Buffer) => {
+      stdout += data.toString()
+    })
     child.stderr.on('data', (data: Buffer) => {
       stderr += data.toString()
     })
-    child.on('exit', (code) => resolve({ code: code ?? -1, stderr }))
+    child.on('exit', (code) => resolve({ code: code ?? -1, stdout, stderr }))
   })
 }
 
@@ -115,12 +119,8 @@ beforeAll(async () => {
   const common = {
     clusterKey,
     coreOnly: false,
-    args: [
-      '--listen',
-      '/ip4/127.0.0.1/tcp/0,/ip4/127.0.0.1/tcp/0/ws',
-      '--brick-replicas',
-      String(brickReplicas),
-    ],
+    // startNodeProcess listens on 127.0.0.1 TCP; browsers need WebSockets as well.
+    args: ['--ws-port', '0', '--brick-replicas', String(brickReplicas)],
   }
   const first = await startNodeProcess({ ...common, name: 'n1', dataDirectory: join(directory.path, 'n1') })
   const others = await Promise.all(
@@ -214,6 +214,7 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
       joined = await inPage((options) => window.fabricBrowserStorage.join(options), {
         bootstrap: [webSocketsAddress(servers[0]!)],
         clusterKey,
+        replicaCount: brickReplicas,
       })
       expect(joined.liveServers).toBe(3)
       const shortId = joined.peerId.slice(-8)
@@ -260,6 +261,32 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
   )
 
   it(
+    'writes a file: its brick goes to r servers, and a server reads it back',
+    async () => {
+      const text = 'written by a browser node\n'
+      const counters = await inPage(
+        (path) => window.fabricBrowserStorage.write(path, 'written by a browser node\n'),
+        '/data/from-page.txt',
+      )
+      expect(counters.bricksWritten).toBeGreaterThanOrEqual(1)
+      const brick = await brickCid(new TextEncoder().encode(text))
+      expect(holdersOnDisk(brick, servers)).toHaveLength(brickReplicas)
+      const cat = await fabric([
+        'fs',
+        'cat',
+        '/data/from-page.txt',
+        '--join',
+        servers[2]!.address,
+        '--cluster-key',
+        clusterKey,
+      ])
+      expect(cat.code).toBe(0)
+      expect(cat.stdout).toBe(text)
+    },
+    testTimeoutMs,
+  )
+
+  it(
     'after a SIGKILL of a server holding the file, repair brings every brick back to r on the servers, the cached copies in the page not counted',
     async () => {
       // A holder that is not the page's way in, so the page stays connected.
@@ -286,6 +313,7 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
       await inPage((options) => window.fabricBrowserStorage.join(options), {
         bootstrap: [webSocketsAddress(servers[0]!)],
         clusterKey,
+        replicaCount: brickReplicas,
       })
       const fresh = await inPage((path) => window.fabricBrowserStorage.read(path), '/data/input.bin')
       expect(fresh.sha256).toBe(firstRead.sha256)

@@ -16,12 +16,21 @@ import { startRuntimeNode } from '../runtime/runtime-node.ts'
 
 export const nodeUsage = `  fabric node [--listen <multiaddr,...>] [--bootstrap <multiaddr,...>] [--data-dir <dir>]
               [--cluster-key <hex|file>] [--replicas 3|5] [--fsync] [--core-only] [--no-storage]
-              [--brick-replicas N]
+              [--brick-replicas N] [--ws-port N]
   fabric kv get <key> | put <key> <value> | cas <key> <expected-version> <value>
               --join <multiaddr,...> [--cluster-key <hex|file>] [--timeout-ms N]
   fabric cluster-key`
 
 const defaultListen = ['/ip4/0.0.0.0/tcp/0', '/ip4/0.0.0.0/tcp/0/ws']
+
+/**
+ * The listen addresses with a WebSockets one added at `port` (on the host of the first address),
+ * where browser nodes dial in: pages have no TCP.
+ */
+export function withWebSocketsPort(listen: readonly string[], port: number): string[] {
+  const host = /^\/(ip4|ip6|dns4|dns6)\/[^/]+/.exec(listen[0] ?? '')?.[0] ?? '/ip4/0.0.0.0'
+  return [...listen, `${host}/tcp/${port}/ws`]
+}
 
 class CommandUsageError extends FabricError {
   constructor(message: string) {
@@ -88,9 +97,17 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       'core-only': 'flag',
       'no-storage': 'flag',
       'brick-replicas': 'value',
+      'ws-port': 'value',
     })
     if (positional.length > 0)
       throw new CommandUsageError(`fabric node takes no arguments, got ${positional[0]}`)
+    const webSocketsPort = flags.has('ws-port') ? Number(flags.get('ws-port')) : undefined
+    if (
+      webSocketsPort !== undefined &&
+      !(Number.isInteger(webSocketsPort) && webSocketsPort >= 0 && webSocketsPort <= 65_535)
+    )
+      throw new CommandUsageError(`--ws-port takes a port from 0 to 65535, got ${flags.get('ws-port')}`)
+    const listen = flags.has('listen') ? list(flags.get('listen')) : defaultListen
     const replicas = Number(flags.get('replicas') ?? 3)
     if (replicas !== 3 && replicas !== 5)
       throw new CommandUsageError(`--replicas takes 3 or 5, got ${flags.get('replicas')}`)
@@ -102,7 +119,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       throw new CommandUsageError(`--brick-replicas takes 1 to 16, got ${flags.get('brick-replicas')}`)
     const clusterKeyText = flags.get('cluster-key')
     const nodeOptions = {
-      listen: flags.has('listen') ? list(flags.get('listen')) : defaultListen,
+      listen: webSocketsPort === undefined ? listen : withWebSocketsPort(listen, webSocketsPort),
       bootstrap: list(flags.get('bootstrap')),
       dataDirectory: flags.get('data-dir'),
       clusterKey: clusterKeyText === undefined ? undefined : loadClusterKey(clusterKeyText),

@@ -27,7 +27,7 @@ import {
 import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { connectClient, type FabricClient } from './client.ts'
 import { loadClusterKey } from './cluster-key.ts'
-import { createNetwork, type Log, membersTopic, type Network } from './network.ts'
+import { createNetwork, dialTimeoutMs, type Log, membersTopic, type Network } from './network.ts'
 import { decodeEnvelope, encodeFrame } from './wire.ts'
 
 /** How often the page publishes its member record on the members topic, as servers do. */
@@ -75,12 +75,17 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
     throw new BrowserJoinError('A browser node needs the WebSockets address of at least one server node')
   const clusterKey =
     typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey
+  /** The last failed dial, for the error a page that cannot join gets. */
+  let lastDialProblem: string | undefined
   const network = await createNetwork({
     privateKey: await generateKeyPair('Ed25519'),
     listen: [],
     clusterKey,
     protocols: new Set(['membership', 'client']),
-    log,
+    log: (line) => {
+      if (line.startsWith('could not reach')) lastDialProblem = line
+      log(line)
+    },
     browser: true,
   })
   const self = network.self
@@ -149,11 +154,15 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
       throw new BrowserJoinError(
         peers.length === 0
           ? `no server node let this page in within ${joinTimeoutMs} ms (${options.bootstrap.join(', ')}): ` +
-              'check the addresses (WebSockets, ending in /p2p/<peer id>) and that the page holds the cluster key'
+              'check the addresses (WebSockets, ending in /p2p/<peer id>) and that the page holds the cluster key' +
+              (lastDialProblem === undefined ? '' : ` (${lastDialProblem})`)
           : `server nodes answered but membership did not admit this page within ${joinTimeoutMs} ms`,
       )
     }
-    peers = await network.dial(options.bootstrap)
+    peers = await network.dial(
+      options.bootstrap,
+      Math.max(1, Math.min(dialTimeoutMs, deadline - performance.now())),
+    )
     if (peers.length > 0) membership.join(peers)
     await new Promise((resolve) => setTimeout(resolve, browserJoinRetryMs))
   }

@@ -39,6 +39,8 @@ export const refusalLogIntervalMs = 1000
 export const refusalPeersTrackedMax = 1024
 export const redialBackoffMs = 500
 export const streamOpenTimeoutMs = 3000
+/** How long a dial of a node's address may take; a peer refused for want of the cluster key takes all of it. */
+export const dialTimeoutMs = 5000
 /** Frames queued for a peer while its stream opens; more are dropped (the protocols retry). */
 export const pendingFramesPerPeerMax = 1024
 export const addressedPeersMax = 100_000
@@ -62,8 +64,8 @@ export interface Network {
   onPeerDisconnected(handler: (peer: string) => void): void
   /** Called when libp2p has a connection to `peer` again (or for the first time). */
   onPeerConnected(handler: (peer: string) => void): void
-  /** Dials multiaddrs and returns the peer ids that answered. */
-  dial(addresses: readonly string[]): Promise<string[]>
+  /** Dials multiaddrs and returns the peer ids that answered within `timeoutMs` (default {@link dialTimeoutMs}). */
+  dial(addresses: readonly string[], timeoutMs?: number): Promise<string[]>
   addAddresses(peer: string, addresses: readonly string[]): void
   /** Logs a refused message (a few lines per second per peer at most; the rest are counted). */
   refuse(from: string, reason: string): void
@@ -307,12 +309,14 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     onPeerDisconnected(handler) {
       libp2p.addEventListener('peer:disconnect', (event) => handler(event.detail.toString()))
     },
-    async dial(addresses) {
+    async dial(addresses, timeoutMs = dialTimeoutMs) {
       const peers: string[] = []
       await Promise.all(
         addresses.map(async (address) => {
           try {
-            const connection = await libp2p.dial(multiaddr(address), { signal: AbortSignal.timeout(5000) })
+            const connection = await libp2p.dial(multiaddr(address), {
+              signal: AbortSignal.timeout(timeoutMs),
+            })
             peers.push(connection.remotePeer.toString())
           } catch (error) {
             log(`could not reach ${address}: ${(error as Error).message.slice(0, 120)}`)

@@ -41,6 +41,8 @@ export interface BrowserStorageApi {
     clusterKey?: string
     joinTimeoutMs?: number
     cacheBytesMax?: number
+    /** Replicas of the bricks the page writes (on servers); default 3. */
+    replicaCount?: number
   }): Promise<JoinReport>
   /** Tries to join and returns the error it failed with (null when it joined, and leaves again). */
   joinError(options: {
@@ -76,7 +78,10 @@ function opened(): BrowserStorage {
 window.fabricBrowserStorage = {
   async join(options) {
     node = await startBrowserNode(options)
-    storage = await startBrowserStorage(node, { cacheBytesMax: options.cacheBytesMax })
+    storage = await startBrowserStorage(node, {
+      cacheBytesMax: options.cacheBytesMax,
+      replicaCount: options.replicaCount,
+    })
     return {
       peerId: node.peerId,
       liveServers: node.membership.liveServers().length,
