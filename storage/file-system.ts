@@ -137,6 +137,13 @@ export interface FileSystem {
   open(path: string, flags?: OpenFlags, options?: OpenOptions): Promise<number>
   /** Commits this descriptor's file when it has changes, then releases the descriptor. */
   close(fd: number): Promise<void>
+  /**
+   * Releases the descriptor without committing: what this client changed in the file since its
+   * last commit is dropped (for an owner that died, whose work another will redo). The changes are
+   * the file's in this client, shared by all of its descriptors here: while another descriptor of
+   * the file stays open, they stay, and its close commits them.
+   */
+  discard(fd: number): Promise<void>
   /** Up to `length` bytes at `position`, or at the descriptor's offset (advancing it) when `position` is absent. */
   read(fd: number, length: number, position?: number | null): Promise<Uint8Array>
   /** Writes all of `data`; at `position` or the descriptor's offset (advancing it); in append mode always at the end. */
@@ -561,6 +568,15 @@ export function createFileSystem(
     }
   }
 
+  async function discard(fd: number): Promise<void> {
+    const descriptor = descriptorOf(fd, 'discard')
+    descriptors.delete(fd)
+    const file = descriptor.file
+    if (file === undefined) return
+    // After the calls already queued on the file; the last release forgets the file and its image.
+    await serialized(file, async () => release(file))
+  }
+
   async function read(fd: number, length: number, position?: number | null): Promise<Uint8Array> {
     const descriptor = descriptorOf(fd, 'read')
     if (descriptor.kind === 'directory') throw new FileSystemError('EISDIR', 'read', descriptor.path)
@@ -860,6 +876,7 @@ export function createFileSystem(
   return {
     open: guarded('open', open),
     close: guarded('close', close),
+    discard: guarded('discard', discard),
     read: guarded('read', read),
     write: guarded('write', write),
     seek: guarded('seek', seek),

@@ -29,6 +29,7 @@ import { wasiErrno, wasiFdFlags, wasiOpenFlags, wasiRights, wasiWhence } from '.
 import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
 import { FileSystemError } from '../storage/errors.ts'
+import type { FileSystem } from '../storage/file-system.ts'
 import { runProgram, seededRandom } from './support/run.ts'
 import { createFileSystemCluster, type FileSystemCluster } from './support/storage-file-systems.ts'
 
@@ -377,6 +378,46 @@ describe('guest files on the distributed file system', () => {
 
     // The first incarnation, fenced, cannot write the journal any more.
     await expect(first.checkpoint(99)).rejects.toBeInstanceOf(GuestFilesError)
+  })
+
+  it('an abandoned incarnation discards its descriptors: nothing stays open in the storage client, its writes since the save never land', async () => {
+    const fileSystem = cluster.newClient('n1')
+    await fileSystem.mkdir('/abandon')
+    const held = new Set<number>()
+    const counted: FileSystem = {
+      ...fileSystem,
+      async open(path, flags, options) {
+        const fd = await fileSystem.open(path, flags, options)
+        held.add(fd)
+        return fd
+      },
+      async close(fd) {
+        held.delete(fd)
+        await fileSystem.close(fd)
+      },
+      async discard(fd) {
+        held.delete(fd)
+        await fileSystem.discard(fd)
+      },
+    }
+    const session = new GuestFileSession({
+      fileSystem: counted,
+      directory: '/abandon',
+      journal: { store: new MemoryStore(), key: threadFilesKey('p-abandon', '0') },
+    })
+    const { call } = caller(session)
+    const opened = await call('path_open', [preopenFd, 0, wasiOpenFlags.create, readWrite, 0], 'out.txt')
+    expect(opened.result).toBe(wasiErrno.success)
+    expect((await call('fd_write', [fdOf(opened)], 'saved')).result).toBe(wasiErrno.success)
+    await session.checkpoint(3)
+    expect((await call('fd_write', [fdOf(opened)], ' and lost')).result).toBe(wasiErrno.success)
+    expect(held.size).toBe(1)
+    const [storageFd] = held
+    await session.abandon()
+    expect(held.size).toBe(0)
+    await expect(fileSystem.fstat(storageFd!)).rejects.toMatchObject({ code: 'EBADF' })
+    expect(decoder.decode(await cluster.client('n3').readFile('/abandon/out.txt'))).toBe('saved')
+    expect((await call('fd_write', [fdOf(opened)], 'late')).result).toBe(wasiErrno.badf)
   })
 
   it('a file created again by the re-run is renamed into place and removed as in the first run', async () => {

@@ -144,6 +144,29 @@ describe('consistency between clients', () => {
     await writer.close(again)
   })
 
+  it('discard releases a descriptor without committing: its uncommitted changes are dropped, the commits before stay', async () => {
+    const { client } = await createFileSystemCluster({ nodeIds: ['a', 'b', 'c'], seed: 21, chunkBytes: 4096 })
+    const owner = client('a')
+    await owner.writeFile('/f', text('committed'))
+    const fd = await owner.open('/f', 'r+')
+    await owner.write(fd, text('COMMITTED'), 0)
+    await owner.fsync(fd)
+    // Several chunks, some written out to bricks in the background already: none of it lands.
+    await owner.write(fd, new Uint8Array(40_000).fill(7), 9)
+    await owner.discard(fd)
+    expect(await codeOf(owner.fstat(fd))).toBe('EBADF')
+    expect(string(await owner.readFile('/f'))).toBe('COMMITTED')
+    expect(string(await client('b').readFile('/f'))).toBe('COMMITTED')
+    // While another descriptor of the file stays open in the client, the shared changes stay: its close commits them.
+    const kept = await owner.open('/f', 'r')
+    const other = await owner.open('/f', 'r+')
+    await owner.write(other, text('!'), 9)
+    await owner.discard(other)
+    await owner.close(kept)
+    expect(string(await client('b').readFile('/f'))).toBe('COMMITTED!')
+    expect(await codeOf(owner.discard(other))).toBe('EBADF')
+  })
+
   it('two writers of one file are serialized at close: the result is one writer’s changes applied after the other’s', async () => {
     for (let seed = 1; seed <= 12; seed++) {
       const random = testRandom(seed)

@@ -44,7 +44,7 @@
  * answer EIO). A worker that dies on the same node is replayed exactly: replies since the last save
  * are kept in memory and answered again. An incarnation stopped while another may take over (its
  * node lost its lease, or handed the thread on) commits nothing more: its writes since its save are
- * dropped, and the other incarnation makes them again.
+ * dropped (its descriptors are discarded, not closed), and the other incarnation makes them again.
  */
 
 import { Decoder, Encoder } from 'cbor-x'
@@ -481,20 +481,26 @@ export class GuestFileSession {
 
   /**
    * This incarnation stops while another may take the thread over: nothing more is committed (a
-   * late commit of its writes could land after the other's). The storage client cannot drop a
-   * descriptor's changes, so its descriptors stay open there until the node stops.
+   * late commit of its writes could land after the other's). Its storage descriptors are discarded,
+   * after the call in progress (which may still open one): their uncommitted changes are dropped
+   * and nothing stays open. Resolves when they are.
    */
-  abandon(): void {
-    if (this.ended) return
+  abandon(): Promise<void> {
+    if (this.ended) return this.queue.then(() => {})
     this.ended = true
-    const left = [...this.descriptors.values()].filter((opened) => opened.kind === 'file').length
-    if (left > 0)
-      this.options.log?.(
-        `files: ${this.options.journal?.key ?? 'a thread'} stopped with ${left} files open; left uncommitted`,
-      )
-    this.descriptors.clear()
     this.replies.clear()
     this.replyBytes = 0
+    return this.serialized(async () => {
+      const open = [...this.descriptors.values()].filter(
+        (opened): opened is OpenFile => opened.kind === 'file' && opened.storageFd !== null,
+      )
+      this.descriptors.clear()
+      for (const opened of open) await this.fileSystem.discard(opened.storageFd!).catch(() => {})
+      if (open.length > 0)
+        this.options.log?.(
+          `files: ${this.options.journal?.key ?? 'a thread'} stopped with ${open.length} files open; their uncommitted changes were dropped`,
+        )
+    })
   }
 
   // ---- internals
