@@ -70,8 +70,46 @@ export const fabricImports: Record<string, ImportSpec> = {
  *   queue_length   -> the number of items (as the result, no bytes)
  *   barrier_wait   a = parties -> the round number (as the result, no bytes), rounds count from 0
  *
+ * Bounds (a request outside them gets Invalid, a value over its limit TooLarge; the constants are
+ * here and in fabric/runtime/primitives/request.ts):
+ *   names          1 to 255 bytes of UTF-8 (group: 0 to 255, 0 being the global context; the
+ *                  group op needs 1 or more)
+ *   values, items  up to 65536 bytes (`syncValueBytesMax`), less the register's bookkeeping below
+ *   replies        a reply longer than out_capacity is TooLarge, and a pop then leaves the item
+ *   lock TTL       100 ms to 10 min (600000 ms); a dead holder's lock is free after its TTL
+ *   timeouts       -1 (for ever), 0 (try once) or 1 to 2^53-1 ms
+ *   fencing token  1 to 2^53-1 (the store's tokens)
+ *   queue capacity 1 to 65536 items, default 1024 (a = 0); the first push fixes it
+ *   barrier        1 to 4096 parties; every wait on one barrier names the same number
+ *
+ * Each object is one register of the coordination store (64 KiB value): a variable's value, a
+ * queue's items, a barrier's arrivals, and the results of effects (set, cas that swapped, add,
+ * fenced set, push, pop with its item, close, barrier rounds, release) that threads made since
+ * their last context save. So a value or item can be up to 64 KiB less that bookkeeping (an object
+ * with no unsaved effects: about 64 KiB less 100 bytes; TooLarge when it does not fit), and a queue
+ * holds items plus the items popped by consumers that have not saved since (a push that does not
+ * fit waits as on a full queue; the runtime asks such consumers to save). Replies that change
+ * nothing (var_get, fenced_get, queue_length, a cas that did not swap, an acquire that timed out,
+ * any error) are not kept in the register but in the calling thread's own replay log, which goes
+ * with its saves: any number of threads may read a value of any allowed size between their saves.
+ * A thread keeps at most 64 unsaved effects per object (it is asked to save after 16, and waits for
+ * its save past 64), and its replay log asks for a save past 256 KiB or 1024 replies.
+ *
  * Each request is applied exactly once, also when a thread restored from a context save replays
- * it: its op id is (thread, call sequence number).
+ * it: its op id is (thread, call sequence number). A replayed lock_acquire acquires again (same
+ * token while no one else took the lock since, else as a fresh acquire), a replayed lock_renew
+ * renews again: a holder restarted from a save keeps its lock only if its lease still holds.
+ *
+ * Errors, and whether the guest may send the same request again (a new call, so a new op id):
+ *   Invalid, TooLarge, WrongType     misuse: the same request fails the same way
+ *   Unset, Timeout, Full, Closed,    outcomes of the object's state; retrying is safe (nothing
+ *   NotHolder, StaleToken            changed), but Closed and StaleToken stay so
+ *   Unavailable                      the runtime retried the store for 30 s: the call may or may
+ *                                    not have applied. Safe to retry: var_get, var_set, fenced_get,
+ *                                    fenced_set, queue_length, queue_close, lock_renew,
+ *                                    lock_release, group. Not safe (could apply twice): var_cas,
+ *                                    var_add, queue_push, queue_pop, barrier_wait; lock_acquire
+ *                                    again is safe only by the same thread (it gets its own lease).
  */
 export const syncRequestVersion = 1
 export const syncHeaderBytes = 32

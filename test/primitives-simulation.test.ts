@@ -96,6 +96,9 @@ async function scenario(seed: number): Promise<{ writes: FencedWrite[]; stale: n
       requestSave: () => engine.saveCommitted('p', `0.${index}`, sequence),
       setGroup: async () => {},
       stopped: () => false,
+      // Calls are never replayed here: nothing to log.
+      replayed: () => undefined,
+      logReply: () => {},
     }
     let sequence = 0
     const call = (request: Parameters<typeof encodeSyncRequest>[0]) =>

@@ -2,8 +2,9 @@ import { describe, expect, test } from 'vitest'
 import { systemClock, systemTimers } from '../fabric/platform.ts'
 import { MemoryStore } from '../fabric/runtime/memory-store.ts'
 import { recheckMs, SyncEngine, syncKey } from '../fabric/runtime/primitives/engine.ts'
+import { ReplyLog } from '../fabric/runtime/primitives/reply-log.ts'
 import { decodeSyncRequest, encodeSyncRequest, lockTtlMsMax } from '../fabric/runtime/primitives/request.ts'
-import { decodeState } from '../fabric/runtime/primitives/state.ts'
+import { decodeState, type SyncReply } from '../fabric/runtime/primitives/state.ts'
 import { SyncError, SyncOp, syncHeaderBytes, syncValueBytesMax } from '../host/abi.ts'
 
 /** Engines of several "nodes" over one store, with wake notices delivered directly. */
@@ -34,9 +35,13 @@ interface FakeThread {
   tid: string
   saves: number
   group: string | null
+  /** The thread's replay log of replies no register records, as the runtime keeps it. */
+  replies: ReplyLog
   requestSave(): void
   setGroup(group: string): Promise<void>
   stopped(): boolean
+  replayed(callSequence: number): SyncReply | undefined
+  logReply(callSequence: number, reply: SyncReply): void
 }
 
 function thread(tid: string, pid = 'p1'): FakeThread {
@@ -52,6 +57,11 @@ function thread(tid: string, pid = 'p1'): FakeThread {
       fake.group = group
     },
     stopped: () => false,
+    replies: new ReplyLog(),
+    replayed: (callSequence) => fake.replies.find(callSequence),
+    logReply: (callSequence, reply) => {
+      if (fake.replies.add(callSequence, reply)) fake.requestSave()
+    },
   }
   return fake
 }
@@ -225,6 +235,47 @@ describe('exactly once across replays', () => {
     await writer.call({ op: SyncOp.varSet, name: 'v', value: text('two') })
     expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 7 })).payload)).toBe('one')
     expect(untext((await reader.call({ op: SyncOp.varGet, name: 'v' }, { sequence: 8 })).payload)).toBe('two')
+  })
+
+  test('200 threads each read a 32 KiB value between their saves: no TooLarge, and the register does not grow with readers', async () => {
+    const { engines, store } = cluster(['a', 'b', 'c'])
+    const nodes = [...engines.values()]
+    const value = new Uint8Array(32 * 1024).map((_, index) => index % 251)
+    const writer = guest(nodes[0]!, thread('0'))
+    expect((await writer.call({ op: SyncOp.varSet, name: 'big', value })).result).toBe(0)
+    const key = await syncKey('p1', '', 'var', 'big')
+    const sizeBefore = (await store.get(key)).value!.length
+    const readers = Array.from({ length: 200 }, (_, index) => thread(`0.${index + 1}`))
+    const replies = await Promise.all(
+      readers.map((who, index) =>
+        guest(nodes[index % 3]!, who).call({ op: SyncOp.varGet, name: 'big' }, { outCapacity: 65536 }),
+      ),
+    )
+    for (const reply of replies) {
+      expect(reply.result).toBe(value.length)
+      expect(new Uint8Array(reply.payload!)).toEqual(value)
+    }
+    expect((await store.get(key)).value!.length).toBe(sizeBefore)
+    // Each reader logged what it read, and a replay gets it from there even after the value changed.
+    expect((await writer.call({ op: SyncOp.varSet, name: 'big', value: text('changed') })).result).toBe(0)
+    const replayed = await guest(nodes[1]!, readers[7]!).call(
+      { op: SyncOp.varGet, name: 'big' },
+      { sequence: 1, outCapacity: 65536 },
+    )
+    expect(new Uint8Array(replayed.payload!)).toEqual(value)
+    expect(readers.every((who) => who.replies.size === 1)).toBe(true)
+  })
+
+  test('a thread’s reply log asks for a save once it holds loggedReplyBytesSaveAfter bytes, and a save empties it', async () => {
+    const { engines } = cluster(['a'])
+    const who = thread('0.1')
+    const g = guest(engines.get('a')!, who)
+    await g.call({ op: SyncOp.varSet, name: 'big', value: new Uint8Array(60_000) })
+    for (let index = 0; index < 5; index++)
+      await g.call({ op: SyncOp.varGet, name: 'big' }, { outCapacity: 65536 })
+    expect(who.saves).toBeGreaterThan(0)
+    who.replies.saved(g.at())
+    expect(who.replies.size).toBe(1)
   })
 
   test('a replay from before the committed save (its saves lost) is refused as Unavailable, not applied twice', async () => {

@@ -32,6 +32,19 @@ const isLogEntries = (value: unknown): value is Array<[number, string]> =>
       typeof entry[1] === 'string' &&
       /^-?[0-9]{1,40}$/.test(entry[1]),
   )
+/** Logged `sync` replies: [call sequence, result, payload or null]. */
+const isLoggedReplies = (value: unknown): value is Array<[number, number, Uint8Array | null]> =>
+  value === undefined ||
+  (Array.isArray(value) &&
+    value.length <= logEntriesMax &&
+    value.every(
+      (entry) =>
+        Array.isArray(entry) &&
+        entry.length === 3 &&
+        isCount(entry[0]) &&
+        Number.isSafeInteger(entry[1]) &&
+        (entry[2] === null || isBytes(entry[2])),
+    ))
 const isStrings = (value: unknown): value is string[] =>
   Array.isArray(value) &&
   value.length <= argumentsMax &&
@@ -76,7 +89,8 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
         isId(value.tid) &&
         isCount(value.epoch) &&
         isCount(value.afterSequence) &&
-        isLogEntries(value.entries)
+        isLogEntries(value.entries) &&
+        isLoggedReplies(value.replies)
       )
     case 'fetch-program':
       return isId(value.digest)
@@ -127,7 +141,8 @@ export function isRuntimeReply(value: unknown): value is RuntimeReply {
           (isObject(value.log) &&
             isCount(value.log.epoch) &&
             isCount(value.log.afterSequence) &&
-            isLogEntries(value.log.entries)))
+            isLogEntries(value.log.entries) &&
+            isLoggedReplies(value.log.replies)))
       )
     case 'claimed':
       return isId(value.node) && typeof value.state === 'string'

@@ -19,8 +19,9 @@ export type RuntimeMessage =
     }
   /**
    * Keep a thread's replay log: values it saw (clock readings) since save `afterSequence` (0: since
-   * its start), as [call sequence number, decimal value]. Sent before an effect that may depend on
-   * them becomes visible.
+   * its start), as [call sequence number, decimal value], and `sync` replies no register records
+   * (primitives/reply-log.ts) as [call sequence number, result, payload]. Sent before an effect that
+   * may depend on them becomes visible.
    */
   | {
       type: 'log'
@@ -29,6 +30,7 @@ export type RuntimeMessage =
       epoch: number
       afterSequence: number
       entries: Array<[number, string]>
+      replies?: Array<[number, number, Uint8Array | null]>
     }
   /** Send the chain of saves held for a thread (full save first), and the log that follows it. */
   | { type: 'fetch-saves'; pid: string; tid: string }
@@ -69,7 +71,12 @@ export type RuntimeReply =
       chain: Uint8Array[]
       epoch: number
       sequences?: number[]
-      log?: { epoch: number; afterSequence: number; entries: Array<[number, string]> }
+      log?: {
+        epoch: number
+        afterSequence: number
+        entries: Array<[number, string]>
+        replies?: Array<[number, number, Uint8Array | null]>
+      }
     }
   /** A `start` found the record changed: another claim won; it is `state` on `node`. */
   | { type: 'claimed'; node: string; state: string }

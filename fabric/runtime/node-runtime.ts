@@ -36,7 +36,8 @@ import { type Clock, type Random, systemClock, type TimerHandle, type Timers } f
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
 import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply, ThreadSummary } from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
-import { createSyncEngine, type SyncEngine, type SyncThread } from './primitives/engine.ts'
+import { createSyncEngine, isSyncRead, type SyncEngine, type SyncThread } from './primitives/engine.ts'
+import { type LoggedReply, ReplyLog } from './primitives/reply-log.ts'
 import {
   childThreadId,
   decodeProcess,
@@ -167,6 +168,10 @@ interface LocalThread {
   logBase: number
   /** Entries of `log` known to be on the replicas. */
   logSent: number
+  /** `sync` replies no register records, since the last save: replayed, and sent with `log`. */
+  replies: ReplyLog
+  /** Whether `replies` changed since it was last sent. */
+  repliesUnsent: boolean
 }
 
 interface HomeProcess {
@@ -729,6 +734,8 @@ export class NodeRuntime {
       log: [],
       logBase: 0,
       logSent: 0,
+      replies: new ReplyLog(),
+      repliesUnsent: false,
     }
     this.local.set(`${pid}/${tid}`, thread)
     if (claimed.epoch > 1)
@@ -802,7 +809,12 @@ export class NodeRuntime {
     pid: string,
     tid: string,
     replicas: readonly NodeId[],
-  ): Promise<{ saves: Uint8Array[]; sequences: number[]; log: Array<[number, bigint]> }> {
+  ): Promise<{
+    saves: Uint8Array[]
+    sequences: number[]
+    log: Array<[number, bigint]>
+    replies: LoggedReply[]
+  }> {
     const replies = await Promise.all(
       replicas.map((node) =>
         this.components.messenger.request(node, { type: 'fetch-saves', pid, tid }).catch(() => undefined),
@@ -824,12 +836,17 @@ export class NodeRuntime {
       }
     }
     const base = best.sequences.at(-1) ?? 0
-    let log: Array<[number, string]> = []
+    let log: { entries: Array<[number, string]>; replies?: LoggedReply[] } = { entries: [] }
+    const length = (held: typeof log) => held.entries.length + (held.replies?.length ?? 0)
     for (const reply of replies) {
       if (reply?.type !== 'saves' || reply.log === undefined || reply.log.afterSequence !== base) continue
-      if (reply.log.entries.length > log.length) log = reply.log.entries
+      if (length(reply.log) > length(log)) log = reply.log
     }
-    return { ...best, log: log.map(([sequence, value]) => [sequence, BigInt(value)]) }
+    return {
+      ...best,
+      log: log.entries.map(([sequence, value]) => [sequence, BigInt(value)]),
+      replies: log.replies ?? [],
+    }
   }
 
   // --- running --------------------------------------------------------------------------------
@@ -899,6 +916,8 @@ export class NodeRuntime {
       thread.log = restore.log
       thread.logBase = restore.sequences.at(-1) ?? 0
       thread.logSent = 0
+      thread.replies = new ReplyLog(restore.replies)
+      thread.repliesUnsent = false
     }
     this.launch(thread, process, program, restoreSaves)
   }
@@ -909,12 +928,14 @@ export class NodeRuntime {
    * anywhere replays them. Nothing to send, nothing to wait for.
    */
   private async flushLog(thread: LocalThread): Promise<void> {
-    if (thread.log.length === thread.logSent) return
+    if (thread.log.length === thread.logSent && !thread.repliesUnsent) return
     // The save this log follows must reach the replicas first.
     await thread.replicationQueue
     const entries = thread.log.slice()
     const afterSequence = thread.logBase
-    if (entries.length === 0 || afterSequence !== thread.logBase) return
+    const replies = thread.replies.list()
+    thread.repliesUnsent = false
+    if ((entries.length === 0 && replies.length === 0) || afterSequence !== thread.logBase) return
     const message: RuntimeMessage = {
       type: 'log',
       pid: thread.pid,
@@ -922,13 +943,15 @@ export class NodeRuntime {
       epoch: thread.epoch,
       afterSequence,
       entries: entries.map(([sequence, value]) => [sequence, value.toString()]),
+      ...(replies.length === 0 ? {} : { replies }),
     }
     const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
-    const replies = await Promise.all(
+    const answers = await Promise.all(
       replicas.map((node) => this.components.messenger.request(node, message).catch(() => undefined)),
     )
-    if (replies.some((reply) => reply?.type === 'ok') && thread.logBase === afterSequence)
+    if (answers.some((reply) => reply?.type === 'ok') && thread.logBase === afterSequence)
       thread.logSent = Math.max(thread.logSent, entries.length)
+    else if (thread.logBase === afterSequence) thread.repliesUnsent = true
   }
 
   private launch(
@@ -973,6 +996,8 @@ export class NodeRuntime {
           thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
           thread.logBase = save.summary.sequence
           thread.logSent = 0
+          thread.replies.saved(save.summary.callSequence)
+          thread.repliesUnsent = thread.replies.size > 0
           thread.replicationQueue = thread.replicationQueue
             .then(() => filesSaved)
             .then(() => this.replicate(thread, save))
@@ -1101,7 +1126,9 @@ export class NodeRuntime {
     // A call other than spawn (it flushes on its own, off the guest's path) and join may have an
     // effect that others see: what the guest saw before it must be durable first.
     const spawnOrJoin = call.module === importModuleFabric && (call.name === 'spawn' || call.name === 'join')
-    if (!spawnOrJoin) await this.flushLog(thread)
+    // A sync read shows nothing to others either.
+    const syncRead = call.module === importModuleFabric && call.name === 'sync' && isSyncRead(call.payload)
+    if (!spawnOrJoin && !syncRead) await this.flushLog(thread)
     if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
       const payload = call.payload
@@ -1153,6 +1180,11 @@ export class NodeRuntime {
       tid: thread.tid,
       requestSave: () => thread.runner?.requestSave(),
       stopped: () => thread.stopped,
+      replayed: (callSequence) => thread.replies.find(callSequence),
+      logReply: (callSequence, reply) => {
+        thread.repliesUnsent = true
+        if (thread.replies.add(callSequence, reply)) thread.runner?.requestSave()
+      },
       setGroup: async (group) => {
         const groupKey = `${thread.pid}/${group}`
         this.noteGroupThread(groupKey, thread.tid, this.self)

@@ -32,6 +32,8 @@ export interface HeldLog {
   epoch: number
   afterSequence: number
   entries: Array<[number, string]>
+  /** `sync` replies no register records (fabric/runtime/primitives/reply-log.ts). */
+  replies?: Array<[number, number, Uint8Array | null]>
 }
 
 export class SaveReplicas {
@@ -81,10 +83,15 @@ export class SaveReplicas {
       held !== undefined &&
       held.epoch === log.epoch &&
       held.afterSequence === log.afterSequence &&
-      held.entries.length > log.entries.length
+      held.entries.length + (held.replies?.length ?? 0) > log.entries.length + (log.replies?.length ?? 0)
     )
       return true
-    this.logs.set(key, { epoch: log.epoch, afterSequence: log.afterSequence, entries: log.entries })
+    this.logs.set(key, {
+      epoch: log.epoch,
+      afterSequence: log.afterSequence,
+      entries: log.entries,
+      ...(log.replies === undefined ? {} : { replies: log.replies }),
+    })
     return true
   }
 

@@ -13,15 +13,21 @@
  *   process's global one or a group. The operations are pure functions over the register's state
  *   (state.ts), applied with compare-and-swap; concurrent calls on one key from one node go in one
  *   write (a batch).
- * - Exactly once: a call's op id is (thread, call sequence number). The register keeps, per thread,
- *   the results applied since the thread's latest committed save; a thread restored from a save
- *   replays its calls and gets the recorded results, with no second effect. The engine asks a thread
- *   to save once it has `saveRequestAfterResults` unsaved results, and the register refuses more
- *   than `unsavedResultsPerThreadMax` per thread until it has saved, which bounds that memory. A
- *   queue item popped is recorded with the pop, so it reaches exactly one consumer, once. A save
- *   prunes only once the thread's record (a cas of the same incarnation) names replicas holding
- *   it; a call below a pruned floor can only come from a restart that lost its saves, and gets
- *   Unavailable (the SDK stops the thread: the effect is unknown) instead of a second effect.
+ * - Exactly once: a call's op id is (thread, call sequence number). An effect (set, a swap, add,
+ *   fenced set, push, pop, close, a barrier arrival, a release) is recorded in the register with the
+ *   change, per thread, until the thread's next committed save; a thread restored from a save
+ *   replays its calls and gets the recorded results, with no second effect. A reply that changed
+ *   nothing (a get, a length, a compare that did not swap, a refusal, an acquire that timed out) is
+ *   not written to the register at all: the thread logs it (`SyncThread.logReply`, reply-log.ts),
+ *   the runtime sends the log to the thread's save replicas before its next effect, and a replay
+ *   gets it from there (`SyncThread.replayed`). So readers cost the register nothing, and a get is
+ *   one store read. The engine asks a thread to save once it has `saveRequestAfterResults` unsaved
+ *   results, and the register refuses more than `unsavedResultsPerThreadMax` per thread until it
+ *   has saved, which bounds that memory. A queue item popped is recorded with the pop, so it reaches
+ *   exactly one consumer, once. A save prunes only once the thread's record (a cas of the same
+ *   incarnation) names replicas holding it; a call below a pruned floor can only come from a
+ *   restart that lost its saves, and gets Unavailable (the SDK stops the thread: the effect is
+ *   unknown) instead of a second effect.
  * - Locks are the store's leases: holder `<pid>/<tid>`, the fencing token is the store's (it grows
  *   with each new holder). A dead holder's lock is free once its TTL has passed. A holder restored
  *   from a save keeps the lock only if its lease still holds: a replayed acquire acquires again (an
@@ -36,7 +42,7 @@
  *   full queue. A value that cannot be stored with its bookkeeping gets TooLarge.
  */
 
-import { SyncError } from '../../../host/abi.ts'
+import { SyncError, SyncOp } from '../../../host/abi.ts'
 import { valueBytesMax } from '../../coord/store.ts'
 import type { Clock, Timers } from '../../platform.ts'
 import type { CoordinationClient, NodeId, Register } from '../services.ts'
@@ -93,6 +99,16 @@ export interface SyncThread {
   setGroup(group: string): Promise<void>
   /** The thread was stopped or moved: its pending call must not go on. */
   stopped(): boolean
+  /**
+   * The reply the thread's replay log holds for call `callSequence` (reply-log.ts): a thread
+   * restored from a save gets it again instead of running the call.
+   */
+  replayed(callSequence: number): SyncReply | undefined
+  /**
+   * Logs a reply that no register records (a read, a refusal), before the guest sees it; the
+   * embedding makes the log durable with the thread's saves before the thread's next effect.
+   */
+  logReply(callSequence: number, reply: SyncReply): void
 }
 
 export interface SyncCall {
@@ -111,6 +127,8 @@ interface Slot {
 interface Committed {
   outcome: Outcome
   waiters: string[]
+  /** The lease on the key as the store's last answer showed it (null: answered from the cache). */
+  lease: { holder: string | null; token: number } | null
 }
 
 interface ThreadTrack {
@@ -129,6 +147,8 @@ export class SyncEngine {
   private readonly slots = new Map<string, Slot>()
   private readonly sleepers = new Map<string, Set<() => void>>()
   private readonly threads = new Map<string, ThreadTrack>()
+  /** The TTL this node last gave each lease it took (`key\0holder`): a renew with it needs no acquire. */
+  private readonly leaseTtls = new Map<string, number>()
   private readonly random: () => number
 
   constructor(components: SyncEngineComponents) {
@@ -138,6 +158,9 @@ export class SyncEngine {
 
   /** Serves one `sync` call; never throws for anything the guest sent. */
   async call(thread: SyncThread, call: SyncCall): Promise<{ result: number; payload?: Uint8Array | null }> {
+    // A replay of a call whose reply the thread logged (a read): the same reply, nothing runs.
+    const logged = thread.replayed(call.callSequence)
+    if (logged !== undefined) return logged
     const decoded = decodeSyncRequest(call.payload)
     if (!decoded.ok) return { result: decoded.error }
     const { group, name, operation } = decoded.request
@@ -245,7 +268,8 @@ export class SyncEngine {
       )
       if (outcome.kind === 'done') {
         nap.cancel()
-        this.noteResult(thread, key, outcome.recorded, track)
+        if (!outcome.kept) thread.logReply(call.callSequence, outcome.reply)
+        this.noteResult(thread, key, outcome.kept && !outcome.recorded, track)
         return outcome.reply
       }
       if (outcome.kind === 'save-first') {
@@ -275,40 +299,14 @@ export class SyncEngine {
         this.operation(thread.pid, thread.tid, call.callSequence, call.outCapacity, false, batchStep, track),
         thread,
       )
-    /** Records `reply` (or finds the result recorded first) and returns it with the waiters. */
-    const record = async (reply: SyncReply): Promise<Committed & { reply: SyncReply }> => {
-      for (;;) {
-        const committed = await step({ kind: 'record', reply })
-        if (committed.outcome.kind === 'done') {
-          this.noteResult(thread, key, committed.outcome.recorded, track)
-          return { ...committed, reply: committed.outcome.reply }
-        }
-        thread.requestSave()
-        await this.pause(recheckMs / 5)
-        if (thread.stopped()) return never()
-      }
-    }
-    // Renew and release read the register anyway (for the lease): the recorded result comes with it.
-    // Acquire looks at the key's cached register, when there is one.
-    const read = operation.op === 'lock_acquire' ? null : await this.persist(thread, () => store.get(key))
-    let recorded: SyncReply | null
-    if (read === null) {
-      const checked = await step({ kind: 'check' })
-      recorded = checked.outcome.kind === 'done' ? checked.outcome.reply : null
-    } else {
-      const slot = this.slots.get(key)
-      if (slot !== undefined && !slot.running && (slot.cached?.version ?? -1) <= read.version)
-        slot.cached = { version: read.version, value: read.value }
-      const entry = decodeState(read.value, 'lock').results[thread.tid]?.find(
-        ([sequence]) => sequence === call.callSequence,
-      )
-      recorded = entry === undefined ? null : { result: entry[1], payload: entry[2] }
-    }
-
+    const notHolder: SyncReply = { result: SyncError.notHolder, payload: null }
     switch (operation.op) {
       case 'lock_acquire': {
-        // Only a Timeout is recorded (a replay must time out again: the guest went on without it).
-        if (recorded !== null) return recorded
+        // One store operation when the lock is free. Not recorded: a replay acquires again, which
+        // gives the same token while the lease still holds (an acquire by the holder keeps its
+        // token), and acts as a fresh acquire once it does not (waits, times out or fails a try as
+        // the call asked, and gets a newer token). So a restarted holder keeps the lock only if its
+        // lease still holds. A Timeout is logged: a replay times out again.
         if (call.outCapacity < 8) return { result: SyncError.tooLarge, payload: null }
         const deadline = this.components.clock.now() + operation.timeoutMs
         let registered = false
@@ -316,16 +314,18 @@ export class SyncEngine {
           if (thread.stopped()) return never()
           const nap = this.nap(key)
           const taken = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
+          this.noteRegister(key, taken)
           if (taken.ok) {
-            // Not recorded: a replay acquires again, which gives the same token while the lease
-            // still holds (an acquire by the holder renews it), and a fresh one (or a wait) once it
-            // does not. So a restarted holder keeps the lock only if its lease still holds.
             nap.cancel()
+            this.leaseTtls.set(`${key}\u0000${holder}`, operation.ttlMs)
+            this.noteResult(thread, key, false, track)
             return tokenReply(taken.token)
           }
           if (this.components.clock.now() >= deadline) {
             nap.cancel()
-            return (await record({ result: SyncError.timeout, payload: null })).reply
+            const timedOut: SyncReply = { result: SyncError.timeout, payload: null }
+            thread.logReply(call.callSequence, timedOut)
+            return timedOut
           }
           if (!registered) {
             // On the waiter list before the next try, so a release in between wakes this call.
@@ -338,46 +338,75 @@ export class SyncEngine {
         }
       }
       case 'lock_renew': {
-        if (recorded !== null || read === null)
-          return recorded ?? { result: SyncError.invalid, payload: null }
-        if (read.holder !== holder || read.token !== operation.token)
-          return (await record({ result: SyncError.notHolder, payload: null })).reply
-        // An acquire by the holder keeps its token and takes the new TTL.
-        const renewed = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
-        if (renewed.ok && renewed.token === operation.token)
-          return (await record({ result: 0, payload: null })).reply
-        if (renewed.ok) await store.release(key, holder, renewed.token).catch(() => undefined)
-        return (await record({ result: SyncError.notHolder, payload: null })).reply
+        // Not recorded either: a replay renews again, and answers as the lease is then. The store's
+        // renew checks holder and token and keeps the lease's TTL; another TTL takes an acquire by
+        // the holder (which keeps its token) after it.
+        const ttlKey = `${key}\u0000${holder}`
+        const renewed = await this.persist(thread, () => store.renew(key, holder, operation.token))
+        this.noteRegister(key, renewed)
+        if (!renewed.ok) return notHolder
+        if (this.leaseTtls.get(ttlKey) !== operation.ttlMs) {
+          const extended = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
+          this.noteRegister(key, extended)
+          if (extended.ok && extended.token === operation.token) this.leaseTtls.set(ttlKey, operation.ttlMs)
+        }
+        return { result: 0, payload: null }
       }
       case 'lock_release': {
-        const holds = read?.holder === holder && read.token === operation.token
-        if (recorded !== null) {
-          // A replayed release that was recorded but may not have reached the lease: finish it.
-          if (recorded.result === 0 && holds) await this.releaseAndWake(thread, key, holder, operation.token)
-          return recorded
+        // Recorded before the lease goes (in one write that also shows the lease), so a replay after
+        // a crash in between finishes the release and answers as the first run did.
+        let done: Committed
+        for (;;) {
+          done = await step({ kind: 'record', reply: { result: 0, payload: null } })
+          if (done.outcome.kind === 'done') break
+          thread.requestSave()
+          await this.pause(recheckMs / 5)
+          if (thread.stopped()) return never()
         }
-        if (!holds) return (await record({ result: SyncError.notHolder, payload: null })).reply
-        // Recorded before the lease goes, so a replay after a crash in between finishes the release.
-        const done = await record({ result: 0, payload: null })
-        if (done.reply.result === 0)
-          await this.releaseAndWake(thread, key, holder, operation.token, done.waiters)
-        return done.reply
+        const outcome = done.outcome as Extract<Outcome, { kind: 'done' }>
+        if (outcome.recorded) {
+          // A replay: finish a release that may not have reached the lease (a no-op if it did).
+          if (outcome.reply.result === 0) await this.releaseAndWake(thread, key, holder, operation.token)
+          return outcome.reply
+        }
+        let lease = done.lease
+        if (lease === null) {
+          const read = await this.persist(thread, () => store.get(key))
+          lease = { holder: read.holder, token: read.token }
+        }
+        if (lease.holder !== holder || lease.token !== operation.token) {
+          // Not the holder after all: the record says so (a rare second write), then the guest.
+          const replaced = await step({ kind: 'record', reply: notHolder, replace: true })
+          this.noteResult(thread, key, true, track)
+          return replaced.outcome.kind === 'done' ? replaced.outcome.reply : notHolder
+        }
+        this.noteResult(thread, key, true, track)
+        await this.releaseAndWake(thread, key, holder, operation.token)
+        return outcome.reply
       }
       default:
         return { result: SyncError.invalid, payload: null }
     }
   }
 
+  /** Releases the lease and wakes the nodes waiting for it (the release shows who they are). */
   private async releaseAndWake(
     thread: SyncThread,
     key: string,
     holder: string,
     token: number,
-    waiters?: string[],
   ): Promise<void> {
-    await this.persist(thread, () => this.components.store.release(key, holder, token))
-    const list = waiters ?? decodeState(this.slots.get(key)?.cached?.value ?? null, 'lock').waiters
-    this.wakeAll(list, key)
+    const released = await this.persist(thread, () => this.components.store.release(key, holder, token))
+    this.noteRegister(key, released)
+    this.leaseTtls.delete(`${key}\u0000${holder}`)
+    if (released.ok) this.wakeAll(decodeState(released.value, 'lock').waiters, key)
+  }
+
+  /** Keeps a register a store operation returned as the key's cached one, when it is newer. */
+  private noteRegister(key: string, register: Register): void {
+    const slot = this.slots.get(key)
+    if (slot !== undefined && !slot.running && (slot.cached?.version ?? -1) <= register.version)
+      slot.cached = { version: register.version, value: register.value }
   }
 
   // --- batches --------------------------------------------------------------------------------
@@ -464,26 +493,30 @@ export class SyncEngine {
     const store = this.components.store
     let register: { version: number; value: Uint8Array | null } = slot.cached ?? (await store.get(key))
     let fromCache = slot.cached !== null
+    let lease: Committed['lease'] = fromCache ? null : leaseOf(register as Register)
     for (let attempt = 0; ; attempt++) {
       const state = decodeState(register.value, slot.kind)
       const result = applyBatch(state, operations)
       if (!result.changed) {
-        // Nothing to write; but a cached register may be stale, and a stale "wait" would sleep.
-        if (fromCache && result.outcomes.some((outcome) => outcome.kind !== 'done')) {
+        // Nothing to write; but a cached register may be stale: only replies recorded before (which
+        // never change) may come from it. A read, or a "wait", looks at the store itself.
+        if (fromCache && result.outcomes.some((outcome) => outcome.kind !== 'done' || !outcome.recorded)) {
           register = await store.get(key)
+          lease = leaseOf(register as Register)
           fromCache = false
           continue
         }
         slot.cached = { version: register.version, value: register.value }
-        return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters }))
+        return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters, lease }))
       }
       const encoded = encodeState(result.state)
       if (encoded.length > valueBytesMax) return this.commitTooLarge(key, slot, operations)
       const written: Register = await store.cas(key, register.version, encoded)
+      lease = leaseOf(written)
       if (written.ok) {
         slot.cached = { version: written.version, value: encoded }
         this.wakeAll(result.wake, key)
-        return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters }))
+        return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters, lease }))
       }
       register = { version: written.version, value: written.value }
       fromCache = false
@@ -500,14 +533,20 @@ export class SyncEngine {
       // A push that does not fit with the items already queued waits for room, as on a full queue.
       if (step.kind === 'apply' && step.operation.op === 'queue_push') {
         const outcome: Outcome = operations[0]!.deadlinePassed
-          ? { kind: 'done', reply: { result: SyncError.full, payload: null }, recorded: false }
+          ? { kind: 'done', reply: { result: SyncError.full, payload: null }, recorded: false, kept: false }
           : { kind: 'wait' }
-        return [{ outcome, waiters: [] }]
+        return [{ outcome, waiters: [], lease: null }]
       }
       return [
         {
-          outcome: { kind: 'done', reply: { result: SyncError.tooLarge, payload: null }, recorded: false },
+          outcome: {
+            kind: 'done',
+            reply: { result: SyncError.tooLarge, payload: null },
+            recorded: false,
+            kept: false,
+          },
           waiters: [],
+          lease: null,
         },
       ]
     }
@@ -608,15 +647,29 @@ export class SyncEngine {
     return track
   }
 
-  private noteResult(thread: SyncThread, key: string, replayed: boolean, track: ThreadTrack): void {
+  /** Notes that the thread used `key`, and a result it recorded there (`recorded`) that awaits its save. */
+  private noteResult(thread: SyncThread, key: string, recorded: boolean, track: ThreadTrack): void {
     if (track.touched.size < touchedKeysPerThreadMax) track.touched.add(key)
-    if (replayed) return
+    if (!recorded) return
     track.unsaved++
     if (track.unsaved >= saveRequestAfterResults && !track.saveRequested) {
       track.saveRequested = true
       thread.requestSave()
     }
   }
+}
+
+function leaseOf(register: Register): { holder: string | null; token: number } {
+  return { holder: register.holder, token: register.token }
+}
+
+/**
+ * Whether a `sync` request only reads (get, length): it makes nothing visible to other threads, so
+ * the runtime need not make the thread's replay log durable before it.
+ */
+export function isSyncRead(payload: Uint8Array | null): boolean {
+  const op = payload !== null && payload.length > 1 ? payload[1] : -1
+  return op === SyncOp.varGet || op === SyncOp.fencedGet || op === SyncOp.queueLength
 }
 
 /** The store key of a named object: readable when it fits, else a digest of its parts. */

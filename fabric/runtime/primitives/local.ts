@@ -1,7 +1,8 @@
 /**
  * Guest coordination for a process that runs on one machine (`fabric run --local`): a sync engine
  * over an in-memory store, served through LocalProcess's hooks. The same programs run here as on a
- * cluster; waiters are all local, so wake notices never leave the engine.
+ * cluster; waiters are all local, so wake notices never leave the engine. Each thread's log of
+ * replies (reply-log.ts) lives here too: a worker restarted from a save in this process replays it.
  *
  *   const process = new LocalProcess({ pool, program, ...localSyncOptions('local') })
  */
@@ -10,6 +11,7 @@ import type { ProcessOptions } from '../../../host/local-process.ts'
 import { systemClock, systemTimers } from '../../platform.ts'
 import { MemoryStore } from '../memory-store.ts'
 import { createSyncEngine } from './engine.ts'
+import { ReplyLog } from './reply-log.ts'
 
 export function localSyncOptions(pid: string): Pick<ProcessOptions, 'onSave' | 'serveCall'> {
   const sync = createSyncEngine({
@@ -19,8 +21,20 @@ export function localSyncOptions(pid: string): Pick<ProcessOptions, 'onSave' | '
     timers: systemTimers,
     notify: () => {},
   })
+  const logs = new Map<number, ReplyLog>()
+  const logOf = (threadId: number) => {
+    let log = logs.get(threadId)
+    if (log === undefined) {
+      log = new ReplyLog()
+      logs.set(threadId, log)
+    }
+    return log
+  }
   return {
-    onSave: (threadId, save) => sync.saveCommitted(pid, `${threadId}`, save.summary.callSequence),
+    onSave: (threadId, save) => {
+      logOf(threadId).saved(save.summary.callSequence)
+      sync.saveCommitted(pid, `${threadId}`, save.summary.callSequence)
+    },
     serveCall: (threadId, call, thread) =>
       call.name === 'sync'
         ? sync.call(
@@ -30,6 +44,10 @@ export function localSyncOptions(pid: string): Pick<ProcessOptions, 'onSave' | '
               requestSave: thread.requestSave,
               stopped: thread.stopped,
               setGroup: async () => {},
+              replayed: (callSequence) => logs.get(threadId)?.find(callSequence),
+              logReply: (callSequence, reply) => {
+                if (logOf(threadId).add(callSequence, reply)) thread.requestSave()
+              },
             },
             { callSequence: call.callSequence, payload: call.payload, outCapacity: call.args[0] ?? 0 },
           )

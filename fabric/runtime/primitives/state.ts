@@ -4,10 +4,13 @@
  * nodes to wake. The engine (engine.ts) reads the register, runs this, and writes the result back
  * with a compare-and-swap; tests run it directly.
  *
- * Exactly-once lives here too: the state keeps, per thread, the results of the operations it applied
- * since that thread's last committed context save (`results`, pruned below the thread's `floor`). An
- * operation whose op id (thread, call sequence) has a recorded result gets that result again and
- * changes nothing, so a thread restored from a save that replays its calls sees what it saw before.
+ * Exactly-once lives here too: the state keeps, per thread, the results of the operations that
+ * changed it (effects) since that thread's last committed context save (`results`, pruned below the
+ * thread's `floor`). An operation whose op id (thread, call sequence) has a recorded result gets
+ * that result again and changes nothing, so a thread restored from a save that replays an effect
+ * sees what it saw before. Replies of operations that change nothing (reads, refusals, a compare
+ * that failed) are not recorded here: the thread logs them in its own replay log, which travels
+ * with its saves (the outcome says `kept: false`), so readers do not grow the register.
  */
 
 import { Decoder, Encoder } from 'cbor-x'
@@ -74,17 +77,22 @@ export interface BatchOperation {
 
 export type BatchStep =
   | { kind: 'apply'; operation: SyncOperation }
-  /** Record a result computed elsewhere (lock operations on the store's lease), unless one exists. */
-  | { kind: 'record'; reply: SyncReply }
-  /** Look up a recorded result only. */
-  | { kind: 'check' }
+  /**
+   * Record a result computed elsewhere (a lock release on the store's lease), unless one exists;
+   * `replace` overwrites the one that exists (a release found not to hold the lock after all).
+   */
+  | { kind: 'record'; reply: SyncReply; replace?: boolean }
   /** Put the node on the waiter list. */
   | { kind: 'await' }
   /** Drop the thread's recorded results (it ended). */
   | { kind: 'forget' }
 
 export type Outcome =
-  | { kind: 'done'; reply: SyncReply; recorded: boolean }
+  /**
+   * `recorded`: the reply was recorded before (a replay). `kept`: the register holds the reply (it
+   * was recorded now or before); when it does not, the thread must log it for its replays.
+   */
+  | { kind: 'done'; reply: SyncReply; recorded: boolean; kept: boolean }
   | { kind: 'wait' }
   /** The thread has too many unsaved results here; it must save before going on. */
   | { kind: 'save-first' }
@@ -98,6 +106,13 @@ export interface BatchResult {
   /** Nodes to wake because the state changed in a way a waiter may care about. */
   wake: string[]
 }
+
+/** Operations that never change a register: they record nothing, so they never wait for a save. */
+export const readOnlyOps: ReadonlySet<SyncOperation['op']> = new Set([
+  'var_get',
+  'fenced_get',
+  'queue_length',
+])
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
@@ -210,20 +225,25 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       outcomes.push({ kind: 'none' })
       continue
     }
-    const recorded = state.results[tid]?.find(([sequence]) => sequence === callSequence)
-    if (recorded !== undefined) {
-      outcomes.push({ kind: 'done', reply: reply(recorded[1], recorded[2]), recorded: true })
+    if (step.kind === 'record' && step.replace === true) {
+      const entries = state.results[tid] ?? []
+      const kept = entries.filter(([sequence]) => sequence !== callSequence)
+      state.results[tid] = [...kept, [callSequence, step.reply.result, step.reply.payload]]
+      changed = true
+      outcomes.push({ kind: 'done', reply: step.reply, recorded: false, kept: true })
       continue
     }
-    if (step.kind === 'check') {
-      outcomes.push({ kind: 'none' })
+    const recorded = state.results[tid]?.find(([sequence]) => sequence === callSequence)
+    if (recorded !== undefined) {
+      outcomes.push({ kind: 'done', reply: reply(recorded[1], recorded[2]), recorded: true, kept: true })
       continue
     }
     if (callSequence < (pruned[tid] ?? 0)) {
-      outcomes.push({ kind: 'done', reply: reply(SyncError.unavailable), recorded: false })
+      outcomes.push({ kind: 'done', reply: reply(SyncError.unavailable), recorded: false, kept: false })
       continue
     }
-    if ((state.results[tid]?.length ?? 0) >= unsavedResultsPerThreadMax) {
+    const readOnly = step.kind === 'apply' && readOnlyOps.has(step.operation.op)
+    if (!readOnly && (state.results[tid]?.length ?? 0) >= unsavedResultsPerThreadMax) {
       outcomes.push({ kind: 'save-first' })
       continue
     }
@@ -246,7 +266,7 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       state.results[tid] = [...(state.results[tid] ?? []), entry]
       changed = true
     }
-    outcomes.push({ kind: 'done', reply: outcome.reply, recorded: false })
+    outcomes.push({ kind: 'done', reply: outcome.reply, recorded: false, kept: outcome.record })
   }
   if (dataChanged) changed = true
   return { state, outcomes, changed, wake: dataChanged ? state.waiters.slice() : [] }
@@ -254,15 +274,16 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
 
 /**
  * One operation on the state (mutated in place). Returns the reply, whether the data changed (so
- * waiters are woken), and whether the reply must be recorded for replays; or 'wait'.
+ * waiters are woken), and whether the reply must be recorded for replays (an effect: its record is
+ * written with it, atomically); or 'wait'.
  */
 function applyOne(
   state: SyncState,
   operation: SyncOperation,
   context: BatchOperation,
 ): { reply: SyncReply; effect: boolean; record: boolean } | 'wait' {
-  const done = (result: SyncReply, effect = false) => ({ reply: result, effect, record: true })
-  // A result that depends on nothing stored needs no record: a replay computes it again.
+  // An effect is recorded with the change; a reply that changed nothing is logged by the thread.
+  const done = (result: SyncReply, effect = false) => ({ reply: result, effect, record: effect })
   const refuse = (error: number) => ({ reply: reply(error), effect: false, record: false })
   switch (operation.op) {
     case 'var_get':
