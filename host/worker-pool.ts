@@ -2,8 +2,10 @@
  * A pool of workers for guest threads. At most `runningMax` threads compute at once (default: the
  * cores); a thread suspended in a blocking call does not count. A thread that computes for a long
  * time without blocking cannot starve the rest: once the oldest waiting thread has waited
- * `starvationMs`, it starts anyway on another worker and the OS shares the cores (up to
- * `workerCountMax` workers in all). Idle workers are kept for reuse.
+ * `starvationMs`, it starts anyway on another worker and the OS shares the cores, up to
+ * `starvedMax` threads beyond `runningMax` (a burst of starving threads must not start a worker
+ * each: each costs memory and start time, and they share the same cores), and up to
+ * `workerCountMax` workers in all. Idle workers are kept for reuse.
  */
 
 import type { FromWorker, ToWorker } from './worker/protocol.ts'
@@ -29,6 +31,8 @@ export interface WorkerPoolOptions {
   starvationMs?: number
   /** Idle workers kept for reuse; default 4 x `runningMax`. */
   idleMax?: number
+  /** Threads computing beyond `runningMax` because they waited too long; default 2 x `runningMax`. */
+  starvedMax?: number
 }
 
 export interface Lease {
@@ -45,6 +49,9 @@ interface Waiter {
   since: number
   grant: (lease: Lease) => void
 }
+
+/** Default of `starvedMax`, per thread slot of `runningMax`. */
+export const starvedPerRunningMaxDefault = 2
 
 export class WorkerPool {
   private readonly options: Required<WorkerPoolOptions>
@@ -66,6 +73,7 @@ export class WorkerPool {
       workerCountMax: options.workerCountMax ?? 256,
       starvationMs: options.starvationMs ?? 50,
       idleMax: options.idleMax ?? runningMax * 4,
+      starvedMax: options.starvedMax ?? runningMax * starvedPerRunningMaxDefault,
     }
   }
 
@@ -93,6 +101,7 @@ export class WorkerPool {
       const oldest = this.waiters[0]!
       const starving = Date.now() - oldest.since >= this.options.starvationMs
       if (this.running >= this.options.runningMax && !starving) break
+      if (this.overcommitted()) break
       this.waiters.shift()
       oldest.grant(this.lease())
     }
@@ -100,12 +109,18 @@ export class WorkerPool {
   }
 
   private scheduleStarvationCheck(): void {
-    if (this.starvationTimer !== null || this.waiters.length === 0) return
+    // Past the bound, the next admission comes from a thread that suspends or ends.
+    if (this.starvationTimer !== null || this.waiters.length === 0 || this.overcommitted()) return
     const wait = Math.max(0, this.waiters[0]!.since + this.options.starvationMs - Date.now())
     this.starvationTimer = setTimeout(() => {
       this.starvationTimer = null
       this.admit()
     }, wait)
+  }
+
+  /** As many threads compute as the starvation guard may start. */
+  private overcommitted(): boolean {
+    return this.running >= this.options.runningMax + this.options.starvedMax
   }
 
   private lease(): Lease {

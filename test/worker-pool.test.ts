@@ -1,5 +1,6 @@
 import { describe, expect, test } from 'vitest'
 import { LocalProcess } from '../host/local-process.ts'
+import { type HostWorker, WorkerPool } from '../host/worker-pool.ts'
 import { guestBytes } from './support/guests.ts'
 import { createPool, load, runProgram } from './support/run.ts'
 
@@ -38,4 +39,41 @@ describe('worker pool', () => {
       pool.close()
     }
   }, 30_000)
+})
+
+describe('worker pool starvation guard', () => {
+  test('a burst of threads that wait too long starts at most starvedMax workers beyond runningMax, and the rest start as threads end', async () => {
+    let created = 0
+    const fakeWorker = (): HostWorker => {
+      created++
+      return { post: () => {}, onMessage: () => {}, onCrash: () => {}, terminate: () => {} }
+    }
+    const pool = new WorkerPool({ createWorker: fakeWorker, runningMax: 2, starvationMs: 10, starvedMax: 3 })
+    try {
+      const holders = await Promise.all([pool.acquire(), pool.acquire()])
+      let granted = 0
+      const burst = Array.from({ length: 40 }, () =>
+        pool.acquire().then((lease) => {
+          granted++
+          return lease
+        }),
+      )
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      expect(granted).toBe(3)
+      expect(created).toBe(5)
+      expect(pool.runningCount).toBe(5)
+      // A thread that ends lets the next one in, on its worker.
+      holders[0]!.release(true)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      expect(granted).toBe(4)
+      expect(created).toBe(5)
+      holders[1]!.release(true)
+      for (const lease of await Promise.all(burst.slice(0, 4))) lease.release(true)
+      await new Promise((resolve) => setTimeout(resolve, 200))
+      expect(granted).toBeGreaterThanOrEqual(9)
+      expect(pool.runningCount).toBeLessThanOrEqual(5)
+    } finally {
+      pool.close()
+    }
+  })
 })
