@@ -77,6 +77,8 @@ export interface BrowserStorage {
   fileSystem: FileSystem
   cache: BrickCache
   network: Libp2pBrickNetwork
+  /** The page's view of the storage servers (it announces nothing through it; tests play a page that does). */
+  peers: BrickPeers
   /** Storage servers this page knows to be live (never the page itself). */
   storageServers(): string[]
   counters(): BrowserStorageCounters
@@ -214,6 +216,7 @@ export async function startBrowserStorage(
     fileSystem,
     cache,
     network,
+    peers,
     storageServers,
     counters: () => ({ ...counters, cache: cache.stats() }),
     async stop() {
