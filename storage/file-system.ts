@@ -135,6 +135,12 @@ export interface OpenOptions {
 
 export interface FileSystem {
   open(path: string, flags?: OpenFlags, options?: OpenOptions): Promise<number>
+  /**
+   * Opens the file whose id (`Stat.id`) is given, under whatever name it has now or with none left
+   * (renamed or unlinked by another client meanwhile), as a descriptor held across those changes
+   * would still reach it. Flags 'r', 'r+' or 'rs+' (it neither creates nor truncates).
+   */
+  openById(id: string, flags?: OpenFlags): Promise<number>
   /** Commits this descriptor's file when it has changes, then releases the descriptor. */
   close(fd: number): Promise<void>
   /**
@@ -227,6 +233,8 @@ interface Lookup {
 class StaleLookup extends Error {}
 
 const rootId = 'root'
+/** What ids look like (`newId`: a random prefix, a dot, a counter; base 36). */
+const fileIdPattern = /^[0-9a-z]{1,40}\.[0-9a-z]{1,20}$/
 
 export function createFileSystem(
   components: FileSystemComponents,
@@ -556,6 +564,17 @@ export function createFileSystem(
     }
   }
 
+  async function openById(id: string, flags: OpenFlags = 'r'): Promise<number> {
+    const where = `file ${String(id).slice(0, 80)}`
+    if (typeof id !== 'string' || !fileIdPattern.test(id) || id === rootId)
+      throw new FileSystemError('EINVAL', 'open', where, 'not a file id')
+    const mode = openModes[flags]
+    if (mode === undefined || mode.create || mode.truncate)
+      throw new FileSystemError('EINVAL', 'open', where, `flags must be r, r+ or rs+, got "${flags}"`)
+    const file = await attach(id)
+    return allocateDescriptor({ path: where, kind: 'file', id, file, mode, position: 0 }, where)
+  }
+
   async function close(fd: number): Promise<void> {
     const descriptor = descriptorOf(fd, 'close')
     descriptors.delete(fd)
@@ -875,6 +894,7 @@ export function createFileSystem(
 
   return {
     open: guarded('open', open),
+    openById: guarded('openById', openById),
     close: guarded('close', close),
     discard: guarded('discard', discard),
     read: guarded('read', read),

@@ -380,6 +380,45 @@ describe('guest files on the distributed file system', () => {
     await expect(first.checkpoint(99)).rejects.toBeInstanceOf(GuestFilesError)
   })
 
+  it('a resumed thread reopens its files by id: another client renamed one and unlinked another while it was saved, and its reads and writes go on', async () => {
+    const writer = cluster.newClient('n1')
+    await writer.mkdir('/by-id')
+    await writer.writeFile('/by-id/input.txt', encoder.encode('0123456789abcdef'))
+    await writer.writeFile('/by-id/scratch.txt', encoder.encode('scratch!'))
+    const store = new MemoryStore()
+    const key = threadFilesKey('p-by-id', '0')
+    const newSession = (node: string) =>
+      new GuestFileSession({
+        fileSystem: cluster.newClient(node),
+        directory: '/by-id',
+        journal: { store, key },
+      })
+    const first = newSession('n1')
+    const firstCaller = caller(first)
+    const input = fdOf(await firstCaller.call('path_open', [preopenFd, 0, 0, readWrite, 0], 'input.txt'))
+    const scratch = fdOf(
+      await firstCaller.call('path_open', [preopenFd, 0, 0, wasiRights.fdRead, 0], 'scratch.txt'),
+    )
+    expect(decoder.decode((await firstCaller.call('fd_read', [input, 4])).payload!)).toBe('0123')
+    await first.checkpoint(firstCaller.next)
+    // While the thread is saved (its node about to die), another client renames one file and unlinks the other.
+    const other = cluster.newClient('n3')
+    await other.rename('/by-id/input.txt', '/by-id/renamed.txt')
+    await other.unlink('/by-id/scratch.txt')
+    // The node dies; the thread resumes on n2 from the save.
+    const resumed = newSession('n2')
+    await resumed.resume(firstCaller.next)
+    const again = caller(resumed, firstCaller.next)
+    const read = await again.call('fd_read', [input, 4])
+    expect(read.result).toBe(wasiErrno.success)
+    expect(decoder.decode(read.payload!)).toBe('4567')
+    expect(decoder.decode((await again.call('fd_read', [scratch, 100])).payload!)).toBe('scratch!')
+    expect((await again.call('fd_write', [input], '+')).result).toBe(wasiErrno.success)
+    await resumed.end()
+    expect(decoder.decode(await other.readFile('/by-id/renamed.txt'))).toBe('01234567+9abcdef')
+    expect((await other.readdir('/by-id')).map((entry) => entry.name)).toEqual(['renamed.txt'])
+  })
+
   it('an abandoned incarnation discards its descriptors: nothing stays open in the storage client, its writes since the save never land', async () => {
     const fileSystem = cluster.newClient('n1')
     await fileSystem.mkdir('/abandon')

@@ -144,6 +144,30 @@ describe('consistency between clients', () => {
     await writer.close(again)
   })
 
+  it('openById reaches a file by its id after another client renamed or unlinked it; it neither creates nor truncates', async () => {
+    const { client } = await createFileSystemCluster({ nodeIds: ['a', 'b', 'c'], seed: 22 })
+    const fs = client('a')
+    await fs.writeFile('/first', text('first'))
+    await fs.writeFile('/second', text('second'))
+    const firstId = (await fs.stat('/first')).id
+    const secondId = (await fs.stat('/second')).id
+    await client('b').rename('/first', '/moved')
+    await client('b').unlink('/second')
+    const moved = await fs.openById(firstId, 'r+')
+    expect(string(await fs.read(moved, 100, 0))).toBe('first')
+    await fs.write(moved, text('F'), 0)
+    await fs.close(moved)
+    expect(string(await client('c').readFile('/moved'))).toBe('First')
+    const unlinked = await fs.openById(secondId)
+    expect(string(await fs.read(unlinked, 100, 0))).toBe('second')
+    expect((await fs.fstat(unlinked)).id).toBe(secondId)
+    await fs.close(unlinked)
+    expect(await codeOf(fs.openById(firstId, 'w'))).toBe('EINVAL')
+    expect(await codeOf(fs.openById(firstId, 'a'))).toBe('EINVAL')
+    expect(await codeOf(fs.openById('../etc'))).toBe('EINVAL')
+    expect(await codeOf(fs.openById('root'))).toBe('EINVAL')
+  })
+
   it('discard releases a descriptor without committing: its uncommitted changes are dropped, the commits before stay', async () => {
     const { client } = await createFileSystemCluster({ nodeIds: ['a', 'b', 'c'], seed: 21, chunkBytes: 4096 })
     const owner = client('a')

@@ -37,12 +37,13 @@
  * file (close, fsync) before its next save, up to {@link readLogBytesMax} bytes: a re-run read gets
  * what the first run read, not what the thread committed after it. What a resumed thread may see
  * differently from an undisturbed run: past that many bytes, a re-run read of bytes that the thread
- * itself wrote and committed after its last save (the read sees the later bytes); changes by other
- * clients in between (as with any close-to-open
- * client, and they can mislead the judging of an intent); and a file it holds open that another
- * client renamed or that was unlinked (reopening it by path fails: later calls on the descriptor
- * answer EIO). A worker that dies on the same node is replayed exactly: replies since the last save
- * are kept in memory and answered again. An incarnation stopped while another may take over (its
+ * itself wrote and committed after its last save (the read sees the later bytes); and changes by
+ * other clients in between (as with any close-to-open client, and they can mislead the judging of
+ * an intent). Files are reopened by their id (`Stat.id`), so one that another client renamed or
+ * unlinked while the thread was saved stays usable, as POSIX keeps an open file (a journal written
+ * before ids were kept reopens by path, and such a file then answers EIO). A worker that dies on
+ * the same node is replayed exactly: replies since the last save are kept in memory and answered
+ * again. An incarnation stopped while another may take over (its
  * node lost its lease, or handed the thread on) commits nothing more: its writes since its save are
  * dropped (its descriptors are discarded, not closed), and the other incarnation makes them again.
  */
@@ -110,6 +111,12 @@ interface DescriptorRecord {
   writable: boolean
   append: boolean
   position: number
+  /**
+   * The file's id in the file system (`Stat.id`): a resumed thread reopens the file by it, so a
+   * rename or unlink by another client meanwhile does not lose it (POSIX keeps an open file
+   * usable). Absent in journals written before it was kept; those reopen by path.
+   */
+  id?: string
   /**
    * A writable file's committed size at the save. An incarnation that died after the save may have
    * committed more (a later automatic save whose context never reached its replicas); the resumed
@@ -257,6 +264,8 @@ interface OpenFile {
   path: string
   /** The storage client's descriptor; null when reopening after a restart failed. */
   storageFd: number | null
+  /** The file's id (`Stat.id`), by which a resumed thread reopens it; null when not known. */
+  id: string | null
   position: number
   append: boolean
   readable: boolean
@@ -368,10 +377,21 @@ export class GuestFileSession {
         this.descriptors.set(entry.fd, { kind: 'directory', path: entry.path, listing: null, preopen: false })
         continue
       }
-      // The file is where the thread's renames since the save moved it; the descriptor keeps the
-      // path of then, and the replayed renames move it on.
+      // By its id, wherever it is named now; without one (an older journal), by path: the file is
+      // where the thread's renames since the save moved it (the descriptor keeps the path of then,
+      // and the replayed renames move it on).
       let storageFd: number | null = null
+      if (entry.id !== undefined)
+        storageFd = await this.fileSystem
+          .openById(entry.id, entry.writable ? 'r+' : 'r')
+          .catch((error: unknown) => {
+            this.options.log?.(
+              `files: ${journal.key} cannot reopen ${entry.path} by its id ${entry.id} (${(error as Error).message})`,
+            )
+            return null
+          })
       for (const moves of renamesMaybe.length > renames.length ? [renamesMaybe, renames] : [renames]) {
+        if (storageFd !== null) break
         let current = entry.path
         for (const rename of moves) current = movedPath(current, rename.from ?? '', rename.to ?? '')
         try {
@@ -396,6 +416,7 @@ export class GuestFileSession {
         kind: 'file',
         path: entry.path,
         storageFd,
+        id: entry.id ?? null,
         position: entry.position,
         append: entry.append,
         readable: entry.readable,
@@ -535,6 +556,7 @@ export class GuestFileSession {
         writable: opened.writable,
         append: opened.append,
         position: opened.position,
+        ...(opened.id === null ? {} : { id: opened.id }),
       })
     }
     return table
@@ -835,7 +857,7 @@ export class GuestFileSession {
     }
   }
 
-  /** Descriptors keep their paths up to date with this thread's renames (the journal reopens by path). */
+  /** Descriptors keep their paths up to date with this thread's renames (journals without file ids reopen by path). */
   private renamed(from: string, to: string): void {
     for (const opened of this.descriptors.values()) {
       if (opened.kind === 'directory' && opened.preopen) continue
@@ -911,10 +933,18 @@ export class GuestFileSession {
           }
         }
       }
+      let id: string
+      try {
+        id = (await this.fileSystem.fstat(storageFd)).id
+      } catch (error) {
+        await this.fileSystem.close(storageFd).catch(() => {})
+        throw new CallFailure(wasiErrnoOf(error))
+      }
       this.descriptors.set(fd, {
         kind: 'file',
         path,
         storageFd,
+        id,
         position: 0,
         append: (fdFlags & wasiFdFlags.append) !== 0,
         readable,
