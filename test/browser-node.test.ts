@@ -7,6 +7,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { InvalidArgumentError } from '../fabric/errors.ts'
 import { type BrowserNode, startBrowserNode } from '../fabric/net/browser-node.ts'
 import { generateClusterKey, loadClusterKey } from '../fabric/net/cluster-key.ts'
 import { type FabricNode, startNode } from '../fabric/net/node.ts'
@@ -88,6 +89,21 @@ async function chunksShortOfReplicas(server: Server): Promise<number> {
     if ((await server.storage.bricks.liveHolders(cid)).length < brickReplicas) short++
   return short
 }
+
+describe('startBrowserNode', () => {
+  it('refuses a bootstrap address it cannot dial from a page, naming it', async () => {
+    const tcp = servers[0]!.node.addresses().find((address) => !address.includes('/ws'))!
+    await expect(startBrowserNode({ bootstrap: [tcp], clusterKey: clusterKeyHex })).rejects.toThrow(
+      /not a WebSockets address/,
+    )
+    const withoutPeer = webSocketsAddress(servers[0]!).replace(/\/p2p\/.*$/, '')
+    await expect(startBrowserNode({ bootstrap: [withoutPeer], clusterKey: clusterKeyHex })).rejects.toThrow(
+      InvalidArgumentError,
+    )
+    await expect(startBrowserNode({ bootstrap: ['not an address'] })).rejects.toThrow(/not a multiaddr/)
+    await expect(startBrowserNode({ bootstrap: [] })).rejects.toThrow(/at least one server node/)
+  })
+})
 
 describe('a browser node that caches bricks, and announces them though it must not', () => {
   it(

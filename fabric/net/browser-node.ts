@@ -15,7 +15,8 @@
  */
 
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { BrowserJoinError } from '../errors.ts'
+import { multiaddr } from '@multiformats/multiaddr'
+import { BrowserJoinError, InvalidArgumentError } from '../errors.ts'
 import {
   type Capacity,
   createMembership,
@@ -69,10 +70,30 @@ function browserCapacity(): Capacity {
   }
 }
 
+/** A page can dial only WebSockets, and must know whom it dials: `/.../ws/p2p/<peer id>` (or `/wss/`). */
+function checkBootstrapAddress(address: string): void {
+  let names: string[]
+  try {
+    names = multiaddr(address)
+      .getComponents()
+      .map((component) => component.name)
+  } catch (error) {
+    throw new InvalidArgumentError(
+      `"${address.slice(0, 200)}" is not a multiaddr: ${(error as Error).message}`,
+    )
+  }
+  if (!names.includes('ws') && !names.includes('wss'))
+    throw new InvalidArgumentError(
+      `${address} is not a WebSockets address; a page can only dial one (fabric node prints it as "listening .../ws/p2p/..."; --ws-port N adds one)`,
+    )
+  if (names.at(-1) !== 'p2p') throw new InvalidArgumentError(`Expected ${address} to end in /p2p/<peer id>`)
+}
+
 export async function startBrowserNode(options: BrowserNodeOptions): Promise<BrowserNode> {
   const log = options.log ?? (() => {})
   if (options.bootstrap.length === 0)
-    throw new BrowserJoinError('A browser node needs the WebSockets address of at least one server node')
+    throw new InvalidArgumentError('A browser node needs the WebSockets address of at least one server node')
+  for (const address of options.bootstrap) checkBootstrapAddress(address)
   const clusterKey =
     typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey
   /** The last failed dial, for the error a page that cannot join gets. */
