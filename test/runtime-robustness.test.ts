@@ -1,6 +1,7 @@
 /**
  * Regression tests of the process runtime's known defects, in one process: a thread start that
- * arrives after its process ended, and a spawn whose child no node takes for a while.
+ * arrives after its process ended, a spawn whose child no node takes for a while, and a thread
+ * whose node cannot fetch the program from a busy home (each made its joiner fail).
  */
 
 import { afterEach, describe, expect, test } from 'vitest'
@@ -94,5 +95,23 @@ describe('process runtime defects', () => {
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(output).toBe(referenceOutput)
     expect(refusals).toBe(30)
+  }, 60_000)
+
+  test('a thread whose node cannot fetch the program for a while (a busy home) still runs, and its joiner gets its result', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    // The first fetches of the program from the home fail, as requests to a busy home time out.
+    let failedFetches = 0
+    cluster.intercept = (_from, _to, message) => {
+      if (message.type !== 'fetch-program' || failedFetches >= 3) return undefined
+      failedFetches++
+      return { type: 'refused', reason: 'no runtime reply within 30000 ms' }
+    }
+    const process = await home.submit(waves, { args: ['waves', '2', '4'], seed: 1 })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(failedFetches).toBe(3)
+    expect(cluster.logs.some((line) => line.includes('could not start running'))).toBe(true)
   }, 60_000)
 })

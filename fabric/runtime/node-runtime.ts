@@ -63,6 +63,10 @@ export const outputBytesMax = 64 * 1024 * 1024
 export const startAttemptsMax = 8
 /** Outcomes of ended threads a node remembers for joins that come after the `ended` notice. */
 export const endedOutcomesMax = 10_000
+/** Attempts to get a claimed thread ready to run (process record, program, saves, files) before it fails. */
+export const runAttemptsMax = 6
+/** Pause before the next attempt to get a thread ready, times the attempts so far. */
+export const runRetryMs = 200
 /** Ended processes a node remembers, to refuse starts of their threads that arrive late. */
 export const endedProcessesMax = 10_000
 /** How long a spawn keeps trying to have its child placed while no node takes it (store timeouts during a membership change, say). */
@@ -851,7 +855,26 @@ export class NodeRuntime {
 
   // --- running --------------------------------------------------------------------------------
 
+  /**
+   * Runs a claimed thread. Getting it ready (its process record, the program from the home, its
+   * saves, its files) may fail for a while on a busy cluster: a request to the home that timed out
+   * must not fail the thread (its joiner would get an error), so it is tried again here.
+   */
   private async run(thread: LocalThread, previous: ThreadRecord): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.runOnce(thread, previous)
+      } catch (error) {
+        if (attempt >= runAttemptsMax || thread.stopped || this.stopped) throw error
+        this.components.log?.(
+          `runtime: thread ${thread.tid} of ${thread.pid} could not start running (attempt ${attempt}): ${(error as Error).message}`,
+        )
+        await new Promise<void>((resolve) => this.components.timers.after(runRetryMs * attempt, resolve))
+      }
+    }
+  }
+
+  private async runOnce(thread: LocalThread, previous: ThreadRecord): Promise<void> {
     const loading = this.processRecord(thread.pid)
     // A thread that ran before resumes from its saves and replays its log; they are on the nodes
     // its record names, and the log of a thread that never saved is on the nodes its node chose.
