@@ -4,6 +4,10 @@
  * disk is detected on read and repaired, a node that joins takes its share of bricks, a restarted
  * node serves the bricks in its data dir, and hostile input on `/fabric/bricks/1` and
  * `/fabric/fs/1` is refused while the node carries on.
+ *
+ * Each `fabric fs` command is a process of its own (seconds on a loaded machine), so only the
+ * steps about the command itself use it; the others call `/fabric/fs/1` through
+ * `connectFileClient` in this process, the same client the command uses.
  */
 
 import { spawn } from 'node:child_process'
@@ -18,6 +22,7 @@ import { createNetwork } from '../fabric/net/network.ts'
 import { diskBrickPath } from '../storage/block-store-disk.ts'
 import { brickCid, type CID } from '../storage/brick.ts'
 import { brickProtocol } from '../storage/brick-peers-libp2p.ts'
+import { connectFileClient, type FileClient } from '../storage/file-client.ts'
 import { fileProtocol } from '../storage/file-protocol.ts'
 import { encodeStorageFrame, readFrame, writeFrame } from '../storage/stream-frames.ts'
 import {
@@ -38,10 +43,19 @@ const testTimeoutMs = 180_000
 
 const root = new URL('../', import.meta.url).pathname
 const directory = temporaryDirectory()
-afterAll(() => {
+const clients: FileClient[] = []
+afterAll(async () => {
+  await Promise.all(clients.map((client) => client.close().catch(() => {})))
   killAll()
   directory.remove()
 })
+
+/** A `/fabric/fs/1` client in this process, closed after the tests. */
+async function filesVia(nodes: NodeProcess[], clusterKey: string): Promise<FileClient> {
+  const client = await connectFileClient({ nodes: nodes.map((node) => node.address), clusterKey })
+  clients.push(client)
+  return client
+}
 
 function fabric(args: string[]): Promise<{ code: number; stdout: Buffer; stderr: string }> {
   return new Promise((resolve) => {
@@ -144,7 +158,7 @@ describe('storage on five node processes, r = 3', () => {
       // Five coordination-store replicas too, so that the metadata keeps a majority when two nodes die.
       ;({ nodes } = await startCluster({ count: 5, prefix: 'a', clusterKey, args: ['--replicas', '5'] }))
       const writer = nodes[0]!
-      await fs(writer, clusterKey, 'mkdir', '/data')
+      await (await filesVia([writer], clusterKey)).mkdir('/data')
       await fs(writer, clusterKey, 'put', sourcePath, '/data/')
       const stat = await fs(writer, clusterKey, 'stat', '/data/source.bin')
       expect(stat.stdout.toString()).toContain(`size: ${source.length}`)
@@ -173,8 +187,9 @@ describe('storage on five node processes, r = 3', () => {
       process.stderr.write(
         `replication back to 3 on the survivors ${Date.now() - killedAtMs} ms after the SIGKILL\n`,
       )
-      const cat = await fs(survivors[1]!, clusterKey, 'cat', '/data/source.bin')
-      expect(Buffer.compare(cat.stdout, Buffer.from(source))).toBe(0)
+      const again = join(directory.path, 'copy-after-repair.bin')
+      await (await filesVia([survivors[1]!], clusterKey)).getFile('/data/source.bin', again)
+      expect(Buffer.compare(readFileSync(again), Buffer.from(source))).toBe(0)
     },
     testTimeoutMs,
   )
@@ -191,7 +206,7 @@ describe('storage on five node processes, r = 3', () => {
       writeFileSync(path, bad)
 
       const copy = join(directory.path, 'copy-after-corruption.bin')
-      await fs(node, clusterKey, 'get', '/data/source.bin', copy)
+      await (await filesVia([node], clusterKey)).getFile('/data/source.bin', copy)
       expect(Buffer.compare(readFileSync(copy), Buffer.from(source))).toBe(0)
       await waitFor(
         () => existsSync(path) && Buffer.compare(readFileSync(path), good) === 0,
@@ -269,8 +284,8 @@ describe('storage on five node processes, r = 3', () => {
           'log lines for the refused requests',
         )
         expect(target.child.exitCode).toBe(null)
-        const listing = await fs(target, clusterKey, 'ls', '/data')
-        expect(listing.stdout.toString()).toBe('source.bin\n')
+        const listing = await (await filesVia([target], clusterKey)).readdir('/data')
+        expect(listing.map((entry) => entry.name)).toEqual(['source.bin'])
       } finally {
         await client.stop()
       }
@@ -282,43 +297,22 @@ describe('storage on five node processes, r = 3', () => {
     'fabric fs reports POSIX errors with exit code 1 and bad usage with 2',
     async () => {
       const node = nodes[0]!
-      const missing = await fabric([
-        'fs',
-        'cat',
-        '/nope',
-        '--join',
-        node.address,
-        '--cluster-key',
-        clusterKey,
+      const joinArgs = ['--join', node.address, '--cluster-key', clusterKey]
+      // Independent commands: at once.
+      const [missing, notEmpty, noDirectory, usage] = await Promise.all([
+        fabric(['fs', 'cat', '/nope', ...joinArgs]),
+        fabric(['fs', 'rm', '/data', ...joinArgs]),
+        fabric(['fs', 'put', sourcePath, '/missing/x.bin', ...joinArgs]),
+        fabric(['fs', 'frobnicate', ...joinArgs]),
+        fs(node, clusterKey, 'mkdir', '-p', '/x/y'),
       ])
       expect(missing.code).toBe(1)
       expect(missing.stderr).toContain('ENOENT')
-      const notEmpty = await fabric([
-        'fs',
-        'rm',
-        '/data',
-        '--join',
-        node.address,
-        '--cluster-key',
-        clusterKey,
-      ])
       expect(notEmpty.code).toBe(1)
       expect(notEmpty.stderr).toContain('EISDIR')
-      const noDirectory = await fabric([
-        'fs',
-        'put',
-        sourcePath,
-        '/missing/x.bin',
-        '--join',
-        node.address,
-        '--cluster-key',
-        clusterKey,
-      ])
       expect(noDirectory.code).toBe(1)
       expect(noDirectory.stderr).toContain("ENOENT: no such file or directory, open '/missing/x.bin'")
-      const usage = await fabric(['fs', 'frobnicate', '--join', node.address, '--cluster-key', clusterKey])
       expect(usage.code).toBe(2)
-      await fs(node, clusterKey, 'mkdir', '-p', '/x/y')
       await fs(node, clusterKey, 'mv', '/data/source.bin', '/x/y/moved.bin')
       const du = await fs(node, clusterKey, 'du', '/x')
       expect(du.stdout.toString()).toMatch(new RegExp(`^${source.length}\\t/x`))
@@ -339,7 +333,7 @@ describe('storage on a 3-node cluster that grows to 4', () => {
       const source = randomBytes(24 * chunkBytes, 11)
       const sourcePath = join(directory.path, 'grow.bin')
       writeFileSync(sourcePath, source)
-      await fs(nodes[0]!, clusterKey, 'put', sourcePath, '/grow.bin')
+      await (await filesVia([nodes[0]!], clusterKey)).putFile(sourcePath, '/grow.bin')
       const joined = await start(3, [nodes[0]!.address])
       nodes.push(joined)
       const joinedAtMs = Date.now()
@@ -360,7 +354,7 @@ describe('storage on a 3-node cluster that grows to 4', () => {
         '3 replicas per brick',
       )
       const copy = join(directory.path, 'grow-copy.bin')
-      await fs(joined, clusterKey, 'get', '/grow.bin', copy)
+      await (await filesVia([joined], clusterKey)).getFile('/grow.bin', copy)
       expect(Buffer.compare(readFileSync(copy), Buffer.from(source))).toBe(0)
     },
     testTimeoutMs,
