@@ -1,6 +1,7 @@
 /**
  * Storage in a browser node: the cluster file system, with every brick the page reads kept in a
- * bounded cache (`brick-cache.ts`), so that reading a file again costs no transfer.
+ * bounded cache (`brick-cache.ts`), and optionally in IndexedDB across reloads
+ * (`brick-cache-indexeddb.ts`), so that reading a file again costs no transfer.
  *
  * A browser is never a replica. It holds no block store, never announces a brick, and the servers
  * never list it among the storage nodes (`brick-peers-libp2p.ts` lists live members of kind
@@ -28,6 +29,7 @@ import {
   brickCacheBytesMaxDefault,
   createBrickCache,
 } from './brick-cache.ts'
+import type { PersistentBrickCache } from './brick-cache-indexeddb.ts'
 import type { BrickPeers, BrickRequestHandler } from './brick-peers.ts'
 import { type Libp2pBrickNetwork, startLibp2pBrickNetwork } from './brick-peers-libp2p.ts'
 import {
@@ -51,6 +53,11 @@ const storageServersPollMs = 50
 export interface BrowserStorageOptions {
   /** Most bytes of bricks kept in the page; default {@link brickCacheBytesMaxDefault}. */
   cacheBytesMax?: number
+  /**
+   * A second tier that outlives the page (`openIndexedDbBrickCache`, `brick-cache-indexeddb.ts`):
+   * asked after the memory cache, its bricks checked against their hash like any copy.
+   */
+  persistentCache?: PersistentBrickCache
   /** Replicas per brick this page writes; default 3 (on servers). */
   replicaCount?: number
   fileSystem?: FileSystemOptions
@@ -61,11 +68,15 @@ export interface BrowserStorageCounters {
   /** Bricks fetched from server nodes (each one checked against its hash). */
   bricksFetched: number
   bytesFetched: number
-  /** Reads of a brick answered by the cache. */
+  /** Reads of a brick answered by the memory cache. */
   cacheHits: number
+  /** Reads of a brick answered by the persistent cache (after the memory cache missed). */
+  persistentHits: number
+  /** Writes to or reads from the persistent cache that failed (the read went on without it). */
+  persistentFailures: number
   /** Reads of a brick the cache did not hold. */
   cacheMisses: number
-  /** Copies from a server that did not match their hash (skipped). */
+  /** Copies from a server or the persistent cache that did not match their hash (skipped; a persisted one deleted). */
   corruptCopiesSkipped: number
   /** Bricks this page wrote to servers. */
   bricksWritten: number
@@ -97,6 +108,8 @@ export async function startBrowserStorage(
     bricksFetched: 0,
     bytesFetched: 0,
     cacheHits: 0,
+    persistentHits: 0,
+    persistentFailures: 0,
     cacheMisses: 0,
     corruptCopiesSkipped: 0,
     bricksWritten: 0,
@@ -131,11 +144,51 @@ export async function startBrowserStorage(
     return servers
   }
 
+  /** A verified copy from the persistent cache; a copy that fails its hash is deleted there. */
+  async function fromPersistentCache(cid: CID): Promise<Uint8Array | undefined> {
+    const persistent = options.persistentCache
+    if (persistent === undefined) return undefined
+    let bytes: Uint8Array | undefined
+    try {
+      bytes = await persistent.get(cid)
+    } catch (error) {
+      counters.persistentFailures++
+      log(`storage: the persistent brick cache failed: ${(error as Error).message}`)
+      return undefined
+    }
+    if (bytes === undefined) return undefined
+    try {
+      await verifyBrick(cid, bytes, 'the persistent brick cache')
+      return bytes
+    } catch (error) {
+      if (!(error instanceof BrickCorruptError)) throw error
+      counters.corruptCopiesSkipped++
+      await persistent.delete(cid).catch(() => {})
+      return undefined
+    }
+  }
+
+  /** Keeps a verified brick across reloads too; a full quota or a failing IndexedDB only costs the next visit a transfer. */
+  async function toPersistentCache(cid: CID, bytes: Uint8Array): Promise<void> {
+    try {
+      await options.persistentCache?.put(cid, bytes)
+    } catch (error) {
+      counters.persistentFailures++
+      log(`storage: the persistent brick cache failed: ${(error as Error).message}`)
+    }
+  }
+
   async function get(cid: CID, callOptions: { stripe: number; signal?: AbortSignal }): Promise<Uint8Array> {
     const cached = cache.get(cid)
     if (cached !== undefined) {
       counters.cacheHits++
       return cached
+    }
+    const persisted = await fromPersistentCache(cid)
+    if (persisted !== undefined) {
+      counters.persistentHits++
+      cache.put(cid, persisted)
+      return persisted
     }
     counters.cacheMisses++
     const { signal } = callOptions
@@ -163,6 +216,7 @@ export async function startBrowserStorage(
       counters.bricksFetched++
       counters.bytesFetched += bytes.length
       cache.put(cid, bytes)
+      await toPersistentCache(cid, bytes)
       return bytes
     }
     throw new BrickUnavailableError(cid.toString(), tried)
@@ -195,6 +249,7 @@ export async function startBrowserStorage(
       throw new InsufficientReplicasError(cid.toString(), placed, Math.max(required, 1))
     counters.bricksWritten++
     cache.put(cid, bytes)
+    await toPersistentCache(cid, bytes)
     return cid
   }
 

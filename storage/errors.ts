@@ -150,3 +150,10 @@ export class BrickPeerUnreachableError extends StorageError {
     this.node = node
   }
 }
+
+/** A page's persistent brick cache failed: IndexedDB not available, over its quota, or blocked. Reads go on without it. */
+export class PersistentCacheError extends StorageError {
+  constructor(message: string) {
+    super('PERSISTENT_CACHE', message)
+  }
+}

@@ -60,7 +60,8 @@
  *
  * A browser node (`fabric/net/browser-node.ts`) runs `startBrowserStorage` (`browser-storage.ts`):
  * the same file system, its metadata through the servers' store as a client, and every brick it
- * reads kept in a bounded LRU cache (`brick-cache.ts`). It never holds a replica, never announces
+ * reads kept in a bounded LRU cache (`brick-cache.ts`), and optionally in IndexedDB
+ * (`brick-cache-indexeddb.ts`). It never holds a replica, never announces
  * a brick, and servers never list it as a storage node, so repair and replica counts ignore it.
  *
  * Errors are named classes in `errors.ts`; file-system calls throw `FileSystemError` with a POSIX
@@ -81,6 +82,11 @@ export {
   brickCacheBytesMaxDefault,
   createBrickCache,
 } from './brick-cache.ts'
+export {
+  openIndexedDbBrickCache,
+  type PersistentBrickCache,
+  persistentCacheBytesMaxDefault,
+} from './brick-cache-indexeddb.ts'
 export { type BrickNode, type BrickNodeComponents, createBrickNode } from './brick-node.ts'
 export {
   type BrickPeers,

@@ -215,6 +215,7 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
         bootstrap: [webSocketsAddress(servers[0]!)],
         clusterKey,
         replicaCount: brickReplicas,
+        persistentCache: true,
       })
       expect(joined.liveServers).toBe(3)
       const shortId = joined.peerId.slice(-8)
@@ -320,6 +321,58 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
       expect(fresh.counters.bricksFetched).toBe(chunkCids.length + 1)
       await inPage(() => window.fabricBrowserStorage.leave(), null)
       expect(pageProblems).toEqual([])
+    },
+    testTimeoutMs,
+  )
+  /** Reloads the page (memory cache gone, IndexedDB kept), joins with the persistent cache, reads the file. */
+  async function readAfterReload(): Promise<ReadReport> {
+    await page!.reload()
+    await page!.waitForFunction(() => 'fabricBrowserStorage' in window, null, { timeout: 10_000 })
+    await inPage((options) => window.fabricBrowserStorage.join(options), {
+      bootstrap: [webSocketsAddress(servers[0]!)],
+      clusterKey,
+      replicaCount: brickReplicas,
+      persistentCache: true,
+    })
+    const report = await inPage((path) => window.fabricBrowserStorage.read(path), '/data/input.bin')
+    await inPage(() => window.fabricBrowserStorage.leave(), null)
+    return report
+  }
+
+  it(
+    'a reloaded page reads the file from its IndexedDB cache, each brick checked: nothing fetched',
+    async () => {
+      const reloaded = await readAfterReload()
+      expect(reloaded.sha256).toBe(firstRead.sha256)
+      expect(reloaded.counters.bricksFetched).toBe(0)
+      expect(reloaded.counters.persistentHits).toBe(chunkCids.length + 1)
+      expect(reloaded.counters.corruptCopiesSkipped).toBe(0)
+    },
+    testTimeoutMs,
+  )
+
+  it(
+    'bricks altered in IndexedDB fail their hash: skipped, fetched again from the servers, the bytes right',
+    async () => {
+      const damaged = await inPage(() => window.fabricBrowserStorage.damagePersistentCache(), null)
+      expect(damaged).toBeGreaterThanOrEqual(chunkCids.length + 1)
+      const reloaded = await readAfterReload()
+      expect(reloaded.sha256).toBe(firstRead.sha256)
+      expect(reloaded.counters.corruptCopiesSkipped).toBe(chunkCids.length + 1)
+      expect(reloaded.counters.persistentHits).toBe(0)
+      expect(reloaded.counters.bricksFetched).toBe(chunkCids.length + 1)
+      await inPage(() => window.fabricBrowserStorage.clearPersistentCache(), null)
+      expect(pageProblems).toEqual([])
+    },
+    testTimeoutMs,
+  )
+  it(
+    'the IndexedDB cache is bounded in bytes: the least recently used brick goes first, also across a reopen',
+    async () => {
+      const check = await inPage(() => window.fabricBrowserStorage.persistentEvictionCheck(), null)
+      expect(check.held).toEqual(['a', 'c', 'd'])
+      expect(check.stats).toEqual({ bricks: 3, bytes: 300, bytesMax: 300, evicted: 1 })
+      expect(check.reopened).toMatchObject({ bricks: 3, bytes: 300 })
     },
     testTimeoutMs,
   )
