@@ -442,6 +442,26 @@ describe('locks and fenced variables', () => {
     )
   })
 
+  test('acquire + release of a free lock takes 3 store operations once the node knows the key (acquire, record, release)', async () => {
+    const { engines, store } = cluster(['a'])
+    const calls: string[] = []
+    for (const method of ['get', 'put', 'cas', 'acquire', 'renew', 'release'] as const) {
+      const original = store[method].bind(store) as (...args: unknown[]) => unknown
+      ;(store as unknown as Record<string, unknown>)[method] = (...args: unknown[]) => {
+        calls.push(method)
+        return original(...args)
+      }
+    }
+    const g = guest(engines.get('a')!, thread('0'))
+    for (let round = 0; round < 5; round++) {
+      calls.length = 0
+      const token = readI64((await g.call({ op: SyncOp.lockAcquire, name: 'l', a: 5000n, b: -1n })).payload)
+      expect((await g.call({ op: SyncOp.lockRelease, name: 'l', a: token })).result).toBe(0)
+      // The first round reads the key once before its record.
+      if (round > 0) expect(calls).toEqual(['acquire', 'cas', 'release'])
+    }
+  })
+
   test('a dead holder’s lock is free after its TTL', async () => {
     const { engines } = cluster(['a', 'b'])
     const dead = guest(engines.get('a')!, thread('0.1'))
