@@ -17,7 +17,7 @@ import type {
   StreamMessageEvent,
 } from '@libp2p/interface'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
@@ -25,6 +25,7 @@ import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { MessageRejectedError } from '../errors.ts'
+import { createNodeDatastore } from './node-datastore.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
@@ -153,6 +154,8 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
   const browser = options.browser === true
   const libp2p = await createLibp2p({
     privateKey: options.privateKey,
+    // Provider records indexed by content and bounded (the default store scans them all per lookup).
+    datastore: createNodeDatastore({ self: peerIdFromPrivateKey(options.privateKey).toString() }),
     addresses: { listen: options.client || browser ? [] : [...options.listen] },
     transports: browser ? [webSockets()] : [tcp(), webSockets()],
     ...(browser ? { connectionGater: { denyDialMultiaddr: () => false } } : {}),
