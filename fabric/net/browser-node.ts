@@ -2,9 +2,10 @@
  * A browser node: a member of the cluster that lives in a web page. It dials server nodes over
  * WebSockets with the cluster key (the same noise + private-network protector as every node), joins
  * membership as kind `browser`, and reaches the coordination store as a client of the servers it
- * dialled. It is never an acceptor (the store takes its acceptors from `liveServers()`), never
- * placed threads on, and never counts as a storage replica; it listens on nothing, since pages
- * cannot accept connections, and the servers answer it over the connections it opened.
+ * dialled. It is never an acceptor (the store takes its acceptors from `liveServers()`), runs no
+ * threads (it runs no runtime; placement prefers servers, and a start sent here would be refused),
+ * and never counts as a storage replica; it listens on nothing, since pages cannot accept
+ * connections, and the servers answer it over the connections it opened.
  *
  * The same code runs in Node (WebSockets works there too), which tests use.
  *
@@ -25,7 +26,7 @@ import {
   type MembershipMessage,
   membershipMessageTypes,
 } from '../membership/membership.ts'
-import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
+import { sleep, systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { connectClient, type FabricClient } from './client.ts'
 import { loadClusterKey } from './cluster-key.ts'
 import { createNetwork, dialTimeoutMs, type Log, membersTopic, type Network } from './network.ts'
@@ -37,6 +38,8 @@ export const browserAnnounceIntervalMs = 2000
 export const browserJoinTimeoutMsDefault = 15_000
 /** Pause between attempts to reach the bootstrap nodes while joining. */
 export const browserJoinRetryMs = 500
+/** Time the leave notice gets on the wire before the page closes its connections. */
+const leaveNoticeMs = 50
 
 export interface BrowserNodeOptions {
   /** WebSockets multiaddrs of server nodes, each ending in /p2p/<peer id>. */
@@ -66,6 +69,7 @@ function browserCapacity(): Capacity {
     cores: Math.max(1, navigatorInfo?.hardwareConcurrency ?? 1),
     // `deviceMemory` (GiB, Chromium only) is coarse on purpose; a page gets a share of it at best.
     memoryBytes: Math.round((navigatorInfo?.deviceMemory ?? 1) * 2 ** 30),
+    // Not measured: a browser node runs no threads, so nothing weighs it by speed yet.
     speedScore: 1,
   }
 }
@@ -89,11 +93,33 @@ function checkBootstrapAddress(address: string): void {
   if (names.at(-1) !== 'p2p') throw new InvalidArgumentError(`Expected ${address} to end in /p2p/<peer id>`)
 }
 
+/**
+ * Where the page sends store requests: the bootstrap nodes and every server it knows of by now
+ * (their WebSockets addresses), so that it keeps reaching the store when a server goes away.
+ */
+function storeNodes(bootstrap: readonly string[], membership: Membership): string[] {
+  const nodes = new Map<string, string>()
+  for (const address of bootstrap) nodes.set(address.slice(address.lastIndexOf('/p2p/') + 5), address)
+  for (const id of membership.liveServers()) {
+    if (nodes.has(id)) continue
+    const address = membership
+      .member(id)
+      ?.addresses.find((each) => /\/wss?\//.test(each) && each.endsWith(`/p2p/${id}`))
+    if (address !== undefined) nodes.set(id, address)
+  }
+  return [...nodes.values()]
+}
+
 export async function startBrowserNode(options: BrowserNodeOptions): Promise<BrowserNode> {
   const log = options.log ?? (() => {})
   if (options.bootstrap.length === 0)
     throw new InvalidArgumentError('A browser node needs the WebSockets address of at least one server node')
   for (const address of options.bootstrap) checkBootstrapAddress(address)
+  const joinTimeoutMs = options.joinTimeoutMs ?? browserJoinTimeoutMsDefault
+  if (!(Number.isFinite(joinTimeoutMs) && joinTimeoutMs > 0))
+    throw new InvalidArgumentError(
+      `Expected joinTimeoutMs to be a positive number of milliseconds, got ${joinTimeoutMs}`,
+    )
   const clusterKey =
     typeof options.clusterKey === 'string' ? loadClusterKey(options.clusterKey) : options.clusterKey
   /** The last failed dial, for the error a page that cannot join gets. */
@@ -166,7 +192,6 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
   }
 
   // Join: dial the bootstrap nodes until one answers, then until membership hears from a server.
-  const joinTimeoutMs = options.joinTimeoutMs ?? browserJoinTimeoutMsDefault
   const deadline = performance.now() + joinTimeoutMs
   let peers: string[] = []
   while (membership.liveServers().length === 0) {
@@ -185,13 +210,13 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
       Math.max(1, Math.min(dialTimeoutMs, deadline - performance.now())),
     )
     if (peers.length > 0) membership.join(peers)
-    await new Promise((resolve) => setTimeout(resolve, browserJoinRetryMs))
+    await sleep(browserJoinRetryMs)
   }
   log(`joined as a browser node through ${peers.length} server nodes`)
 
   let client: FabricClient
   try {
-    client = await connectClient({ nodes: options.bootstrap, network })
+    client = await connectClient({ nodes: storeNodes(options.bootstrap, membership), network })
   } catch (error) {
     await stopAll()
     throw error
@@ -209,7 +234,8 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
       stopped = true
       membership.leave()
       await client.close()
-      await new Promise((resolve) => setTimeout(resolve, 50))
+      // The leave notice goes out before the connections close.
+      await sleep(leaveNoticeMs)
       await stopAll()
     },
   }
