@@ -5,7 +5,10 @@
  * `starvationMs`, it starts anyway on another worker and the OS shares the cores, up to
  * `starvedMax` threads beyond `runningMax` (a burst of starving threads must not start a worker
  * each: each costs memory and start time, and they share the same cores), and up to
- * `workerCountMax` workers in all. Idle workers are kept for reuse.
+ * `workerCountMax` workers in all. A thread counts as starved only while some thread has computed
+ * that long without a break, and such starts come one per `starvationMs`: a queue of short threads
+ * that is merely slow (a busy machine, workers still booting) is not starvation. Idle workers are
+ * kept for reuse, and `warmCount` of them are started ahead of the first thread.
  */
 
 import type { FromWorker, ToWorker } from './worker/protocol.ts'
@@ -33,6 +36,8 @@ export interface WorkerPoolOptions {
   idleMax?: number
   /** Threads computing beyond `runningMax` because they waited too long; default 2 x `runningMax`. */
   starvedMax?: number
+  /** Workers started at once, before any thread asks (a worker takes tens of ms to start); default 0. */
+  warmCount?: number
 }
 
 export interface Lease {
@@ -61,6 +66,10 @@ export class WorkerPool {
   private alive = 0
   private starvationTimer: ReturnType<typeof setTimeout> | null = null
   private closed = false
+  /** When a thread last started because the others starved it. */
+  private starvedStartAt = Number.NEGATIVE_INFINITY
+  /** Since when each computing thread has computed without a break. */
+  private readonly computingSince = new Set<{ since: number }>()
 
   constructor(options: WorkerPoolOptions) {
     const runningMax = options.runningMax ?? 2
@@ -74,11 +83,22 @@ export class WorkerPool {
       starvationMs: options.starvationMs ?? 50,
       idleMax: options.idleMax ?? runningMax * 4,
       starvedMax: options.starvedMax ?? runningMax * starvedPerRunningMaxDefault,
+      warmCount: options.warmCount ?? 0,
+    }
+    const warm = Math.min(this.options.warmCount, this.options.idleMax, this.options.workerCountMax)
+    for (let index = 0; index < warm; index++) {
+      this.idle.push(this.options.createWorker())
+      this.alive++
     }
   }
 
   get runningCount(): number {
     return this.running
+  }
+
+  /** Threads that could start computing now without waiting: free cores less queued threads. */
+  get idleSlots(): number {
+    return Math.max(0, this.options.runningMax - this.running - this.waiters.length)
   }
 
   /** Resolves with a worker once the thread may compute. */
@@ -99,9 +119,11 @@ export class WorkerPool {
   private admit(): void {
     while (this.waiters.length > 0 && this.alive - this.idle.length < this.options.workerCountMax) {
       const oldest = this.waiters[0]!
-      const starving = Date.now() - oldest.since >= this.options.starvationMs
-      if (this.running >= this.options.runningMax && !starving) break
-      if (this.overcommitted()) break
+      const starving = Date.now() - this.waitingSince(oldest) >= this.options.starvationMs
+      if (this.running >= this.options.runningMax) {
+        if (!starving || this.overcommitted()) break
+        this.starvedStartAt = Date.now()
+      }
       this.waiters.shift()
       oldest.grant(this.lease())
     }
@@ -111,7 +133,7 @@ export class WorkerPool {
   private scheduleStarvationCheck(): void {
     // Past the bound, the next admission comes from a thread that suspends or ends.
     if (this.starvationTimer !== null || this.waiters.length === 0 || this.overcommitted()) return
-    const wait = Math.max(0, this.waiters[0]!.since + this.options.starvationMs - Date.now())
+    const wait = Math.max(0, this.waitingSince(this.waiters[0]!) + this.options.starvationMs - Date.now())
     this.starvationTimer = setTimeout(() => {
       this.starvationTimer = null
       this.admit()
@@ -123,6 +145,13 @@ export class WorkerPool {
     return this.running >= this.options.runningMax + this.options.starvedMax
   }
 
+  /** From when `waiter` counts as starved: it waits, and a thread computes on without a break. */
+  private waitingSince(waiter: Waiter): number {
+    let hogSince = Number.POSITIVE_INFINITY
+    for (const computing of this.computingSince) hogSince = Math.min(hogSince, computing.since)
+    return Math.max(waiter.since, hogSince, this.starvedStartAt)
+  }
+
   private lease(): Lease {
     let worker = this.idle.pop()
     if (worker === undefined) {
@@ -132,6 +161,8 @@ export class WorkerPool {
     this.running++
     let computing = true
     let released = false
+    const computingSince = { since: Date.now() }
+    this.computingSince.add(computingSince)
     const leased = worker
     return {
       worker: leased,
@@ -139,17 +170,21 @@ export class WorkerPool {
         if (!computing || released) return
         computing = false
         this.running--
+        this.computingSince.delete(computingSince)
         this.admit()
       },
       resume: () => {
         if (computing || released) return
         computing = true
         this.running++
+        computingSince.since = Date.now()
+        this.computingSince.add(computingSince)
       },
       release: (reusable) => {
         if (released) return
         released = true
         if (computing) this.running--
+        this.computingSince.delete(computingSince)
         if (reusable && !this.closed && this.idle.length < this.options.idleMax) this.idle.push(leased)
         else {
           leased.terminate()

@@ -39,6 +39,44 @@ describe('worker pool', () => {
       pool.close()
     }
   }, 30_000)
+
+  test('a long queue of short threads reuses the workers it has: a slow queue is not starvation', async () => {
+    let created = 0
+    const pool = new WorkerPool({
+      createWorker: (): HostWorker => {
+        created++
+        return { post: () => {}, onMessage: () => {}, onCrash: () => {}, terminate: () => {} }
+      },
+      runningMax: 1,
+      starvationMs: 200,
+      warmCount: 1,
+    })
+    try {
+      expect(created).toBe(1)
+      // 40 threads of 10 ms each: the last waits ~400 ms, but no thread computes 200 ms on end.
+      const computeMs = 10
+      const threads = Array.from({ length: 40 }, () =>
+        pool.acquire().then(async (lease) => {
+          await new Promise((resolve) => setTimeout(resolve, computeMs))
+          lease.release(true)
+        }),
+      )
+      await Promise.all(threads)
+      expect(created).toBe(1)
+
+      // A thread that computes on without a break does starve the queue: one more worker starts.
+      const hog = await pool.acquire()
+      const waiting = pool.acquire()
+      const started = performance.now()
+      const lease = await waiting
+      expect(performance.now() - started).toBeGreaterThanOrEqual(150)
+      expect(created).toBe(2)
+      lease.release(true)
+      hog.release(true)
+    } finally {
+      pool.close()
+    }
+  })
 })
 
 describe('worker pool starvation guard', () => {

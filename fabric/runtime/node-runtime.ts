@@ -12,7 +12,10 @@
  * Start is two-phase: the placer chooses a node and sends it the thread's record as read (a new
  * thread's at version 0); that node claims it by one compare-and-swap on that version (itself as
  * node, state `running`, epoch + 1), creating a new thread's record with its claim, and only then
- * runs it. A spawn returns once the child's record is durable; the child starts meanwhile. Every
+ * runs it. A spawn returns at once: its child joins a batch that is made durable (the replay log
+ * the spawner follows first, then the children's records, all at once) before the spawner's next
+ * visible effect, join, end or save replication, all of which queue behind it; a child goes to its
+ * spawner's node when that has an idle core. Every
  * later write of the running incarnation is a cas on the version it claimed, so an incarnation that
  * was replaced fails its next write and stops. A node holds a lease on its own key `node/<id>`; the
  * home of a process that sees the node depart takes that lease once it has expired (which fences
@@ -95,6 +98,11 @@ export const homeSweepMs = 500
 export const localRestartsMax = 20
 /** Home sweeps between two checks that each live node runs the threads its records say it runs. */
 export const orphanCheckEverySweeps = 4
+/**
+ * Spawns of one thread whose children are not durable yet: the next spawn waits for them. Spawns
+ * return at once and their children are made durable in batches, off the guest's path.
+ */
+export const spawnsPendingMax = 1024
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
@@ -176,6 +184,22 @@ interface LocalThread {
   replies: ReplyLog
   /** Whether `replies` changed since it was last sent. */
   repliesUnsent: boolean
+  /** The batch that new spawns join, until it starts being placed or a save is taken. */
+  openSpawns: SpawnBatch | null
+  /** Children spawned whose records are not durable yet. */
+  spawnsPending: number
+}
+
+/**
+ * Children spawned by one thread, made durable together (on the thread's replication queue, after
+ * the saves taken before them and before those taken after), with the replay log they follow.
+ */
+interface SpawnBatch {
+  children: Array<{ tid: string; entry: string; arg: Uint8Array; group: string | undefined }>
+  /** The thread's log (values seen, replies got) when the latest of them was spawned, and the save it follows. */
+  log: Array<[number, bigint]>
+  replies: LoggedReply[]
+  logBase: number
 }
 
 interface HomeProcess {
@@ -241,6 +265,8 @@ export class NodeRuntime {
    * `<pid>/<group>`, until they end: placement keeps a group on few nodes.
    */
   private readonly groupThreads = new Map<string, Map<string, NodeId>>()
+  /** Threads this node is claiming for itself (placed here because it had idle cores). */
+  private startingHere = 0
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
@@ -589,6 +615,7 @@ export class NodeRuntime {
     entry: string,
     arg: Uint8Array,
     group?: string,
+    options: { preferIdleSelf?: boolean } = {},
   ): Promise<void> {
     const record: ThreadRecord = {
       formatVersion: recordFormatVersion,
@@ -607,11 +634,18 @@ export class NodeRuntime {
       ...(group === undefined ? {} : { group }),
     }
     // A replayed spawn finds the record there: the claim fails and names the node that holds it.
+    // A child goes to its spawner's node when that has an idle core: no message to start it, and
+    // its end notice reaches a joiner here at once.
+    const here = options.preferIdleSelf === true && this.hasIdleCore() ? this.self : undefined
     // No node taking the thread (each refused or did not answer: a store that did not answer in a
     // membership change, say) must not lose it: its joiner would find no such thread. So it is
     // placed again until its record exists, for a bounded time.
     for (let waitedMs = 0; ; waitedMs += spawnPlacementRetryMs) {
-      if ((await this.handOver(pid, tid, 0, record)) !== null || this.stopped) return
+      if (
+        (await this.handOver(pid, tid, 0, record, { prefer: waitedMs === 0 ? here : undefined })) !== null ||
+        this.stopped
+      )
+        return
       const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
       if (read?.value != null) return
       if (waitedMs >= spawnPlacementWaitMsMax)
@@ -655,9 +689,13 @@ export class NodeRuntime {
               groupThreads: groupKey === null ? undefined : this.groupNodesLoad(groupKey),
               random: this.components.random,
             })
+      if (node === this.self) this.startingHere++
       const reply = await this.components.messenger
         .request(node, { type: 'start', pid, tid, version, record: encoded })
         .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
+        .finally(() => {
+          if (node === this.self) this.startingHere--
+        })
       if (reply.type === 'ok') {
         if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
         this.tellHome(pid, tid, node)
@@ -672,6 +710,11 @@ export class NodeRuntime {
     }
     this.components.log?.(`runtime: could not start thread ${tid} of process ${pid}`)
     return null
+  }
+
+  /** Whether a thread placed here now would compute at once (counting those being claimed). */
+  private hasIdleCore(): boolean {
+    return this.leaseHeld && !this.draining && this.startingHere < this.components.pool.idleSlots
   }
 
   /** Tells the home of `pid` that thread `tid` runs on `node` (it restarts it should `node` die). */
@@ -740,6 +783,8 @@ export class NodeRuntime {
       logSent: 0,
       replies: new ReplyLog(),
       repliesUnsent: false,
+      openSpawns: null,
+      spawnsPending: 0,
     }
     this.local.set(`${pid}/${tid}`, thread)
     if (claimed.epoch > 1)
@@ -951,14 +996,27 @@ export class NodeRuntime {
    * anywhere replays them. Nothing to send, nothing to wait for.
    */
   private async flushLog(thread: LocalThread): Promise<void> {
-    if (thread.log.length === thread.logSent && !thread.repliesUnsent) return
-    // The save this log follows must reach the replicas first.
+    if (thread.log.length === thread.logSent && !thread.repliesUnsent && thread.spawnsPending === 0) return
+    // The save this log follows, and the children spawned before, must be durable first.
     await thread.replicationQueue
-    const entries = thread.log.slice()
+    if (thread.log.length === thread.logSent && !thread.repliesUnsent) return
     const afterSequence = thread.logBase
     const replies = thread.replies.list()
     thread.repliesUnsent = false
-    if ((entries.length === 0 && replies.length === 0) || afterSequence !== thread.logBase) return
+    const kept = await this.sendLog(thread, { entries: thread.log.slice(), replies, afterSequence })
+    if (!kept && thread.logBase === afterSequence) thread.repliesUnsent = true
+  }
+
+  /**
+   * Sends a thread's log (the values it saw, the replies it got) that follows save `afterSequence`
+   * to its save replicas; whether one kept it.
+   */
+  private async sendLog(
+    thread: LocalThread,
+    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
+  ): Promise<boolean> {
+    const { entries, replies, afterSequence } = log
+    if (entries.length === 0 && replies.length === 0) return true
     const message: RuntimeMessage = {
       type: 'log',
       pid: thread.pid,
@@ -972,9 +1030,9 @@ export class NodeRuntime {
     const answers = await Promise.all(
       replicas.map((node) => this.components.messenger.request(node, message).catch(() => undefined)),
     )
-    if (answers.some((reply) => reply?.type === 'ok') && thread.logBase === afterSequence)
-      thread.logSent = Math.max(thread.logSent, entries.length)
-    else if (thread.logBase === afterSequence) thread.repliesUnsent = true
+    const kept = answers.some((reply) => reply?.type === 'ok')
+    if (kept && thread.logBase === afterSequence) thread.logSent = Math.max(thread.logSent, entries.length)
+    return kept
   }
 
   private launch(
@@ -1015,6 +1073,9 @@ export class NodeRuntime {
               `runtime: files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
             ),
           )
+          // Children spawned before the save are made durable before it travels (they are on the
+          // replication queue ahead of it): a restore from it never skips a spawn whose child is missing.
+          thread.openSpawns = null
           // The save covers what the guest saw up to its call; the log starts again from it.
           thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
           thread.logBase = save.summary.sequence
@@ -1166,24 +1227,18 @@ export class NodeRuntime {
       )
       if (!exported) return { result: -2 }
       // The child's id derives from the call's op id: a replayed spawn finds the same child.
-      // The spawn returns once the child's record is durable (created with its claim by the node
-      // that runs it); the child starts meanwhile. (Returning before, with saves and the end
-      // waiting for the records instead, sent bursts of children to the nodes at once and made
-      // tiny threads several times slower: each node started new workers for the queue.)
-      // The child, an effect, appears once what the guest saw before the spawn is durable.
-      await this.flushLog(thread)
-      const placed = await this.placeThread(
-        thread.pid,
-        childThreadId(thread.tid, call.callSequence),
+      // The spawn returns at once; the child joins a batch that is made durable (each record
+      // created with its claim by the node that runs it) after what the guest saw before the spawn
+      // is on the save replicas, and before the thread's next visible effect, its next save's
+      // replication, a join or its end (all of which wait for the replication queue).
+      this.deferSpawn(thread, {
+        tid: childThreadId(thread.tid, call.callSequence),
         entry,
-        payload.slice(4 + entryLength),
-        thread.record.group,
-      ).catch((error: Error) => {
-        this.components.log?.(`runtime: spawn of ${entry} by thread ${thread.tid} failed: ${error.message}`)
-        return 'failed' as const
+        arg: payload.slice(4 + entryLength),
+        group: thread.record.group,
       })
-      // A child that no node took fails the spawn (the guest's error names it), not a later join.
-      return placed === 'failed' ? { result: -1 } : { result: call.callSequence }
+      if (thread.spawnsPending >= spawnsPendingMax) await thread.replicationQueue
+      return { result: call.callSequence }
     }
     if (call.name === 'join') return this.join(thread, call.args[0]!)
     if (call.name === 'sync') {
@@ -1194,6 +1249,54 @@ export class NodeRuntime {
       })
     }
     return { result: -1 }
+  }
+
+  /** Adds a spawned child to the thread's open batch, queueing a new batch when none is open. */
+  private deferSpawn(thread: LocalThread, child: SpawnBatch['children'][number]): void {
+    let batch = thread.openSpawns
+    if (batch === null) {
+      const opened: SpawnBatch = { children: [], log: [], replies: [], logBase: 0 }
+      batch = opened
+      thread.openSpawns = opened
+      thread.replicationQueue = thread.replicationQueue
+        .then(() => this.placeSpawns(thread, opened))
+        .catch(this.backgroundFailed)
+    }
+    batch.children.push(child)
+    batch.log = thread.log.slice()
+    batch.replies = thread.replies.list().slice()
+    batch.logBase = thread.logBase
+    thread.spawnsPending++
+  }
+
+  /** Makes a batch of children durable: the log they follow first, then their records, all at once. */
+  private async placeSpawns(thread: LocalThread, batch: SpawnBatch): Promise<void> {
+    if (thread.openSpawns === batch) thread.openSpawns = null
+    try {
+      // A replaced incarnation's children come from the one that replaced it (the same ids).
+      if (thread.stopped) return
+      // What the guest saw before the spawns; values already on the replicas are not sent again.
+      const sent = batch.logBase === thread.logBase && batch.log.length <= thread.logSent
+      if (!sent || batch.replies.length > 0)
+        await this.sendLog(thread, {
+          entries: batch.log,
+          replies: batch.replies,
+          afterSequence: batch.logBase,
+        })
+      await Promise.all(
+        batch.children.map((child) =>
+          this.placeThread(thread.pid, child.tid, child.entry, child.arg, child.group, {
+            preferIdleSelf: true,
+          }).catch((error: Error) => {
+            this.components.log?.(
+              `runtime: spawn of ${child.entry} by thread ${thread.tid} failed: ${error.message}`,
+            )
+          }),
+        ),
+      )
+    } finally {
+      thread.spawnsPending -= batch.children.length
+    }
   }
 
   /** What the sync engine may do with a thread running here. */
@@ -1250,6 +1353,8 @@ export class NodeRuntime {
       const result = outcome.result ?? new Uint8Array(0)
       return { result: result.length, payload: result }
     }
+    // The child may still be in a batch of spawns that is not durable yet.
+    if (thread.spawnsPending > 0) await thread.replicationQueue
     for (let polls = 0; ; polls++) {
       if (thread.stopped) return new Promise(() => {})
       // The child's node tells this node (its spawner's) when it ends; the record is read only when

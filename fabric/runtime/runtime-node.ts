@@ -42,7 +42,9 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
     options.storage === undefined
       ? undefined
       : await startNodeStorage(node, { dataDirectory: options.dataDirectory, log, ...options.storage })
-  const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: options.workers ?? coreCount() })
+  const runningMax = options.workers ?? coreCount()
+  // Workers started with the node: the first threads placed here do not wait for one to boot.
+  const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax, warmCount: runningMax })
   // One cache per machine: nodes on one host share instrumented modules (keyed by content hash).
   const cache = diskInstrumentCache(
     process.env.FABRIC_CACHE_DIR ?? join(homedir(), '.cache', 'fabric', 'instrumented'),
