@@ -7,6 +7,7 @@
  */
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { nodeCommand, withWebSocketsPort } from '../fabric/cli/node-command.ts'
 import { InvalidArgumentError } from '../fabric/errors.ts'
 import { type BrowserNode, startBrowserNode } from '../fabric/net/browser-node.ts'
 import { generateClusterKey, loadClusterKey } from '../fabric/net/cluster-key.ts'
@@ -89,6 +90,28 @@ async function chunksShortOfReplicas(server: Server): Promise<number> {
     if ((await server.storage.bricks.liveHolders(cid)).length < brickReplicas) short++
   return short
 }
+
+describe('fabric node --ws-port', () => {
+  it('adds a WebSockets address on the host of the first listen address', () => {
+    expect(withWebSocketsPort(['/ip4/127.0.0.1/tcp/4001'], 4002)).toEqual([
+      '/ip4/127.0.0.1/tcp/4001',
+      '/ip4/127.0.0.1/tcp/4002/ws',
+    ])
+    expect(withWebSocketsPort(['/ip6/::1/tcp/0'], 0)).toEqual(['/ip6/::1/tcp/0', '/ip6/::1/tcp/0/ws'])
+  })
+
+  it('refuses a port out of range with usage exit code 2', async () => {
+    const written: string[] = []
+    const write = process.stderr.write
+    process.stderr.write = ((text: string) => written.push(text) > 0) as typeof process.stderr.write
+    try {
+      expect(await nodeCommand(['--ws-port', '70000'])).toBe(2)
+    } finally {
+      process.stderr.write = write
+    }
+    expect(written.join('')).toMatch(/--ws-port takes a port from 0 to 65535, got 70000/)
+  })
+})
 
 describe('startBrowserNode', () => {
   it('refuses a bootstrap address it cannot dial from a page, naming it', async () => {
