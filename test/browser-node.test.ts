@@ -177,7 +177,7 @@ describe('a browser node that caches bricks, and announces them though it must n
         for (const cid of chunkCids) {
           const holders = await server.storage.bricks.liveHolders(cid)
           expect(holders).not.toContain(page!.peerId)
-          expect(holders).toHaveLength(brickReplicas)
+          expect(holders.length).toBeGreaterThanOrEqual(brickReplicas)
         }
     },
     testTimeoutMs,

@@ -290,11 +290,14 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
   it(
     'after a SIGKILL of the server the page came in through, which held the file, repair brings every brick back to r on the servers, the cached copies in the page not counted, and the page reads on through the others',
     async () => {
-      // The node `fabric fs put` went through keeps a replica of each brick it wrote.
+      // The node `fabric fs put` went through kept a replica of each brick it wrote (rebalancing
+      // may have moved some since).
       const victim = servers[0]!
-      expect(chunkCids.every((cid) => holdersOnDisk(cid, [victim]).length === 1)).toBe(true)
+      expect(chunkCids.some((cid) => holdersOnDisk(cid, [victim]).length === 1)).toBe(true)
       const survivors = servers.filter((node) => node !== victim)
-      for (const cid of chunkCids) expect(holdersOnDisk(cid, servers)).toHaveLength(brickReplicas)
+      // At least r: a brick that rebalancing is moving sits on one more node for a moment.
+      for (const cid of chunkCids)
+        expect(holdersOnDisk(cid, servers).length).toBeGreaterThanOrEqual(brickReplicas)
       victim.child.kill('SIGKILL')
       const killedAt = Date.now()
       await waitFor(
