@@ -257,6 +257,11 @@ describe('a browser node on a cluster of 3 fabric node processes', () => {
       expect(second.counters.bricksFetched).toBe(firstRead.counters.bricksFetched)
       expect(second.counters.bytesFetched).toBe(firstRead.counters.bytesFetched)
       expect(second.counters.cacheHits).toBe(chunkCids.length + 1)
+      // Indicative only (a shared, loaded machine): the lead measures on a quiet one.
+      console.info(
+        `browser storage test: ${fileBytes} bytes read in ${firstRead.elapsedMs.toFixed(0)} ms from the servers, ` +
+          `${second.elapsedMs.toFixed(0)} ms from the cache`,
+      )
     },
     testTimeoutMs,
   )

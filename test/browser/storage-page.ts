@@ -31,6 +31,8 @@ export interface ReadReport {
   size: number
   /** SHA-256 of the bytes read, hex. */
   sha256: string
+  /** From the open to the last byte, in the page. */
+  elapsedMs: number
   counters: BrowserStorageCounters
 }
 
@@ -134,8 +136,10 @@ window.fabricBrowserStorage = {
     }
   },
   async read(path) {
+    const startedMs = performance.now()
     const bytes = await opened().fileSystem.readFile(path)
-    return { size: bytes.length, sha256: await sha256Hex(bytes), counters: opened().counters() }
+    const elapsedMs = performance.now() - startedMs
+    return { size: bytes.length, sha256: await sha256Hex(bytes), elapsedMs, counters: opened().counters() }
   },
   async write(path, text) {
     await opened().fileSystem.writeFile(path, new TextEncoder().encode(text))
