@@ -248,7 +248,8 @@ export async function startBrowserStorage(
     if (placed < required || servers.length === 0)
       throw new InsufficientReplicasError(cid.toString(), placed, Math.max(required, 1))
     counters.bricksWritten++
-    cache.put(cid, bytes)
+    // The writer's buffer is the writer's: the cache keeps its own copy.
+    cache.put(cid, bytes.slice())
     await toPersistentCache(cid, bytes)
     return cid
   }
