@@ -11,8 +11,8 @@
  * and every `rebalanceIntervalMs` besides. A repair that becomes due stops a rebalancing pass in
  * progress and goes first. Bricks a repair pass left to a holder with a smaller id are checked
  * again `repairTakeOverDelayMs` (times this node's rank among their holders) later and repaired
- * here if they are still short, so a loss is repaired within seconds even when that holder
- * restarted and never saw it. A node that starts over an existing data dir announces
+ * here if that holder is not at it (none of a sample of them is whole again), so a loss is
+ * repaired within seconds even when that holder restarted and never saw it. A node that starts over an existing data dir announces
  * its bricks again first.
  *
  *   const storage = await startNodeStorage(node, { dataDirectory: './n1' })
@@ -56,6 +56,8 @@ export const rebalanceIntervalMsDefault = 30_000
  * the smallest holder was expected to repair and did not.
  */
 export const repairTakeOverDelayMs = 3000
+/** Bricks a take-over checks first to tell whether the smallest holder is repairing them. */
+export const repairTakeOverSampleBricks = 32
 /** Wait after a loss or join before acting, so that several changes at once make one pass. */
 export const backgroundSettleMs = 500
 /** Rebalancing passes in a row before other work gets a turn. */
@@ -181,10 +183,33 @@ export async function startNodeStorage(
       const timer = systemTimers.after(repairTakeOverDelayMs * rank, () => {
         timers.splice(timers.indexOf(timer), 1)
         rebalancePreempt?.abort(new Error('a repair is due'))
-        void enqueue('repair take-over', () => repairPass({ bricks: cids, takeOver: true }))
+        void enqueue('repair take-over', () => takeOver(cids, rank))
       })
       timers.push(timer)
     }
+  }
+
+  /**
+   * Repairs here the bricks a smaller holder was expected to repair, unless it is at it: when some
+   * of a sample of them are whole again, it is, and the rest are looked at again later (copying
+   * them too would send each brick twice).
+   */
+  async function takeOver(cids: CID[], rank: number): Promise<void> {
+    const step = Math.max(1, Math.floor(cids.length / repairTakeOverSampleBricks))
+    const sample = cids.filter((_, index) => index % step === 0).slice(0, repairTakeOverSampleBricks)
+    const check = await bricks.repair({
+      signal,
+      bytesPerSecond: options.repairBytesPerSecond ?? repairBytesPerSecondDefault,
+      bricks: sample,
+    })
+    const stillShort = new Set(check.deferred.map((each) => each.cid.toString()))
+    if (stillShort.size < sample.length) {
+      const sampled = new Set(sample)
+      const rest = cids.filter((cid) => !sampled.has(cid) || stillShort.has(cid.toString()))
+      scheduleTakeOvers(rest.map((cid) => ({ cid, rank })))
+      return
+    }
+    await repairPass({ bricks: cids, takeOver: true })
   }
 
   async function rebalance(): Promise<void> {
