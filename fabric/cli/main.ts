@@ -54,11 +54,13 @@ const usage = `usage:
              <prog.wasm> [-- args...]
       Runs on the cluster a node of which --join names, else on an embedded local cluster of
       N node processes (default: the cores, at least 3) that stops when the program ends.
+      --join a,b,...: the first node is the process's home; should it be lost, the output
+      follows the process through the others.
   fabric run --local [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
              [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]
       Runs in this process on a worker pool sized to the cores (no cluster).
   fabric ps --join <multiaddr> [--cluster-key <hex|file>]
-  fabric attach <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
+  fabric attach <pid> --join <multiaddr of its home node>[,<other nodes>] [--cluster-key <hex|file>]
       Shows a process's output from its start and follows it to its end (after a disconnect).
   fabric kill <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
 ${nodeUsage}
@@ -195,7 +197,8 @@ async function main(argv: string[]): Promise<number> {
       }
       const key = parsed.options.get('cluster-key')
       const result = await attachToProcess({
-        node: join,
+        node: join.split(',')[0]!,
+        otherNodes: join.split(',').slice(1),
         clusterKey: key === undefined ? undefined : loadClusterKey(key),
         pid: parsed.positional[0]!,
         onOutput: (chunk) => (chunk.fd === 2 ? process.stderr : process.stdout).write(chunk.bytes),

@@ -36,8 +36,14 @@ export async function runCluster(options: RunClusterOptions): Promise<number> {
   }
   process.once('SIGINT', interrupt)
   try {
+    // `--join a,b,c`: the first node becomes the home; should it be lost, the output follows the
+    // process through the others (a home replica takes it over).
+    const nodes =
+      options.join?.split(',').filter((address) => address.length > 0) ??
+      cluster!.nodes.map((node) => node.address)
     const result = await runOnCluster({
-      node: options.join ?? cluster!.nodes[0]!.address,
+      node: nodes[0]!,
+      otherNodes: nodes.slice(1),
       clusterKey,
       program: bytes,
       args: [options.program, ...options.args],

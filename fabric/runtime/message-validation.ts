@@ -11,6 +11,8 @@ export const waitMsMax = 30_000
 export const syncKeyLengthMax = 512
 /** Logged values in one replay log (a save truncates it). */
 export const logEntriesMax = 1_000_000
+/** Entries in one `home-copy` message (a first copy carries a process's whole output so far). */
+export const homeCopyEntriesMax = 1_000_000
 /** A thread record in a `start` message (its argument included). */
 export const recordBytesMax = 16 * 1024 * 1024
 
@@ -115,6 +117,41 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       return value.local === undefined || typeof value.local === 'boolean'
     case 'sync-wake':
       return typeof value.key === 'string' && value.key.length > 0 && value.key.length <= syncKeyLengthMax
+    case 'home-copy':
+      return (
+        isId(value.pid) &&
+        (value.record === undefined || (isBytes(value.record) && value.record.length <= recordBytesMax)) &&
+        (value.program === undefined || isBytes(value.program)) &&
+        (value.replicas === undefined ||
+          (Array.isArray(value.replicas) &&
+            value.replicas.length <= argumentsMax &&
+            value.replicas.every(isId))) &&
+        Array.isArray(value.entries) &&
+        value.entries.length <= homeCopyEntriesMax &&
+        value.entries.every(isHomeCopyEntry)
+      )
+    case 'home-moved':
+      return isId(value.pid) && isId(value.home)
+    default:
+      return false
+  }
+}
+
+const isHomeCopyEntry = (value: unknown): boolean => {
+  if (!isObject(value)) return false
+  switch (value.kind) {
+    case 'output':
+      return (
+        isCount(value.index) &&
+        isId(value.tid) &&
+        isCount(value.fd, 2) &&
+        isCount(value.callSequence) &&
+        isBytes(value.bytes)
+      )
+    case 'placed':
+      return isId(value.tid) && isId(value.node)
+    case 'ended':
+      return isId(value.tid)
     default:
       return false
   }

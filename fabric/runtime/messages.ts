@@ -62,6 +62,27 @@ export type RuntimeMessage =
   | { type: 'ps'; local?: boolean }
   /** A coordination object changed: calls waiting on it here should look again (primitives/engine.ts). */
   | { type: 'sync-wake'; key: string }
+  /**
+   * From a process's home to its home replicas: what a new home needs should this one be lost. The
+   * first copy a replica gets (and any copy after one it missed) carries the process record, the
+   * program and the replicas, with every entry so far; later ones only the new entries, in order.
+   */
+  | {
+      type: 'home-copy'
+      pid: string
+      record?: Uint8Array
+      program?: Uint8Array
+      replicas?: string[]
+      entries: HomeCopyEntry[]
+    }
+  /** A process's home was lost and `home` took over: its output and notices go there now. */
+  | { type: 'home-moved'; pid: string; home: string }
+
+/** One thing a home copies to its replicas: an output chunk (by its index), a placement, an end. */
+export type HomeCopyEntry =
+  | { kind: 'output'; index: number; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
+  | { kind: 'placed'; tid: string; node: string }
+  | { kind: 'ended'; tid: string }
 
 export type RuntimeReply =
   | { type: 'ok' }
@@ -132,4 +153,6 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'ended',
   'stop',
   'sync-wake',
+  'home-copy',
+  'home-moved',
 ])

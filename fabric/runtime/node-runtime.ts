@@ -37,7 +37,15 @@ import {
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
-import type { EndedOutcome, ProcessSummary, RuntimeMessage, RuntimeReply, ThreadSummary } from './messages.ts'
+import { HomeCopies } from './home-copies.ts'
+import type {
+  EndedOutcome,
+  HomeCopyEntry,
+  ProcessSummary,
+  RuntimeMessage,
+  RuntimeReply,
+  ThreadSummary,
+} from './messages.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, isSyncRead, type SyncEngine, type SyncThread } from './primitives/engine.ts'
 import { type LoggedReply, ReplyLog } from './primitives/reply-log.ts'
@@ -105,6 +113,10 @@ export const orphanCheckEverySweeps = 4
 export const spawnsPendingMax = 1024
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
+/** Nodes that keep a copy of a home's state (output, placements) to take the process over. */
+export const homeReplicaCountDefault = 2
+/** How long a thread keeps sending a piece of output to its process's home (a lost home is replaced meanwhile). */
+export const outputSendWindowMs = 30_000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
 export const attachReplyBytesMax = 1024 * 1024
 
@@ -208,8 +220,18 @@ interface HomeProcess {
   threads: Map<string, NodeId>
   ended: Set<string>
   shown: Map<string, number>
-  output: OutputChunk[]
+  output: Array<OutputChunk & { callSequence: number }>
   outputBytes: number
+  /** Output chunks given an index, copied to the replicas or on their way (published in order). */
+  outputIndexed: number
+  /** Nodes that keep a copy of this home's state, and those known to hold it whole. */
+  replicas: NodeId[]
+  replicasCurrent: Set<NodeId>
+  /** Entries not copied yet, and the chain of copies (one at a time, in order). */
+  copyPending: HomeCopyEntry[]
+  copyQueue: Promise<void>
+  /** This node took the process over from a lost home. */
+  adopted: boolean
   listeners: Set<(chunk: OutputChunk) => void>
   result: Promise<ProcessResult>
   finish: (result: ProcessResult) => void
@@ -239,6 +261,8 @@ export class NodeRuntime {
   private readonly local = new Map<string, LocalThread>()
   private readonly homes = new Map<string, HomeProcess>()
   private readonly replicas = new SaveReplicas()
+  /** Other homes' state this node keeps as a home replica. */
+  private readonly homeCopies = new HomeCopies()
   private readonly programs = new Map<string, Promise<Program>>()
   private readonly programBytes = new Map<string, Uint8Array>()
   private readonly processes = new Map<string, Promise<ProcessRecord>>()
@@ -292,7 +316,7 @@ export class NodeRuntime {
     this.timerHandles.push(
       this.components.timers.every(homeSweepMs, () => void this.sweepHomes().catch(this.backgroundFailed)),
     )
-    this.components.cluster.onDeparture((id) => void this.recoverNode(id).catch(this.backgroundFailed))
+    this.components.cluster.onDeparture((id) => void this.nodeDeparted(id).catch(this.backgroundFailed))
   }
 
   /**
@@ -398,6 +422,12 @@ export class NodeRuntime {
       shown: new Map(),
       output: [],
       outputBytes: 0,
+      outputIndexed: 0,
+      replicas: chooseSaveReplicas(this.self, this.components.cluster.live(), homeReplicaCountDefault),
+      replicasCurrent: new Set(),
+      copyPending: [],
+      copyQueue: Promise.resolve(),
+      adopted: false,
       listeners: new Set(),
       result,
       finish,
@@ -456,11 +486,34 @@ export class NodeRuntime {
           : { type: 'program', bytes }
       }
       case 'output':
-        this.homeOutput(message.pid, message.tid, message.fd, message.callSequence, message.bytes)
+        await this.homeOutput(message.pid, message.tid, message.fd, message.callSequence, message.bytes)
         return { type: 'ok' }
       case 'placed': {
         const home = this.homes.get(message.pid)
-        if (home !== undefined && !home.ended.has(message.tid)) home.threads.set(message.tid, message.node)
+        if (home !== undefined && !home.ended.has(message.tid)) {
+          home.threads.set(message.tid, message.node)
+          void this.copyHome(home, { kind: 'placed', tid: message.tid, node: message.node })
+        }
+        return { type: 'ok' }
+      }
+      case 'home-copy': {
+        const { type: _type, ...copy } = message
+        let kept = false
+        try {
+          kept = this.homeCopies.keep(copy)
+        } catch (error) {
+          return { type: 'refused', reason: (error as Error).message }
+        }
+        return kept ? { type: 'ok' } : { type: 'refused', reason: 'copy does not follow what is held' }
+      }
+      case 'home-moved': {
+        if (message.home !== this.self) this.homeCopies.drop(message.pid)
+        const cached = this.processes.get(message.pid)
+        if (cached !== undefined)
+          this.processes.set(
+            message.pid,
+            cached.then((record) => ({ ...record, home: message.home })),
+          )
         return { type: 'ok' }
       }
       case 'ended':
@@ -468,6 +521,7 @@ export class NodeRuntime {
         return { type: 'ok' }
       case 'stop':
         this.processEnded(message.pid)
+        this.homeCopies.drop(message.pid)
         for (const thread of [...this.local.values()])
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
@@ -521,7 +575,8 @@ export class NodeRuntime {
     let bytes = 0
     let next = from
     while (next < home.output.length && bytes < attachReplyBytesMax) {
-      const chunk = home.output[next++]!
+      const { tid, fd, bytes: chunkBytes } = home.output[next++]!
+      const chunk = { tid, fd, bytes: chunkBytes }
       chunks.push(chunk)
       bytes += chunk.bytes.length
     }
@@ -1126,12 +1181,20 @@ export class NodeRuntime {
     }
     thread.outputQueue = thread.outputQueue.then(async () => {
       await this.flushLog(thread)
-      for (let attempt = 0; attempt < 50 && !thread.stopped; attempt++) {
+      // The home may be lost and taken over meanwhile: each attempt goes to the home the process
+      // record names (read again after a failure).
+      let home = process.home
+      for (let waitedMs = 0; waitedMs < outputSendWindowMs && !thread.stopped; waitedMs += storeRetryMs) {
         try {
-          await this.components.messenger.request(process.home, message)
+          await this.components.messenger.request(home, message)
           return
         } catch {
-          await new Promise<void>((resolve) => this.components.timers.after(100, resolve))
+          await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+          this.processes.delete(thread.pid)
+          home = await this.processRecord(thread.pid).then(
+            (record) => record.home,
+            () => home,
+          )
         }
       }
     })
@@ -1486,23 +1549,158 @@ export class NodeRuntime {
     if (home === undefined || early) return
     home.ended.add(tid)
     home.threads.delete(tid)
+    void this.copyHome(home, { kind: 'ended', tid })
     if (tid === '0') void this.finishProcess(home).catch(this.backgroundFailed)
   }
 
   // --- home duties ----------------------------------------------------------------------------
 
-  private homeOutput(pid: string, tid: string, fd: number, callSequence: number, bytes: Uint8Array): void {
+  /**
+   * Output of a thread of a process homed here: shown once (by call sequence), and only once its
+   * copy is on the home replicas, so a submitter never sees output that a new home would not have.
+   */
+  private async homeOutput(
+    pid: string,
+    tid: string,
+    fd: number,
+    callSequence: number,
+    bytes: Uint8Array,
+  ): Promise<void> {
     const home = this.homes.get(pid)
     if (home === undefined) return
     const shownKey = `${tid}/${fd}`
     if (callSequence <= (home.shown.get(shownKey) ?? 0)) return
     home.shown.set(shownKey, callSequence)
-    const chunk = { tid, fd, bytes }
-    if (home.outputBytes + bytes.length <= outputBytesMax) {
-      home.output.push(chunk)
-      home.outputBytes += bytes.length
-    }
+    const chunk = { tid, fd, bytes, callSequence }
+    const kept = home.outputBytes + bytes.length <= outputBytesMax
+    if (kept) home.outputBytes += bytes.length
+    const index = kept ? home.outputIndexed++ : -1
+    const copied = kept
+      ? this.copyHome(home, { kind: 'output', index, tid, fd, callSequence, bytes })
+      : home.copyQueue
+    await copied
+    if (kept) home.output[index] = chunk
     for (const listener of home.listeners) listener(chunk)
+  }
+
+  /**
+   * Sends `entry` to the home replicas, after every entry before it; resolves once it is there (or
+   * its replicas could not be reached). A replica that missed a copy gets the whole state again.
+   */
+  private copyHome(home: HomeProcess, entry?: HomeCopyEntry): Promise<void> {
+    if (entry !== undefined) home.copyPending.push(entry)
+    home.copyQueue = home.copyQueue.then(async () => {
+      const entries = home.copyPending.splice(0)
+      const behind = home.replicas.some((node) => !home.replicasCurrent.has(node))
+      if ((entries.length === 0 && !behind) || home.finished) return
+      await Promise.all(
+        home.replicas.map(async (node) => {
+          const whole = !home.replicasCurrent.has(node)
+          const message: RuntimeMessage = whole
+            ? {
+                type: 'home-copy',
+                pid: home.record.pid,
+                record: encodeRecord(home.record),
+                program: home.programBytes,
+                replicas: home.replicas,
+                entries: this.homeState(home, entries),
+              }
+            : { type: 'home-copy', pid: home.record.pid, entries }
+          const reply = await this.components.messenger.request(node, message).catch(() => undefined)
+          if (reply?.type === 'ok') home.replicasCurrent.add(node)
+          else home.replicasCurrent.delete(node)
+        }),
+      )
+    })
+    return home.copyQueue
+  }
+
+  /** Everything a new home replica needs: the output so far (with `pending`), placements, ends. */
+  private homeState(home: HomeProcess, pending: HomeCopyEntry[]): HomeCopyEntry[] {
+    const entries: HomeCopyEntry[] = []
+    home.output.forEach((chunk, index) => {
+      entries.push({ kind: 'output', index, ...chunk })
+    })
+    for (const entry of pending) if (entry.kind === 'output') entries.push(entry)
+    for (const [tid, node] of home.threads) entries.push({ kind: 'placed', tid, node })
+    for (const tid of home.ended) entries.push({ kind: 'ended', tid })
+    return entries
+  }
+
+  /** A node departed: take over the processes it was home of (if this node keeps their copy), then restart its threads. */
+  private async nodeDeparted(departed: NodeId): Promise<void> {
+    await this.adoptProcesses(departed)
+    await this.recoverNode(departed)
+  }
+
+  /**
+   * Takes over, from its copy, each process whose home was `departed`: the process record names this
+   * node as home (one cas: one replica wins), the other nodes learn it, and this node restarts the
+   * threads of the lost home and watches the rest, keeps the output and ends the process.
+   */
+  private async adoptProcesses(departed: NodeId): Promise<void> {
+    if (departed === this.self) return
+    for (const pid of this.homeCopies.homedOn(departed)) {
+      const copy = this.homeCopies.get(pid)!
+      const read = await this.components.store.get(keys.process(pid)).catch(() => undefined)
+      if (read === undefined) continue // the next sweep tries again
+      const current = read.value === null ? null : decodeProcess(read.value)
+      if (current === null || current.state !== 'running' || current.home !== departed) {
+        if (current?.home !== this.self) this.homeCopies.drop(pid)
+        continue
+      }
+      const record: ProcessRecord = { ...current, home: this.self }
+      const written = await this.components.store.cas(keys.process(pid), read.version, encodeRecord(record))
+      if (!written.ok) continue
+      this.homeCopies.drop(pid)
+      let finish!: (result: ProcessResult) => void
+      const result = new Promise<ProcessResult>((resolve) => {
+        finish = resolve
+      })
+      const home: HomeProcess = {
+        record,
+        programBytes: copy.program,
+        threads: new Map(copy.threads),
+        ended: new Set(copy.ended),
+        shown: new Map(),
+        output: copy.chunks.map((chunk) => ({ ...chunk })),
+        outputBytes: copy.chunks.reduce((sum, chunk) => sum + chunk.bytes.length, 0),
+        outputIndexed: copy.chunks.length,
+        replicas: chooseSaveReplicas(
+          this.self,
+          this.components.cluster.live().filter((peer) => peer.id !== departed),
+          homeReplicaCountDefault,
+        ),
+        replicasCurrent: new Set(),
+        copyPending: [],
+        copyQueue: Promise.resolve(),
+        adopted: true,
+        listeners: new Set(),
+        result,
+        finish,
+        finished: false,
+      }
+      for (const chunk of copy.chunks) {
+        const shownKey = `${chunk.tid}/${chunk.fd}`
+        home.shown.set(shownKey, Math.max(home.shown.get(shownKey) ?? 0, chunk.callSequence))
+      }
+      this.homes.set(pid, home)
+      this.processes.set(pid, Promise.resolve(record))
+      this.programBytes.set(record.programDigest, copy.program)
+      this.components.log?.(
+        `runtime: took over as home of process ${pid} from ${departed} (${home.output.length} output chunks, ${home.threads.size} threads)`,
+      )
+      for (const peer of this.components.cluster.live()) {
+        if (peer.id === this.self) continue
+        void this.components.messenger
+          .request(peer.id, { type: 'home-moved', pid, home: this.self })
+          .catch(() => {})
+      }
+      // The new replicas get the whole state; the process may have ended meanwhile (its main
+      // thread's end went to the lost home).
+      void this.copyHome(home)
+      void this.finishProcess(home).catch(this.backgroundFailed)
+    }
   }
 
   private async finishProcess(home: HomeProcess): Promise<void> {
@@ -1595,6 +1793,11 @@ export class NodeRuntime {
 
   private async sweepHomes(): Promise<void> {
     const live = new Set(this.components.cluster.live().map((peer) => peer.id))
+    // Homes lost while a takeover could not finish (a store that did not answer) are taken over now.
+    for (const home of this.homeCopies.homes()) if (!live.has(home)) await this.adoptProcesses(home)
+    // A process taken over ends when its main thread does, whose end notice may have gone to the lost home.
+    for (const home of this.homes.values())
+      if (home.adopted && !home.finished) await this.finishProcess(home).catch(this.backgroundFailed)
     const departed = new Set<NodeId>()
     for (const home of this.homes.values()) {
       if (home.finished) continue

@@ -24,6 +24,11 @@ export const reconnectBackoffMs = 250
 export interface ClusterConnection {
   /** Multiaddr of a node, ending in /p2p/<peer id>. */
   node: string
+  /**
+   * More nodes of the cluster. Should the home (`node`) be lost, one of its home replicas takes the
+   * process over: the submitter follows it there, through these nodes in turn.
+   */
+  otherNodes?: string[]
   clusterKey?: Uint8Array
   log?: (line: string) => void
 }
@@ -109,37 +114,65 @@ export async function attachToProcess(
   }
 }
 
-/** Long-polls the home for output from chunk 0 on until the process ends. */
+/**
+ * Long-polls the home for output from chunk 0 on until the process ends. A home that cannot be
+ * reached is asked again (the link may come back); with `otherNodes`, the next attempts go to them
+ * in turn, one of which takes the process over if the home was lost (the others refuse meanwhile).
+ */
 async function follow(
-  session: Session,
+  first: Session,
   pid: string,
-  options: Pick<RunOnClusterOptions, 'onOutput' | 'signal' | 'log'>,
+  options: Pick<RunOnClusterOptions, 'onOutput' | 'signal' | 'log' | 'node' | 'otherNodes' | 'clusterKey'>,
 ): Promise<{ exitCode: number; error: string | null }> {
+  const nodes = [options.node, ...(options.otherNodes ?? [])]
+  let session = first
+  let nodeIndex = 0
   let next = 0
   let unreachableSince: number | null = null
-  for (;;) {
-    options.signal?.throwIfAborted()
-    let reply: RuntimeReply
-    try {
-      reply = await session.request({
-        type: 'attach',
-        pid,
-        from: next,
-        waitMs: attachWaitMs,
-      })
+  // The next node in turn (back to the first session at the end of the list).
+  const moveOn = async () => {
+    nodeIndex = (nodeIndex + 1) % nodes.length
+    if (session !== first) await session.close().catch(() => {})
+    session = nodeIndex === 0 ? first : await connect({ ...options, node: nodes[nodeIndex]! })
+  }
+  try {
+    for (;;) {
+      options.signal?.throwIfAborted()
+      let reply: RuntimeReply
+      try {
+        reply = await session.request({
+          type: 'attach',
+          pid,
+          from: next,
+          waitMs: attachWaitMs,
+        })
+      } catch (error) {
+        // The home may come back (or the link may): keep asking for the rest of the output.
+        unreachableSince ??= performance.now()
+        if (performance.now() - unreachableSince > reconnectWindowMs) throw error
+        options.log?.(`lost the home node (${(error as Error).message}); retrying`)
+        await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
+        if (nodes.length > 1) await moveOn()
+        continue
+      }
+      if (reply.type !== 'output' && nodes.length === 1)
+        refused(reply, 'the home node refused to send output')
+      if (reply.type !== 'output') {
+        // Not the home (yet): another node may be taking the process over.
+        unreachableSince ??= performance.now()
+        if (performance.now() - unreachableSince > reconnectWindowMs)
+          refused(reply, 'no node sends the output of this process')
+        await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
+        await moveOn()
+        continue
+      }
       unreachableSince = null
-    } catch (error) {
-      // The home may come back (or the link may): keep asking for the rest of the output.
-      unreachableSince ??= performance.now()
-      if (performance.now() - unreachableSince > reconnectWindowMs) throw error
-      options.log?.(`lost the home node (${(error as Error).message}); retrying`)
-      await new Promise((resolve) => setTimeout(resolve, reconnectBackoffMs))
-      continue
+      for (const chunk of reply.chunks) options.onOutput(chunk)
+      next = reply.next
+      if (reply.result !== null) return reply.result
     }
-    if (reply.type !== 'output') refused(reply, 'the home node refused to send output')
-    for (const chunk of reply.chunks) options.onOutput(chunk)
-    next = reply.next
-    if (reply.result !== null) return reply.result
+  } finally {
+    if (session !== first) await session.close().catch(() => {})
   }
 }
 
