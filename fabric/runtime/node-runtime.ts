@@ -525,7 +525,7 @@ export class NodeRuntime {
         for (const thread of [...this.local.values()])
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
-        this.sync.processEnded(message.pid)
+        void this.sync.processEnded(message.pid)
         for (const groupKey of [...this.groupThreads.keys()])
           if (groupKey.startsWith(`${message.pid}/`)) this.groupThreads.delete(groupKey)
         for (const key of [...this.endedOutcomes.keys()])

@@ -227,11 +227,40 @@ export class SyncEngine {
     }
   }
 
-  /** Forgets the threads of a process (it ended). */
-  processEnded(pid: string): void {
-    for (const id of [...this.threads.keys()]) if (id.startsWith(`${pid}/`)) this.threads.delete(id)
-    for (const key of [...this.slots.keys()]) {
-      if (key.startsWith(`sync/${pid}/`) && !this.slots.get(key)!.running) this.slots.delete(key)
+  /**
+   * The process ended (or was killed): forgets its threads, and empties the registers of its
+   * objects that this node knows of (each node that ran its threads does the same), releasing the
+   * leases its threads still hold. The keys themselves stay, a few bytes each: the store has no
+   * delete. Best effort and in the background; resolves when done.
+   */
+  processEnded(pid: string): Promise<void> {
+    const prefix = `sync/${pid}/`
+    const keys = new Set<string>()
+    for (const [id, track] of [...this.threads]) {
+      if (!id.startsWith(`${pid}/`)) continue
+      for (const key of track.touched) keys.add(key)
+      this.threads.delete(id)
+    }
+    for (const [key, slot] of [...this.slots]) {
+      if (!key.startsWith(prefix)) continue
+      keys.add(key)
+      if (slot.running) slot.cached = null
+      else this.slots.delete(key)
+    }
+    for (const key of [...this.leaseTtls.keys()]) if (key.startsWith(prefix)) this.leaseTtls.delete(key)
+    return this.emptyRegisters(pid, [...keys])
+  }
+
+  private async emptyRegisters(pid: string, keys: readonly string[]): Promise<void> {
+    const store = this.components.store
+    for (const key of keys) {
+      try {
+        const read = await store.get(key)
+        if (read.holder?.startsWith(`${pid}/`) === true) await store.release(key, read.holder, read.token)
+        if (read.value !== null && read.value.length > 0) await store.put(key, endedRegisterValue)
+      } catch {
+        // A store that does not answer leaves this register as it was: memory, not a wrong answer.
+      }
     }
   }
 
@@ -658,6 +687,9 @@ export class SyncEngine {
     }
   }
 }
+
+/** What an ended process's register holds: nothing (decodes as a new object's state). */
+const endedRegisterValue = new Uint8Array(0)
 
 function leaseOf(register: Register): { holder: string | null; token: number } {
   return { holder: register.holder, token: register.token }

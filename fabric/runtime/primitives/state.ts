@@ -140,7 +140,8 @@ export function encodeState(state: SyncState): Uint8Array {
 
 /** Decodes a register's value; anything unreadable is a broken invariant of this module. */
 export function decodeState(bytes: Uint8Array | null, kind: SyncKind): SyncState {
-  if (bytes === null) return emptyState(kind)
+  // Null: never written; empty: emptied when its process ended.
+  if (bytes === null || bytes.length === 0) return emptyState(kind)
   const state = decoder.decode(bytes) as SyncState
   if (state?.formatVersion !== syncStateFormatVersion || state.kind !== kind) {
     throw new Error(`sync register holds format ${String(state?.formatVersion)} of ${String(state?.kind)}`)
