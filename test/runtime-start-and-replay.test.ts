@@ -94,4 +94,25 @@ describe('thread start', () => {
     expect(children).toHaveLength(24)
     for (const [key, count] of children) expect(count, key).toBe(2)
   }, 120_000)
+
+  test('the home has every other node load a new program at submit, so no first start there waits for it', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const fetchedBy = new Set<string>()
+    cluster.intercept = (from, _to, message) => {
+      if (message.type === 'fetch-program') fetchedBy.add(from)
+      return undefined
+    }
+    // A main thread that spawns nothing: at most one other node runs a thread, yet both load it.
+    const process = await cluster
+      .runtime('node-a')
+      .submit(guestBytes('test/fixtures/as/spawn-then-save.ts'), {
+        args: ['spawn-then-save', '0'],
+        seed: 1,
+      })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    for (let waitedMs = 0; fetchedBy.size < 2 && waitedMs < 5000; waitedMs += 10)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    expect([...fetchedBy].sort()).toEqual(['node-b', 'node-c'])
+  }, 60_000)
 })

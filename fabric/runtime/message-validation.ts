@@ -96,6 +96,8 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       )
     case 'fetch-program':
       return isId(value.digest)
+    case 'load-program':
+      return typeof value.digest === 'string' && /^[0-9a-f]{64}$/.test(value.digest)
     case 'output':
       return (
         isId(value.pid) &&

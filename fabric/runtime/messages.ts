@@ -38,6 +38,11 @@ export type RuntimeMessage =
   | { type: 'drop-saves'; pid: string; tid: string }
   /** The program's module, by digest. */
   | { type: 'fetch-program'; digest: string }
+  /**
+   * From the home of a new process: fetch this program from the sender and compile it now, so the
+   * first thread placed on the receiver does not wait for it.
+   */
+  | { type: 'load-program'; digest: string }
   /** Output of a thread, to the process's home node. `callSequence` makes it exactly-once. */
   | { type: 'output'; pid: string; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
   /** A thread was placed on `node` (to the home node, which watches its process's threads). */
@@ -148,6 +153,7 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'fetch-saves',
   'drop-saves',
   'fetch-program',
+  'load-program',
   'output',
   'placed',
   'ended',

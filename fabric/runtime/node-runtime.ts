@@ -438,6 +438,11 @@ export class NodeRuntime {
     if (!written.ok) throw new Error(`process id ${pid} is taken; submit again`)
     this.processes.set(pid, Promise.resolve(record))
     const main = await this.program(digest, this.self)
+    // The other nodes load the program meanwhile: a thread placed there starts without waiting.
+    for (const peer of this.components.cluster.live()) {
+      if (peer.id !== this.self)
+        void this.components.messenger.request(peer.id, { type: 'load-program', digest }).catch(() => {})
+    }
     await this.placeThread(pid, '0', main.mainEntry, new Uint8Array(0))
     return {
       pid,
@@ -478,6 +483,9 @@ export class NodeRuntime {
       }
       case 'drop-saves':
         this.replicas.drop(message.pid, message.tid)
+        return { type: 'ok' }
+      case 'load-program':
+        if (!this.stopped) void this.program(message.digest, from).catch(() => {})
         return { type: 'ok' }
       case 'fetch-program': {
         const bytes = this.programBytes.get(message.digest)
@@ -1082,10 +1090,22 @@ export class NodeRuntime {
       ...(replies.length === 0 ? {} : { replies }),
     }
     const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
-    const answers = await Promise.all(
-      replicas.map((node) => this.components.messenger.request(node, message).catch(() => undefined)),
-    )
-    const kept = answers.some((reply) => reply?.type === 'ok')
+    // One replica that keeps it is enough (as for a save's log since the runtime began): the effect
+    // waits for the first answer that says so, not for the slowest replica.
+    const kept = await new Promise<boolean>((resolve) => {
+      let unanswered = replicas.length
+      if (unanswered === 0) resolve(false)
+      for (const node of replicas) {
+        void this.components.messenger
+          .request(node, message)
+          .catch(() => undefined)
+          .then((reply) => {
+            unanswered--
+            if (reply?.type === 'ok') resolve(true)
+            else if (unanswered === 0) resolve(false)
+          })
+      }
+    })
     if (kept && thread.logBase === afterSequence) thread.logSent = Math.max(thread.logSent, entries.length)
     return kept
   }

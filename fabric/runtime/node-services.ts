@@ -186,8 +186,48 @@ export const muxInFlightMax = 4096
 /** Request types whose replies may be large: they always get their own stream. */
 const ownStreamTypes: ReadonlySet<string> = new Set(['fetch-saves', 'fetch-program', 'submit', 'attach'])
 
+/** Frames to one peer in one turn of the event loop go out as one write, up to this many bytes. */
+export const muxCoalescedBytesMax = 64 * 1024
+
+/**
+ * Sends frames on `stream`, those of one turn of the event loop as one write: each write costs an
+ * encryption, a yamux frame and a system call, more than a small request itself.
+ */
+function coalescingSender(stream: Stream, onError: (error: Error) => void): (frame: Uint8Array) => void {
+  let frames: Uint8Array[] = []
+  let bytes = 0
+  const flush = () => {
+    const batch = frames
+    const total = bytes
+    frames = []
+    bytes = 0
+    if (batch.length === 0 || stream.status !== 'open') return
+    let chunk = batch[0]!
+    if (batch.length > 1) {
+      chunk = new Uint8Array(total)
+      let offset = 0
+      for (const frame of batch) {
+        chunk.set(frame, offset)
+        offset += frame.length
+      }
+    }
+    try {
+      stream.send(chunk)
+    } catch (error) {
+      onError(error as Error)
+    }
+  }
+  return (frame) => {
+    if (frames.length === 0) queueMicrotask(flush)
+    frames.push(frame)
+    bytes += frame.length
+    if (bytes >= muxCoalescedBytesMax) flush()
+  }
+}
+
 interface MuxConnection {
   stream: Stream
+  send: (frame: Uint8Array) => void
   pending: Map<number, { resolve: (reply: RuntimeReply) => void; reject: (error: Error) => void }>
 }
 
@@ -245,7 +285,7 @@ function muxClient(node: FabricNode) {
       const stream = await node.network.libp2p.dialProtocol(peerIdFromString(to), runtimeMuxProtocol, {
         signal: AbortSignal.timeout(5000),
       })
-      const connection: MuxConnection = { stream, pending: new Map() }
+      const connection: MuxConnection = { stream, send: () => {}, pending: new Map() }
       const fail = (error: Error) => {
         if (connections.get(to) === pending) connections.delete(to)
         for (const waiter of connection.pending.values()) waiter.reject(error)
@@ -265,6 +305,7 @@ function muxClient(node: FabricNode) {
         fail,
       )
       stream.addEventListener('close', () => fail(new Error(`runtime stream to ${to} closed`)))
+      connection.send = coalescingSender(stream, fail)
       return connection
     })()
     connections.set(to, pending)
@@ -294,12 +335,7 @@ function muxClient(node: FabricNode) {
           reject(error)
         },
       })
-      try {
-        connection.stream.send(bytes)
-      } catch (error) {
-        connection.pending.get(id)?.reject(error as Error)
-        connection.pending.delete(id)
-      }
+      connection.send(bytes)
     })
   }
 }
@@ -312,13 +348,10 @@ function serveMux(
   log: (line: string) => void,
 ): void {
   let inFlight = 0
+  // A peer that went away gets no answer, as if the request was lost.
+  const send = coalescingSender(stream, () => {})
   const reply = (id: number, body: RuntimeReply) => {
-    if (stream.status !== 'open') return
-    try {
-      stream.send(muxFrame({ id, reply: body }))
-    } catch {
-      // The peer went away; it gets no answer, as if the request was lost.
-    }
+    if (stream.status === 'open') send(muxFrame({ id, reply: body }))
   }
   readMuxFrames(
     stream,
