@@ -175,7 +175,8 @@ export async function connectFileClient(options: FileClientOptions): Promise<Fil
       putOptions.onProgress?.({ bytes: 0, total })
       for await (const chunk of createReadStream(localPath, { highWaterMark: transferBytesDefault })) {
         if (failure !== undefined) break
-        const bytes = new Uint8Array(chunk as Buffer)
+        // A Buffer is a Uint8Array: sent as it is, without a copy.
+        const bytes = chunk as Buffer
         const at = position
         position += bytes.length
         const write: Promise<void> = call<number>({ t: 'write', fd, bytes, position: at }, signal)
