@@ -182,8 +182,10 @@ export async function startNodeStorage(
       if (signal.aborted) return
       const timer = systemTimers.after(repairTakeOverDelayMs * rank, () => {
         timers.splice(timers.indexOf(timer), 1)
-        rebalancePreempt?.abort(new Error('a repair is due'))
-        void enqueue('repair take-over', () => takeOver(cids, rank))
+        // A check, not a job: it does not wait for (or stop) the rebalancing in progress.
+        takeOver(cids, rank).catch((error: unknown) => {
+          if (!signal.aborted) log(`storage: repair take-over check failed: ${(error as Error).message}`)
+        })
       })
       timers.push(timer)
     }
@@ -209,7 +211,8 @@ export async function startNodeStorage(
       scheduleTakeOvers(rest.map((cid) => ({ cid, rank })))
       return
     }
-    await repairPass({ bricks: cids, takeOver: true })
+    rebalancePreempt?.abort(new Error('a repair is due'))
+    await enqueue('repair take-over', () => repairPass({ bricks: cids, takeOver: true }))
   }
 
   async function rebalance(): Promise<void> {
