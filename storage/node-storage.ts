@@ -9,10 +9,12 @@
  * starts shortly after a storage node leaves the live list and every `repairIntervalMs` besides; a
  * rebalancing pass (resumed from its cursor until done) starts shortly after a storage node joins
  * and every `rebalanceIntervalMs` besides. A repair that becomes due stops a rebalancing pass in
- * progress and goes first. Bricks a repair pass left to a holder with a smaller id are checked
- * again `repairTakeOverDelayMs` (times this node's rank among their holders) later and repaired
- * here if that holder is not at it (none of a sample of them is whole again), so a loss is
- * repaired within seconds even when that holder restarted and never saw it. A node that starts over an existing data dir announces
+ * progress and goes first. A storage node that joins while fewer than r were live brings on a
+ * repair pass too (bricks written or repaired meanwhile are short, and it can hold them). Bricks
+ * a repair pass left to a holder with a smaller id are checked again `repairTakeOverDelayMs`
+ * (times this node's rank among their holders) later and repaired here if that holder is not at
+ * it (none of a sample of them is whole again), so a loss is repaired within seconds even when
+ * that holder restarted and never saw it. A node that starts over an existing data dir announces
  * its bricks again first.
  *
  *   const storage = await startNodeStorage(node, { dataDirectory: './n1' })
@@ -271,7 +273,13 @@ export async function startNodeStorage(
     })
   }
 
-  network.onChange(({ live }) => (live ? scheduleRebalance() : scheduleRepair()))
+  network.onChange(({ live }) => {
+    if (!live) return scheduleRepair()
+    scheduleRebalance()
+    // With fewer live nodes than r, bricks were written (or repaired) short of replicas; the node
+    // that came can hold them: a cluster growing back, or this node's view filling in after a restart.
+    if (bricks.peers.liveNodes().length - 1 < bricks.replicaCount) scheduleRepair()
+  })
   timers.push(systemTimers.every(options.repairIntervalMs ?? repairIntervalMsDefault, scheduleRepair))
   timers.push(
     systemTimers.every(options.rebalanceIntervalMs ?? rebalanceIntervalMsDefault, scheduleRebalance),
