@@ -479,9 +479,10 @@ static inline int32_t fabric_sync_send(const uint8_t *request, size_t length, vo
  *     fabric_lock_release(FABRIC_GLOBAL, "table", token);            // a newer holder wrote
  *   }
  *
- * FABRIC_SYNC_UNAVAILABLE comes after the runtime itself retried for a while; a get, set, length
- * or close may be sent again, but an add, compare-and-swap, push, pop, acquire or barrier wait
- * sent again is a new request and may take effect twice if the first one landed.
+ * FABRIC_SYNC_UNAVAILABLE comes after the runtime itself retried for a while; a get, set, length,
+ * close, fenced set, lock acquire (by the same thread: it gets its own lease back), renew or
+ * release may be sent again, but an add, compare-and-swap, push, pop or barrier wait sent again is
+ * a new request and may take effect twice if the first one landed (host/abi.ts lists the bounds).
  *
  * Every call returns a negative FABRIC_SYNC_* error or a result >= 0; names are NUL-terminated
  * UTF-8 of 1 to FABRIC_SYNC_NAME_BYTES_MAX bytes. Calls that hand back bytes (gets and pops) take
