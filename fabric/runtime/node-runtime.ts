@@ -115,6 +115,8 @@ export const spawnsPendingMax = 1024
 export const drainTimeoutMsDefault = 5000
 /** Nodes that keep a copy of a home's state (output, placements) to take the process over. */
 export const homeReplicaCountDefault = 2
+/** How long output waits for a home replica's copy to be confirmed before it goes on without it. */
+export const homeCopyWaitMsMax = 500
 /** How long a thread keeps sending a piece of output to its process's home (a lost home is replaced meanwhile). */
 export const outputSendWindowMs = 30_000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
@@ -1611,9 +1613,13 @@ export class NodeRuntime {
     if (entry !== undefined) home.copyPending.push(entry)
     home.copyQueue = home.copyQueue.then(async () => {
       const entries = home.copyPending.splice(0)
+      // A replica that departed is replaced (the new one gets the whole state).
+      const live = this.components.cluster.live()
+      if (home.replicas.some((node) => !live.some((peer) => peer.id === node)))
+        home.replicas = chooseSaveReplicas(this.self, live, homeReplicaCountDefault)
       const behind = home.replicas.some((node) => !home.replicasCurrent.has(node))
       if ((entries.length === 0 && !behind) || home.finished) return
-      await Promise.all(
+      const copies = Promise.all(
         home.replicas.map(async (node) => {
           const whole = !home.replicasCurrent.has(node)
           const message: RuntimeMessage = whole
@@ -1631,6 +1637,15 @@ export class NodeRuntime {
           else home.replicasCurrent.delete(node)
         }),
       )
+      // A replica that does not answer (SIGKILLed and not yet declared dead, say) must not hold the
+      // output up: past the wait, the output goes on; that replica is brought up to date later.
+      await new Promise<void>((resolve) => {
+        const timer = this.components.timers.after(homeCopyWaitMsMax, resolve)
+        void copies.then(() => {
+          timer.cancel()
+          resolve()
+        })
+      })
     })
     return home.copyQueue
   }
