@@ -1,10 +1,12 @@
 import { describe, expect, test } from 'vitest'
 import { systemClock, systemTimers } from '../fabric/platform.ts'
 import { MemoryStore } from '../fabric/runtime/memory-store.ts'
+import { isRuntimeMessage } from '../fabric/runtime/message-validation.ts'
 import { recheckMs, SyncEngine, syncKey } from '../fabric/runtime/primitives/engine.ts'
 import { ReplyLog } from '../fabric/runtime/primitives/reply-log.ts'
 import { decodeSyncRequest, encodeSyncRequest, lockTtlMsMax } from '../fabric/runtime/primitives/request.ts'
 import { decodeState, type SyncReply } from '../fabric/runtime/primitives/state.ts'
+import { SaveReplicas } from '../fabric/runtime/save-replicas.ts'
 import { SyncError, SyncOp, syncHeaderBytes, syncValueBytesMax } from '../host/abi.ts'
 
 /** Engines of several "nodes" over one store, with wake notices delivered directly. */
@@ -570,6 +572,43 @@ describe('locks and fenced variables', () => {
     expect((await g.call({ op: SyncOp.fencedSet, name: 'f', a: 0n, value: text('x') })).result).toBe(
       SyncError.invalid,
     )
+  })
+})
+
+describe('a thread’s reply log on its save replicas', () => {
+  test('logged replies travel in the log message, are kept next to the save they follow, and a save supersedes them', () => {
+    const replicas = new SaveReplicas()
+    const log = new ReplyLog()
+    log.add(7, { result: 3, payload: text('abc') })
+    log.add(9, { result: SyncError.timeout, payload: null })
+    const message = {
+      type: 'log' as const,
+      pid: 'p1',
+      tid: '0.1',
+      epoch: 1,
+      afterSequence: 0,
+      entries: [] as Array<[number, string]>,
+      replies: log.list(),
+    }
+    expect(isRuntimeMessage(message)).toBe(true)
+    expect(isRuntimeMessage({ ...message, replies: [[7, 'x', null]] })).toBe(false)
+    expect(isRuntimeMessage({ ...message, replies: [[7, 3]] })).toBe(false)
+    const { type: _type, ...held } = message
+    expect(replicas.keepLog(held)).toBe(true)
+    // A shorter log for the same save that arrives late does not replace it.
+    expect(replicas.keepLog({ ...held, replies: held.replies.slice(0, 1) })).toBe(true)
+    const restored = new ReplyLog(replicas.log('p1', '0.1')?.replies ?? [])
+    expect(untext(restored.find(7)?.payload)).toBe('abc')
+    expect(restored.find(9)?.result).toBe(SyncError.timeout)
+    replicas.keep({
+      pid: 'p1',
+      tid: '0.1',
+      epoch: 1,
+      sequence: 1,
+      baseSequence: null,
+      bytes: new Uint8Array(4),
+    })
+    expect(replicas.log('p1', '0.1')).toBeUndefined()
   })
 })
 
