@@ -111,6 +111,8 @@ export const orphanCheckEverySweeps = 4
  * return at once and their children are made durable in batches, off the guest's path.
  */
 export const spawnsPendingMax = 1024
+/** Nodes a home asks to load a new program at submit (each fetches it from the home at once). */
+export const programPreloadNodesMax = 16
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
 /** Nodes that keep a copy of a home's state (output, placements) to take the process over. */
@@ -448,9 +450,9 @@ export class NodeRuntime {
     this.processes.set(pid, Promise.resolve(record))
     const main = await this.program(digest, this.self)
     // The other nodes load the program meanwhile: a thread placed there starts without waiting.
-    for (const peer of this.components.cluster.live()) {
-      if (peer.id !== this.self)
-        void this.components.messenger.request(peer.id, { type: 'load-program', digest }).catch(() => {})
+    const others = this.components.cluster.live().filter((peer) => peer.id !== this.self)
+    for (const peer of others.slice(0, programPreloadNodesMax)) {
+      void this.components.messenger.request(peer.id, { type: 'load-program', digest }).catch(() => {})
     }
     await this.placeThread(pid, '0', main.mainEntry, new Uint8Array(0))
     return {
