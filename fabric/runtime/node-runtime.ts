@@ -454,7 +454,11 @@ export class NodeRuntime {
     for (const peer of others.slice(0, programPreloadNodesMax)) {
       void this.components.messenger.request(peer.id, { type: 'load-program', digest }).catch(() => {})
     }
-    await this.placeThread(pid, '0', main.mainEntry, new Uint8Array(0))
+    // The submitter has the process id at once; a main thread that no node takes (within the
+    // placement window) ends the process with an error it sees, instead of a submit that times out.
+    void this.placeThread(pid, '0', main.mainEntry, new Uint8Array(0)).catch((error: Error) =>
+      this.endProcess(home, { exitCode: 1, error: `the main thread could not start: ${error.message}` }),
+    )
     return {
       pid,
       result,
@@ -718,6 +722,7 @@ export class NodeRuntime {
         this.stopped
       )
         return
+      if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
       const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
       if (read?.value != null) return
       if (waitedMs >= spawnPlacementWaitMsMax)
