@@ -130,13 +130,11 @@ describe('replicated bricks over in-process nodes (r = 3)', () => {
     expect(first).toMatchObject({ underReplicated: 1, replicasAdded: 0 })
     expect(first.deferred).toEqual([{ cid, rank: 1 }])
     expect(cluster.holders(cid!)).toHaveLength(2)
-    const takeOver = await cluster
-      .node(second!)
-      .repair({
-        bricks: first.deferred.map((each) => each.cid),
-        takeOver: true,
-        bytesPerSecond: Number.POSITIVE_INFINITY,
-      })
+    const takeOver = await cluster.node(second!).repair({
+      bricks: first.deferred.map((each) => each.cid),
+      takeOver: true,
+      bytesPerSecond: Number.POSITIVE_INFINITY,
+    })
     expect(takeOver).toMatchObject({ scanned: 1, replicasAdded: 1, stillUnderReplicated: 0 })
     expect(cluster.holders(cid!)).toHaveLength(3)
     // Checked again once it is whole, it has nothing to do.

@@ -270,6 +270,11 @@ export class NodeRuntime {
   private readonly replicaCount: number
   private readonly self: NodeId
   private readonly local = new Map<string, LocalThread>()
+  /**
+   * Per thread (`pid/tid`), the discard of a stopped incarnation's files still under way: a new
+   * incarnation on this node opens its files only after it, or it could attach to the old view.
+   */
+  private readonly filesAbandoning = new Map<string, Promise<void>>()
   private readonly homes = new Map<string, HomeProcess>()
   private readonly replicas = new SaveReplicas()
   /** Other homes' state this node keeps as a home replica. */
@@ -375,7 +380,7 @@ export class NodeRuntime {
     thread.runner?.kill('thread handed over to another node')
     await thread.outputQueue
     await thread.replicationQueue
-    thread.files?.abandon()
+    this.abandonFiles(thread)
     const key = keys.thread(thread.pid, thread.tid)
     const read = await this.components.store.get(key).catch(() => undefined)
     if (read?.value == null || read.version !== thread.version) return
@@ -1025,6 +1030,7 @@ export class NodeRuntime {
     if (this.components.files !== undefined) {
       // A resumed thread reopens its files as they were at the save it resumes from.
       const resumed = thread.epoch > 1
+      await this.filesAbandoning.get(`${thread.pid}/${thread.tid}`)
       thread.files = await this.components.files.session({
         pid: thread.pid,
         tid: thread.tid,
@@ -1037,7 +1043,7 @@ export class NodeRuntime {
       })
     }
     if (thread.stopped) {
-      thread.files?.abandon()
+      this.abandonFiles(thread)
       return
     }
     if (restore !== null && restore.sequences.length === restore.saves.length) {
@@ -1585,8 +1591,19 @@ export class NodeRuntime {
     // Its process ended: its files are closed as at exit. Otherwise another incarnation may go on
     // with them, and this one's writes since its save must not land after that one's.
     if (options.processEnded === true) void thread.files?.end().catch(() => {})
-    else thread.files?.abandon()
+    else this.abandonFiles(thread)
     this.sync.threadStopped(thread.pid, thread.tid)
+  }
+
+  /** Drops a stopped incarnation's uncommitted file changes; a later incarnation here waits for it. */
+  private abandonFiles(thread: LocalThread): void {
+    if (thread.files === null) return
+    const key = `${thread.pid}/${thread.tid}`
+    const abandoning = thread.files.abandon().catch(() => {})
+    this.filesAbandoning.set(key, abandoning)
+    void abandoning.then(() => {
+      if (this.filesAbandoning.get(key) === abandoning) this.filesAbandoning.delete(key)
+    })
   }
 
   private threadEnded(pid: string, tid: string, outcome?: EndedOutcome, early = false): void {

@@ -40,9 +40,9 @@ function groupNodesWithRoom(candidates: readonly PeerInfo[], groupThreads: Reado
 }
 
 export function chooseNode(input: PlacementInput): NodeId {
-  const servers = input.candidates.filter((peer) => peer.kind === 'server')
-  let pool = servers.length > 0 ? servers : input.candidates
-  if (pool.length === 0) throw new Error('no live node to place a thread on')
+  // Browser nodes run no threads yet (they are storage clients and caches only).
+  let pool = input.candidates.filter((peer) => peer.kind === 'server')
+  if (pool.length === 0) throw new Error('no live server node to place a thread on')
   if (input.groupThreads !== undefined) {
     const near = groupNodesWithRoom(pool, input.groupThreads)
     if (near.length > 0) pool = near
