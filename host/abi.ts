@@ -98,7 +98,8 @@ export const fabricImports: Record<string, ImportSpec> = {
  * Each request is applied exactly once, also when a thread restored from a context save replays
  * it: its op id is (thread, call sequence number). A replayed lock_acquire acquires again (same
  * token while no one else took the lock since, else as a fresh acquire), a replayed lock_renew
- * renews again: a holder restarted from a save keeps its lock only if its lease still holds.
+ * renews again: a holder restarted from a save keeps its lock only if its lease still holds (a
+ * renew after the TTL ran out answers NotHolder, even if no one took the lock meanwhile).
  *
  * Errors, and whether the guest may send the same request again (a new call, so a new op id):
  *   Invalid, TooLarge, WrongType     misuse: the same request fails the same way

@@ -147,13 +147,19 @@ describe('guest coordination on real node processes', () => {
       const processes = await listProcesses({ node: cluster!.nodes[0]!.address })
       for (const entry of processes) {
         if (entry.home === '') continue
-        const holder = entry.threads.find((thread) => thread.tid !== '0')
+        // The holder is main's last child (its spinners come first).
+        const children = entry.threads.filter((thread) => thread.tid !== '0')
+        const holder = children.sort((a, b) => childIndex(b.tid) - childIndex(a.tid))[0]
         const main = entry.threads.find((thread) => thread.tid === '0')
         if (holder === undefined || holder.node === main?.node) continue
         const index = cluster!.nodes.findIndex((node) => node.peerId === holder.node)
         if (index > 0) return index
       }
       return null
+    }
+
+    function childIndex(tid: string): number {
+      return Number(tid.split('.').at(-1))
     }
   }, 120_000)
 

@@ -87,7 +87,14 @@ export function applyOperation(
     }
     case 'renew': {
       const lease = state.lease
-      if (lease !== null && lease.holder === operation.holder && lease.token === operation.token)
+      // A lease that outlived its TTL is not renewed, even if nobody took it yet: its holder may
+      // have been restarted elsewhere from a save, and keeps the lock only by acquiring it again.
+      if (
+        lease !== null &&
+        lease.holder === operation.holder &&
+        lease.token === operation.token &&
+        !leaseExpired
+      )
         next = { ...state, lease: { ...lease, grant: operation.grant } }
       else ok = false
       break

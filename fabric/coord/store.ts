@@ -20,7 +20,7 @@
  * accept a ballot below `next` afterwards, and any higher ballot that gets a quorum makes ours
  * fail. If another proposer has prepared since (or the shard's configuration moved on), the accept
  * is rejected and the proposer runs both rounds at once; a retried write is recognised by its
- * write id in `writers`, never applied twice. An acquire on a key that holds a lease needs the
+ * write id in `writers`, never applied twice. An acquire or renew on a key that holds a lease needs the
  * acceptors' clocks (reported with promises) to tell whether the lease expired, so it always
  * prepares. Clients send a key's requests to the node closest to its shard (net/client.ts), so in
  * the steady state one proposer serves a key and these accepts are rarely refused. One rule keeps
@@ -900,7 +900,10 @@ export function createStore(components: StoreComponents, options: StoreOptions =
  * acceptors' clocks tell (through their promises): then the prepare round cannot be skipped.
  */
 function dependsOnLeaseExpiry(state: RegisterState, requests: readonly Request[]): boolean {
-  return state.lease !== null && requests.some((request) => request.operation.kind === 'acquire')
+  return (
+    state.lease !== null &&
+    requests.some((request) => request.operation.kind === 'acquire' || request.operation.kind === 'renew')
+  )
 }
 
 function sameMembers(a: readonly NodeId[], b: readonly NodeId[]): boolean {

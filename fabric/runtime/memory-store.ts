@@ -75,7 +75,7 @@ export class MemoryStore implements CoordinationClient {
   }
   renew(key: string, holder: string, token: number) {
     return this.apply(key, (cell) => {
-      if (cell.holder !== holder || cell.token !== token) return false
+      if (cell.holder !== holder || cell.token !== token || this.clock.now() > cell.expiresAt) return false
       cell.expiresAt = this.clock.now() + cell.ttlMs
       return true
     })

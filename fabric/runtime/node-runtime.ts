@@ -1971,6 +1971,17 @@ export class NodeRuntime {
       return
     }
     if (renewed === undefined && ++this.renewalsUnanswered < 3) return
+    if (renewed !== undefined && renewed.holder === this.self && renewed.token === this.leaseToken) {
+      // The lease outlived its TTL (this node stalled) but nobody took it: nothing of ours moved,
+      // so acquiring it again (same token) keeps our threads.
+      const again = await this.components.store
+        .acquire(keys.node(this.self), this.self, this.leaseTtlMs)
+        .catch(() => undefined)
+      if (again?.ok && again.token === this.leaseToken) {
+        this.renewalsUnanswered = 0
+        return
+      }
+    }
     // Someone took our lease (we were declared dead), or we could not renew it for a whole TTL:
     // either way our threads may run elsewhere now, so this node must not run them on.
     this.leaseHeld = false

@@ -66,8 +66,9 @@ function step(
   result: OperationResult | null,
 ): RegisterState | null {
   if (result === null) return applyOperation(state, operation, true).state
-  // A granted acquire over a live holder means the lease had expired; time is outside the model.
-  const expired = operation.kind === 'acquire' && result.ok
+  // A granted acquire over a live holder, or a refused renew by the holder, means the lease had
+  // expired; time is outside the model.
+  const expired = (operation.kind === 'acquire' && result.ok) || (operation.kind === 'renew' && !result.ok)
   const applied = applyOperation(state, operation, expired)
   const expected = applied.result
   if (

@@ -1,0 +1,50 @@
+/**
+ * The register's lease rules (fabric/coord/register.ts), which every store replica applies: a lease
+ * that outlived its TTL is not renewed even if nobody took it, and its holder may acquire it again
+ * with the same token while nobody else did.
+ */
+
+import { describe, expect, test } from 'vitest'
+import { applyOperation, emptyRegister } from '../fabric/coord/register.ts'
+
+describe('register leases', () => {
+  const acquired = applyOperation(
+    emptyRegister,
+    { kind: 'acquire', holder: 'a', ttlMs: 500, grant: 'g1' },
+    false,
+  )
+  const token = acquired.result.token
+
+  test('a live lease is renewed by its holder with its token', () => {
+    const renewed = applyOperation(acquired.state, { kind: 'renew', holder: 'a', token, grant: 'g2' }, false)
+    expect(renewed.result).toMatchObject({ ok: true, holder: 'a', token })
+    expect(renewed.state.lease?.grant).toBe('g2')
+  })
+
+  test('an expired lease is not renewed, though nobody took it', () => {
+    const renewed = applyOperation(acquired.state, { kind: 'renew', holder: 'a', token, grant: 'g2' }, true)
+    expect(renewed.result.ok).toBe(false)
+    expect(renewed.state).toBe(acquired.state)
+  })
+
+  test('its holder acquires it again with the same token while nobody else did; another gets a newer one', () => {
+    const again = applyOperation(
+      acquired.state,
+      { kind: 'acquire', holder: 'a', ttlMs: 500, grant: 'g3' },
+      true,
+    )
+    expect(again.result).toMatchObject({ ok: true, holder: 'a', token })
+    const other = applyOperation(
+      acquired.state,
+      { kind: 'acquire', holder: 'b', ttlMs: 500, grant: 'g4' },
+      true,
+    )
+    expect(other.result).toMatchObject({ ok: true, holder: 'b', token: token + 1 })
+    const refused = applyOperation(
+      acquired.state,
+      { kind: 'acquire', holder: 'b', ttlMs: 500, grant: 'g5' },
+      false,
+    )
+    expect(refused.result.ok).toBe(false)
+  })
+})
