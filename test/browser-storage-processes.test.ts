@@ -14,6 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { generateClusterKey } from '../fabric/net/cluster-key.ts'
 import { diskBrickPath } from '../storage/block-store-disk.ts'
 import { brickCid, type CID } from '../storage/brick.ts'
+import { chromiumArgs, chromiumPath } from './browser/chromium.ts'
 import { type StaticServer, serveFiles } from './browser/serve.ts'
 import { buildBrowserStorageTest, storagePagePaths } from './browser/storage-bundle.ts'
 import type { JoinReport, PageError, ReadReport } from './browser/storage-page.ts'
@@ -25,17 +26,6 @@ import {
   waitFor,
 } from './support/node-processes.ts'
 
-const chromiumPath = process.env.FABRIC_CHROMIUM ?? '/usr/bin/chromium'
-const chromiumArgs = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-]
 const root = new URL('../', import.meta.url).pathname
 /** Replicas per brick on the servers: below the server count, so that a lost holder can be replaced. */
 const brickReplicas = 2

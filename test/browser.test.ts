@@ -8,20 +8,10 @@ import { existsSync } from 'node:fs'
 import { type Browser, chromium, type Page } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { buildBrowserTest, pagePaths } from './browser/bundle.ts'
+import { chromiumArgs, chromiumPath } from './browser/chromium.ts'
 import type { BrowserRunOptions, BrowserTestReport } from './browser/page.ts'
 import { type StaticServer, serveFiles } from './browser/serve.ts'
 
-const chromiumPath = process.env.FABRIC_CHROMIUM ?? '/usr/bin/chromium'
-const chromiumArgs = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-  '--disable-quic',
-]
 /** Building, bundling and starting the browser. */
 const setupTimeoutMs = 60_000
 /** Both runs of the guest in the page. */

@@ -21,7 +21,6 @@ import { BrowserJoinError, InvalidArgumentError } from '../errors.ts'
 import {
   type Capacity,
   createMembership,
-  type MemberInfo,
   type Membership,
   type MembershipMessage,
   membershipMessageTypes,
@@ -29,8 +28,8 @@ import {
 import { sleep, systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { connectClient, type FabricClient } from './client.ts'
 import { loadClusterKey } from './cluster-key.ts'
-import { createNetwork, dialTimeoutMs, type Log, membersTopic, type Network } from './network.ts'
-import { decodeEnvelope, encodeFrame } from './wire.ts'
+import { joinMembersTopic } from './members-topic.ts'
+import { createNetwork, dialTimeoutMs, type Log, type Network } from './network.ts'
 
 /** How often the page publishes its member record on the members topic, as servers do. */
 export const browserAnnounceIntervalMs = 2000
@@ -160,31 +159,11 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
     membership.receive(from, body as MembershipMessage)
   })
 
-  const pubsub = network.libp2p.services.pubsub as unknown as {
-    subscribe(topic: string): void
-    publish(topic: string, data: Uint8Array): Promise<unknown>
-    addEventListener(type: 'message', listener: (event: CustomEvent) => void): void
-  }
-  pubsub.subscribe(membersTopic)
-  pubsub.addEventListener('message', (event) => {
-    const message = event.detail as { topic: string; data: Uint8Array; from?: { toString(): string } }
-    if (message.topic !== membersTopic || message.from === undefined) return
-    try {
-      const body = decodeEnvelope(message.data, new Set(['membership'])).b as MemberInfo
-      const from = message.from.toString()
-      if (body?.id === from) membership.receive(from, { type: 'heartbeat', sender: body, news: [] })
-    } catch (error) {
-      network.refuse(message.from.toString(), `gossipsub: ${(error as Error).message}`)
-    }
-  })
+  const announce = joinMembersTopic(network, membership, self)
 
   const timers: TimerHandle[] = [
     systemTimers.every(membership.tickIntervalMs, () => membership.tick()),
-    systemTimers.every(browserAnnounceIntervalMs, () => {
-      const info = membership.member(self)
-      if (info !== undefined)
-        pubsub.publish(membersTopic, encodeFrame('membership', info).subarray(4)).catch(() => {})
-    }),
+    systemTimers.every(browserAnnounceIntervalMs, announce),
   ]
   const stopAll = async () => {
     for (const timer of timers) timer.cancel()

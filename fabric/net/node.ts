@@ -24,7 +24,8 @@ import {
 } from '../membership/membership.ts'
 import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { type AcceptorLog, openAcceptorLog } from './acceptor-log.ts'
-import { clientProtocol, createNetwork, type Log, membersTopic, type Network, short } from './network.ts'
+import { joinMembersTopic } from './members-topic.ts'
+import { clientProtocol, createNetwork, type Log, type Network, short } from './network.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 
@@ -262,23 +263,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     })
   }
 
-  const pubsub = network.libp2p.services.pubsub as unknown as {
-    subscribe(topic: string): void
-    publish(topic: string, data: Uint8Array): Promise<unknown>
-    addEventListener(type: 'message', listener: (event: CustomEvent) => void): void
-  }
-  pubsub.subscribe(membersTopic)
-  pubsub.addEventListener('message', (event) => {
-    const message = event.detail as { topic: string; data: Uint8Array; from?: { toString(): string } }
-    if (message.topic !== membersTopic || message.from === undefined) return
-    try {
-      const body = decodeEnvelope(message.data, new Set(['membership'])).b as MemberInfo
-      const from = message.from.toString()
-      if (body?.id === from) membership.receive(from, { type: 'heartbeat', sender: body, news: [] })
-    } catch (error) {
-      network.refuse(message.from.toString(), `gossipsub: ${(error as Error).message}`)
-    }
-  })
+  const announce = joinMembersTopic(network, membership, self)
 
   if (firstStart && options.bootstrap.length === 0) {
     store.genesis([self])
@@ -299,13 +284,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     }),
   )
   timers.push(systemTimers.every(storeTickIntervalMs, () => store.tick()))
-  timers.push(
-    systemTimers.every(announceIntervalMs, () => {
-      const info = membership.member(self)
-      if (info !== undefined)
-        pubsub.publish(membersTopic, encodeFrame('membership', info).subarray(4)).catch(() => {})
-    }),
-  )
+  timers.push(systemTimers.every(announceIntervalMs, announce))
   if (acceptorLog !== undefined)
     timers.push(
       systemTimers.every(compactionCheckIntervalMs, () =>
