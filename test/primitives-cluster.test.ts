@@ -88,6 +88,7 @@ describe('guest coordination on in-process nodes', () => {
   }, 60_000)
 
   test('a dead holder’s lock is free again within TTL + 1 s', async () => {
+    const childIndex = (tid: string) => Number(tid.split('.').at(-1))
     await nodes(4)
     const ttlMs = 500
     // Placement is random: run again until the holder lands on a node other than main's and the home's.
@@ -97,12 +98,18 @@ describe('guest coordination on in-process nodes', () => {
       const { result } = await run(cluster, ['deadholder', `${ttlMs}`, '1500'], {
         onLine: (line) => {
           if (line.startsWith('holder ready')) {
-            const holderNode = cluster.liveIds().find((id) =>
-              cluster
-                .runtime(id)
-                .localThreads()
-                .some((thread) => thread.tid !== '0'),
-            )
+            // The holder is main's last child (its spinners come first).
+            const children = cluster
+              .liveIds()
+              .flatMap((id) =>
+                cluster
+                  .runtime(id)
+                  .localThreads()
+                  .map((thread) => ({ id, tid: thread.tid })),
+              )
+              .filter((thread) => thread.tid !== '0')
+              .sort((a, b) => childIndex(b.tid) - childIndex(a.tid))
+            const holderNode = children[0]?.id
             const mainNode = cluster.liveIds().find((id) =>
               cluster
                 .runtime(id)

@@ -363,7 +363,10 @@ export class SyncEngine {
             nap.cancel()
             continue
           }
-          await nap.sleep(Math.min(recheckMs, Math.max(0, deadline - this.components.clock.now())))
+          // A dead holder sends no notice: its lease runs out. Re-checking at least twice per TTL of
+          // the lease this call asks for notices a lapsed lease of that size within half a TTL.
+          const recheck = Math.min(recheckMs, operation.ttlMs / 2)
+          await nap.sleep(Math.min(recheck, Math.max(0, deadline - this.components.clock.now())))
         }
       }
       case 'lock_renew': {
