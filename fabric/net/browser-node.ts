@@ -18,17 +18,11 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
 import { BrowserJoinError, InvalidArgumentError } from '../errors.ts'
-import {
-  type Capacity,
-  createMembership,
-  type Membership,
-  type MembershipMessage,
-  membershipMessageTypes,
-} from '../membership/membership.ts'
+import { type Capacity, createMembership, type Membership } from '../membership/membership.ts'
 import { sleep, systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { connectClient, type FabricClient } from './client.ts'
 import { loadClusterKey } from './cluster-key.ts'
-import { joinMembersTopic } from './members-topic.ts'
+import { joinMembersTopic, receiveMembershipMessage } from './members-topic.ts'
 import { createNetwork, dialTimeoutMs, type Log, type Network } from './network.ts'
 
 /** How often the page publishes its member record on the members topic, as servers do. */
@@ -149,14 +143,7 @@ export async function startBrowserNode(options: BrowserNodeOptions): Promise<Bro
   })
   network.onPeerConnected((peer) => membership.connected(peer))
   network.onMessage((from, protocol, body) => {
-    if (protocol !== 'membership') return
-    if (
-      typeof body !== 'object' ||
-      body === null ||
-      !membershipMessageTypes.has((body as { type: string }).type)
-    )
-      return network.refuse(from, 'malformed membership message')
-    membership.receive(from, body as MembershipMessage)
+    if (protocol === 'membership') receiveMembershipMessage(network, membership, from, body)
   })
 
   const announce = joinMembersTopic(network, membership, self)

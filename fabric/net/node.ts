@@ -19,12 +19,10 @@ import {
   createMembership,
   type MemberInfo,
   type Membership,
-  type MembershipMessage,
-  membershipMessageTypes,
 } from '../membership/membership.ts'
 import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { type AcceptorLog, openAcceptorLog } from './acceptor-log.ts'
-import { joinMembersTopic } from './members-topic.ts'
+import { joinMembersTopic, receiveMembershipMessage } from './members-topic.ts'
 import { clientProtocol, createNetwork, type Log, type Network, short } from './network.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
@@ -178,15 +176,8 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
   network.onPeerConnected((peer) => membership.connected(peer))
 
   network.onMessage((from, protocol, body) => {
-    if (protocol === 'membership') {
-      if (
-        typeof body !== 'object' ||
-        body === null ||
-        !membershipMessageTypes.has((body as { type: string }).type)
-      )
-        return network.refuse(from, 'malformed membership message')
-      membership.receive(from, body as MembershipMessage)
-    } else if (protocol === 'store') {
+    if (protocol === 'membership') receiveMembershipMessage(network, membership, from, body)
+    else if (protocol === 'store') {
       if (!isStoreMessage(body, shardCount)) return network.refuse(from, 'malformed store message')
       store.receive(from, body)
     }
