@@ -1,11 +1,20 @@
 /**
  * Regression tests of the process runtime's known defects, in one process: a thread start that
  * arrives after its process ended, a spawn whose child no node takes for a while, and a thread
- * whose node cannot fetch the program from a busy home (each made its joiner fail).
+ * whose node cannot fetch the program from a busy home (each made its joiner fail), and a thread
+ * record write the store does not confirm in time (it lost the thread's context group, or stopped
+ * the thread as taken over by itself).
  */
 
 import { afterEach, describe, expect, test } from 'vitest'
-import { encodeRecord, recordFormatVersion, type ThreadRecord } from '../fabric/runtime/records.ts'
+import { StoreTimeoutError } from '../fabric/errors.ts'
+import {
+  decodeThread,
+  encodeRecord,
+  keys,
+  recordFormatVersion,
+  type ThreadRecord,
+} from '../fabric/runtime/records.ts'
 import { guestBytes } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
 
@@ -114,4 +123,48 @@ describe('process runtime defects', () => {
     expect(failedFetches).toBe(3)
     expect(cluster.logs.some((line) => line.includes('could not start running'))).toBe(true)
   }, 60_000)
+
+  for (const applied of [true, false])
+    test(`a thread record write that times out (${applied ? 'applied' : 'not applied'}) neither loses the thread's context group nor stops the thread as taken over`, async () => {
+      cluster = new InProcessCluster()
+      for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+      const store = cluster.store
+      const cas = store.cas.bind(store)
+      // The first write of each leader's record that sets its group is answered with a timeout,
+      // after the store applied it (or before it did), as a store in a membership change answers.
+      const timedOut = new Set<string>()
+      store.cas = async (key, expectedVersion, value) => {
+        if (key.startsWith('thread/') && !timedOut.has(key) && decodeThread(value).group !== undefined) {
+          const before = await store.get(key)
+          if (before.value !== null && decodeThread(before.value).group === undefined) {
+            timedOut.add(key)
+            if (applied) await cas(key, expectedVersion, value)
+            throw new StoreTimeoutError(key, 2000)
+          }
+        }
+        return cas(key, expectedVersion, value)
+      }
+      const workers = 4
+      const process = await cluster
+        .runtime('node-a')
+        .submit(guestBytes('test/fixtures/as/groups.ts'), {
+          args: ['groups', String(workers), 'a,b'],
+          seed: 1,
+        })
+      let output = ''
+      process.onOutput((chunk) => {
+        output += new TextDecoder().decode(chunk.bytes)
+      })
+      expect(await process.result).toEqual({ exitCode: 0, error: null })
+      expect(timedOut.size).toBe(2)
+      const leaders = [...output.matchAll(/leader (\S+) (\d+) workers (\S+)/g)]
+      expect(leaders).toHaveLength(2)
+      for (const [, name, leader, handles] of leaders) {
+        for (const handle of handles!.split(',')) {
+          const read = await store.get(keys.thread(process.pid, `0.${leader}.${handle}`))
+          expect(decodeThread(read.value!).group, `worker ${handle} of leader ${name}`).toBe(name)
+        }
+      }
+      expect(cluster.logs.filter((line) => line.includes('taken over'))).toEqual([])
+    }, 60_000)
 })

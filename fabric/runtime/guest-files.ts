@@ -50,6 +50,7 @@
 
 import { Decoder, Encoder } from 'cbor-x'
 import type { GuestFileSystem } from '../../host/files.ts'
+import { equalBytes } from '../../host/snapshot.ts'
 import type { HostCall, HostCallReply } from '../../host/thread-runner.ts'
 import {
   direntHeaderBytes,
@@ -1191,12 +1192,6 @@ function movedPath(path: string, from: string, to: string): string {
   if (path === source) return target
   if (path.startsWith(`${source}/`)) return target + path.slice(source.length)
   return path
-}
-
-function equalBytes(left: Uint8Array, right: Uint8Array): boolean {
-  if (left.length !== right.length) return false
-  for (let index = 0; index < left.length; index++) if (left[index] !== right[index]) return false
-  return true
 }
 
 // ---- what a node and a local process use

@@ -27,7 +27,7 @@ import { importModuleFabric, importModuleWasi } from '../../host/abi.ts'
 import type { FabricHostError } from '../../host/errors.ts'
 import { WorkerLostError } from '../../host/errors.ts'
 import type { Program } from '../../host/program.ts'
-import { decodeSave, type EncodedSave } from '../../host/snapshot.ts'
+import { decodeSave, type EncodedSave, equalBytes } from '../../host/snapshot.ts'
 import {
   type HostCall,
   type HostCallReply,
@@ -1286,23 +1286,40 @@ export class NodeRuntime {
     if (written && confirm) this.sync.saveCommitted(thread.pid, thread.tid, save.summary.callSequence)
   }
 
-  /** A cas on the version this incarnation last wrote; failure means it was replaced: it stops. */
+  /**
+   * A cas on the version this incarnation last wrote; failure means it was replaced: it stops. A cas
+   * the store did not confirm in time may have applied (or may apply later, found by the next
+   * proposer): the record tells, so a timeout is not taken for a take-over, nor our own write for
+   * someone else's.
+   */
   private async writeRecord(thread: LocalThread, next: ThreadRecord): Promise<boolean> {
-    const written = await this.components.store.cas(
-      keys.thread(thread.pid, thread.tid),
-      thread.version,
-      encodeRecord(next),
-    )
-    if (!written.ok) {
-      this.components.log?.(
-        `runtime: thread ${thread.tid} of ${thread.pid} was taken over; stopping this incarnation`,
-      )
-      this.stopThread(thread)
-      return false
+    const key = keys.thread(thread.pid, thread.tid)
+    const encoded = encodeRecord(next)
+    for (let attempt = 1; ; attempt++) {
+      let written: Register
+      try {
+        written = await this.components.store.cas(key, thread.version, encoded)
+      } catch (error) {
+        if (attempt >= storeReadAttemptsMax || this.stopped || thread.stopped) throw error
+        const read = await this.readRetrying(key)
+        // Not applied (yet): the same cas again (a late apply of the first one makes it fail on a
+        // record that holds our bytes, which counts as written below).
+        if (read.version === thread.version) continue
+        written = { ...read, ok: false }
+      }
+      if (!written.ok && written.value !== null && equalBytes(written.value, encoded))
+        written = { ...written, ok: true }
+      if (!written.ok) {
+        this.components.log?.(
+          `runtime: thread ${thread.tid} of ${thread.pid} was taken over; stopping this incarnation`,
+        )
+        this.stopThread(thread)
+        return false
+      }
+      thread.version = written.version
+      thread.record = next
+      return true
     }
-    thread.version = written.version
-    thread.record = next
-    return true
   }
 
   private async serveCall(
@@ -1438,8 +1455,16 @@ export class NodeRuntime {
         this.noteGroupThread(groupKey, thread.tid, this.self)
         if (thread.record.group === group) return
         // After any record write of a save in flight: two writes at once would look like a takeover.
+        // The group holds for this incarnation's spawns even if the store cannot take the record
+        // now: the next record write (a save's) carries it.
         const written = thread.replicationQueue.then(() =>
-          this.writeRecord(thread, { ...thread.record, group }).catch(() => false),
+          this.writeRecord(thread, { ...thread.record, group }).catch((error: Error) => {
+            this.components.log?.(
+              `runtime: thread ${thread.tid} of ${thread.pid} joins group ${group}; its record will say so later: ${error.message}`,
+            )
+            thread.record = { ...thread.record, group }
+            return false
+          }),
         )
         thread.replicationQueue = written.then(() => {})
         await written
