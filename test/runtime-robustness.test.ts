@@ -1,13 +1,14 @@
 /**
  * Regression tests of the process runtime's known defects, in one process: a thread start that
- * arrives after its process ended, a spawn whose child no node takes for a while, and a thread
- * whose node cannot fetch the program from a busy home (each made its joiner fail), and a thread
- * record write the store does not confirm in time (it lost the thread's context group, or stopped
- * the thread as taken over by itself).
+ * arrives after its process ended, a spawn whose child no node takes for a while, a thread whose
+ * node cannot fetch the program from a busy home (each made its joiner fail), a thread record write
+ * the store does not confirm in time (it lost the thread's context group, or stopped the thread as
+ * taken over by itself), and thread records left `running` after their process ended.
  */
 
 import { afterEach, describe, expect, test } from 'vitest'
 import { StoreTimeoutError } from '../fabric/errors.ts'
+import type { MemoryStore } from '../fabric/runtime/memory-store.ts'
 import {
   decodeThread,
   encodeRecord,
@@ -145,12 +146,10 @@ describe('process runtime defects', () => {
         return cas(key, expectedVersion, value)
       }
       const workers = 4
-      const process = await cluster
-        .runtime('node-a')
-        .submit(guestBytes('test/fixtures/as/groups.ts'), {
-          args: ['groups', String(workers), 'a,b'],
-          seed: 1,
-        })
+      const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/groups.ts'), {
+        args: ['groups', String(workers), 'a,b'],
+        seed: 1,
+      })
       let output = ''
       process.onOutput((chunk) => {
         output += new TextDecoder().decode(chunk.bytes)
@@ -167,4 +166,145 @@ describe('process runtime defects', () => {
       }
       expect(cluster.logs.filter((line) => line.includes('taken over'))).toEqual([])
     }, 60_000)
+
+  test('a thread joined from its early end notice, whose end record is written after its process ended, is not left running', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    // The first write of each child's end does not answer in time (a busy store): its parent has
+    // joined it from the early notice, main ends and the process's `stop` comes before the retry.
+    const records = watchThreadRecords(cluster.store)
+    records.failFirstEndWrite = true
+    const process = await home.submit(guestBytes('test/fixtures/as/waves.ts'), {
+      args: ['waves', '1', '3'],
+      seed: 1,
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(records.endWritesFailed).toBeGreaterThan(0)
+    const states = await settledStates(cluster.store, records.keys(process.pid))
+    expect(states.size).toBe(4)
+    expect([...states.values()].every((state) => state === 'done')).toBe(true)
+    const listed = (await home.listProcesses()).find((entry) => entry.pid === process.pid)
+    expect(listed?.state).toBe('ended')
+    expect(listed?.threads.filter((thread) => thread.state !== 'done' && thread.state !== 'failed')).toEqual(
+      [],
+    )
+  }, 60_000)
+
+  test('the threads of a killed process are recorded as stopped, not running', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const records = watchThreadRecords(cluster.store)
+    const process = await home.submit(guestBytes('test/fixtures/as/waves.ts'), {
+      args: ['waves', '50', '2'],
+      seed: 1,
+    })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(await cluster.send('node-b', 'node-a', { type: 'kill', pid: process.pid })).toEqual({ type: 'ok' })
+    expect(await process.result).toEqual({ exitCode: 137, error: 'killed' })
+    const states = await settledStates(cluster.store, records.keys(process.pid))
+    expect(states.size).toBeGreaterThan(2)
+    for (const [key, state] of states) expect(state, key).not.toBe('running')
+  }, 60_000)
 })
+
+describe('ps, kill and attach through any node', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('after the home was lost, any node lists the process at its new home, follows its output and kills it', async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c', 'node-d']
+    for (const id of ids) await cluster.addNode(id)
+    const process = await cluster
+      .runtime('node-a')
+      .submit(guestBytes('test/fixtures/as/waves.ts'), { args: ['waves', '200', '2'], seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
+    cluster.kill('node-a')
+    let newHome: string | undefined
+    for (let waitedMs = 0; newHome === undefined && waitedMs < 10_000; waitedMs += 50) {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+      newHome = ids.find((id) => cluster.logs.some((line) => line.startsWith(`${id}: runtime: took over`)))
+    }
+    expect(newHome).toBeDefined()
+    const other = ids.find((id) => id !== 'node-a' && id !== newHome)!
+    // `ps` through a node that is not the home: the process at its new home, running.
+    const listed = await cluster.send(newHome!, other, { type: 'ps' })
+    const entry =
+      listed.type === 'processes' ? listed.processes.find((p) => p.pid === process.pid) : undefined
+    expect(entry?.home).toBe(newHome)
+    expect(entry?.state).toBe('running')
+    // `attach` through it: the output so far, from the new home.
+    const attached = await cluster.send(newHome!, other, {
+      type: 'attach',
+      pid: process.pid,
+      from: 0,
+      waitMs: 0,
+    })
+    const shown = attached.type === 'output' ? attached.chunks.map((chunk) => chunk.bytes) : []
+    expect(new TextDecoder().decode(Buffer.concat(shown)).startsWith(output.split('\n')[0]!)).toBe(true)
+    // `kill` through it.
+    expect(await cluster.send(newHome!, other, { type: 'kill', pid: process.pid })).toEqual({ type: 'ok' })
+    const ended = await cluster.send(other, newHome!, {
+      type: 'attach',
+      pid: process.pid,
+      from: 0,
+      waitMs: 5000,
+    })
+    expect(ended.type === 'output' ? ended.result : null).toEqual({ exitCode: 137, error: 'killed' })
+    // An unknown process is named as such.
+    expect(await cluster.send(newHome!, other, { type: 'kill', pid: 'no-such-pid' })).toEqual({
+      type: 'refused',
+      reason: 'no process no-such-pid',
+    })
+  }, 60_000)
+})
+
+/** Records the thread keys written through `store`; can make the first end write of each child fail. */
+function watchThreadRecords(store: MemoryStore) {
+  const written = new Set<string>()
+  const failed = new Set<string>()
+  const cas = store.cas.bind(store)
+  const watch = {
+    failFirstEndWrite: false,
+    endWritesFailed: 0,
+    keys: (pid: string) => [...written].filter((key) => key.startsWith(`thread/${pid}/`)),
+  }
+  store.cas = async (key, expectedVersion, value) => {
+    if (key.startsWith('thread/')) {
+      written.add(key)
+      const isChild = !key.endsWith('/0')
+      if (watch.failFirstEndWrite && isChild && !failed.has(key) && decodeThread(value).state === 'done') {
+        failed.add(key)
+        watch.endWritesFailed++
+        await new Promise((resolve) => setTimeout(resolve, 300))
+        throw new Error('store operation timed out')
+      }
+    }
+    return cas(key, expectedVersion, value)
+  }
+  return watch
+}
+
+/** Each key's thread state once none is `running` or `placed`, or as it is after 5 s. */
+async function settledStates(store: MemoryStore, threadKeys: string[]): Promise<Map<string, string>> {
+  const states = new Map<string, string>()
+  for (let waitedMs = 0; waitedMs < 5000; waitedMs += 50) {
+    for (const key of threadKeys) {
+      const read = await store.get(key)
+      if (read.value !== null) states.set(key, decodeThread(read.value).state)
+    }
+    if ([...states.values()].every((state) => state === 'done' || state === 'failed')) break
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  return states
+}

@@ -3,7 +3,7 @@
  *
  *   fabric build prog.ts|prog.c [-o prog.wasm]
  *   fabric run [options] prog.wasm [-- args...]     (an embedded local cluster, or --join one)
- *   fabric ps --join <multiaddr>;  fabric kill <pid> --join <multiaddr>
+ *   fabric ps --join <multiaddr>[,...];  fabric kill|attach <pid> --join <multiaddr>[,...]
  *   fabric fs ls|put|get|cat|rm|mkdir|mv|stat|du ... --join <multiaddr>
  *
  * Expected failures print one line `fabric: ...` and exit with code 2 (bad input) or 1.
@@ -59,10 +59,13 @@ const usage = `usage:
   fabric run --local [--workers N] [--memory-max-mib N] [--cpu-budget-s N] [--save-interval-ms N]
              [--map-dir <host-dir>:<guest-dir>] [--env NAME=VALUE]... <prog.wasm> [-- args...]
       Runs in this process on a worker pool sized to the cores (no cluster).
-  fabric ps --join <multiaddr> [--cluster-key <hex|file>]
-  fabric attach <pid> --join <multiaddr of its home node>[,<other nodes>] [--cluster-key <hex|file>]
-      Shows a process's output from its start and follows it to its end (after a disconnect).
-  fabric kill <pid> --join <multiaddr of its home node> [--cluster-key <hex|file>]
+  fabric ps --join <multiaddr>[,<more>] [--cluster-key <hex|file>]
+      Lists the cluster's processes and threads (any node answers; the next is asked if one does not).
+  fabric attach <pid> --join <multiaddr>[,<more>] [--cluster-key <hex|file>]
+      Shows a process's output from its start and follows it to its end (after a disconnect),
+      through any node, to whichever node is its home now.
+  fabric kill <pid> --join <multiaddr>[,<more>] [--cluster-key <hex|file>]
+      Ends a process, through any node (it finds the process's current home).
 ${nodeUsage}
 ${fsUsage}`
 
@@ -180,10 +183,11 @@ async function main(argv: string[]): Promise<number> {
     case 'ps': {
       const parsed = parse(rest, new Set(['join', 'cluster-key']))
       const join = parsed.options.get('join')
-      if (join === undefined) throw new UsageError('fabric ps needs --join <multiaddr of a node>')
+      if (join === undefined) throw new UsageError('fabric ps needs --join <multiaddr of a node>[,<more>]')
       const key = parsed.options.get('cluster-key')
       const processes = await listProcesses({
-        node: join,
+        node: join.split(',')[0]!,
+        otherNodes: join.split(',').slice(1),
         clusterKey: key === undefined ? undefined : loadClusterKey(key),
       })
       process.stdout.write(formatProcesses(processes))
@@ -193,7 +197,7 @@ async function main(argv: string[]): Promise<number> {
       const parsed = parse(rest, new Set(['join', 'cluster-key']))
       const join = parsed.options.get('join')
       if (join === undefined || parsed.positional.length !== 1) {
-        throw new UsageError('fabric attach takes <pid> and --join <multiaddr of its home node>')
+        throw new UsageError('fabric attach takes <pid> and --join <multiaddr of a node>[,<more>]')
       }
       const key = parsed.options.get('cluster-key')
       const result = await attachToProcess({
@@ -210,11 +214,15 @@ async function main(argv: string[]): Promise<number> {
       const parsed = parse(rest, new Set(['join', 'cluster-key']))
       const join = parsed.options.get('join')
       if (join === undefined || parsed.positional.length !== 1) {
-        throw new UsageError('fabric kill takes <pid> and --join <multiaddr of its home node>')
+        throw new UsageError('fabric kill takes <pid> and --join <multiaddr of a node>[,<more>]')
       }
       const key = parsed.options.get('cluster-key')
       await killProcess(
-        { node: join, clusterKey: key === undefined ? undefined : loadClusterKey(key) },
+        {
+          node: join.split(',')[0]!,
+          otherNodes: join.split(',').slice(1),
+          clusterKey: key === undefined ? undefined : loadClusterKey(key),
+        },
         parsed.positional[0]!,
       )
       return 0

@@ -116,7 +116,10 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
     case 'attach':
       return isId(value.pid) && isCount(value.from) && isCount(value.waitMs, waitMsMax)
     case 'ps':
-      return value.local === undefined || typeof value.local === 'boolean'
+      return (
+        (value.local === undefined || typeof value.local === 'boolean') &&
+        (value.homed === undefined || typeof value.homed === 'boolean')
+      )
     case 'sync-wake':
       return typeof value.key === 'string' && value.key.length > 0 && value.key.length <= syncKeyLengthMax
     case 'home-copy':

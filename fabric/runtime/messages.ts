@@ -61,10 +61,11 @@ export type RuntimeMessage =
   /** From a submitter or operator: end a process. */
   | { type: 'kill'; pid: string }
   /**
-   * From an operator: the processes and threads this node knows of; a home asks the nodes that run
-   * its threads for their details. `local`: only the threads running on the receiver.
+   * From an operator (to any node): the processes of the cluster, which the receiver gathers from
+   * every live node. `homed` (between nodes): only the processes homed on the receiver, each thread
+   * with what its node says; `local` (from a home): only the threads running on the receiver.
    */
-  | { type: 'ps'; local?: boolean }
+  | { type: 'ps'; local?: boolean; homed?: boolean }
   /** A coordination object changed: calls waiting on it here should look again (primitives/engine.ts). */
   | { type: 'sync-wake'; key: string }
   /**

@@ -123,6 +123,17 @@ export const homeCopyWaitMsMax = 500
 export const outputSendWindowMs = 30_000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
 export const attachReplyBytesMax = 1024 * 1024
+/**
+ * How long a node that is asked about a process homed elsewhere (`kill`, `attach`) waits for a live
+ * home while a home replica takes the process over from a lost home.
+ */
+export const homeLookupWaitMsMax = 10_000
+/** Pause before reading a process record again while its home is being replaced. */
+export const homeLookupRetryMs = 100
+/** Store attempts to record that a thread was stopped because its process ended. */
+export const stoppedWriteAttemptsMax = 5
+/** Records of leftover threads of ended processes a `ps` reads, at most (the rest show `ended?`). */
+export const psRecordReadsMax = 1000
 
 export interface NodeRuntimeComponents {
   cluster: ClusterView
@@ -204,6 +215,10 @@ interface LocalThread {
   openSpawns: SpawnBatch | null
   /** Children spawned whose records are not durable yet. */
   spawnsPending: number
+  /** It ran to its end, which is being recorded (a `stop` of its process does not cut that short). */
+  ending?: boolean
+  /** Stopped because its process ended (its record then says so, unless it ended by itself). */
+  processEnded?: boolean
 }
 
 /**
@@ -398,7 +413,7 @@ export class NodeRuntime {
 
   /** What `fabric ps` shows: the processes homed here with each thread's node, state, epoch, last save. */
   listProcesses(): Promise<ProcessSummary[]> {
-    return this.processSummaries(false)
+    return this.processSummaries('homed')
   }
 
   localThreads(): Array<{ pid: string; tid: string; epoch: number }> {
@@ -564,22 +579,74 @@ export class NodeRuntime {
         return { type: 'submitted', pid: handle.pid }
       }
       case 'attach':
+        if (!this.homes.has(message.pid)) return this.forwardToHome(message)
         return this.attach(message.pid, message.from, message.waitMs)
       case 'kill': {
         const home = this.homes.get(message.pid)
-        if (home === undefined)
-          return { type: 'refused', reason: `this node is not the home of process ${message.pid}` }
+        if (home === undefined) return this.forwardToHome(message)
         await this.endProcess(home, { exitCode: 137, error: 'killed' })
         return { type: 'ok' }
       }
       case 'ps':
-        return { type: 'processes', processes: await this.processSummaries(message.local === true) }
+        return {
+          type: 'processes',
+          processes: await this.processSummaries(
+            message.local === true ? 'local' : message.homed === true ? 'homed' : 'cluster',
+          ),
+        }
       case 'sync-wake':
         this.sync.wake(message.key)
         return { type: 'ok' }
     }
     void from
     return { type: 'refused', reason: 'unknown message' }
+  }
+
+  /**
+   * A `kill` or `attach` of a process homed elsewhere (a submitter or operator may name any node):
+   * sent on to the home its record names, or handled here once this node is home. While a home
+   * replica takes the process over from a lost home, the record still names the lost one: it is read
+   * again until a live node is home, for at most `homeLookupWaitMsMax`.
+   */
+  private async forwardToHome(
+    message: Extract<RuntimeMessage, { type: 'kill' | 'attach' }>,
+  ): Promise<RuntimeReply> {
+    const clock = this.components.clock ?? systemClock
+    const deadline = clock.now() + homeLookupWaitMsMax
+    let home: NodeId | null = null
+    for (;;) {
+      if (this.homes.has(message.pid)) return this.handle(this.self, message)
+      const read = await this.components.store.get(keys.process(message.pid)).catch(() => undefined)
+      if (read !== undefined && read.value === null)
+        return { type: 'refused', reason: `no process ${message.pid}` }
+      const record = read?.value == null ? undefined : decodeProcess(read.value)
+      if (record !== undefined) {
+        home = record.home
+        const live = this.components.cluster.live().some((peer) => peer.id === record.home)
+        if (record.home !== this.self && live)
+          return this.components.messenger.request(record.home, message).catch(
+            (error: Error): RuntimeReply => ({
+              type: 'refused',
+              reason: `the home ${record.home} of process ${message.pid} did not answer: ${error.message}`,
+            }),
+          )
+        // A process that ended with its home lost is not taken over: its output went with the home.
+        if (record.state !== 'running')
+          return {
+            type: 'refused',
+            reason: `process ${message.pid} has ended (${record.state}, exit code ${record.exitCode}); its home ${record.home}, which kept its output, is gone`,
+          }
+      }
+      if (clock.now() >= deadline || this.stopped)
+        return {
+          type: 'refused',
+          reason:
+            home === null
+              ? `the store did not answer where process ${message.pid} is homed`
+              : `the home ${home} of process ${message.pid} is not live and no node took the process over within ${homeLookupWaitMsMax} ms`,
+        }
+      await new Promise<void>((resolve) => this.components.timers.after(homeLookupRetryMs, resolve))
+    }
   }
 
   /** Output of a process homed here from chunk `from` on; waits up to `waitMs` when there is none yet. */
@@ -645,14 +712,52 @@ export class NodeRuntime {
   }
 
   /**
-   * The processes homed here, each thread with what its node says of it, then the threads running
-   * here of processes homed elsewhere. With `localOnly`, just the latter (what a home asks).
+   * What `ps` shows, by scope. `local`: the threads running here (what a home asks their nodes).
+   * `homed`: the processes homed here, each thread with what its node says of it. `cluster` (what
+   * an operator asks any node): the processes of every live home, the threads that run here marked
+   * `running here`, then threads running here of processes no live home answered for.
    */
-  private async processSummaries(localOnly: boolean): Promise<ProcessSummary[]> {
+  private async processSummaries(scope: 'local' | 'homed' | 'cluster'): Promise<ProcessSummary[]> {
     const here = this.localSummaries()
-    if (localOnly) return here
+    if (scope === 'local') return here
+    const homed = await this.homedSummaries(here)
+    if (scope === 'homed') return homed
+    const others = this.components.cluster.live().filter((peer) => peer.id !== this.self)
+    const replies = await Promise.all(
+      others.map((peer) =>
+        this.components.messenger.request(peer.id, { type: 'ps', homed: true }).catch(() => undefined),
+      ),
+    )
+    const byPid = new Map<string, ProcessSummary>()
+    for (const summary of [
+      ...homed,
+      ...replies.flatMap((reply) => (reply?.type === 'processes' ? reply.processes : [])),
+    ]) {
+      // Two homes of one process (a home declared dead that still answers): the live one wins.
+      const known = byPid.get(summary.pid)
+      if (known === undefined || (known.state !== 'running' && summary.state === 'running'))
+        byPid.set(summary.pid, summary)
+    }
+    const runningHere = new Map<string, ThreadSummary>()
+    for (const summary of here)
+      for (const thread of summary.threads) runningHere.set(`${summary.pid}/${thread.tid}`, thread)
+    const summaries = [...byPid.values()].map((summary) => ({
+      ...summary,
+      threads: summary.threads.map((thread) => runningHere.get(`${summary.pid}/${thread.tid}`) ?? thread),
+    }))
+    for (const summary of here) if (!byPid.has(summary.pid)) summaries.push(summary)
+    return summaries
+  }
+
+  /**
+   * The processes homed here, each thread with what its node says of it. An ended process lists the
+   * threads whose end notice did not reach the home with the state their records say.
+   */
+  private async homedSummaries(here: ProcessSummary[]): Promise<ProcessSummary[]> {
     const homes = [...this.homes.values()]
-    const nodes = new Set(homes.flatMap((home) => [...home.threads.values()]))
+    const nodes = new Set(
+      homes.filter((home) => !home.finished).flatMap((home) => [...home.threads.values()]),
+    )
     nodes.delete(this.self)
     const details = new Map<string, ThreadSummary>()
     const remember = (summaries: ProcessSummary[]) => {
@@ -668,19 +773,36 @@ export class NodeRuntime {
         if (reply?.type === 'processes') remember(reply.processes)
       }),
     )
-    const summaries: ProcessSummary[] = homes.map((home) => ({
-      pid: home.record.pid,
-      home: this.self,
-      state: home.finished ? 'ended' : 'running',
-      threads: [...home.threads].map(([tid, node]): ThreadSummary => {
-        const known = details.get(`${home.record.pid}/${tid}`)
-        return known === undefined || known.node !== node
-          ? { tid, node, state: 'starting', lastSaveMs: null }
-          : { ...known, state: 'running' }
-      }),
-    }))
-    for (const summary of here) if (!this.homes.has(summary.pid)) summaries.push(summary)
-    return summaries
+    let recordReads = 0
+    return Promise.all(
+      homes.map(
+        async (home): Promise<ProcessSummary> => ({
+          pid: home.record.pid,
+          home: this.self,
+          state: home.finished ? 'ended' : 'running',
+          threads: await Promise.all(
+            [...home.threads].map(async ([tid, node]): Promise<ThreadSummary> => {
+              if (home.finished) {
+                const read =
+                  recordReads++ < psRecordReadsMax
+                    ? await this.components.store
+                        .get(keys.thread(home.record.pid, tid))
+                        .catch(() => undefined)
+                    : undefined
+                const record = read?.value == null ? null : decodeThread(read.value)
+                return record === null
+                  ? { tid, node, state: 'ended?', lastSaveMs: null }
+                  : { tid, node: record.node, state: record.state, lastSaveMs: null, epoch: record.epoch }
+              }
+              const known = details.get(`${home.record.pid}/${tid}`)
+              return known === undefined || known.node !== node
+                ? { tid, node, state: 'starting', lastSaveMs: null }
+                : { ...known, state: 'running' }
+            }),
+          ),
+        }),
+      ),
+    )
   }
 
   // --- placing and claiming -------------------------------------------------------------------
@@ -1537,6 +1659,9 @@ export class NodeRuntime {
 
   private async finishThread(thread: LocalThread, outcome: ThreadOutcome): Promise<void> {
     if (thread.stopped) return
+    // From here the thread's end is recorded even if its process ends meanwhile (its parent may
+    // have joined it from the early notice below, and main ended): no record stays `running`.
+    thread.ending = true
     await thread.outputQueue
     await this.flushLog(thread)
     // Its files are closed (committed) before anyone learns that it ended, so a join sees them.
@@ -1578,7 +1703,11 @@ export class NodeRuntime {
     // A store that does not answer is asked again; a cas that fails because the first attempt did
     // apply finds this incarnation's end in the record.
     let written = false
-    for (let attempt = 0; attempt < endWriteAttemptsMax && !thread.stopped; attempt++) {
+    for (
+      let attempt = 0;
+      attempt < endWriteAttemptsMax && (!thread.stopped || thread.processEnded === true);
+      attempt++
+    ) {
       const outcome = await this.components.store
         .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(done))
         .catch(() => undefined)
@@ -1611,13 +1740,43 @@ export class NodeRuntime {
   private stopThread(thread: LocalThread, options: { processEnded?: boolean } = {}): void {
     if (thread.stopped) return
     thread.stopped = true
+    thread.processEnded = options.processEnded === true
     this.local.delete(`${thread.pid}/${thread.tid}`)
+    if (thread.ending && thread.processEnded) {
+      // It ran to its end, which finishThread records (its files are closed there) though the
+      // process ended meanwhile.
+      this.sync.threadStopped(thread.pid, thread.tid)
+      return
+    }
     thread.runner?.kill('thread stopped on this node')
+    if (thread.processEnded) void this.recordStoppedByProcessEnd(thread).catch(this.backgroundFailed)
     // Its process ended: its files are closed as at exit. Otherwise another incarnation may go on
     // with them, and this one's writes since its save must not land after that one's.
     if (options.processEnded === true) void thread.files?.end().catch(() => {})
     else this.abandonFiles(thread)
     this.sync.threadStopped(thread.pid, thread.tid)
+  }
+
+  /**
+   * A thread stopped because its process ended (killed, or main returned without joining it): its
+   * record says so (`failed`), so neither `ps` nor the store shows it `running` after the end. A cas on
+   * the version this incarnation wrote: should another have taken it over, that one is stopped too.
+   */
+  private async recordStoppedByProcessEnd(thread: LocalThread): Promise<void> {
+    await thread.replicationQueue.catch(() => {})
+    const stopped: ThreadRecord = {
+      ...thread.record,
+      state: 'failed',
+      error: 'stopped: its process ended',
+      saveReplicas: [],
+    }
+    for (let attempt = 0; attempt < stoppedWriteAttemptsMax; attempt++) {
+      const written = await this.components.store
+        .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(stopped))
+        .catch(() => undefined)
+      if (written !== undefined) return
+      await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+    }
   }
 
   /** Drops a stopped incarnation's uncommitted file changes; a later incarnation here waits for it. */

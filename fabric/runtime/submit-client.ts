@@ -25,8 +25,8 @@ export interface ClusterConnection {
   /** Multiaddr of a node, ending in /p2p/<peer id>. */
   node: string
   /**
-   * More nodes of the cluster. Should the home (`node`) be lost, one of its home replicas takes the
-   * process over: the submitter follows it there, through these nodes in turn.
+   * More nodes of the cluster, asked in turn when one does not answer. Should the home be lost,
+   * one of its home replicas takes the process over: the submitter follows it there through them.
    */
   otherNodes?: string[]
   clusterKey?: Uint8Array
@@ -115,9 +115,11 @@ export async function attachToProcess(
 }
 
 /**
- * Long-polls the home for output from chunk 0 on until the process ends. A home that cannot be
- * reached is asked again (the link may come back); with `otherNodes`, the next attempts go to them
- * in turn, one of which takes the process over if the home was lost (the others refuse meanwhile).
+ * Long-polls the home for output from chunk 0 on until the process ends. A node that is not the
+ * home sends the poll on to the current home (the process record names it), so any node of the
+ * cluster serves it. A node that cannot be reached is asked again (the link may come back); with
+ * `otherNodes`, the next attempts go to them in turn, which follow the process to the home replica
+ * that takes it over should its home be lost.
  */
 async function follow(
   first: Session,
@@ -192,23 +194,38 @@ export async function attachOnce(
   }
 }
 
-export async function listProcesses(connection: ClusterConnection): Promise<ProcessSummary[]> {
-  const session = await connect(connection)
-  try {
-    const reply = await session.request({ type: 'ps' })
-    if (reply.type !== 'processes') refused(reply, 'ps')
-    return reply.processes
-  } finally {
-    await session.close()
+/**
+ * Asks the nodes of `connection` in turn until one answers: any node of the cluster serves `ps` and
+ * `kill` (a node that is not the process's home sends a `kill` on to it), so a lost node is skipped.
+ */
+async function requestAnyNode(connection: ClusterConnection, message: RuntimeMessage): Promise<RuntimeReply> {
+  const nodes = [connection.node, ...(connection.otherNodes ?? [])]
+  let lastError: unknown
+  for (const node of nodes) {
+    let session: Session | undefined
+    try {
+      session = await connect({ ...connection, node })
+      return await session.request(message)
+    } catch (error) {
+      if (error instanceof InvalidArgumentError) throw error
+      lastError = error
+      connection.log?.(`${node} did not answer (${(error as Error).message}); asking the next node`)
+    } finally {
+      await session?.close().catch(() => {})
+    }
   }
+  throw lastError
 }
 
+/** The processes of the cluster and their threads, as any node of it gathers them. */
+export async function listProcesses(connection: ClusterConnection): Promise<ProcessSummary[]> {
+  const reply = await requestAnyNode(connection, { type: 'ps' })
+  if (reply.type !== 'processes') refused(reply, 'ps')
+  return reply.processes
+}
+
+/** Ends a process, through any node of the cluster (it finds the process's current home). */
 export async function killProcess(connection: ClusterConnection, pid: string): Promise<void> {
-  const session = await connect(connection)
-  try {
-    const reply = await session.request({ type: 'kill', pid })
-    if (reply.type !== 'ok') refused(reply, 'kill')
-  } finally {
-    await session.close()
-  }
+  const reply = await requestAnyNode(connection, { type: 'kill', pid })
+  if (reply.type !== 'ok') refused(reply, 'kill')
 }
