@@ -1,7 +1,11 @@
 /**
- * The acceptor's durable log in the data directory: framed cbor records appended with a write per
- * batch, so a record is in the kernel before the reply that depends on it leaves (a SIGKILL cannot
- * lose it; with `fsync` a power cut cannot either). Compacted into a snapshot when it grows.
+ * The acceptor's durable log in the data directory: framed cbor records, compacted into a snapshot
+ * when it grows. Records are collected and written with one write per turn of the event loop:
+ * `flush` runs before any bytes leave the node (the network's `beforeWrite`, see
+ * write-coalescing.ts), so a record is in the kernel before the reply that depends on it leaves (a
+ * SIGKILL cannot lose it; with `fsync` a power cut cannot either). A reply delivered inside the
+ * node (to its own proposer) needs no write first: what it leads to reaches others only over the
+ * network, after the flush. A crash before the flush loses votes nobody has heard of.
  */
 
 import {
@@ -25,6 +29,8 @@ const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Ar
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
 
 export interface AcceptorLog extends AcceptorStorage {
+  /** Writes the records appended since the last flush (one write); also runs on its own after this turn. */
+  flush(): void
   /** Rewrites the log as `records` (the acceptor's snapshot) if it has grown past the threshold. */
   compactIfLarge(snapshot: () => AcceptorRecord[]): void
   close(): void
@@ -42,13 +48,26 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
   const path = join(directory, fileName)
   let fd = openSync(path, 'a')
   let bytes = statSync(path).size
+  let collected: Buffer[] = []
+  let scheduled = false
+  const flush = () => {
+    scheduled = false
+    if (collected.length === 0) return
+    const data = collected.length === 1 ? collected[0]! : Buffer.concat(collected)
+    collected = []
+    writeSync(fd, data)
+    bytes += data.length
+    if (options.fsync) fsyncSync(fd)
+  }
   return {
     append(records) {
-      const data = Buffer.concat(records.map(frame))
-      writeSync(fd, data)
-      bytes += data.length
-      if (options.fsync) fsyncSync(fd)
+      for (const record of records) collected.push(frame(record))
+      if (!scheduled) {
+        scheduled = true
+        setImmediate(flush)
+      }
     },
+    flush,
     load() {
       if (!existsSync(path)) return []
       const data = readFileSync(path)
@@ -67,6 +86,7 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
       return records
     },
     compactIfLarge(snapshot) {
+      flush()
       if (bytes < acceptorLogBytesCompactAt) return
       const temporary = `${path}.tmp`
       const data = Buffer.concat(snapshot().map(frame))
@@ -80,6 +100,7 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
       bytes = data.length
     },
     close() {
+      flush()
       closeSync(fd)
     },
   }

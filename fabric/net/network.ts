@@ -27,6 +27,7 @@ import { createLibp2p, type Libp2p } from 'libp2p'
 import { MessageRejectedError } from '../errors.ts'
 import { createNodeDatastore } from './node-datastore.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
+import { coalescingMuxer } from './write-coalescing.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
 export const clientProtocol = '/fabric/client/1.0.0'
@@ -89,6 +90,8 @@ export interface NetworkOptions {
    * private addresses by default; a cluster on a LAN or on loopback is made of nothing else.
    */
   browser?: boolean
+  /** Runs before bytes leave on any connection (the node writes its acceptor log there). */
+  beforeWrite?: () => void
 }
 
 export async function createNetwork(options: NetworkOptions): Promise<Network> {
@@ -160,7 +163,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     transports: browser ? [webSockets()] : [tcp(), webSockets()],
     ...(browser ? { connectionGater: { denyDialMultiaddr: () => false } } : {}),
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [coalescingMuxer(yamux(), options.beforeWrite)],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
     connectionManager: {

@@ -126,6 +126,8 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     clusterKey: options.clusterKey,
     protocols: new Set(['membership', 'store']),
     log,
+    // Votes reach the disk before any reply that reports them leaves the node.
+    beforeWrite: acceptorLog?.flush,
   })
   const self = network.self
   const capacity: Capacity = {
