@@ -44,7 +44,7 @@ const features =
 
 /** Parts of binaryen.js that its type declarations leave out. */
 interface ExpressionSetters {
-  Store: { setPtr(expression: number, ptr: number): void }
+  Store: { setPtr(expression: number, ptr: number): void; setValue(expression: number, value: number): void }
   MemoryGrow: { setDelta(expression: number, delta: number): void }
   MemoryFill: BulkSetters
   MemoryCopy: BulkSetters
@@ -308,12 +308,29 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
     const functionRef = module.getFunctionByIndex(index)
     const info = binaryen.getFunctionInfo(functionRef)
     if (info.module || info.name === markRangeFunction || info.name === checkGrowFunction) continue
-    let storeLocal = -1
-    const newLocal = () => setters._BinaryenFunctionAddVar(functionRef, i32)
+    const newLocal = (type: number) => setters._BinaryenFunctionAddVar(functionRef, type)
+    // A store's address is held from its evaluation until the store: one local per depth of stores
+    // nested in stores' operands, so an inner store does not overwrite an outer one's address.
+    const pointerLocals: number[] = []
+    const pointerLocal = (depth: number) => {
+      while (pointerLocals.length <= depth) pointerLocals.push(newLocal(i32))
+      return pointerLocals[depth]!
+    }
+    // A store's value is held only between its evaluation and the store (marks in between): one
+    // local per type is enough.
+    const valueLocals = new Map<number, number>()
+    const valueLocal = (type: number) => {
+      let local = valueLocals.get(type)
+      if (local === undefined) {
+        local = newLocal(type)
+        valueLocals.set(type, local)
+      }
+      return local
+    }
 
-    const pending: number[] = [info.body]
+    const pending: Array<[expression: number, storeDepth: number]> = [[info.body, 0]]
     while (pending.length > 0) {
-      const expression = pending.pop()!
+      const [expression, storeDepth] = pending.pop()!
       if (expression === 0) continue
       const id = binaryen.getExpressionId(expression)
       const keys = children[id]
@@ -327,34 +344,50 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
         string,
         number | number[]
       >
+      const childDepth = id === binaryen.StoreId ? storeDepth + 1 : storeDepth
       for (const key of keys) {
         const child = expressionInfo[key]
-        if (Array.isArray(child)) pending.push(...child)
-        else if (typeof child === 'number') pending.push(child)
+        if (Array.isArray(child)) for (const each of child) pending.push([each, childDepth])
+        else if (typeof child === 'number') pending.push([child, childDepth])
       }
       if (id === binaryen.StoreId) {
-        if (storeLocal < 0) storeLocal = newLocal()
-        const store = expressionInfo as unknown as { ptr: number; offset: number; bytes: number }
-        const local = () => module.local.get(storeLocal, i32)
+        // The pages are marked after the value is evaluated, right before the store: a value that
+        // comes from a blocking call (`handles[i] = spawn(...)`) is stored after the thread was
+        // suspended in that call, and a save taken there clears the map. Marks made with the address,
+        // before the call, would be cleared and the stored page missing from the next incremental
+        // save: a thread restored from it would read the old bytes.
+        const store = expressionInfo as unknown as {
+          ptr: number
+          value: number
+          offset: number
+          bytes: number
+          valueType: number
+        }
+        const address = pointerLocal(storeDepth)
+        const value = valueLocal(store.valueType)
         const mark = (byteOffset: number) =>
           module.i32.store8(
             0,
             1,
-            module.i32.shr_u(module.i32.add(local(), module.i32.const(byteOffset)), module.i32.const(16)),
+            module.i32.shr_u(
+              module.i32.add(module.local.get(address, i32), module.i32.const(byteOffset)),
+              module.i32.const(16),
+            ),
             module.i32.const(1),
             dirtyMemory,
           )
-        setters.Store.setPtr(
+        setters.Store.setPtr(expression, module.local.tee(address, store.ptr, i32))
+        setters.Store.setValue(
           expression,
           module.block(
             null,
             [
-              module.local.set(storeLocal, store.ptr),
+              module.local.set(value, store.value),
               mark(store.offset),
               mark(store.offset + store.bytes - 1),
-              local(),
+              module.local.get(value, store.valueType),
             ],
-            i32,
+            store.valueType,
           ),
         )
       } else if (
@@ -363,7 +396,7 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
         id === binaryen.MemoryInitId
       ) {
         const bulk = expressionInfo as unknown as { dest: number; size: number }
-        const destLocal = newLocal()
+        const destLocal = newLocal(i32)
         const kind =
           id === binaryen.MemoryFillId
             ? setters.MemoryFill

@@ -75,4 +75,26 @@ describe('context save and restore: what the host writes into guest memory', () 
     expect(run.killsWithSave).toBe(1)
     expect(summary(run)).toEqual(summary(reference))
   })
+
+  test('a value a blocking call returned, stored after the thread resumed from a save in that call, is in the next incremental save', async () => {
+    // main stores each spawn's handle after its save in that spawn (saves at every blocking call),
+    // saves again at a checkpoint, and is killed while it waits in its first join. Restored from
+    // the checkpoint's save, it must read the last handle it stored (it read 0 when the page was
+    // marked before the call and the save in the call cleared the mark).
+    const program = await load(guestBytes('test/fixtures/c/store-call-result.c'))
+    const args = ['60000000']
+    const everyCall = { saveIntervalMs: 0 }
+    const reference = await runProgram(pool, program, args, everyCall)
+    expect(reference.exitCode).toBe(0)
+    expect(reference.stdout.get(0)).toBe(
+      'thread 0: handle 1, joined 0\nthread 1: handle 2, joined 0\nthread 2: handle 3, joined 0\n',
+    )
+    // Saves of main: three spawns, the checkpoint, the first join (the children make no blocking call).
+    const run = await runProgram(pool, program, args, {
+      ...everyCall,
+      kill: { triggers: [{ afterSaves: 5, delayMs: 0, threadId: 0 }], random: seededRandom(1) },
+    })
+    expect(run.killsWithSave).toBe(1)
+    expect(summary(run)).toEqual(summary(reference))
+  })
 })
