@@ -4,7 +4,7 @@
  * Fabric messages travel as frames (see wire.ts) on one long-lived stream per peer and direction.
  */
 
-import { noise } from '@chainsafe/libp2p-noise'
+import { type ICryptoInterface, noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
@@ -92,6 +92,8 @@ export interface NetworkOptions {
   browser?: boolean
   /** Runs before bytes leave on any connection (the node writes its acceptor log there). */
   beforeWrite?: () => void
+  /** The noise layer's cipher implementation (same cipher; see noise-crypto.ts); the package's default when absent. */
+  noiseCrypto?: ICryptoInterface
 }
 
 export async function createNetwork(options: NetworkOptions): Promise<Network> {
@@ -162,7 +164,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     addresses: { listen: options.client || browser ? [] : [...options.listen] },
     transports: browser ? [webSockets()] : [tcp(), webSockets()],
     ...(browser ? { connectionGater: { denyDialMultiaddr: () => false } } : {}),
-    connectionEncrypters: [noise()],
+    connectionEncrypters: [noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })],
     streamMuxers: [coalescingMuxer(yamux(), options.beforeWrite)],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },

@@ -24,6 +24,7 @@ import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../pl
 import { type AcceptorLog, openAcceptorLog } from './acceptor-log.ts'
 import { joinMembersTopic, receiveMembershipMessage } from './members-topic.ts'
 import { clientProtocol, createNetwork, type Log, type Network, short } from './network.ts'
+import { serverNoiseCrypto } from './noise-crypto.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 
@@ -128,6 +129,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     log,
     // Votes reach the disk before any reply that reports them leaves the node.
     beforeWrite: acceptorLog?.flush,
+    noiseCrypto: serverNoiseCrypto,
   })
   const self = network.self
   const capacity: Capacity = {
