@@ -1,12 +1,13 @@
 /**
  * A process's home lost mid-run, on real `fabric node` processes: one of the home's replicas takes
  * the process over from its copy of the output, and the submitter, following it through another
- * node, gets the whole output of an undisturbed run and the exit code.
+ * node, gets the whole output of an undisturbed run and the exit code. Then twice (the home, then
+ * the replica that took it over), with `fabric ps` through a node that is not the home.
  */
 
 import { afterEach, describe, expect, test } from 'vitest'
 import { type LocalCluster, startLocalCluster } from '../fabric/cli/local-cluster.ts'
-import { runOnCluster } from '../fabric/runtime/submit-client.ts'
+import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
 import { guestBytes } from './support/guests.ts'
 
 const waves = guestBytes('test/fixtures/as/waves.ts')
@@ -63,4 +64,83 @@ describe('a process whose home is lost, on real node processes', () => {
     expect(output).toBe(reference)
     expect(takeover).toBeDefined()
   }, 120_000)
+
+  test('the home SIGKILLed, then the replica that took it over: the process survives both, the submitter follows, ps through any node shows the current home', async () => {
+    const lines: Array<{ node: number; text: string }> = []
+    // Five nodes: the store (five replicas per shard) keeps a majority after losing two.
+    cluster = await startLocalCluster({ nodeCount: 5, log: (node, text) => lines.push({ node, text }) })
+    const nodes = cluster.nodes
+    const args = ['waves', '40', '3']
+    let reference = ''
+    const undisturbed = await runOnCluster({
+      node: nodes[0]!.address,
+      program: waves,
+      args,
+      onOutput: (chunk) => {
+        reference += new TextDecoder().decode(chunk.bytes)
+      },
+    })
+    expect(undisturbed).toEqual({ exitCode: 0, error: null })
+
+    const home = nodes[1]!
+    let output = ''
+    let pid = ''
+    let ended = false
+    const running = runOnCluster({
+      node: home.address,
+      otherNodes: nodes.filter((node) => node !== home).map((node) => node.address),
+      program: waves,
+      args,
+      onSubmitted: (submitted) => {
+        pid = submitted
+      },
+      onOutput: (chunk) => {
+        output += new TextDecoder().decode(chunk.bytes)
+      },
+    }).finally(() => {
+      ended = true
+    })
+    const seen = () => output.split('\n').length - 1
+    const until = async (condition: () => boolean, what: string) => {
+      while (!condition()) {
+        if (ended) throw new Error(`the process ended before ${what}`)
+        await new Promise((resolve) => setTimeout(resolve, 20))
+      }
+    }
+    /** The node that logged taking the process over from `from`. */
+    const takenOverFrom = (from: string) =>
+      lines.find((line) => line.text.includes(`took over as home of process ${pid} from ${from}`))
+
+    await until(() => seen() >= 3, 'the first kill')
+    const firstKillAt = seen()
+    cluster.kill(home.index)
+    await until(() => takenOverFrom(home.peerId) !== undefined, 'the first take-over')
+    const first = nodes[takenOverFrom(home.peerId)!.node]!
+
+    // `fabric ps` through a node that is neither home: the process, running, at its new home.
+    const via = nodes.find((node) => node.alive && node !== first)!
+    const listed = (await listProcesses({ node: via.address })).find((entry) => entry.pid === pid)
+    expect(listed?.home).toBe(first.peerId)
+    expect(listed?.state).toBe('running')
+
+    await until(() => seen() >= firstKillAt + 2, 'the second kill')
+    const secondKillAt = seen()
+    cluster.kill(first.index)
+    const result = await running
+    const second = takenOverFrom(first.peerId)
+    console.log(
+      `runtime: home killed after ${firstKillAt} lines, taken over by node ${first.index}, killed after ${secondKillAt} lines, taken over by node ${second?.node ?? 'none'}`,
+    )
+    expect(result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe(reference)
+    expect(second).toBeDefined()
+    expect(secondKillAt).toBeLessThan(reference.split('\n').length - 1)
+
+    // After the end, `ps` through any live node: the process ended, no thread left running.
+    const after = (await listProcesses({ node: nodes.find((node) => node.alive)!.address })).find(
+      (entry) => entry.pid === pid,
+    )
+    expect(after?.state).toBe('ended')
+    expect(after?.threads.filter((thread) => thread.state.startsWith('running'))).toEqual([])
+  }, 180_000)
 })

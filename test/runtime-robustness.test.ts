@@ -269,6 +269,56 @@ describe('ps, kill and attach through any node', () => {
   }, 60_000)
 })
 
+describe('home replicas', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('output is shown once a home replica holds it: replicas that refuse copies are replaced, so losing the home loses no output', async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c', 'node-d']
+    for (const id of ids) await cluster.addNode(id)
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const args = ['waves', '6', '2']
+    const reference = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
+    let referenceOutput = ''
+    reference.onOutput((chunk) => {
+      referenceOutput += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    // node-a's first choices of home replicas (node-b, node-c) refuse every copy.
+    cluster.intercept = (from, to, message) =>
+      message.type === 'home-copy' && from === 'node-a' && to !== 'node-d'
+        ? { type: 'refused', reason: 'copy does not follow what is held' }
+        : undefined
+    const process = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
+    cluster.kill('node-a')
+    // Whoever is home now has the whole output, and the process ends as an undisturbed run.
+    let reply: Awaited<ReturnType<typeof cluster.send>> | undefined
+    for (const startedMs = Date.now(); Date.now() - startedMs < 20_000; ) {
+      reply = await cluster.send('node-b', 'node-c', {
+        type: 'attach',
+        pid: process.pid,
+        from: 0,
+        waitMs: 5000,
+      })
+      if (reply.type === 'output' && reply.result !== null) break
+      await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    expect(reply?.type).toBe('output')
+    if (reply?.type !== 'output') return
+    expect(reply.result).toEqual({ exitCode: 0, error: null })
+    expect(new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))).toBe(
+      referenceOutput,
+    )
+    expect(cluster.logs.some((line) => line.startsWith('node-d: runtime: took over as home'))).toBe(true)
+  }, 60_000)
+})
+
 /** Records the thread keys written through `store`; can make the first end write of each child fail. */
 function watchThreadRecords(store: MemoryStore) {
   const written = new Set<string>()

@@ -117,8 +117,13 @@ export const programPreloadNodesMax = 16
 export const drainTimeoutMsDefault = 5000
 /** Nodes that keep a copy of a home's state (output, placements) to take the process over. */
 export const homeReplicaCountDefault = 2
-/** How long output waits for a home replica's copy to be confirmed before it goes on without it. */
+/**
+ * How long output waits for every home replica's copy to be confirmed; past it, one confirmation
+ * is enough (without any, it waits for the replicas' answers).
+ */
 export const homeCopyWaitMsMax = 500
+/** Sets of home replicas a piece of output is offered to before it goes on without a copy. */
+export const homeCopyRoundsMax = 3
 /** How long a thread keeps sending a piece of output to its process's home (a lost home is replaced meanwhile). */
 export const outputSendWindowMs = 30_000
 /** Output bytes in one `attach` reply, at most (one chunk may exceed it). */
@@ -741,10 +746,19 @@ export class NodeRuntime {
     const runningHere = new Map<string, ThreadSummary>()
     for (const summary of here)
       for (const thread of summary.threads) runningHere.set(`${summary.pid}/${thread.tid}`, thread)
-    const summaries = [...byPid.values()].map((summary) => ({
-      ...summary,
-      threads: summary.threads.map((thread) => runningHere.get(`${summary.pid}/${thread.tid}`) ?? thread),
-    }))
+    const summaries = [...byPid.values()].map((summary) => {
+      const listed = new Set(summary.threads.map((thread) => thread.tid))
+      return {
+        ...summary,
+        threads: [
+          ...summary.threads.map((thread) => runningHere.get(`${summary.pid}/${thread.tid}`) ?? thread),
+          // Threads that run here, which the home has not heard of yet.
+          ...(here.find((entry) => entry.pid === summary.pid)?.threads ?? []).filter(
+            (thread) => !listed.has(thread.tid),
+          ),
+        ],
+      }
+    })
     for (const summary of here) if (!byPid.has(summary.pid)) summaries.push(summary)
     return summaries
   }
@@ -1838,8 +1852,11 @@ export class NodeRuntime {
   }
 
   /**
-   * Sends `entry` to the home replicas, after every entry before it; resolves once it is there (or
-   * its replicas could not be reached). A replica that missed a copy gets the whole state again.
+   * Sends `entry` to the home replicas, after every entry before it; resolves once every replica
+   * has it, or, past `homeCopyWaitMsMax`, once one has it: output is shown (and its sender told it
+   * arrived) only when a node that may take the process over holds it, else losing this home would
+   * lose it. Should no replica take it, other live nodes become the replicas, for at most
+   * `homeCopyRoundsMax` rounds. A replica that missed a copy gets the whole state again.
    */
   private copyHome(home: HomeProcess, entry?: HomeCopyEntry): Promise<void> {
     if (entry !== undefined) home.copyPending.push(entry)
@@ -1851,33 +1868,61 @@ export class NodeRuntime {
         home.replicas = chooseSaveReplicas(this.self, live, homeReplicaCountDefault)
       const behind = home.replicas.some((node) => !home.replicasCurrent.has(node))
       if ((entries.length === 0 && !behind) || home.finished) return
-      const copies = Promise.all(
-        home.replicas.map(async (node) => {
-          const whole = !home.replicasCurrent.has(node)
-          const message: RuntimeMessage = whole
-            ? {
-                type: 'home-copy',
-                pid: home.record.pid,
-                record: encodeRecord(home.record),
-                program: home.programBytes,
-                replicas: home.replicas,
-                entries: this.homeState(home, entries),
-              }
-            : { type: 'home-copy', pid: home.record.pid, entries }
-          const reply = await this.components.messenger.request(node, message).catch(() => undefined)
-          if (reply?.type === 'ok') home.replicasCurrent.add(node)
-          else home.replicasCurrent.delete(node)
-        }),
-      )
-      // A replica that does not answer (SIGKILLed and not yet declared dead, say) must not hold the
-      // output up: past the wait, the output goes on; that replica is brought up to date later.
-      await new Promise<void>((resolve) => {
-        const timer = this.components.timers.after(homeCopyWaitMsMax, resolve)
-        void copies.then(() => {
-          timer.cancel()
-          resolve()
+      const send = async (node: NodeId): Promise<boolean> => {
+        const whole = !home.replicasCurrent.has(node)
+        const message: RuntimeMessage = whole
+          ? {
+              type: 'home-copy',
+              pid: home.record.pid,
+              record: encodeRecord(home.record),
+              program: home.programBytes,
+              replicas: home.replicas,
+              entries: this.homeState(home, entries),
+            }
+          : { type: 'home-copy', pid: home.record.pid, entries }
+        const reply = await this.components.messenger.request(node, message).catch(() => undefined)
+        if (reply?.type === 'ok') home.replicasCurrent.add(node)
+        else home.replicasCurrent.delete(node)
+        return reply?.type === 'ok'
+      }
+      const tried = new Set<NodeId>()
+      for (let round = 0; round < homeCopyRoundsMax && !home.finished; round++) {
+        const targets = home.replicas.filter((node) => !tried.has(node))
+        if (targets.length === 0) return // no other node to copy to (a one-node cluster)
+        for (const node of targets) tried.add(node)
+        let confirmed = 0
+        // A replica that does not answer (SIGKILLed and not yet declared dead, say) holds the
+        // output up for `homeCopyWaitMsMax` at most, if another one has it; it is brought up to
+        // date later.
+        await new Promise<void>((resolve) => {
+          let settled = 0
+          let waited = false
+          const check = () => {
+            if (settled < targets.length && !(waited && confirmed > 0)) return
+            timer.cancel()
+            resolve()
+          }
+          const timer = this.components.timers.after(homeCopyWaitMsMax, () => {
+            waited = true
+            check()
+          })
+          for (const node of targets)
+            void send(node).then((ok) => {
+              if (ok) confirmed++
+              settled++
+              check()
+            })
         })
-      })
+        if (confirmed > 0) return
+        home.replicas = chooseSaveReplicas(
+          this.self,
+          this.components.cluster.live().filter((peer) => !tried.has(peer.id)),
+          homeReplicaCountDefault,
+        )
+        this.components.log?.(
+          `runtime: no home replica of process ${home.record.pid} took its copy; copying to ${home.replicas.join(', ') || 'no other node'}`,
+        )
+      }
     })
     return home.copyQueue
   }
