@@ -9,6 +9,7 @@
 import { afterEach, describe, expect, test } from 'vitest'
 import { StoreTimeoutError } from '../fabric/errors.ts'
 import type { MemoryStore } from '../fabric/runtime/memory-store.ts'
+import { spawnPlacementWaitMsMax } from '../fabric/runtime/node-runtime.ts'
 import {
   decodeThread,
   encodeRecord,
@@ -106,6 +107,33 @@ describe('process runtime defects', () => {
     expect(output).toBe(referenceOutput)
     expect(refusals).toBe(30)
   }, 60_000)
+
+  test('a spawn whose child no node takes for longer than the main thread may wait is placed while its process runs, and the join gets its result', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const reference = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
+    let referenceOutput = ''
+    reference.onOutput((chunk) => {
+      referenceOutput += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    // Every node refuses the children's starts for longer than a main thread is waited for.
+    const refuseUntilMs = Date.now() + spawnPlacementWaitMsMax + 2000
+    cluster.intercept = (_from, _to, message) =>
+      message.type === 'start' && message.tid !== '0' && Date.now() < refuseUntilMs
+        ? { type: 'refused', reason: 'node is not serving' }
+        : undefined
+    const process = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe(referenceOutput)
+    expect(cluster.logs.some((line) => line.includes('placing it again while the process runs'))).toBe(true)
+  }, 90_000)
 
   test('a thread whose node cannot fetch the program for a while (a busy home) still runs, and its joiner gets its result', async () => {
     cluster = new InProcessCluster()

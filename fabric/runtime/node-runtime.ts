@@ -80,10 +80,16 @@ export const runAttemptsMax = 6
 export const runRetryMs = 200
 /** Ended processes a node remembers, to refuse starts of their threads that arrive late. */
 export const endedProcessesMax = 10_000
-/** How long a spawn keeps trying to have its child placed while no node takes it (store timeouts during a membership change, say). */
+/**
+ * How long a submit keeps trying to have the main thread placed while no node takes it (store
+ * timeouts during a membership change, say) before the process fails. A spawned child is placed
+ * until its process ends, as a run queue holds a thread until a core is free; each such period
+ * without a taker is logged, and the process record is read to see whether the process still runs.
+ */
 export const spawnPlacementWaitMsMax = 30_000
-/** Pause between two rounds of placing a child that no node took. */
+/** Pause between two rounds of placing a thread that no node took; it doubles up to the next. */
 export const spawnPlacementRetryMs = 250
+export const spawnPlacementRetryMsMax = 2000
 /** How often a home tries to take the lease of a departed node until it has expired. */
 export const fenceRetryMs = 50
 /** How long a home keeps trying to fence a departed node. */
@@ -856,19 +862,34 @@ export class NodeRuntime {
     const here = options.here === true ? this.self : undefined
     // No node taking the thread (each refused or did not answer: a store that did not answer in a
     // membership change, say) must not lose it: its joiner would find no such thread. So it is
-    // placed again until its record exists, for a bounded time.
-    for (let waitedMs = 0; ; waitedMs += spawnPlacementRetryMs) {
+    // placed again until its record exists: a child while its process runs (its spawner's next
+    // effect, join or save waits meanwhile), the main thread for `spawnPlacementWaitMsMax`.
+    const clock = this.components.clock ?? systemClock
+    const startedMs = clock.now()
+    let reportedMs = 0
+    for (let pauseMs = spawnPlacementRetryMs, round = 0; ; round++) {
       if (
-        (await this.handOver(pid, tid, 0, record, { prefer: waitedMs === 0 ? here : undefined })) !== null ||
+        (await this.handOver(pid, tid, 0, record, { prefer: round === 0 ? here : undefined })) !== null ||
         this.stopped
       )
         return
+      const waitedMs = clock.now() - startedMs
       if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
       const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
       if (read?.value != null) return
-      if (waitedMs >= spawnPlacementWaitMsMax)
-        throw new Error(`no node took thread ${tid} of process ${pid} in ${spawnPlacementWaitMsMax} ms`)
-      await new Promise<void>((resolve) => this.components.timers.after(spawnPlacementRetryMs, resolve))
+      if (waitedMs - reportedMs >= spawnPlacementWaitMsMax) {
+        if (tid === '0')
+          throw new Error(`no node took thread ${tid} of process ${pid} in ${spawnPlacementWaitMsMax} ms`)
+        reportedMs = waitedMs
+        this.components.log?.(
+          `runtime: no node took thread ${tid} of process ${pid} for ${Math.round(waitedMs / 1000)} s; placing it again while the process runs`,
+        )
+        // A `stop` that did not arrive: the process record says whether the process still runs.
+        const process = await this.components.store.get(keys.process(pid)).catch(() => undefined)
+        if (process?.value != null && decodeProcess(process.value).state !== 'running') return
+      }
+      await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
+      pauseMs = Math.min(pauseMs * 2, spawnPlacementRetryMsMax)
     }
   }
 
