@@ -41,6 +41,7 @@ function storeOn(sim: Simulator, live: Map<string, SimFabricNode>, id: string): 
       submit(key, { kind: 'acquire', holder, ttlMs, grant: `${id}/${grants++}` }),
     renew: (key, holder, token) => submit(key, { kind: 'renew', holder, token, grant: `${id}/${grants++}` }),
     release: (key, holder, token) => submit(key, { kind: 'release', holder, token }),
+    delete: (key) => submit(key, { kind: 'delete' }),
   }
 }
 

@@ -613,13 +613,15 @@ describe('a thread’s reply log on its save replicas', () => {
 })
 
 describe('the end of a process', () => {
-  test('a process that ends leaves no value and no lease in its sync registers; another process’s stay', async () => {
+  test('a process that ends has its sync keys deleted (no value, no lease, one operation each); another process’s stay', async () => {
     const { engines, store } = cluster(['a', 'b'])
     const written = new Set<string>()
-    for (const method of ['put', 'cas', 'acquire'] as const) {
+    const calls: string[] = []
+    for (const method of ['put', 'cas', 'acquire', 'get', 'release', 'delete'] as const) {
       const original = store[method].bind(store) as (key: string, ...rest: unknown[]) => unknown
       ;(store as unknown as Record<string, unknown>)[method] = (key: string, ...rest: unknown[]) => {
-        written.add(key)
+        if (method === 'put' || method === 'cas' || method === 'acquire') written.add(key)
+        calls.push(`${method} ${key}`)
         return original(key, ...rest)
       }
     }
@@ -635,13 +637,19 @@ describe('the end of a process', () => {
     }
     await new Promise((resolve) => setTimeout(resolve, 20))
     // Every node that ran the process's threads hears of its end (the runtime's `stop`).
+    calls.length = 0
     await Promise.all([engines.get('a')!.processEnded('p1'), engines.get('b')!.processEnded('p1')])
     const keys = [...written]
-    expect(keys.filter((key) => key.startsWith('sync/p1/'))).toHaveLength(6)
+    const ended = keys.filter((key) => key.startsWith('sync/p1/'))
+    expect(ended).toHaveLength(6)
+    // Only deletes, each key by the nodes that knew it (a node that did not use a key leaves it).
+    expect(calls.filter((call) => !call.startsWith('delete sync/p1/'))).toEqual([])
+    expect(new Set(calls).size).toBe(6)
     for (const key of keys) {
       const read = await store.get(key)
       if (key.startsWith('sync/p1/')) {
-        expect(read.value?.length ?? 0, key).toBe(0)
+        // Read as a key never written: no value (null, not empty bytes), no holder.
+        expect(read.value, key).toBeNull()
         expect(read.holder, key).toBeNull()
       } else if (!key.includes('/lock/')) {
         expect(read.value?.length ?? 0, key).toBeGreaterThan(0)

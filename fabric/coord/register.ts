@@ -36,6 +36,12 @@ export type Operation =
   | { kind: 'acquire'; holder: string; ttlMs: number; grant: string }
   | { kind: 'renew'; holder: string; token: number; grant: string }
   | { kind: 'release'; holder: string; token: number }
+  /**
+   * Empties the key: no value (a get sees null, as for a key never written) and no lease, whoever
+   * holds it. The version and the fencing token count on, so a key written or locked again after a
+   * delete never repeats either. For keys nobody uses any more (an ended process's objects).
+   */
+  | { kind: 'delete' }
 
 /** What the caller sees: whether the operation applied, and the register's visible state after it. */
 export interface OperationResult {
@@ -106,6 +112,10 @@ export function applyOperation(
       else ok = false
       break
     }
+    case 'delete':
+      if (state.value !== null || state.lease !== null)
+        next = { ...state, version: state.version + 1, value: null, lease: null }
+      break
   }
   return {
     state: next,

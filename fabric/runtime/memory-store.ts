@@ -45,6 +45,15 @@ export class MemoryStore implements CoordinationClient {
     return { ok, version: cell.version, value: cell.value, holder: cell.holder, token: cell.token }
   }
 
+  /** Keys under `prefix` that hold a value or a live lease: what a get shows as written (tests). */
+  writtenKeys(prefix: string): string[] {
+    return [...this.cells.keys()].filter((key) => {
+      if (!key.startsWith(prefix)) return false
+      const cell = this.cell(key)
+      return cell.value !== null || cell.holder !== null
+    })
+  }
+
   get(key: string) {
     return this.apply(key, () => true)
   }
@@ -77,6 +86,16 @@ export class MemoryStore implements CoordinationClient {
     return this.apply(key, (cell) => {
       if (cell.holder !== holder || cell.token !== token || this.clock.now() > cell.expiresAt) return false
       cell.expiresAt = this.clock.now() + cell.ttlMs
+      return true
+    })
+  }
+  /** As the store's delete: no value, no lease; the version and the token count on. */
+  delete(key: string) {
+    return this.apply(key, (cell) => {
+      if (cell.value === null && cell.holder === null) return true
+      cell.version++
+      cell.value = null
+      cell.holder = null
       return true
     })
   }

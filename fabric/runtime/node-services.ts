@@ -44,6 +44,7 @@ export function storeClient(node: FabricNode): CoordinationClient {
     acquire: (key, holder, ttlMs) => run(key, { kind: 'acquire', holder, ttlMs, grant: grant() }),
     renew: (key, holder, token) => run(key, { kind: 'renew', holder, token, grant: grant() }),
     release: (key, holder, token) => run(key, { kind: 'release', holder, token }),
+    delete: (key) => run(key, { kind: 'delete' }),
   }
 }
 

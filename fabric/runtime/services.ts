@@ -29,6 +29,8 @@ export interface CoordinationClient {
   acquire(key: string, holder: string, ttlMs: number): Promise<Register>
   renew(key: string, holder: string, token: number): Promise<Register>
   release(key: string, holder: string, token: number): Promise<Register>
+  /** Empties the key: no value, no lease (the version and the fencing token count on). */
+  delete(key: string): Promise<Register>
 }
 
 export interface PeerInfo {

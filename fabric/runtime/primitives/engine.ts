@@ -78,6 +78,10 @@ export const cachedKeysMax = 4096
 export const otherFloorsMax = 256
 /** Keys remembered per thread (to drop its results when it ends). */
 export const touchedKeysPerThreadMax = 1024
+/** Keys remembered per process (to delete them when it ends). */
+export const keysPerProcessMax = 4096
+/** Processes whose keys this node remembers, and ended processes it refuses calls of, at most each. */
+export const processesTrackedMax = 1024
 
 export interface SyncEngineComponents {
   store: CoordinationClient
@@ -149,6 +153,10 @@ export class SyncEngine {
   private readonly threads = new Map<string, ThreadTrack>()
   /** The TTL this node last gave each lease it took (`key\0holder`): a renew with it needs no acquire. */
   private readonly leaseTtls = new Map<string, number>()
+  /** Keys each process's calls on this node used, kept apart from the threads (which stop first). */
+  private readonly processKeys = new Map<string, Set<string>>()
+  /** Processes that ended: a call of theirs still under way must not leave a value or a lease. */
+  private readonly endedProcesses = new Set<string>()
   private readonly random: () => number
 
   constructor(components: SyncEngineComponents) {
@@ -170,6 +178,8 @@ export class SyncEngine {
     }
     const kind = kindOf(operation)!
     const key = await syncKey(thread.pid, group, kind, name)
+    if (this.endedProcesses.has(thread.pid)) return never()
+    this.noteProcessKey(thread.pid, key)
     try {
       const reply =
         kind === 'lock'
@@ -228,14 +238,19 @@ export class SyncEngine {
   }
 
   /**
-   * The process ended (or was killed): forgets its threads, and empties the registers of its
-   * objects that this node knows of (each node that ran its threads does the same), releasing the
-   * leases its threads still hold. The keys themselves stay, a few bytes each: the store has no
-   * delete. Best effort and in the background; resolves when done.
+   * The process ended (or was killed): forgets its threads, and deletes the registers of its
+   * objects that this node knows of (each node that ran its threads does the same): values and the
+   * leases its threads still hold go, one store operation per key. A key only threads on a node that
+   * has since died used is not known to anyone and stays. Best effort and in the background;
+   * resolves when done.
    */
   processEnded(pid: string): Promise<void> {
     const prefix = `sync/${pid}/`
-    const keys = new Set<string>()
+    this.endedProcesses.add(pid)
+    if (this.endedProcesses.size > processesTrackedMax)
+      this.endedProcesses.delete(this.endedProcesses.values().next().value!)
+    const keys = new Set<string>(this.processKeys.get(pid))
+    this.processKeys.delete(pid)
     for (const [id, track] of [...this.threads]) {
       if (!id.startsWith(`${pid}/`)) continue
       for (const key of track.touched) keys.add(key)
@@ -248,16 +263,13 @@ export class SyncEngine {
       else this.slots.delete(key)
     }
     for (const key of [...this.leaseTtls.keys()]) if (key.startsWith(prefix)) this.leaseTtls.delete(key)
-    return this.emptyRegisters(pid, [...keys])
+    return this.deleteRegisters([...keys])
   }
 
-  private async emptyRegisters(pid: string, keys: readonly string[]): Promise<void> {
-    const store = this.components.store
+  private async deleteRegisters(keys: readonly string[]): Promise<void> {
     for (const key of keys) {
       try {
-        const read = await store.get(key)
-        if (read.holder?.startsWith(`${pid}/`) === true) await store.release(key, read.holder, read.token)
-        if (read.value !== null && read.value.length > 0) await store.put(key, endedRegisterValue)
+        await this.components.store.delete(key)
       } catch {
         // A store that does not answer leaves this register as it was: memory, not a wrong answer.
       }
@@ -344,6 +356,12 @@ export class SyncEngine {
           const nap = this.nap(key)
           const taken = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
           this.noteRegister(key, taken)
+          if (taken.ok && this.endedProcesses.has(thread.pid)) {
+            // Its process ended (and its keys were deleted) while this call waited: let go again.
+            nap.cancel()
+            await this.deleteRegisters([key])
+            return never()
+          }
           if (taken.ok) {
             nap.cancel()
             this.leaseTtls.set(`${key}\u0000${holder}`, operation.ttlMs)
@@ -679,6 +697,17 @@ export class SyncEngine {
     return track
   }
 
+  private noteProcessKey(pid: string, key: string): void {
+    let keys = this.processKeys.get(pid)
+    if (keys === undefined) {
+      if (this.processKeys.size >= processesTrackedMax)
+        this.processKeys.delete(this.processKeys.keys().next().value!)
+      keys = new Set()
+      this.processKeys.set(pid, keys)
+    }
+    if (keys.size < keysPerProcessMax) keys.add(key)
+  }
+
   /** Notes that the thread used `key`, and a result it recorded there (`recorded`) that awaits its save. */
   private noteResult(thread: SyncThread, key: string, recorded: boolean, track: ThreadTrack): void {
     if (track.touched.size < touchedKeysPerThreadMax) track.touched.add(key)
@@ -690,9 +719,6 @@ export class SyncEngine {
     }
   }
 }
-
-/** What an ended process's register holds: nothing (decodes as a new object's state). */
-const endedRegisterValue = new Uint8Array(0)
 
 function leaseOf(register: Register): { holder: string | null; token: number } {
   return { holder: register.holder, token: register.token }

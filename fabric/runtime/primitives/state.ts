@@ -140,7 +140,7 @@ export function encodeState(state: SyncState): Uint8Array {
 
 /** Decodes a register's value; anything unreadable is a broken invariant of this module. */
 export function decodeState(bytes: Uint8Array | null, kind: SyncKind): SyncState {
-  // Null: never written; empty: emptied when its process ended.
+  // Null: never written, or deleted when its process ended (empty: emptied by an older version).
   if (bytes === null || bytes.length === 0) return emptyState(kind)
   const state = decoder.decode(bytes) as SyncState
   if (state?.formatVersion !== syncStateFormatVersion || state.kind !== kind) {
