@@ -5,7 +5,7 @@
 import { describe, expect, test } from 'vitest'
 import type { Capacity } from '../fabric/membership/membership.ts'
 import { seededRandom } from '../fabric/platform.ts'
-import { chooseNode } from '../fabric/runtime/placement.ts'
+import { chooseNode, groupThreadsPerCoreMax } from '../fabric/runtime/placement.ts'
 import type { PeerInfo } from '../fabric/runtime/services.ts'
 
 function peer(id: string, kind: PeerInfo['kind'], cores: number, speedScore: number): PeerInfo {
@@ -41,5 +41,43 @@ describe('placement', () => {
     expect(() =>
       chooseNode({ candidates: [peer('tab', 'browser', 4, 1)], load: new Map(), random: seededRandom(1) }),
     ).toThrow(/no live server node/)
+  })
+
+  describe('threads of a context group', () => {
+    const cluster = ['a', 'b', 'c', 'd', 'e'].map((id) => peer(id, 'server', 2, 1))
+    const room = 2 * groupThreadsPerCoreMax
+    /** Places `count` threads of one group one after the other, as a node's runtime counts them. */
+    function placeGroup(
+      count: number,
+      seed: number,
+      ran: Map<string, number> = new Map(),
+    ): Map<string, number> {
+      const random = seededRandom(seed)
+      const groupThreads = new Map(ran)
+      for (let index = 0; index < count; index++) {
+        const id = chooseNode({ candidates: cluster, load: new Map(), groupThreads, random })
+        groupThreads.set(id, (groupThreads.get(id) ?? 0) + 1)
+      }
+      return groupThreads
+    }
+
+    test('fill the node that runs the group up to its room, then one more node', () => {
+      for (let seed = 1; seed <= 50; seed++) {
+        const placed = placeGroup(6, seed, new Map([['c', 1]]))
+        expect(placed.get('c'), `seed ${seed}`).toBe(room)
+        expect(
+          [...placed.values()].filter((threads) => threads > 0),
+          `seed ${seed}`,
+        ).toHaveLength(2)
+      }
+    })
+
+    test('go back to a node where all of the group’s threads ended, not to a random one', () => {
+      for (let seed = 1; seed <= 50; seed++) {
+        // `c` ran threads of the group that all ended: it has room for the group again.
+        const placed = placeGroup(3, seed, new Map([['c', 0]]))
+        expect(placed, `seed ${seed}`).toEqual(new Map([['c', 3]]))
+      }
+    })
   })
 })

@@ -331,6 +331,11 @@ export class NodeRuntime {
    * `<pid>/<group>`, until they end: placement keeps a group on few nodes.
    */
   private readonly groupThreads = new Map<string, Map<string, NodeId>>()
+  /**
+   * The nodes that ran threads of a context group (by `<pid>/<group>`), until the process ends: a
+   * group whose short threads all ended on a node goes back to it, instead of to a random one.
+   */
+  private readonly groupNodes = new Map<string, Set<NodeId>>()
   /** Threads this node is claiming for itself (placed here because it had idle cores). */
   private startingHere = 0
 
@@ -580,8 +585,9 @@ export class NodeRuntime {
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
         void this.sync.processEnded(message.pid)
-        for (const groupKey of [...this.groupThreads.keys()])
-          if (groupKey.startsWith(`${message.pid}/`)) this.groupThreads.delete(groupKey)
+        for (const groups of [this.groupThreads, this.groupNodes])
+          for (const groupKey of [...groups.keys()])
+            if (groupKey.startsWith(`${message.pid}/`)) groups.delete(groupKey)
         for (const key of [...this.endedOutcomes.keys()])
           if (key.startsWith(keys.thread(message.pid, ''))) this.endedOutcomes.delete(key)
         return { type: 'ok' }
@@ -928,6 +934,9 @@ export class NodeRuntime {
               groupThreads: groupKey === null ? undefined : this.groupNodesLoad(groupKey),
               random: this.components.random,
             })
+      // Counted before the answer: the next placements of the same batch see it, so a group that
+      // spills off a full node spills to one other node, not to several at random.
+      if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
       if (node === this.self) this.startingHere++
       const reply = await this.components.messenger
         .request(node, { type: 'start', pid, tid, version, record: encoded })
@@ -936,10 +945,10 @@ export class NodeRuntime {
           if (node === this.self) this.startingHere--
         })
       if (reply.type === 'ok') {
-        if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
         this.tellHome(pid, tid, node)
         return node
       }
+      if (groupKey !== null) this.forgetGroupPlacement(groupKey, tid, node)
       if (reply.type === 'claimed') {
         // Another claim won (or this one did and its answer was lost): the home must watch that node.
         if (reply.state === 'running') this.tellHome(pid, tid, reply.node)
@@ -1633,6 +1642,16 @@ export class NodeRuntime {
     const threads = this.groupThreads.get(groupKey) ?? new Map<string, NodeId>()
     threads.set(tid, node)
     this.groupThreads.set(groupKey, threads)
+    const nodes = this.groupNodes.get(groupKey) ?? new Set<NodeId>()
+    nodes.add(node)
+    this.groupNodes.set(groupKey, nodes)
+  }
+
+  /** A placement on `node` that did not happen: neither the thread nor (if it was the only one) the node counts. */
+  private forgetGroupPlacement(groupKey: string, tid: string, node: NodeId): void {
+    const threads = this.groupThreads.get(groupKey)
+    threads?.delete(tid)
+    if (![...(threads?.values() ?? [])].includes(node)) this.groupNodes.get(groupKey)?.delete(node)
   }
 
   /** A thread ended: it no longer counts where its group is. */
@@ -1641,9 +1660,10 @@ export class NodeRuntime {
       if (groupKey.startsWith(`${pid}/`)) threads.delete(tid)
   }
 
-  /** Threads of a group on each node, as far as this node knows. */
+  /** Threads of a group on each node that runs or ran some, as far as this node knows. */
   private groupNodesLoad(groupKey: string): Map<NodeId, number> {
     const load = new Map<NodeId, number>()
+    for (const node of this.groupNodes.get(groupKey) ?? []) load.set(node, 0)
     for (const node of this.groupThreads.get(groupKey)?.values() ?? [])
       load.set(node, (load.get(node) ?? 0) + 1)
     return load

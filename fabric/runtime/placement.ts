@@ -1,7 +1,7 @@
 /**
  * Placement: which node runs a new thread. Each live server node gets a weight of its cores times
  * its measured speed, divided by one plus the threads it already runs per core; a node twice as fast
- * thus gets about twice the threads. Threads of one context group go to nodes that already run
+ * thus gets about twice the threads. Threads of one context group go to nodes that run (or ran)
  * threads of the group while those have room (`groupThreadsPerCoreMax`), so a group fills the fewest
  * nodes; only then does it take another node. The choice is random in proportion to the weights,
  * from an injected source.
@@ -20,7 +20,10 @@ export interface PlacementInput {
   candidates: readonly PeerInfo[]
   /** Threads each node runs now, as far as the placer knows. */
   load: ReadonlyMap<NodeId, number>
-  /** Threads of the new thread's context group on each node, as far as the placer knows. */
+  /**
+   * Threads of the new thread's context group on each node that runs or ran some (0: all ended
+   * there), as far as the placer knows.
+   */
   groupThreads?: ReadonlyMap<NodeId, number>
   random: Random
 }
@@ -31,12 +34,21 @@ export function nodeWeight(peer: PeerInfo, threads: number): number {
   return (cores * speed) / (1 + threads / cores)
 }
 
-/** The candidates that run threads of the group and have room for one more of them. */
-function groupNodesWithRoom(candidates: readonly PeerInfo[], groupThreads: ReadonlyMap<NodeId, number>) {
-  return candidates.filter((peer) => {
-    const threads = groupThreads.get(peer.id) ?? 0
-    return threads > 0 && threads < Math.max(1, peer.capacity.cores) * groupThreadsPerCoreMax
+function groupRoom(peer: PeerInfo): number {
+  return Math.max(1, peer.capacity.cores) * groupThreadsPerCoreMax
+}
+
+/**
+ * Where a thread of the group goes: a node that runs or ran threads of the group and has room for
+ * one more of them; when there is none, a node the group has not filled (a new one).
+ */
+function groupPool(candidates: readonly PeerInfo[], groupThreads: ReadonlyMap<NodeId, number>): PeerInfo[] {
+  const near = candidates.filter((peer) => {
+    const threads = groupThreads.get(peer.id)
+    return threads !== undefined && threads < groupRoom(peer)
   })
+  if (near.length > 0) return near
+  return candidates.filter((peer) => (groupThreads.get(peer.id) ?? 0) < groupRoom(peer))
 }
 
 export function chooseNode(input: PlacementInput): NodeId {
@@ -44,8 +56,8 @@ export function chooseNode(input: PlacementInput): NodeId {
   let pool = input.candidates.filter((peer) => peer.kind === 'server')
   if (pool.length === 0) throw new Error('no live server node to place a thread on')
   if (input.groupThreads !== undefined) {
-    const near = groupNodesWithRoom(pool, input.groupThreads)
-    if (near.length > 0) pool = near
+    const group = groupPool(pool, input.groupThreads)
+    if (group.length > 0) pool = group
   }
   const weights = pool.map((peer) => nodeWeight(peer, input.load.get(peer.id) ?? 0))
   const total = weights.reduce((sum, weight) => sum + weight, 0)
