@@ -1,6 +1,6 @@
 /** Shape checks for runtime messages from the network: anything else is refused before handling. */
 
-import type { RuntimeMessage, RuntimeReply } from './messages.ts'
+import { noticeTypes, type RuntimeMessage, type RuntimeReply } from './messages.ts'
 
 export const idLengthMax = 256
 export const argumentsMax = 1024
@@ -13,6 +13,8 @@ export const syncKeyLengthMax = 512
 export const logEntriesMax = 1_000_000
 /** Entries in one `home-copy` message (a first copy carries a process's whole output so far). */
 export const homeCopyEntriesMax = 1_000_000
+/** Notices in one `notices` message. */
+export const noticesPerMessageMax = 1024
 /** A thread record in a `start` message (its argument included). */
 export const recordBytesMax = 16 * 1024 * 1024
 
@@ -108,6 +110,14 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       )
     case 'placed':
       return isId(value.pid) && isId(value.tid) && isId(value.node)
+    case 'notices':
+      return (
+        Array.isArray(value.notices) &&
+        value.notices.length <= noticesPerMessageMax &&
+        value.notices.every(
+          (notice) => isObject(notice) && noticeTypes.has(notice.type as string) && isRuntimeMessage(notice),
+        )
+      )
     case 'stop':
     case 'kill':
       return isId(value.pid)

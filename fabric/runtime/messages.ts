@@ -52,6 +52,11 @@ export type RuntimeMessage =
    * `early`: sent before the record says so (for joins only; the home waits for the durable one).
    */
   | { type: 'ended'; pid: string; tid: string; outcome?: EndedOutcome; early?: boolean }
+  /**
+   * Several notices (`placed`, `ended`, `drop-saves`) to one node in one message: those a node
+   * produces while its previous notices to that node are on their way travel together.
+   */
+  | { type: 'notices'; notices: Notice[] }
   /** Stop the threads of a process (it ended) on the receiver. */
   | { type: 'stop'; pid: string }
   /** From a submitter: run this program; the receiver becomes its home. */
@@ -83,6 +88,11 @@ export type RuntimeMessage =
     }
   /** A process's home was lost and `home` took over: its output and notices go there now. */
   | { type: 'home-moved'; pid: string; home: string }
+
+/** A message that only informs its receiver: nothing waits for its reply but the next notices. */
+export type Notice = Extract<RuntimeMessage, { type: 'placed' | 'ended' | 'drop-saves' }>
+
+export const noticeTypes: ReadonlySet<string> = new Set(['placed', 'ended', 'drop-saves'])
 
 /** One thing a home copies to its replicas: an output chunk (by its index), a placement, an end. */
 export type HomeCopyEntry =
@@ -158,6 +168,7 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'output',
   'placed',
   'ended',
+  'notices',
   'stop',
   'sync-wake',
   'home-copy',

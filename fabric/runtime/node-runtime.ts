@@ -41,11 +41,13 @@ import { HomeCopies } from './home-copies.ts'
 import type {
   EndedOutcome,
   HomeCopyEntry,
+  Notice,
   ProcessSummary,
   RuntimeMessage,
   RuntimeReply,
   ThreadSummary,
 } from './messages.ts'
+import { NoticeSender } from './notices.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, isSyncRead, type SyncEngine, type SyncThread } from './primitives/engine.ts'
 import { type LoggedReply, ReplyLog } from './primitives/reply-log.ts'
@@ -338,12 +340,15 @@ export class NodeRuntime {
   private readonly groupNodes = new Map<string, Set<NodeId>>()
   /** Threads this node is claiming for itself (placed here because it had idle cores). */
   private startingHere = 0
+  /** Placements, ends and dropped saves told to other nodes, several per message under load. */
+  private readonly notices: NoticeSender
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.notices = new NoticeSender(this.self, (to, message) => components.messenger.request(to, message))
     this.sync = createSyncEngine({
       store: components.store,
       self: this.self,
@@ -575,6 +580,9 @@ export class NodeRuntime {
           )
         return { type: 'ok' }
       }
+      case 'notices':
+        for (const notice of message.notices) await this.handle(from, notice)
+        return { type: 'ok' }
       case 'ended':
         this.threadEnded(message.pid, message.tid, message.outcome, message.early === true)
         return { type: 'ok' }
@@ -968,7 +976,7 @@ export class NodeRuntime {
   /** Tells the home of `pid` that thread `tid` runs on `node` (it restarts it should `node` die). */
   private tellHome(pid: string, tid: string, node: NodeId): void {
     void this.processRecord(pid)
-      .then((process) => this.components.messenger.request(process.home, { type: 'placed', pid, tid, node }))
+      .then((process) => this.notices.send(process.home, { type: 'placed', pid, tid, node }))
       .catch(() => {})
   }
 
@@ -1727,7 +1735,7 @@ export class NodeRuntime {
           `runtime: closing files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
         ),
       )
-    const ended: RuntimeMessage = {
+    const ended: Notice = {
       type: 'ended',
       pid: thread.pid,
       tid: thread.tid,
@@ -1742,8 +1750,7 @@ export class NodeRuntime {
     // process on the main thread's end, hears only once the record is written.
     const spawner = thread.record.spawnerNode
     const toldSpawner = spawner !== undefined && thread.tid !== '0' && !thread.stopped
-    if (toldSpawner)
-      void this.components.messenger.request(spawner, { ...ended, early: true }).catch(() => {})
+    if (toldSpawner) this.notices.send(spawner, { ...ended, early: true })
     await thread.replicationQueue
     const done: ThreadRecord =
       outcome.kind === 'exit'
@@ -1784,12 +1791,9 @@ export class NodeRuntime {
     // The home, and the spawning node if not told yet (a parent that moved finds out by polling).
     const notify = new Set<NodeId>([process.home])
     if (spawner !== undefined && !toldSpawner) notify.add(spawner)
-    for (const node of notify) void this.components.messenger.request(node, ended).catch(() => {})
-    for (const node of thread.replicas) {
-      void this.components.messenger
-        .request(node, { type: 'drop-saves', pid: thread.pid, tid: thread.tid })
-        .catch(() => {})
-    }
+    for (const node of notify) this.notices.send(node, ended)
+    for (const node of thread.replicas)
+      this.notices.send(node, { type: 'drop-saves', pid: thread.pid, tid: thread.tid })
   }
 
   private stopThread(thread: LocalThread, options: { processEnded?: boolean } = {}): void {
