@@ -15,7 +15,13 @@ export function diskInstrumentCache(directory: string): InstrumentCache {
         const base = join(directory, `${moduleDigest}-v${instrumentationVersion}`)
         const meta = JSON.parse(await readFile(`${base}.json`, 'utf8'))
         const bytes = new Uint8Array(await readFile(`${base}.wasm`))
-        return { bytes, globalCount: meta.globalCount, mainEntry: meta.mainEntry, moduleDigest }
+        return {
+          bytes,
+          globalCount: meta.globalCount,
+          mainEntry: meta.mainEntry,
+          moduleDigest,
+          instanceReusable: meta.instanceReusable === true,
+        }
       } catch {
         return undefined
       }
@@ -25,7 +31,11 @@ export function diskInstrumentCache(directory: string): InstrumentCache {
       const base = join(directory, `${module.moduleDigest}-v${instrumentationVersion}`)
       await writeFile(`${base}.wasm.${process.pid}.tmp`, module.bytes)
       await rename(`${base}.wasm.${process.pid}.tmp`, `${base}.wasm`)
-      const meta = { globalCount: module.globalCount, mainEntry: module.mainEntry }
+      const meta = {
+        globalCount: module.globalCount,
+        mainEntry: module.mainEntry,
+        instanceReusable: module.instanceReusable,
+      }
       await writeFile(`${base}.json.${process.pid}.tmp`, JSON.stringify(meta))
       await rename(`${base}.json.${process.pid}.tmp`, `${base}.json`)
     },

@@ -143,7 +143,7 @@ function transform(bytes: Uint8Array, moduleDigest: string): InstrumentedModule 
     const blockingImports = collectBlockingImports(module)
     const globals = collectMutableGlobals(module)
     addHostGlobalsAndHelpers(module, guestMemory, dirtyMemory)
-    instrumentFunctions(module, dirtyMemory)
+    const instanceReusable = instrumentFunctions(module, dirtyMemory)
 
     binaryen.setOptimizeLevel(2)
     binaryen.setShrinkLevel(0)
@@ -161,7 +161,13 @@ function transform(bytes: Uint8Array, moduleDigest: string): InstrumentedModule 
     if (!module.validate())
       throw new InvalidModuleError('instrumentation produced an invalid module (a bug in Fabric)')
     const mainEntry = hasExport(module, '_start') ? '_start' : 'main'
-    return { bytes: module.emitBinary(), globalCount: globals.length, mainEntry, moduleDigest }
+    return {
+      bytes: module.emitBinary(),
+      globalCount: globals.length,
+      mainEntry,
+      moduleDigest,
+      instanceReusable,
+    }
   } finally {
     module.dispose()
   }
@@ -302,8 +308,18 @@ function addHostGlobalsAndHelpers(module: binaryen.Module, guestMemory: string, 
   )
 }
 
-function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void {
+/** Instructions that change state outside memories and globals: an instance that ran them is not reused. */
+const instanceStateIds: ReadonlySet<number> = new Set([
+  binaryen.TableSetId,
+  binaryen.TableGrowId,
+  binaryen.MemoryInitId,
+  binaryen.DataDropId,
+])
+
+/** Instruments every function; returns whether the module's instances can be reused (no table or segment changes). */
+function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): boolean {
   const { i32 } = binaryen
+  let instanceReusable = true
   for (let index = 0; index < module.getNumFunctions(); index++) {
     const functionRef = module.getFunctionByIndex(index)
     const info = binaryen.getFunctionInfo(functionRef)
@@ -333,6 +349,7 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
       const [expression, storeDepth] = pending.pop()!
       if (expression === 0) continue
       const id = binaryen.getExpressionId(expression)
+      if (instanceStateIds.has(id)) instanceReusable = false
       const keys = children[id]
       if (keys === undefined) {
         throw new InvalidModuleError(
@@ -414,6 +431,7 @@ function instrumentFunctions(module: binaryen.Module, dirtyMemory: string): void
       }
     }
   }
+  return instanceReusable
 }
 
 export const supportedImportModules = [importModuleWasi, importModuleEnvironment] as const

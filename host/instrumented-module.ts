@@ -18,6 +18,12 @@ export interface InstrumentedModule {
   mainEntry: string
   /** SHA-256 (hex) of the original module: a save names the module it belongs to. */
   moduleDigest: string
+  /**
+   * No instruction changes a table or uses a passive data segment (table.set, table.grow,
+   * memory.init, data.drop): an instance's whole state is its memories and mutable globals, so
+   * writing back those of a fresh instance makes a used one fresh again (workers reuse instances).
+   */
+  instanceReusable: boolean
 }
 
 /** A second-level cache (the Node adapter keeps one on disk); keyed by the original's digest. */

@@ -184,6 +184,7 @@ export class LocalProcess {
         module: program.module,
         globalCount: program.globalCount,
         moduleDigest: program.moduleDigest,
+        instanceReusable: program.instanceReusable,
         entry: thread.entry,
         arg: thread.arg,
         threadId: thread.threadId,

@@ -25,6 +25,8 @@ export interface Program {
   moduleDigest: string
   /** Size of the original module in bytes. */
   sourceBytes: number
+  /** A worker may reuse an instance for the next thread (see InstrumentedModule). */
+  instanceReusable: boolean
 }
 
 const wasmMagic = [0x00, 0x61, 0x73, 0x6d]
@@ -106,6 +108,7 @@ export async function loadProgram(bytes: Uint8Array, options: LoadOptions = {}):
   return {
     module,
     globalCount: instrumented.globalCount,
+    instanceReusable: instrumented.instanceReusable,
     mainEntry: instrumented.mainEntry,
     moduleDigest: instrumented.moduleDigest,
     sourceBytes: bytes.length,

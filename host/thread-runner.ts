@@ -5,8 +5,38 @@
 
 import { CpuBudgetExceededError, deserializeError, type FabricHostError, WorkerLostError } from './errors.ts'
 import type { EncodedSave } from './snapshot.ts'
-import type { CallMessage, FromWorker, StartMessage, ThreadLimits } from './worker/protocol.ts'
-import type { Lease, WorkerPool } from './worker-pool.ts'
+import {
+  type CallMessage,
+  type FromWorker,
+  type StartMessage,
+  type ThreadLimits,
+  workerModulesMax,
+} from './worker/protocol.ts'
+import type { HostWorker, Lease, WorkerPool } from './worker-pool.ts'
+
+/** A number per compiled module object, which workers key their copies by. */
+const moduleIds = new WeakMap<WebAssembly.Module, number>()
+let nextModuleId = 1
+/** The modules each worker holds, oldest first: the same list the worker keeps. */
+const workerModules = new WeakMap<HostWorker, number[]>()
+
+/** The module for a start on `worker`: null when the worker has it already. */
+function moduleFor(
+  worker: HostWorker,
+  module: WebAssembly.Module,
+): { module: WebAssembly.Module | null; moduleId: number } {
+  let moduleId = moduleIds.get(module)
+  if (moduleId === undefined) {
+    moduleId = nextModuleId++
+    moduleIds.set(module, moduleId)
+  }
+  const held = workerModules.get(worker) ?? []
+  workerModules.set(worker, held)
+  if (held.includes(moduleId)) return { module: null, moduleId }
+  held.push(moduleId)
+  if (held.length > workerModulesMax) held.shift()
+  return { module, moduleId }
+}
 
 export interface HostCall {
   callSequence: number
@@ -40,6 +70,8 @@ export interface ThreadStart {
   module: WebAssembly.Module
   globalCount: number
   moduleDigest: string
+  /** Workers may reuse an instance of the module for this thread (Program.instanceReusable). */
+  instanceReusable?: boolean
   entry: string
   arg: Uint8Array
   threadId: number
@@ -111,10 +143,12 @@ export class ThreadRunner {
     const { worker } = lease
     worker.onMessage((message) => this.onMessage(message))
     worker.onCrash((reason) => this.end({ kind: 'error', error: new WorkerLostError(reason) }, false))
-    const { limits, ...rest } = this.start
+    const { limits, module, ...rest } = this.start
     const message: StartMessage = {
       type: 'start',
       ...rest,
+      ...moduleFor(worker, module),
+      instanceReusable: this.start.instanceReusable === true,
       limits: { memoryPagesMax: limits.memoryPagesMax },
     }
     this.computingSince = Date.now()

@@ -1316,6 +1316,7 @@ export class NodeRuntime {
         module: program.module,
         globalCount: program.globalCount,
         moduleDigest: program.moduleDigest,
+        instanceReusable: program.instanceReusable,
         entry: thread.record.entry,
         arg: thread.record.arg,
         threadId: threadNumber(thread.tid),

@@ -10,7 +10,15 @@ export interface ThreadLimits {
 
 export interface StartMessage {
   type: 'start'
-  module: WebAssembly.Module
+  /**
+   * The compiled module, sent to a worker only the first time it runs it (a clone costs more than
+   * a tiny thread's run); later starts name it by `moduleId` and the worker uses its own copy.
+   */
+  module: WebAssembly.Module | null
+  /** The host's number for `module`, unique per module object in the host. */
+  moduleId: number
+  /** The worker may run this thread in an instance an earlier thread used (InstrumentedModule.instanceReusable). */
+  instanceReusable: boolean
   globalCount: number
   moduleDigest: string
   entry: string
@@ -50,6 +58,9 @@ export interface ConfigureMessage {
   /** Take a save at the next blocking call (a node about to leave hands the thread over). */
   saveNow?: boolean
 }
+
+/** Compiled modules a worker keeps for later starts, oldest dropped first (the host keeps the same list). */
+export const workerModulesMax = 8
 
 export type ToWorker = StartMessage | ReplyMessage | ConfigureMessage
 

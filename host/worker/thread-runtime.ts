@@ -39,7 +39,13 @@ import {
 } from '../snapshot.ts'
 import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
 import { createFileCalls } from '../wasi-files.ts'
-import type { CallMessage, ReplyMessage, StartMessage, WorkerPort } from './protocol.ts'
+import {
+  type CallMessage,
+  type ReplyMessage,
+  type StartMessage,
+  type WorkerPort,
+  workerModulesMax,
+} from './protocol.ts'
 
 const asyncifyStateUnwinding = 1
 const asyncifyStateRewinding = 2
@@ -68,9 +74,57 @@ function splitmix64(seed: bigint): bigint {
   return z ^ (z >> 31n)
 }
 
+/**
+ * An instance a worker keeps for the next thread of its module: its imports call whatever thread
+ * is bound to it, and `fresh` is its state right after instantiation, written back between threads
+ * (cheaper than a new instance: no new memories to map, nothing for the collector).
+ */
+export interface ReusedInstance {
+  instance: WebAssembly.Instance
+  imports: WebAssembly.ModuleImportDescriptor[]
+  /** The bound thread's implementation of each import, in the order of `imports`. */
+  bound: Array<(...args: unknown[]) => unknown>
+  fresh: {
+    memory: Uint8Array
+    dirty: Uint8Array
+    /** Null: all zeros. */
+    asyncify: Uint8Array | null
+    globals: Array<[WebAssembly.Global, unknown]>
+  }
+}
+
+/** Where a worker keeps its idle instances, by module (one each: a worker runs one thread at a time). */
+export type InstanceShelf = Map<number, ReusedInstance>
+
+/** What a new instance holds: its memories and the values of its mutable globals. */
+function freshState(instance: WebAssembly.Instance): ReusedInstance['fresh'] {
+  const exports = instance.exports as Record<string, unknown>
+  const bytes = (name: string) => new Uint8Array((exports[name] as WebAssembly.Memory).buffer).slice()
+  const asyncify = bytes(instrumentedNames.asyncifyMemory)
+  const globals: Array<[WebAssembly.Global, unknown]> = []
+  for (const value of Object.values(exports)) {
+    if (!(value instanceof WebAssembly.Global)) continue
+    const current: unknown = value.value
+    try {
+      // Only a mutable global takes a write (of its own value: nothing changes).
+      value.value = current
+      globals.push([value, current])
+    } catch {}
+  }
+  return {
+    memory: bytes('memory'),
+    dirty: bytes(instrumentedNames.dirtyMemory),
+    asyncify: asyncify.every((byte) => byte === 0) ? null : asyncify,
+    globals,
+  }
+}
+
 export class GuestThread {
-  private readonly start: StartMessage
+  private readonly start: StartMessage & { module: WebAssembly.Module }
   private readonly port: WorkerPort
+  private readonly shelf: InstanceShelf | null
+  /** The reused instance this thread runs in, if it runs in one. */
+  private reused: ReusedInstance | null = null
   private instance!: WebAssembly.Instance
   private memory!: WebAssembly.Memory
   private dirty!: WebAssembly.Memory
@@ -95,9 +149,15 @@ export class GuestThread {
   private saving = false
   private saveIntervalMs: number
 
-  constructor(start: StartMessage, port: WorkerPort) {
+  constructor(
+    start: StartMessage & { module: WebAssembly.Module },
+    port: WorkerPort,
+    shelf: InstanceShelf | null = null,
+  ) {
     this.start = start
     this.port = port
+    // Only fresh starts of modules whose whole state is memories and globals reuse instances.
+    this.shelf = start.instanceReusable && start.restore === null ? shelf : null
     this.replayLog = new Map(start.replayLog)
     this.saveSequence = start.nextSaveSequence
     this.saveIntervalMs = start.saveIntervalMs
@@ -126,6 +186,7 @@ export class GuestThread {
       if (restoring) await this.restore(this.start.restore!)
       const code = await this.drive(restoring)
       this.port.post({ type: 'exit', code, result: this.result })
+      this.shelve()
     } catch (error) {
       this.port.post({ type: 'error', error: serializeError(this.classify(error)) })
     }
@@ -142,7 +203,7 @@ export class GuestThread {
       [importModuleWasi]: this.wasiImports(blocking),
       [importModuleEnvironment]: this.environmentImports(),
     }
-    this.instance = await WebAssembly.instantiate(this.start.module, imports)
+    this.instance = await this.instanceFor(imports)
     const exports = this.instance.exports as Record<string, unknown>
     this.memory = exports.memory as WebAssembly.Memory
     this.dirty = exports[instrumentedNames.dirtyMemory] as WebAssembly.Memory
@@ -159,6 +220,57 @@ export class GuestThread {
       )
     }
     ;(exports[hostGlobalMemoryPagesMax] as WebAssembly.Global).value = pagesMax
+  }
+
+  /** A new instance, or the shelved one of this module bound to this thread's imports. */
+  private async instanceFor(imports: WebAssembly.Imports): Promise<WebAssembly.Instance> {
+    if (this.shelf === null) return WebAssembly.instantiate(this.start.module, imports)
+    let reused = this.shelf.get(this.start.moduleId)
+    this.shelf.delete(this.start.moduleId)
+    if (reused === undefined) {
+      const descriptors = WebAssembly.Module.imports(this.start.module)
+      const bound: ReusedInstance['bound'] = []
+      const forwarding: Record<string, Record<string, (...args: unknown[]) => unknown>> = {}
+      descriptors.forEach((descriptor, index) => {
+        forwarding[descriptor.module] ??= {}
+        forwarding[descriptor.module]![descriptor.name] = (...args) => bound[index]!(...args)
+      })
+      const instance = await WebAssembly.instantiate(this.start.module, forwarding as WebAssembly.Imports)
+      reused = { instance, imports: descriptors, bound, fresh: freshState(instance) }
+    }
+    const table = imports as Record<string, Record<string, (...args: unknown[]) => unknown>>
+    reused.imports.forEach((descriptor, index) => {
+      reused.bound[index] = table[descriptor.module]![descriptor.name]!
+    })
+    this.reused = reused
+    return reused.instance
+  }
+
+  /**
+   * After a clean end: writes the fresh state back into the instance and shelves it for the next
+   * thread, unless something outside that state changed (memory grown, a save under way).
+   */
+  private shelve(): void {
+    const reused = this.reused
+    if (reused === null || this.shelf === null) return
+    this.reused = null
+    const { fresh } = reused
+    if (
+      this.asyncify.asyncify_get_state() !== 0 ||
+      this.memory.buffer.byteLength !== fresh.memory.length ||
+      this.dirty.buffer.byteLength !== fresh.dirty.length ||
+      (fresh.asyncify !== null && this.asyncifyMemory.buffer.byteLength !== fresh.asyncify.length)
+    )
+      return
+    new Uint8Array(this.memory.buffer).set(fresh.memory)
+    new Uint8Array(this.dirty.buffer).set(fresh.dirty)
+    if (fresh.asyncify === null) new Uint8Array(this.asyncifyMemory.buffer).fill(0)
+    else new Uint8Array(this.asyncifyMemory.buffer).set(fresh.asyncify)
+    for (const [global, value] of fresh.globals) global.value = value
+    reused.bound.fill(() => {
+      throw new Error('bug: a shelved instance called an import')
+    })
+    this.shelf.set(this.start.moduleId, reused)
   }
 
   private fabricImports(
@@ -575,9 +687,28 @@ export class GuestThread {
 /** Worker main: waits for `start`, runs the thread, routes replies. */
 export function serveThread(port: WorkerPort): void {
   let thread: GuestThread | null = null
+  // Modules of earlier starts, oldest first, as the host counts them (it sends each one once).
+  const modules = new Map<number, WebAssembly.Module>()
+  const shelf: InstanceShelf = new Map()
   port.onMessage((message) => {
     if (message.type === 'start') {
-      thread = new GuestThread(message, port)
+      let module = message.module
+      if (module === null) module = modules.get(message.moduleId) ?? null
+      else {
+        modules.set(message.moduleId, module)
+        if (modules.size > workerModulesMax) {
+          const oldest = modules.keys().next().value!
+          modules.delete(oldest)
+          shelf.delete(oldest)
+        }
+      }
+      if (module === null) {
+        // The host believes this worker holds a module it does not: a bug, reported as the thread's error.
+        const error = new FabricHostError(`worker has no module ${message.moduleId}`)
+        port.post({ type: 'error', error: serializeError(error) })
+        return
+      }
+      thread = new GuestThread({ ...message, module }, port, shelf)
       void thread.run()
     } else if (message.type === 'reply') {
       thread?.onReply(message)

@@ -107,6 +107,7 @@ export async function prepareGuest(): Promise<{ bytes: Uint8Array; description: 
         mainEntry: instrumented.mainEntry,
         moduleDigest: instrumented.moduleDigest,
         sourceBytes: source.length,
+        instanceReusable: instrumented.instanceReusable,
       },
     }
   } finally {

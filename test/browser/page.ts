@@ -19,6 +19,7 @@ export interface GuestDescription {
   mainEntry: string
   moduleDigest: string
   sourceBytes: number
+  instanceReusable: boolean
 }
 
 export interface BrowserRunOptions {
