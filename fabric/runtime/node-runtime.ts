@@ -348,7 +348,11 @@ export class NodeRuntime {
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
-    this.notices = new NoticeSender(this.self, (to, message) => components.messenger.request(to, message))
+    this.notices = new NoticeSender(
+      this.self,
+      (to, message) => components.messenger.request(to, message),
+      components.timers,
+    )
     this.sync = createSyncEngine({
       store: components.store,
       self: this.self,

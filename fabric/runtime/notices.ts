@@ -5,16 +5,22 @@
  * per notice (each costs an encryption, a frame and a system call on both sides); an idle node's
  * notice goes at once.
  *
- *   const notices = new NoticeSender(self, (to, message) => messenger.request(to, message))
+ *   const notices = new NoticeSender(self, (to, message) => messenger.request(to, message), timers)
  *   notices.send(home, { type: 'placed', pid, tid, node })
  */
 
+import type { Timers } from '../platform.ts'
 import { noticesPerMessageMax } from './message-validation.ts'
 import type { Notice, RuntimeMessage, RuntimeReply } from './messages.ts'
 import type { NodeId } from './services.ts'
 
 /** Notices queued for one node beyond which the oldest are dropped (a peer that does not answer). */
 export const noticesQueuedMax = 65_536
+/**
+ * How long the next notices wait for the answer to the previous message: a reply that is lost or
+ * slow must not hold a node's notices up (a home that misses a placement cannot restart the thread).
+ */
+export const noticeAnswerWaitMsMax = 500
 
 interface Queue {
   notices: Notice[]
@@ -24,11 +30,17 @@ interface Queue {
 export class NoticeSender {
   private readonly self: NodeId
   private readonly request: (to: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>
+  private readonly timers: Timers
   private readonly queues = new Map<NodeId, Queue>()
 
-  constructor(self: NodeId, request: (to: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>) {
+  constructor(
+    self: NodeId,
+    request: (to: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>,
+    timers: Timers,
+  ) {
     this.self = self
     this.request = request
+    this.timers = timers
   }
 
   /** Sends `notice` to `to`, best effort (as any notice: the receivers also poll or sweep). */
@@ -59,8 +71,16 @@ export class NoticeSender {
       return
     }
     const message: RuntimeMessage = notices.length === 1 ? notices[0]! : { type: 'notices', notices }
+    let next = true
+    const sendNext = () => {
+      if (!next) return
+      next = false
+      timer.cancel()
+      this.sendQueued(to, queue)
+    }
+    const timer = this.timers.after(noticeAnswerWaitMsMax, sendNext)
     void this.request(to, message)
       .catch(() => undefined)
-      .then(() => this.sendQueued(to, queue))
+      .then(sendNext)
   }
 }
