@@ -5,7 +5,7 @@ import { isRuntimeMessage } from '../fabric/runtime/message-validation.ts'
 import { recheckMs, SyncEngine, syncKey } from '../fabric/runtime/primitives/engine.ts'
 import { ReplyLog } from '../fabric/runtime/primitives/reply-log.ts'
 import { decodeSyncRequest, encodeSyncRequest, lockTtlMsMax } from '../fabric/runtime/primitives/request.ts'
-import { decodeState, type SyncReply } from '../fabric/runtime/primitives/state.ts'
+import { decodeState, type SyncReply, waitersMax } from '../fabric/runtime/primitives/state.ts'
 import { SaveReplicas } from '../fabric/runtime/save-replicas.ts'
 import { SyncError, SyncOp, syncHeaderBytes, syncValueBytesMax } from '../host/abi.ts'
 
@@ -315,6 +315,47 @@ describe('exactly once across replays', () => {
 })
 
 describe('queues', () => {
+  test(`the waiter list keeps the last ${waitersMax} nodes; a node dropped from it still gets its item by its re-check`, async () => {
+    const nodeCount = waitersMax + 6
+    const names = Array.from({ length: nodeCount + 1 }, (_, index) => `n${index}`)
+    const { engines, store } = cluster(names)
+    const key = await syncKey('p1', '', 'queue', 'q')
+    // One consumer per node, each waiting on the empty queue (no timeout), registered one by one.
+    const popped: Array<Promise<string>> = []
+    for (let index = 1; index <= nodeCount; index++) {
+      const consumer = guest(engines.get(`n${index}`)!, thread(`0.${index}`))
+      popped.push(
+        consumer.call({ op: SyncOp.queuePop, name: 'q', a: -1n }).then((reply) => untext(reply.payload)),
+      )
+      const registered = async () => decodeState((await store.get(key)).value, 'queue').waiters
+      while (!(await registered()).includes(`n${index}`))
+        await new Promise((resolve) => setTimeout(resolve, 2))
+    }
+    const waiters = decodeState((await store.get(key)).value, 'queue').waiters
+    expect(waiters).toHaveLength(waitersMax)
+    // The first nodes to wait were dropped: only a re-check can tell them of an item.
+    expect(waiters).not.toContain('n1')
+    // Producers of 32 items each: a thread may leave at most 64 results unsaved in one register.
+    const producers = Array.from({ length: Math.ceil(nodeCount / 32) }, (_, index) =>
+      guest(engines.get('n0')!, thread(`0.0.${index}`)),
+    )
+    const startedAt = performance.now()
+    for (let index = 0; index < nodeCount; index++) {
+      const producer = producers[Math.floor(index / 32)]!
+      const pushed = await producer.call({
+        op: SyncOp.queuePush,
+        name: 'q',
+        a: 1024n,
+        value: text(`item ${index}`),
+      })
+      expect(pushed.result).toBe(0)
+    }
+    const items = await Promise.all(popped)
+    expect(new Set(items).size).toBe(nodeCount)
+    // Within a few re-check periods (generous for a loaded machine), not a timeout.
+    expect(performance.now() - startedAt).toBeLessThan(recheckMs * 20)
+  }, 30_000)
+
   test('FIFO, length, Full when full, Closed after close once empty', async () => {
     const { engines } = cluster(['a'])
     const g = guest(engines.get('a')!, thread('0'))

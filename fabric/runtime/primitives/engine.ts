@@ -36,7 +36,9 @@
  *   and gets a newer token). Only an acquire's Timeout is recorded, so it times out again.
  * - Waiting never spins: a waiting call puts its node on the register's waiter list and sleeps; the
  *   node that changes the register sends the waiters a direct notice. A slow re-check
- *   (`recheckMs`) covers lost notices. The guest's thread is suspended meanwhile (no CPU).
+ *   (`recheckMs`) covers lost notices, and nodes beyond the list's bound (`waitersMax`, the most
+ *   recent 64 nodes; more nodes waiting at once on one object get their turn by re-checking). The
+ *   guest's thread is suspended meanwhile (no CPU).
  * - Queues hold their items in the register, so a queue is bounded by its capacity and by the
  *   store's value size (`valueBytesMax`, less bookkeeping); a push that does not fit waits as on a
  *   full queue. A value that cannot be stored with its bookkeeping gets TooLarge.

@@ -20,7 +20,12 @@ import type { SyncKind, SyncOperation } from './request.ts'
 export const syncStateFormatVersion = 1
 /** Results one thread may leave unsaved in one register; past it the thread must save first. */
 export const unsavedResultsPerThreadMax = 64
-/** Nodes remembered as waiting on one register (the most recent ones). */
+/**
+ * Nodes remembered as waiting on one register: the most recent ones, so the list (and the notices a
+ * change sends) stays bounded. A node pushed out of it, or one that stopped waiting and is still on
+ * it, costs no wrong answer: a waiting call re-checks the register every `recheckMs` (engine.ts) and
+ * puts its node back on the list when it waits again; an extra notice only wakes a call to look.
+ */
 export const waitersMax = 64
 
 export interface SyncReply {
