@@ -24,10 +24,11 @@ import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { MessageRejectedError } from '../errors.ts'
 import { createNodeDatastore } from './node-datastore.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
-import { coalescingMuxer } from './write-coalescing.ts'
+import { atTurnEnd, coalescingMuxer } from './write-coalescing.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
 export const clientProtocol = '/fabric/client/1.0.0'
@@ -187,10 +188,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
   })
   const self = libp2p.peerId.toString()
   const handlers: ((from: string, protocol: string, body: unknown) => void)[] = []
-  const outbound = new Map<
-    string,
-    { stream: Stream | undefined; pending: Uint8Array[]; opening: boolean; failedAtMs: number }
-  >()
+  const outbound = new Map<string, Outbound>()
 
   /** Peers whose addresses are in the peer store, so that a dial goes straight to them. */
   const addressed = new Set<string>()
@@ -256,7 +254,8 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
           if (entry.stream === stream) entry.stream = undefined
         })
         count('frames flushed after open')
-        for (const frame of entry.pending.splice(0)) stream.send(frame)
+        const pending = entry.pending.splice(0)
+        if (pending.length > 0) stream.send(new Uint8ArrayList(...pending))
       })
       .catch((error) => {
         count(`stream open failures: ${(error as Error).name}`)
@@ -266,6 +265,33 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
         entry.failedAtMs = performance.now()
         entry.pending.length = 0
       })
+  }
+
+  /**
+   * Sends the frames queued for a peer in this turn as one piece: one yamux frame, one window
+   * update back and one message event at the receiver, instead of one of each per message (the
+   * receiver's frame reader splits them again). A proposer's accepts for several keys, and an
+   * acceptor's answers to them, travel together this way.
+   */
+  function flushBatch(entry: Outbound): void {
+    const frames = entry.batch
+    entry.batch = []
+    entry.batchBytes = 0
+    if (frames.length === 0) return
+    const stream = entry.stream
+    if (stream === undefined || !writable(stream)) {
+      counters['frames dropped: stream closed before the turn ended'] =
+        (counters['frames dropped: stream closed before the turn ended'] ?? 0) + frames.length
+      return
+    }
+    if (frames.length > 1) count('batches sent')
+    try {
+      if (!stream.send(frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames)))
+        count('send returned false')
+    } catch {
+      counters['frames dropped: send threw'] = (counters['frames dropped: send threw'] ?? 0) + frames.length
+      entry.stream = undefined
+    }
   }
 
   return {
@@ -281,19 +307,27 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       const frame = encodeFrame(protocol, body)
       let entry = outbound.get(to)
       if (entry === undefined) {
-        entry = { stream: undefined, pending: [], opening: false, failedAtMs: -Infinity }
+        const created: Outbound = {
+          stream: undefined,
+          pending: [],
+          opening: false,
+          failedAtMs: -Infinity,
+          batch: [],
+          batchBytes: 0,
+          flush: () => flushBatch(created),
+        }
+        entry = created
         outbound.set(to, entry)
       }
       const stream = entry.stream
       count(`sent ${protocol}`)
-      if (stream !== undefined && stream.status === 'open' && stream.writeStatus === 'writable') {
-        if (stream.writeBufferLength > writeBufferBytesMax) return count('frames dropped: write buffer full')
-        try {
-          if (!stream.send(frame)) count('send returned false')
-        } catch {
-          count('frames dropped: send threw')
-          entry.stream = undefined
-        }
+      if (stream !== undefined && writable(stream)) {
+        if (stream.writeBufferLength + entry.batchBytes > writeBufferBytesMax)
+          return count('frames dropped: write buffer full')
+        // The frames for one peer of this turn go to its stream in one send (see flushBatch).
+        entry.batch.push(frame)
+        entry.batchBytes += frame.length
+        if (entry.batch.length === 1) atTurnEnd('messages', entry.flush)
         return
       }
       if (stream !== undefined) count(`send on stream ${stream.status}/${stream.writeStatus}`)
@@ -353,6 +387,22 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       await libp2p.stop()
     },
   }
+}
+
+interface Outbound {
+  stream: Stream | undefined
+  /** Frames waiting for the stream to open. */
+  pending: Uint8Array[]
+  opening: boolean
+  failedAtMs: number
+  /** Frames for the open stream, sent together at the end of the turn. */
+  batch: Uint8Array[]
+  batchBytes: number
+  flush: () => void
+}
+
+function writable(stream: Stream | undefined): boolean {
+  return stream !== undefined && stream.status === 'open' && stream.writeStatus === 'writable'
 }
 
 const multistreamHeader = new TextEncoder().encode('\x13/multistream/1.0.0\n')

@@ -25,6 +25,30 @@ type Send = (data: Uint8Array | Uint8ArrayList) => boolean
 const afterThisTurn: (run: () => void) => void =
   typeof globalThis.setImmediate === 'function' ? (run) => setImmediate(run) : (run) => queueMicrotask(run)
 
+/**
+ * What runs at the end of the turn, in stages: first the messages batched per peer (network.ts),
+ * whose sends then reach the connections' collected frames, which go out next in the same turn.
+ */
+export type TurnEndStage = 'messages' | 'connections'
+const turnEndRuns: Record<TurnEndStage, Set<() => void>> = { messages: new Set(), connections: new Set() }
+let turnEndScheduled = false
+
+export function atTurnEnd(stage: TurnEndStage, run: () => void): void {
+  turnEndRuns[stage].add(run)
+  if (turnEndScheduled) return
+  turnEndScheduled = true
+  afterThisTurn(runTurnEnd)
+}
+
+function runTurnEnd(): void {
+  turnEndScheduled = false
+  for (const stage of ['messages', 'connections'] as const) {
+    const runs = [...turnEndRuns[stage]]
+    turnEndRuns[stage].clear()
+    for (const run of runs) run()
+  }
+}
+
 export function coalescingMuxer<Components>(
   muxer: (components: Components) => StreamMuxerFactory,
   beforeWrite: () => void = () => {},
@@ -71,7 +95,7 @@ function coalesceSends(muxer: { send: Send; status: string }, beforeWrite: () =>
     if (collected.byteLength >= coalescedBytesMax) return flush()
     if (!scheduled) {
       scheduled = true
-      afterThisTurn(flush)
+      atTurnEnd('connections', flush)
     }
     return true
   }
