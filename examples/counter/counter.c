@@ -40,8 +40,16 @@ struct share {
 
 static const char counter_name[] = "counter";
 
+/* Set in the counting threads: a failed call there must fail the thread, not just end it. */
+static int in_counting_thread = 0;
+
 static void fail(const char *what, int32_t error) {
   fprintf(stderr, "counter: %s: %s (%d)\n", what, fabric_strerror(error), (int)error);
+  /*
+   * exit(1) in a thread ends only that thread, as a success its joiner cannot tell from a finished
+   * one: main would print a short count. abort() fails the thread, and main's join says so.
+   */
+  if (in_counting_thread) abort();
   exit(1);
 }
 
@@ -85,6 +93,7 @@ static void increment_under_lock(void) {
 }
 
 FABRIC_THREAD(count) {
+  in_counting_thread = 1;
   struct share share;
   if (fabric_thread_arg(&share, sizeof share) != sizeof share) return;
   for (uint32_t done = 0; done < share.increments; done++) {
