@@ -9,6 +9,7 @@
 import { afterEach, describe, expect, test } from 'vitest'
 import { StoreTimeoutError } from '../fabric/errors.ts'
 import type { MemoryStore } from '../fabric/runtime/memory-store.ts'
+import type { RuntimeReply } from '../fabric/runtime/messages.ts'
 import { spawnPlacementWaitMsMax } from '../fabric/runtime/node-runtime.ts'
 import {
   decodeThread,
@@ -344,6 +345,64 @@ describe('home replicas', () => {
       referenceOutput,
     )
     expect(cluster.logs.some((line) => line.startsWith('node-d: runtime: took over as home'))).toBe(true)
+  }, 60_000)
+
+  test('a replica that missed output the other replica got fetches it before taking the process over', async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c', 'node-d']
+    for (const id of ids) await cluster.addNode(id)
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const args = ['waves', '6', '2']
+    const reference = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
+    let referenceOutput = ''
+    reference.onOutput((chunk) => {
+      referenceOutput += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    // node-b (node-a's first home replica, and the first to hear that node-a departed) keeps its
+    // first copy of the process and refuses the rest; node-c gets every copy.
+    let copiesToB = 0
+    let delayedFetch = false
+    cluster.intercept = (from, to, message) => {
+      if (message.type === 'home-copy' && from === 'node-a' && to === 'node-b' && copiesToB++ > 0)
+        return { type: 'refused', reason: 'copy does not follow what is held' }
+      // node-c, which holds the whole output, is slow to take the process over: node-b does.
+      if (message.type === 'fetch-home-copy' && from === 'node-c' && !delayedFetch) {
+        delayedFetch = true
+        const delayed = new Promise((resolve) => setTimeout(resolve, 3000)).then(() =>
+          cluster.send(from, to, message),
+        )
+        return delayed as unknown as RuntimeReply
+      }
+      return undefined
+    }
+    const process = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    while (!output.includes('wave 2:')) await new Promise((resolve) => setTimeout(resolve, 20))
+    cluster.kill('node-a')
+    let reply: Awaited<ReturnType<typeof cluster.send>> | undefined
+    for (const startedMs = Date.now(); Date.now() - startedMs < 20_000; ) {
+      reply = await cluster.send('node-c', 'node-d', {
+        type: 'attach',
+        pid: process.pid,
+        from: 0,
+        waitMs: 5000,
+      })
+      if (reply.type === 'output' && reply.result !== null) break
+      await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+    const newHome = cluster.logs.find((line) => line.includes(`took over as home of process ${process.pid}`))
+    console.log(`runtime: ${newHome}; ${cluster.logs.filter((line) => line.includes('fetched')).join('; ')}`)
+    expect(newHome?.startsWith('node-b:')).toBe(true)
+    expect(reply?.type).toBe('output')
+    if (reply?.type !== 'output') return
+    expect(reply.result).toEqual({ exitCode: 0, error: null })
+    expect(new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))).toBe(
+      referenceOutput,
+    )
   }, 60_000)
 })
 

@@ -100,6 +100,19 @@ export class HomeCopies {
     }
   }
 
+  /** Output entries of a copy from index `from` on, up to about `bytesMax` (at least one). */
+  outputFrom(pid: string, from: number, bytesMax: number): Array<Extract<HomeCopyEntry, { kind: 'output' }>> {
+    const copy = this.copies.get(pid)
+    const entries: Array<Extract<HomeCopyEntry, { kind: 'output' }>> = []
+    let bytes = 0
+    for (let index = from; copy !== undefined && index < copy.chunks.length && bytes < bytesMax; index++) {
+      const chunk = copy.chunks[index]!
+      entries.push({ kind: 'output', index, ...chunk })
+      bytes += chunk.bytes.length
+    }
+    return entries
+  }
+
   get(pid: string): HomeCopy | undefined {
     return this.copies.get(pid)
   }

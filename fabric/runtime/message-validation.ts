@@ -147,6 +147,8 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
       )
     case 'home-moved':
       return isId(value.pid) && isId(value.home)
+    case 'fetch-home-copy':
+      return isId(value.pid) && isCount(value.from)
     default:
       return false
   }
@@ -213,6 +215,12 @@ export function isRuntimeReply(value: unknown): value is RuntimeReply {
       )
     case 'processes':
       return Array.isArray(value.processes)
+    case 'home-copy-output':
+      return (
+        Array.isArray(value.entries) &&
+        value.entries.length <= homeCopyEntriesMax &&
+        value.entries.every((entry) => isObject(entry) && entry.kind === 'output' && isHomeCopyEntry(entry))
+      )
     default:
       return false
   }

@@ -88,6 +88,11 @@ export type RuntimeMessage =
     }
   /** A process's home was lost and `home` took over: its output and notices go there now. */
   | { type: 'home-moved'; pid: string; home: string }
+  /**
+   * From a home replica about to take a process over: the output chunks from index `from` on that
+   * the receiver's copy holds (another replica may have got more before the home was lost).
+   */
+  | { type: 'fetch-home-copy'; pid: string; from: number }
 
 /** A message that only informs its receiver: nothing waits for its reply but the next notices. */
 export type Notice = Extract<RuntimeMessage, { type: 'placed' | 'ended' | 'drop-saves' }>
@@ -126,6 +131,8 @@ export type RuntimeReply =
       result: { exitCode: number; error: string | null } | null
     }
   | { type: 'processes'; processes: ProcessSummary[] }
+  /** Output chunks of a home copy, in order (`fetch-home-copy`). */
+  | { type: 'home-copy-output'; entries: Array<Extract<HomeCopyEntry, { kind: 'output' }>> }
 
 /** How a thread ended, as its record says (so a joiner need not read the record). */
 export interface EndedOutcome {
@@ -173,4 +180,5 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'sync-wake',
   'home-copy',
   'home-moved',
+  'fetch-home-copy',
 ])

@@ -130,6 +130,8 @@ export const homeReplicaCountDefault = 2
  * is enough (without any, it waits for the replicas' answers).
  */
 export const homeCopyWaitMsMax = 500
+/** Replies of output a replica taking a process over fetches from another replica, at most. */
+export const homeCopyFetchPagesMax = 1024
 /** Sets of home replicas a piece of output is offered to before it goes on without a copy. */
 export const homeCopyRoundsMax = 3
 /** How long a thread keeps sending a piece of output to its process's home (a lost home is replaced meanwhile). */
@@ -573,6 +575,23 @@ export class NodeRuntime {
           return { type: 'refused', reason: (error as Error).message }
         }
         return kept ? { type: 'ok' } : { type: 'refused', reason: 'copy does not follow what is held' }
+      }
+      case 'fetch-home-copy': {
+        const home = this.homes.get(message.pid)
+        if (home === undefined)
+          return {
+            type: 'home-copy-output',
+            entries: this.homeCopies.outputFrom(message.pid, message.from, attachReplyBytesMax),
+          }
+        const entries: Array<Extract<HomeCopyEntry, { kind: 'output' }>> = []
+        let bytes = 0
+        for (let index = message.from; index < home.output.length && bytes < attachReplyBytesMax; index++) {
+          const chunk = home.output[index]
+          if (chunk === undefined) break // indexed, its copy still on its way
+          entries.push({ kind: 'output', index, ...chunk })
+          bytes += chunk.bytes.length
+        }
+        return { type: 'home-copy-output', entries }
       }
       case 'home-moved': {
         if (message.home !== this.self) this.homeCopies.drop(message.pid)
@@ -1768,13 +1787,12 @@ export class NodeRuntime {
           }
         : { ...thread.record, state: 'failed', error: outcome.error.message, saveReplicas: [] }
     // A store that does not answer is asked again; a cas that fails because the first attempt did
-    // apply finds this incarnation's end in the record.
+    // apply finds this incarnation's end in the record. It is written even if this incarnation was
+    // stopped meanwhile (its process ended, or this node lost its lease in a stall): the thread did
+    // end so (its spawner may have joined it already), and the cas on the version it claimed fails
+    // if another incarnation took it over.
     let written = false
-    for (
-      let attempt = 0;
-      attempt < endWriteAttemptsMax && (!thread.stopped || thread.processEnded === true);
-      attempt++
-    ) {
+    for (let attempt = 0; attempt < endWriteAttemptsMax; attempt++) {
       const outcome = await this.components.store
         .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(done))
         .catch(() => undefined)
@@ -1915,7 +1933,7 @@ export class NodeRuntime {
       // A replica that departed is replaced (the new one gets the whole state).
       const live = this.components.cluster.live()
       if (home.replicas.some((node) => !live.some((peer) => peer.id === node)))
-        home.replicas = chooseSaveReplicas(this.self, live, homeReplicaCountDefault)
+        this.replaceHomeReplicas(home, chooseSaveReplicas(this.self, live, homeReplicaCountDefault))
       const behind = home.replicas.some((node) => !home.replicasCurrent.has(node))
       if ((entries.length === 0 && !behind) || home.finished) return
       const send = async (node: NodeId): Promise<boolean> => {
@@ -1964,10 +1982,13 @@ export class NodeRuntime {
             })
         })
         if (confirmed > 0) return
-        home.replicas = chooseSaveReplicas(
-          this.self,
-          this.components.cluster.live().filter((peer) => !tried.has(peer.id)),
-          homeReplicaCountDefault,
+        this.replaceHomeReplicas(
+          home,
+          chooseSaveReplicas(
+            this.self,
+            this.components.cluster.live().filter((peer) => !tried.has(peer.id)),
+            homeReplicaCountDefault,
+          ),
         )
         this.components.log?.(
           `runtime: no home replica of process ${home.record.pid} took its copy; copying to ${home.replicas.join(', ') || 'no other node'}`,
@@ -1975,6 +1996,21 @@ export class NodeRuntime {
       }
     })
     return home.copyQueue
+  }
+
+  /**
+   * New home replicas; the replaced ones that live are told to drop their copies (as `home-moved`
+   * to this node does), so a stale copy never takes the process over.
+   */
+  private replaceHomeReplicas(home: HomeProcess, replicas: NodeId[]): void {
+    for (const node of home.replicas) {
+      if (replicas.includes(node)) continue
+      home.replicasCurrent.delete(node)
+      void this.components.messenger
+        .request(node, { type: 'home-moved', pid: home.record.pid, home: this.self })
+        .catch(() => {})
+    }
+    home.replicas = replicas
   }
 
   /** Everything a new home replica needs: the output so far (with `pending`), placements, ends. */
@@ -2011,6 +2047,7 @@ export class NodeRuntime {
         if (current?.home !== this.self) this.homeCopies.drop(pid)
         continue
       }
+      await this.catchUpHomeCopy(pid, departed)
       const record: ProcessRecord = { ...current, home: this.self }
       const written = await this.components.store.cas(keys.process(pid), read.version, encodeRecord(record))
       if (!written.ok) continue
@@ -2062,6 +2099,30 @@ export class NodeRuntime {
       // thread's end went to the lost home).
       void this.copyHome(home)
       void this.finishProcess(home).catch(this.backgroundFailed)
+    }
+  }
+
+  /**
+   * Before taking a process over: output that another home replica got and this one did not (the
+   * lost home showed a chunk once one replica had it) is fetched from it, so no output shown is lost.
+   */
+  private async catchUpHomeCopy(pid: string, departed: NodeId): Promise<void> {
+    const copy = this.homeCopies.get(pid)
+    if (copy === undefined) return
+    const live = new Set(this.components.cluster.live().map((peer) => peer.id))
+    for (const node of copy.replicas) {
+      if (node === this.self || node === departed || !live.has(node)) continue
+      for (let page = 0; page < homeCopyFetchPagesMax; page++) {
+        const held = this.homeCopies.get(pid)?.chunks.length ?? 0
+        const reply = await this.components.messenger
+          .request(node, { type: 'fetch-home-copy', pid, from: held })
+          .catch(() => undefined)
+        if (reply?.type !== 'home-copy-output' || reply.entries.length === 0) break
+        if (!this.homeCopies.keep({ pid, entries: reply.entries })) break
+        this.components.log?.(
+          `runtime: fetched ${reply.entries.length} output chunks of process ${pid} from home replica ${node}`,
+        )
+      }
     }
   }
 
