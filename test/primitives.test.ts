@@ -635,9 +635,9 @@ describe('a thread’s reply log on its save replicas', () => {
     expect(isRuntimeMessage({ ...message, replies: [[7, 'x', null]] })).toBe(false)
     expect(isRuntimeMessage({ ...message, replies: [[7, 3]] })).toBe(false)
     const { type: _type, ...held } = message
-    expect(replicas.keepLog(held)).toBe(true)
+    expect(replicas.keepLog(held)).toBe('kept')
     // A shorter log for the same save that arrives late does not replace it.
-    expect(replicas.keepLog({ ...held, replies: held.replies.slice(0, 1) })).toBe(true)
+    expect(replicas.keepLog({ ...held, replies: held.replies.slice(0, 1) })).toBe('kept')
     const restored = new ReplyLog(replicas.log('p1', '0.1')?.replies ?? [])
     expect(untext(restored.find(7)?.payload)).toBe('abc')
     expect(restored.find(9)?.result).toBe(SyncError.timeout)

@@ -94,7 +94,8 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
         isCount(value.epoch) &&
         isCount(value.afterSequence) &&
         isLogEntries(value.entries) &&
-        isLoggedReplies(value.replies)
+        isLoggedReplies(value.replies) &&
+        (value.from === undefined || isCount(value.from, logEntriesMax))
       )
     case 'fetch-program':
       return isId(value.digest)

@@ -31,6 +31,11 @@ export type RuntimeMessage =
       afterSequence: number
       entries: Array<[number, string]>
       replies?: Array<[number, number, Uint8Array | null]>
+      /**
+       * The entries continue the log held for the same incarnation and save from its entry number
+       * `from` on (absent: they are the whole log). A receiver that holds fewer refuses (`log gap`).
+       */
+      from?: number
     }
   /** Send the chain of saves held for a thread (full save first), and the log that follows it. */
   | { type: 'fetch-saves'; pid: string; tid: string }

@@ -121,6 +121,8 @@ export const orphanCheckEverySweeps = 4
 export const spawnsPendingMax = 1024
 /** Nodes a home asks to load a new program at submit (each fetches it from the home at once). */
 export const programPreloadNodesMax = 16
+/** A replica's refusal of a log continuation that does not follow what it holds. */
+export const logGapReason = 'log gap'
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
 /** Nodes that keep a copy of a home's state (output, placements) to take the process over. */
@@ -222,6 +224,9 @@ interface LocalThread {
   logBase: number
   /** Entries of `log` known to be on the replicas. */
   logSent: number
+  /** Entries of `log` each replica confirmed, for the save `logAckedBase`: later sends carry only the rest. */
+  logAcked: Map<NodeId, number>
+  logAckedBase: number
   /** `sync` replies no register records, since the last save: replayed, and sent with `log`. */
   replies: ReplyLog
   /** Whether `replies` changed since it was last sent. */
@@ -530,7 +535,8 @@ export class NodeRuntime {
       case 'log': {
         const { type: _type, ...log } = message
         const kept = this.replicas.keepLog(log)
-        return kept ? { type: 'ok' } : { type: 'refused', reason: 'a later incarnation is held' }
+        if (kept === 'kept') return { type: 'ok' }
+        return { type: 'refused', reason: kept === 'gap' ? logGapReason : 'a later incarnation is held' }
       }
       case 'fetch-saves': {
         const chain = this.replicas.chain(message.pid, message.tid)
@@ -1060,6 +1066,8 @@ export class NodeRuntime {
       log: [],
       logBase: 0,
       logSent: 0,
+      logAcked: new Map(),
+      logAckedBase: 0,
       replies: new ReplyLog(),
       repliesUnsent: false,
       openSpawns: null,
@@ -1297,14 +1305,36 @@ export class NodeRuntime {
   ): Promise<boolean> {
     const { entries, replies, afterSequence } = log
     if (entries.length === 0 && replies.length === 0) return true
-    const message: RuntimeMessage = {
+    if (thread.logAckedBase !== afterSequence) {
+      thread.logAcked = new Map()
+      thread.logAckedBase = afterSequence
+    }
+    const acked = thread.logAcked
+    const message = (from: number): RuntimeMessage => ({
       type: 'log',
       pid: thread.pid,
       tid: thread.tid,
       epoch: thread.epoch,
       afterSequence,
-      entries: entries.map(([sequence, value]) => [sequence, value.toString()]),
+      entries: entries.slice(from).map(([sequence, value]) => [sequence, value.toString()]),
       ...(replies.length === 0 ? {} : { replies }),
+      ...(from === 0 ? {} : { from }),
+    })
+    // A replica that confirmed part of this log gets the rest only (the log grows with every clock
+    // reading until the next save; sending it whole each time made each effect cost the whole log).
+    const sendTo = async (node: NodeId): Promise<boolean> => {
+      const from = Math.min(acked.get(node) ?? 0, entries.length)
+      if (from === entries.length && replies.length === 0) return true
+      let reply = await this.components.messenger.request(node, message(from)).catch(() => undefined)
+      if (reply?.type === 'refused' && reply.reason === logGapReason && from > 0)
+        reply = await this.components.messenger.request(node, message(0)).catch(() => undefined)
+      if (reply?.type !== 'ok') {
+        acked.delete(node)
+        return false
+      }
+      if (thread.logAckedBase === afterSequence)
+        acked.set(node, Math.max(acked.get(node) ?? 0, entries.length))
+      return true
     }
     const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
     // One replica that keeps it is enough (as for a save's log since the runtime began): the effect
@@ -1313,14 +1343,11 @@ export class NodeRuntime {
       let unanswered = replicas.length
       if (unanswered === 0) resolve(false)
       for (const node of replicas) {
-        void this.components.messenger
-          .request(node, message)
-          .catch(() => undefined)
-          .then((reply) => {
-            unanswered--
-            if (reply?.type === 'ok') resolve(true)
-            else if (unanswered === 0) resolve(false)
-          })
+        void sendTo(node).then((ok) => {
+          unanswered--
+          if (ok) resolve(true)
+          else if (unanswered === 0) resolve(false)
+        })
       }
     })
     if (kept && thread.logBase === afterSequence) thread.logSent = Math.max(thread.logSent, entries.length)

@@ -72,27 +72,34 @@ export class SaveReplicas {
   }
 
   /** Keeps a thread's replay log; false when a later incarnation's chain or log is held. */
-  keepLog(log: IncomingLog): boolean {
+  /**
+   * Keeps a thread's log (or its continuation, from entry `from` on); `gap` when the continuation
+   * does not follow what is held (the sender then sends the whole log), `stale` when a later
+   * incarnation is held.
+   */
+  keepLog(log: IncomingLog): 'kept' | 'stale' | 'gap' {
     const key = `${log.pid}/${log.tid}`
     const chain = this.chains.get(key)
-    if (chain !== undefined && log.epoch < chain.epoch) return false
+    if (chain !== undefined && log.epoch < chain.epoch) return 'stale'
     const held = this.logs.get(key)
-    if (held !== undefined && log.epoch < held.epoch) return false
+    if (held !== undefined && log.epoch < held.epoch) return 'stale'
+    const same = held !== undefined && held.epoch === log.epoch && held.afterSequence === log.afterSequence
+    const from = log.from ?? 0
+    if (from > 0 && (!same || held!.entries.length < from)) return 'gap'
+    const entries = from > 0 ? held!.entries.slice(0, from).concat(log.entries) : log.entries
     // Logs only grow between saves: a shorter one for the same save arrived late.
     if (
-      held !== undefined &&
-      held.epoch === log.epoch &&
-      held.afterSequence === log.afterSequence &&
-      held.entries.length + (held.replies?.length ?? 0) > log.entries.length + (log.replies?.length ?? 0)
+      same &&
+      held!.entries.length + (held!.replies?.length ?? 0) > entries.length + (log.replies?.length ?? 0)
     )
-      return true
+      return 'kept'
     this.logs.set(key, {
       epoch: log.epoch,
       afterSequence: log.afterSequence,
-      entries: log.entries,
+      entries,
       ...(log.replies === undefined ? {} : { replies: log.replies }),
     })
-    return true
+    return 'kept'
   }
 
   /** The log that continues the chain held (or, with no chain, the thread's start), if any. */
