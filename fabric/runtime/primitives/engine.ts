@@ -41,7 +41,9 @@
  *   guest's thread is suspended meanwhile (no CPU).
  * - Queues hold their items in the register, so a queue is bounded by its capacity and by the
  *   store's value size (`valueBytesMax`, less bookkeeping); a push that does not fit waits as on a
- *   full queue. A value that cannot be stored with its bookkeeping gets TooLarge.
+ *   full queue. A value that cannot be stored with its bookkeeping gets TooLarge; an operation that
+ *   fits but for the results other threads recorded (many threads whose saves lag) waits until
+ *   saves prune them (a crowded register is pruned at each save of the threads that used it).
  */
 
 import { SyncError, SyncOp } from '../../../host/abi.ts'
@@ -57,6 +59,7 @@ import {
   encodeState,
   type Outcome,
   type SyncReply,
+  type SyncState,
   tokenReply,
 } from './state.ts'
 
@@ -128,6 +131,8 @@ interface Slot {
   pending: Array<{ operation: BatchOperation; settle: (result: Committed | Error) => void }>
   running: boolean
   cached: { version: number; value: Uint8Array | null } | null
+  /** The register was found too full of recorded results: saves prune it at once (saveCommitted). */
+  crowded?: boolean
 }
 
 interface Committed {
@@ -205,10 +210,18 @@ export class SyncEngine {
   /** The thread's save taken at call `callSequence` is on its replicas: older results can go. */
   saveCommitted(pid: string, tid: string, callSequence: number): void {
     const track = this.track(pid, tid)
-    if (callSequence > track.floor) {
-      track.floor = callSequence
-      track.unsaved = 0
-      track.saveRequested = false
+    if (callSequence <= track.floor) return
+    track.floor = callSequence
+    track.unsaved = 0
+    track.saveRequested = false
+    // A register crowded by results awaiting saves has the thread's go now, not at its next call
+    // there (which may not come while others wait for room).
+    for (const key of track.touched) {
+      const slot = this.slots.get(key)
+      if (slot?.crowded !== true) continue
+      void this.submit(key, slot.kind, this.operation(pid, tid, 0, 0, false, { kind: 'prune' }, track)).catch(
+        () => {},
+      )
     }
   }
 
@@ -562,11 +575,12 @@ export class SyncEngine {
         return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters, lease }))
       }
       const encoded = encodeState(result.state)
-      if (encoded.length > valueBytesMax) return this.commitTooLarge(key, slot, operations)
+      if (encoded.length > valueBytesMax) return this.commitTooLarge(key, slot, operations, state)
       const written: Register = await store.cas(key, register.version, encoded)
       lease = leaseOf(written)
       if (written.ok) {
         slot.cached = { version: written.version, value: encoded }
+        if (encoded.length < valueBytesMax / 2) slot.crowded = false
         this.wakeAll(result.wake, key)
         return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters, lease }))
       }
@@ -578,17 +592,38 @@ export class SyncEngine {
     }
   }
 
-  /** A batch whose state would not fit in a register: each operation alone; one that cannot fit gets TooLarge. */
-  private async commitTooLarge(key: string, slot: Slot, operations: BatchOperation[]): Promise<Committed[]> {
+  /**
+   * A batch whose state would not fit in a register: each operation alone. One that would fit but
+   * for the results other threads recorded there (their saves lag: many threads, a busy machine)
+   * waits for saves to prune them, as on a full queue; only one that cannot fit at all gets TooLarge.
+   */
+  private async commitTooLarge(
+    key: string,
+    slot: Slot,
+    operations: BatchOperation[],
+    state: SyncState,
+  ): Promise<Committed[]> {
     if (operations.length === 1) {
+      // A prune that would not fit (its floor record outweighs what it drops): leave it for later.
+      if (operations[0]!.step.kind === 'prune')
+        return [{ outcome: { kind: 'none' }, waiters: [], lease: null }]
       const step = operations[0]!.step
-      // A push that does not fit with the items already queued waits for room, as on a full queue.
+      const crowded =
+        encodeState(applyBatch({ ...state, results: {} }, operations).state).length <= valueBytesMax
+      if (crowded) {
+        slot.crowded = true
+        // What this operation's floors allow to go, at least, goes now (pruning only shrinks it).
+        await this.commit(key, slot, [{ ...operations[0]!, step: { kind: 'prune' } }])
+      }
+      // A push that does not fit with the items already queued (or the results others recorded)
+      // waits for room, as on a full queue, and is Full once its timeout passed.
       if (step.kind === 'apply' && step.operation.op === 'queue_push') {
         const outcome: Outcome = operations[0]!.deadlinePassed
           ? { kind: 'done', reply: { result: SyncError.full, payload: null }, recorded: false, kept: false }
           : { kind: 'wait' }
         return [{ outcome, waiters: [], lease: null }]
       }
+      if (crowded) return [{ outcome: { kind: 'save-first' }, waiters: [], lease: null }]
       return [
         {
           outcome: {

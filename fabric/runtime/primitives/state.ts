@@ -91,6 +91,8 @@ export type BatchStep =
   | { kind: 'await' }
   /** Drop the thread's recorded results (it ended). */
   | { kind: 'forget' }
+  /** Nothing but dropping results below the floors (a register crowded by results awaiting saves). */
+  | { kind: 'prune' }
 
 export type Outcome =
   /**
@@ -214,6 +216,10 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       pruned[owner] = Math.max(pruned[owner] ?? 0, floor)
     }
     const step = operation.step
+    if (step.kind === 'prune') {
+      outcomes.push({ kind: 'none' })
+      continue
+    }
     if (step.kind === 'forget') {
       if (state.results[tid] !== undefined || pruned[tid] !== undefined) {
         delete state.results[tid]
