@@ -29,6 +29,13 @@
  * highest ballot would choose it after we answered without it); it writes the value it read at
  * its higher ballot instead, which buries the old accept.
  *
+ * Many keys at once: operations on different keys submitted in the same turn of the event loop
+ * travel together. Each key runs its own rounds (linearizable on its own, as ever), but the node
+ * sends its messages for one peer in one frame per turn, and an acceptor writes the records of a
+ * turn in one write and its answers in one frame (net/network.ts, net/acceptor-log.ts). So a
+ * caller with many keys to write (a batch of thread records) submits them all before awaiting any:
+ * that is the batched operation, with no separate API and no cross-key atomicity.
+ *
  * Shards move by reconfiguration: the reconfigurer seals a quorum of the old members (they stop
  * taking operations and hand their accepted values over), a quorum of them accepts the next
  * members, and the next members install the merged values at epoch + 1 (every ballot of a newer
