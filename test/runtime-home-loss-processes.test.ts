@@ -2,9 +2,13 @@
  * A process's home lost mid-run, on real `fabric node` processes: one of the home's replicas takes
  * the process over from its copy of the output, and the submitter, following it through another
  * node, gets the whole output of an undisturbed run and the exit code. Then twice (the home, then
- * the replica that took it over), with `fabric ps` through a node that is not the home.
+ * the replica that took it over), with `fabric ps` through a node that is not the home; and the
+ * `fabric ps` and `fabric kill` commands given the lost home and another node.
  */
 
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { afterEach, describe, expect, test } from 'vitest'
 import { type LocalCluster, startLocalCluster } from '../fabric/cli/local-cluster.ts'
 import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
@@ -70,7 +74,7 @@ describe('a process whose home is lost, on real node processes', () => {
     // Five nodes: the store (five replicas per shard) keeps a majority after losing two.
     cluster = await startLocalCluster({ nodeCount: 5, log: (node, text) => lines.push({ node, text }) })
     const nodes = cluster.nodes
-    const args = ['waves', '40', '3']
+    const args = ['waves', '24', '3']
     let reference = ''
     const undisturbed = await runOnCluster({
       node: nodes[0]!.address,
@@ -136,11 +140,60 @@ describe('a process whose home is lost, on real node processes', () => {
     expect(second).toBeDefined()
     expect(secondKillAt).toBeLessThan(reference.split('\n').length - 1)
 
-    // After the end, `ps` through any live node: the process ended, no thread left running.
-    const after = (await listProcesses({ node: nodes.find((node) => node.alive)!.address })).find(
-      (entry) => entry.pid === pid,
-    )
+    // After the end, `ps` through any live node: the process ended, and, once the last threads'
+    // end records (which their joiners did not wait for) are written, none left running.
+    const live = nodes.find((node) => node.alive)!
+    let after: Awaited<ReturnType<typeof listProcesses>>[number] | undefined
+    for (const startedMs = Date.now(); Date.now() - startedMs < 10_000; ) {
+      after = (await listProcesses({ node: live.address })).find((entry) => entry.pid === pid)
+      if (after?.threads.every((thread) => !thread.state.startsWith('running'))) break
+      await new Promise((resolve) => setTimeout(resolve, 250))
+    }
     expect(after?.state).toBe('ended')
     expect(after?.threads.filter((thread) => thread.state.startsWith('running'))).toEqual([])
   }, 180_000)
+
+  test('after a home loss, `fabric ps` and `fabric kill` given the lost home and another node reach the process at its new home', async () => {
+    const lines: Array<{ node: number; text: string }> = []
+    cluster = await startLocalCluster({ nodeCount: 4, log: (node, text) => lines.push({ node, text }) })
+    const nodes = cluster.nodes
+    const home = nodes[1]!
+    let output = ''
+    let pid = ''
+    const running = runOnCluster({
+      node: home.address,
+      otherNodes: [nodes[0]!.address],
+      program: waves,
+      args: ['waves', '400', '2'],
+      onSubmitted: (submitted) => {
+        pid = submitted
+      },
+      onOutput: (chunk) => {
+        output += new TextDecoder().decode(chunk.bytes)
+      },
+    })
+    while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
+    cluster.kill(home.index)
+    while (!lines.some((line) => line.text.includes(`took over as home of process ${pid}`)))
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    const newHome =
+      nodes[lines.find((line) => line.text.includes(`took over as home of process ${pid}`))!.node]!
+    const other = nodes.find((node) => node.alive && node !== newHome)!
+    // The lost home first, as an operator who does not know it was lost would name it.
+    const join = `${home.address},${other.address}`
+    const ps = await fabric(['ps', '--join', join])
+    const row = ps.stdout.split('\n').find((line) => line.startsWith(pid))
+    expect(row, ps.stdout + ps.stderr).toMatch(/ running /)
+    expect(row).toContain(newHome.peerId.slice(-12))
+    const kill = await fabric(['kill', pid, '--join', join])
+    expect(kill.stderr).toBe('')
+    expect(await running).toEqual({ exitCode: 137, error: 'killed' })
+  }, 120_000)
 })
+
+const cli = join(import.meta.dirname, '..', 'fabric', 'cli', 'bin.js')
+
+/** Runs the `fabric` command line; its exit code must be 0. */
+async function fabric(args: string[]): Promise<{ stdout: string; stderr: string }> {
+  return promisify(execFile)(process.execPath, [cli, ...args], { timeout: 60_000 })
+}
