@@ -13,6 +13,8 @@ export const syncKeyLengthMax = 512
 export const logEntriesMax = 1_000_000
 /** Entries in one `home-copy` message (a first copy carries a process's whole output so far). */
 export const homeCopyEntriesMax = 1_000_000
+/** Starts in one `starts` message (and replies in one `started`). */
+export const startsPerMessageMax = 1024
 /** Notices in one `notices` message. */
 export const noticesPerMessageMax = 1024
 /** A thread record in a `start` message (its argument included). */
@@ -64,6 +66,12 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
         isCount(value.version) &&
         isBytes(value.record) &&
         value.record.length <= recordBytesMax
+      )
+    case 'starts':
+      return (
+        Array.isArray(value.starts) &&
+        value.starts.length <= startsPerMessageMax &&
+        value.starts.every((start) => isObject(start) && start.type === 'start' && isRuntimeMessage(start))
       )
     case 'fetch-saves':
     case 'drop-saves':
@@ -198,6 +206,12 @@ export function isRuntimeReply(value: unknown): value is RuntimeReply {
             isCount(value.log.afterSequence) &&
             isLogEntries(value.log.entries) &&
             isLoggedReplies(value.log.replies)))
+      )
+    case 'started':
+      return (
+        Array.isArray(value.replies) &&
+        value.replies.length <= startsPerMessageMax &&
+        value.replies.every((reply) => isObject(reply) && reply.type !== 'started' && isRuntimeReply(reply))
       )
     case 'claimed':
       return isId(value.node) && typeof value.state === 'string'

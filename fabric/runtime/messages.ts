@@ -7,6 +7,8 @@ export type RuntimeMessage =
    * compare-and-swap on `version`, and runs it only if that succeeds.
    */
   | { type: 'start'; pid: string; tid: string; version: number; record: Uint8Array }
+  /** Several starts to one node (start-batches.ts): answered by `started` with a reply to each, in order. */
+  | { type: 'starts'; starts: StartRequest[] }
   /** Keep this context save of a thread (a replica in memory). */
   | {
       type: 'save'
@@ -99,6 +101,8 @@ export type RuntimeMessage =
    */
   | { type: 'fetch-home-copy'; pid: string; from: number }
 
+export type StartRequest = { type: 'start'; pid: string; tid: string; version: number; record: Uint8Array }
+
 /** A message that only informs its receiver: nothing waits for its reply but the next notices. */
 export type Notice = Extract<RuntimeMessage, { type: 'placed' | 'ended' | 'drop-saves' }>
 
@@ -125,6 +129,8 @@ export type RuntimeReply =
         replies?: Array<[number, number, Uint8Array | null]>
       }
     }
+  /** The replies to a `starts` message, one per start, in order. */
+  | { type: 'started'; replies: RuntimeReply[] }
   /** A `start` found the record changed: another claim won; it is `state` on `node`. */
   | { type: 'claimed'; node: string; state: string }
   | { type: 'program'; bytes: Uint8Array }
@@ -171,6 +177,7 @@ export const runtimeMessageTypes: ReadonlySet<string> = new Set([
   'kill',
   'ps',
   'start',
+  'starts',
   'save',
   'log',
   'fetch-saves',

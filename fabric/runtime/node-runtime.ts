@@ -64,6 +64,7 @@ import {
 } from './records.ts'
 import { SaveReplicas } from './save-replicas.ts'
 import type { ClusterView, CoordinationClient, Messenger, NodeId, Register } from './services.ts'
+import { StartBatcher } from './start-batches.ts'
 
 export const nodeLeaseTtlMsDefault = 1000
 export const saveReplicaCountDefault = 2
@@ -349,12 +350,15 @@ export class NodeRuntime {
   private startingHere = 0
   /** Placements, ends and dropped saves told to other nodes, several per message under load. */
   private readonly notices: NoticeSender
+  /** Starts to other nodes, those of one turn to one node in one message. */
+  private readonly starts: StartBatcher
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.starts = new StartBatcher(this.self, (to, message) => components.messenger.request(to, message))
     this.notices = new NoticeSender(
       this.self,
       (to, message) => components.messenger.request(to, message),
@@ -528,6 +532,17 @@ export class NodeRuntime {
     switch (message.type) {
       case 'start':
         return this.claim(message.pid, message.tid, message.version, message.record)
+      case 'starts':
+        return {
+          type: 'started',
+          replies: await Promise.all(
+            message.starts.map((start) =>
+              this.claim(start.pid, start.tid, start.version, start.record).catch(
+                (error: Error): RuntimeReply => ({ type: 'refused', reason: error.message }),
+              ),
+            ),
+          ),
+        }
       case 'save': {
         const kept = this.replicas.keep(message)
         return kept ? { type: 'ok' } : { type: 'refused', reason: 'save does not follow the chain held' }
@@ -975,7 +990,7 @@ export class NodeRuntime {
       // spills off a full node spills to one other node, not to several at random.
       if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
       if (node === this.self) this.startingHere++
-      const reply = await this.components.messenger
+      const reply = await this.starts
         .request(node, { type: 'start', pid, tid, version, record: encoded })
         .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
         .finally(() => {
