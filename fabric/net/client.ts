@@ -16,6 +16,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
+import { Uint8ArrayList } from 'uint8arraylist'
 import type { Operation, OperationResult } from '../coord/register.ts'
 import { nodesByDistance, shardCountDefault, shardOfKey } from '../coord/shards.ts'
 import { leaseMarginRatio, operationTimeoutMsDefault } from '../coord/store.ts'
@@ -29,6 +30,7 @@ import {
 import { loadClusterKey } from './cluster-key.ts'
 import { clientProtocol, createNetwork, type Network } from './network.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
+import { atTurnEnd } from './write-coalescing.ts'
 
 export interface ClientOptions {
   /** Multiaddrs of nodes, each ending in /p2p/<peer id>. */
@@ -84,6 +86,8 @@ interface Connection {
   opening: Promise<Stream> | undefined
   /** `performance.now()` before which this node is tried only after the others. */
   avoidUntilMs: number
+  /** Request frames waiting for the end of this turn. */
+  queued: Uint8Array[]
 }
 
 /** How long a node that failed a request is tried last. */
@@ -109,7 +113,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
       .find((component) => component.name === 'p2p')?.value
     if (peer === undefined) throw new InvalidArgumentError(`Expected ${address} to end in /p2p/<peer id>`)
     network.addAddresses(peer, [address])
-    return { peer, stream: undefined, opening: undefined, avoidUntilMs: 0 }
+    return { peer, stream: undefined, opening: undefined, avoidUntilMs: 0, queued: [] }
   })
   const byPeer = new Map(connections.map((connection) => [connection.peer, connection]))
   /** Per shard, the connections from closest to farthest from the shard's id. */
@@ -190,6 +194,25 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
     }
   }
 
+  /** The requests of one turn to one node leave in one send (see network.ts, flushBatch). */
+  function queueRequest(connection: Connection, stream: Stream, frame: Uint8Array): void {
+    if (stream.status !== 'open') throw new Error(`stream is ${stream.status}`)
+    connection.queued.push(frame)
+    if (connection.queued.length > 1) return
+    atTurnEnd('messages', () => {
+      const frames = connection.queued
+      connection.queued = []
+      try {
+        stream.send(frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames))
+      } catch (error) {
+        failPeer(
+          connection.peer,
+          new NodeUnreachableError(`could not send to node ${connection.peer}: ${(error as Error).message}`),
+        )
+      }
+    })
+  }
+
   async function run(
     key: string,
     operation: Operation,
@@ -239,7 +262,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
           },
         })
         try {
-          stream.send(encodeFrame('client', { id, key, operation, timeoutMs }))
+          queueRequest(connection, stream, encodeFrame('client', { id, key, operation, timeoutMs }))
         } catch (error) {
           pending.delete(id)
           clearTimeout(timer)
