@@ -36,6 +36,7 @@ import {
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
+import { GroupedWrites } from './grouped-writes.ts'
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
 import { HomeCopies } from './home-copies.ts'
 import type {
@@ -352,12 +353,18 @@ export class NodeRuntime {
   private readonly notices: NoticeSender
   /** Starts to other nodes, those of one turn to one node in one message. */
   private readonly starts: StartBatcher
+  /** Threads' end records, written in groups (several per store frame and acceptor write under load). */
+  private readonly endWrites: GroupedWrites
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.endWrites = new GroupedWrites(
+      (key, version, value) => components.store.cas(key, version, value),
+      components.timers,
+    )
     this.starts = new StartBatcher(this.self, (to, message) => components.messenger.request(to, message))
     this.notices = new NoticeSender(
       this.self,
@@ -1835,7 +1842,7 @@ export class NodeRuntime {
     // if another incarnation took it over.
     let written = false
     for (let attempt = 0; attempt < endWriteAttemptsMax; attempt++) {
-      const outcome = await this.components.store
+      const outcome = await this.endWrites
         .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(done))
         .catch(() => undefined)
       if (outcome !== undefined) {
