@@ -61,7 +61,9 @@ export const fabricImports: Record<string, ImportSpec> = {
  *   lock_acquire   a = ttl ms, b = timeout ms -> 8 bytes: the fencing token (i64), or Timeout
  *   lock_renew     a = token, b = ttl ms -> 0, or NotHolder
  *   lock_release   a = token -> 0, or NotHolder
- *   fenced_get     -> the value's bytes, or Unset
+ *   fenced_get     a = 0, or a lock holder's token -> the value's bytes, or Unset; with a token,
+ *                  StaleToken if a newer token was seen, else the fence rises to it (a write with
+ *                  an older token is refused from then on)
  *   fenced_set     a = token, value -> 0, or StaleToken (a newer token was seen)
  *   queue_push     value = item, a = capacity (items; 0 = default), b = timeout ms when full
  *                  -> 0, or Full, or Closed

@@ -653,6 +653,51 @@ describe('locks and fenced variables', () => {
       SyncError.invalid,
     )
   })
+
+  test('a holder whose lease ran out while it held on cannot write over a newer holder that read: no lost increment', async () => {
+    const { engines, store } = cluster(['a', 'b'])
+    const old = guest(engines.get('a')!, thread('0.1'))
+    const newer = guest(engines.get('b')!, thread('0.2'))
+    const i64 = (value: bigint) => {
+      const bytes = new Uint8Array(8)
+      new DataView(bytes.buffer).setBigInt64(0, value, true)
+      return bytes
+    }
+    // The old holder (token 1) reads 5 with its token, then stalls past its TTL; the newer holder
+    // (token 2) reads with its token: from then on the old holder's read and write are refused.
+    await old.call({ op: SyncOp.fencedSet, name: 'n', a: 1n, value: i64(5n) })
+    expect(readI64((await old.call({ op: SyncOp.fencedGet, name: 'n', a: 1n })).payload)).toBe(5n)
+    expect(readI64((await newer.call({ op: SyncOp.fencedGet, name: 'n', a: 2n })).payload)).toBe(5n)
+    expect((await old.call({ op: SyncOp.fencedSet, name: 'n', a: 1n, value: i64(6n) })).result).toBe(
+      SyncError.staleToken,
+    )
+    expect((await old.call({ op: SyncOp.fencedGet, name: 'n', a: 1n })).result).toBe(SyncError.staleToken)
+    expect((await newer.call({ op: SyncOp.fencedSet, name: 'n', a: 2n, value: i64(6n) })).result).toBe(0)
+    // A plain read (no token) is not refused, and raises nothing.
+    expect(readI64((await old.call({ op: SyncOp.fencedGet, name: 'n' })).payload)).toBe(6n)
+    expect(decodeState((await store.get(await syncKey('p1', '', 'fenced', 'n'))).value, 'fenced').fence).toBe(
+      2,
+    )
+  })
+
+  test('a holder read replayed with the token it had gets what it read; with a newer token (its lock lost and taken again) it reads afresh', async () => {
+    const { engines } = cluster(['a', 'b'])
+    const holder = guest(engines.get('a')!, thread('0.1'))
+    const other = guest(engines.get('b')!, thread('0.2'))
+    await holder.call({ op: SyncOp.fencedSet, name: 'n', a: 1n, value: text('one') }, { sequence: 1 })
+    expect(
+      untext((await holder.call({ op: SyncOp.fencedGet, name: 'n', a: 1n }, { sequence: 2 })).payload),
+    ).toBe('one')
+    await other.call({ op: SyncOp.fencedSet, name: 'n', a: 2n, value: text('two') })
+    // Restored from a save before call 2: the same token replays what it read.
+    expect(
+      untext((await holder.call({ op: SyncOp.fencedGet, name: 'n', a: 1n }, { sequence: 2 })).payload),
+    ).toBe('one')
+    // Its replayed acquire got token 3 (the lease had lapsed and another took it): a fresh read.
+    expect(
+      untext((await holder.call({ op: SyncOp.fencedGet, name: 'n', a: 3n }, { sequence: 2 })).payload),
+    ).toBe('two')
+  })
 })
 
 describe('a thread’s reply log on its save replicas', () => {

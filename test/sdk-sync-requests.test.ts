@@ -150,6 +150,8 @@ class FakeSync {
         return { result: 0 }
       case 'fencedGet': {
         const current = this.fenced.get(key)
+        if (current !== undefined && request.a > 0n && request.a < current.token)
+          return { result: SyncError.staleToken }
         return current === undefined ? { result: SyncError.unset } : bytes(current.value)
       }
       case 'fencedSet': {
@@ -290,6 +292,7 @@ describe.each(['AssemblyScript', 'C'])('%s SDK: fabric.sync requests', (language
       'fenced set: true',
       'fenced stale: false',
       'fenced get: mine',
+      'fenced get as holder: mine',
       'release: true',
       'tryAcquire: true',
       'acquireWithin: false',
@@ -317,6 +320,7 @@ describe.each(['AssemblyScript', 'C'])('%s SDK: fabric.sync requests', (language
       request('fencedSet', 'table', { ...team, a: 1n, value: 'mine' }),
       request('fencedSet', 'table', { ...team, a: 0n, value: 'i64:3' }),
       request('fencedGet', 'table', { ...team, outCapacity: valueCapacity }),
+      request('fencedGet', 'table', { ...team, a: 1n, outCapacity: valueCapacity }),
       request('lockRelease', 'table', { ...team, a: 1n }),
       request('lockAcquire', 'table', { ...team, a: 100n, b: 0n, outCapacity: wordCapacity }),
       request('lockAcquire', 'table', { ...team, a: 100n, b: 250n, outCapacity: wordCapacity }),

@@ -8,12 +8,10 @@
  *
  * How: "add" (fabric_var_add, one atomic request per increment) or "cas" (read, then
  * compare-and-swap, again when another thread got in between), or "lock" (a lock around a fenced
- * read and write: the fencing token refuses the write of a holder whose lease ran out once a newer
- * holder has written, and the thread then takes the lock again). "add" and "cas" are exact under
- * any crash; "lock" relies on the TTL outlasting a holder's recovery, because a stale write that
- * lands after a newer holder's read but before its write is not refused (fenced variables check
- * tokens on writes only). Natively (gcc -I guest-sdk/c), the threads run one after another and
- * print the same.
+ * read and write, both with the lock's token: a holder whose lease ran out while it held on finds
+ * its read or write refused once a newer holder has read, and takes the lock again). All three are
+ * exact under any crash or stall. Natively (gcc -I guest-sdk/c), the threads run one after another
+ * and print the same.
  */
 
 #include <stdint.h>
@@ -70,9 +68,9 @@ static void increment_by_cas(void) {
 }
 
 /*
- * Under the lock, reads the fenced counter and writes it + 1 with the lock's token. A write that
- * comes back stale was refused (this thread lost the lock), so nothing was added: take the lock
- * again and retry.
+ * Under the lock, reads the fenced counter and writes it + 1, both with the lock's token. A read or
+ * write that comes back stale was refused (this thread lost the lock to a newer holder, who has
+ * read), so nothing was added: take the lock again and retry.
  */
 static void increment_under_lock(void) {
   for (;;) {
@@ -80,12 +78,17 @@ static void increment_under_lock(void) {
     int32_t error = fabric_lock_acquire(FABRIC_GLOBAL, counter_name, LOCK_TTL_MS, FABRIC_WAIT_FOREVER, &token);
     if (error < 0) fail("fabric_lock_acquire", error);
     int64_t value = 0;
-    int32_t length = fabric_fenced_get(FABRIC_GLOBAL, counter_name, &value, sizeof value);
-    if (length < 0 && length != FABRIC_SYNC_UNSET) fail("fabric_fenced_get", length);
-    if (length >= 0 && length != (int32_t)sizeof value) fail("fabric_fenced_get", FABRIC_SYNC_WRONG_TYPE);
-    value++;
-    int32_t written = fabric_fenced_set(FABRIC_GLOBAL, counter_name, token, &value, sizeof value);
-    if (written < 0 && written != FABRIC_SYNC_STALE_TOKEN) fail("fabric_fenced_set", written);
+    int32_t length = fabric_fenced_get_as_holder(FABRIC_GLOBAL, counter_name, token, &value, sizeof value);
+    if (length < 0 && length != FABRIC_SYNC_UNSET && length != FABRIC_SYNC_STALE_TOKEN)
+      fail("fabric_fenced_get_as_holder", length);
+    if (length >= 0 && length != (int32_t)sizeof value)
+      fail("fabric_fenced_get_as_holder", FABRIC_SYNC_WRONG_TYPE);
+    int32_t written = FABRIC_SYNC_STALE_TOKEN;
+    if (length != FABRIC_SYNC_STALE_TOKEN) {
+      value++;
+      written = fabric_fenced_set(FABRIC_GLOBAL, counter_name, token, &value, sizeof value);
+      if (written < 0 && written != FABRIC_SYNC_STALE_TOKEN) fail("fabric_fenced_set", written);
+    }
     int32_t released = fabric_lock_release(FABRIC_GLOBAL, counter_name, token);
     if (released < 0 && released != FABRIC_SYNC_NOT_HOLDER) fail("fabric_lock_release", released);
     if (written == 0) return;

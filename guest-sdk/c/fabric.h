@@ -380,8 +380,14 @@ static inline int32_t fabric_sync_send(const uint8_t *request, size_t length, vo
   int64_t now = fabric_native_now_ms();
   if (kind == 'l' && object->holder >= 0 && object->expires_ms <= now) object->holder = -1;
   switch (op) {
-  case FABRIC_SYNC_OP_VAR_GET:
   case FABRIC_SYNC_OP_FENCED_GET:
+    /* A holder's read (a token): refused when a newer token was seen, else raises the fence. */
+    if (a < 0) return FABRIC_SYNC_INVALID;
+    if (a > 0 && a < object->token) return FABRIC_SYNC_STALE_TOKEN;
+    if (a > object->token) object->token = a;
+    if (!object->set) return FABRIC_SYNC_UNSET;
+    return fabric_native_reply(object->value, object->value_length, out, capacity);
+  case FABRIC_SYNC_OP_VAR_GET:
     if (!object->set) return FABRIC_SYNC_UNSET;
     return fabric_native_reply(object->value, object->value_length, out, capacity);
   case FABRIC_SYNC_OP_VAR_SET:
@@ -646,6 +652,17 @@ static inline int32_t fabric_lock_release(fabric_context context, const char *na
 /* Fenced variables: a write carries a fencing token and is refused when a newer one was seen. */
 static inline int32_t fabric_fenced_get(fabric_context context, const char *name, void *out, size_t capacity) {
   return fabric_sync_bytes(FABRIC_SYNC_OP_FENCED_GET, context, name, 0, out, capacity);
+}
+
+/*
+ * Reads as the holder of the lock whose `token` is given: the value's length (or
+ * FABRIC_SYNC_UNSET), or FABRIC_SYNC_STALE_TOKEN when a newer holder read or wrote (this thread lost
+ * the lock). From this read on, a write with an older token is refused: a holder whose lease ran
+ * out while it held on cannot overwrite what this one computes from what it read.
+ */
+static inline int32_t fabric_fenced_get_as_holder(fabric_context context, const char *name, int64_t token,
+                                                  void *out, size_t capacity) {
+  return fabric_sync_bytes(FABRIC_SYNC_OP_FENCED_GET, context, name, token, out, capacity);
 }
 
 /* Writes with `token`: 0, or FABRIC_SYNC_STALE_TOKEN when a newer token was seen. */

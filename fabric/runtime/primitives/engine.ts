@@ -767,7 +767,12 @@ function leaseOf(register: Register): { holder: string | null; token: number } {
  */
 export function isSyncRead(payload: Uint8Array | null): boolean {
   const op = payload !== null && payload.length > 1 ? payload[1] : -1
-  return op === SyncOp.varGet || op === SyncOp.fencedGet || op === SyncOp.queueLength
+  if (op === SyncOp.fencedGet) {
+    // With a token (operand a, bytes 8-15) the read raises the fence: others see that.
+    if (payload === null || payload.length < 16) return true
+    return payload.subarray(8, 16).every((byte) => byte === 0)
+  }
+  return op === SyncOp.varGet || op === SyncOp.queueLength
 }
 
 /** The store key of a named object: readable when it fits, else a digest of its parts. */

@@ -35,7 +35,8 @@ export type SyncOperation =
   | { op: 'lock_acquire'; ttlMs: number; timeoutMs: number }
   | { op: 'lock_renew'; token: number; ttlMs: number }
   | { op: 'lock_release'; token: number }
-  | { op: 'fenced_get' }
+  /** `token` 0: a plain read; else a lock holder's read, which raises the fence to its token. */
+  | { op: 'fenced_get'; token: number }
   | { op: 'fenced_set'; token: number; value: Uint8Array }
   | { op: 'queue_push'; item: Uint8Array; capacity: number; timeoutMs: number }
   | { op: 'queue_pop'; timeoutMs: number }
@@ -157,9 +158,12 @@ export function decodeSyncRequest(bytes: Uint8Array | null): DecodeResult {
       operation = { op: 'lock_release', token: tokenValue }
       break
     }
-    case SyncOp.fencedGet:
-      operation = { op: 'fenced_get' }
+    case SyncOp.fencedGet: {
+      const tokenValue = a === 0n ? 0 : token(a)
+      if (tokenValue === null) return invalid
+      operation = { op: 'fenced_get', token: tokenValue }
       break
+    }
     case SyncOp.fencedSet: {
       const tokenValue = token(a)
       if (tokenValue === null) return invalid

@@ -33,8 +33,8 @@ export interface SyncReply {
   payload: Uint8Array | null
 }
 
-/** [call sequence, result, payload] */
-export type RecordedResult = [number, number, Uint8Array | null]
+/** [call sequence, result, payload, and for a lock holder's fenced read the token it carried] */
+export type RecordedResult = [number, number, Uint8Array | null, number?]
 
 export interface SyncState {
   formatVersion: number
@@ -114,7 +114,10 @@ export interface BatchResult {
   wake: string[]
 }
 
-/** Operations that never change a register: they record nothing, so they never wait for a save. */
+/**
+ * Operations that never change a register: they record nothing, so they never wait for a save (a
+ * fenced get with a token may raise the fence: it is not one of them).
+ */
 export const readOnlyOps: ReadonlySet<SyncOperation['op']> = new Set([
   'var_get',
   'fenced_get',
@@ -245,7 +248,16 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       outcomes.push({ kind: 'done', reply: step.reply, recorded: false, kept: true })
       continue
     }
-    const recorded = state.results[tid]?.find(([sequence]) => sequence === callSequence)
+    let recorded = state.results[tid]?.find(([sequence]) => sequence === callSequence)
+    const holderToken = step.kind === 'apply' && step.operation.op === 'fenced_get' ? step.operation.token : 0
+    if (recorded !== undefined && holderToken > 0 && recorded[3] !== holderToken) {
+      // A holder's read replayed with another token: the thread, restored from a save, lost its
+      // lock meanwhile and took it again. What it read then may be stale now; it reads afresh
+      // (its write, if it made one, stays recorded: applied once).
+      state.results[tid] = state.results[tid]!.filter(([sequence]) => sequence !== callSequence)
+      changed = true
+      recorded = undefined
+    }
     if (recorded !== undefined) {
       outcomes.push({ kind: 'done', reply: reply(recorded[1], recorded[2]), recorded: true, kept: true })
       continue
@@ -254,7 +266,10 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
       outcomes.push({ kind: 'done', reply: reply(SyncError.unavailable), recorded: false, kept: false })
       continue
     }
-    const readOnly = step.kind === 'apply' && readOnlyOps.has(step.operation.op)
+    const readOnly =
+      step.kind === 'apply' &&
+      readOnlyOps.has(step.operation.op) &&
+      !(step.operation.op === 'fenced_get' && step.operation.token > 0)
     if (!readOnly && (state.results[tid]?.length ?? 0) >= unsavedResultsPerThreadMax) {
       outcomes.push({ kind: 'save-first' })
       continue
@@ -275,6 +290,7 @@ export function applyBatch(current: SyncState, operations: readonly BatchOperati
     if (outcome.effect) dataChanged = true
     if (outcome.record) {
       const entry: RecordedResult = [callSequence, outcome.reply.result, outcome.reply.payload]
+      if (holderToken > 0) entry.push(holderToken)
       state.results[tid] = [...(state.results[tid] ?? []), entry]
       changed = true
     }
@@ -300,9 +316,17 @@ function applyOne(
   switch (operation.op) {
     case 'var_get':
     case 'fenced_get': {
-      if (state.value === null) return done(reply(SyncError.unset))
-      if (state.value.length > context.outCapacity) return refuse(SyncError.tooLarge)
-      return done(bytesReply(state.value))
+      // A lock holder's read (a token) is refused once a newer holder read or wrote, and raises the
+      // fence to its token: a write of an older holder (its lease ran out while it held on) that
+      // comes after this read is then refused, so it cannot overwrite what this holder computes.
+      // Recorded with its token (a replay with another token reads afresh: applyBatch).
+      const token = operation.op === 'fenced_get' ? operation.token : 0
+      if (token > 0 && token < state.fence) return done(reply(SyncError.staleToken))
+      const raises = token > state.fence
+      if (state.value !== null && state.value.length > context.outCapacity) return refuse(SyncError.tooLarge)
+      if (raises) state.fence = token
+      const read = state.value === null ? reply(SyncError.unset) : bytesReply(state.value)
+      return { reply: read, effect: raises, record: token > 0 }
     }
     case 'var_set':
       state.value = operation.value

@@ -628,6 +628,17 @@ export class Lock extends Named {
 }
 
 /** A variable whose writes carry a fencing token: a write with a token older than the newest seen is refused. */
+/** What `FencedVar.getAsHolder` read: stale (a newer holder read or wrote), or the value. */
+export class FencedRead {
+  readonly stale: bool
+  readonly value: ArrayBuffer | null
+
+  constructor(stale: bool, value: ArrayBuffer | null) {
+    this.stale = stale
+    this.value = value
+  }
+}
+
 export class FencedVar extends Named {
   constructor(name: string, context: Context = globalContext) {
     super("FencedVar", name, context)
@@ -636,6 +647,22 @@ export class FencedVar extends Named {
   /** The value, or null when it was never set. */
   get(): ArrayBuffer | null {
     return this.getBytes(opFencedGet, "get")
+  }
+
+  /**
+   * Reads as the holder of the lock whose `token` (from `Lock.acquire`) is given. From this read on,
+   * a write with an older token is refused: a holder whose lease ran out while it held on cannot
+   * overwrite what this one computes from what it read. `stale` when a newer holder read or wrote
+   * (this thread lost the lock: take it again); else `value` (null when unset).
+   */
+  getAsHolder(token: i64): FencedRead {
+    const out = valueReplyBuffer()
+    const result = this.request(opFencedGet, token, 0, null, null, out)
+    if (result == SyncError.staleToken) return new FencedRead(true, null)
+    if (result == SyncError.unset) return new FencedRead(false, null)
+    if (result < 0) misuse(this.label + ".getAsHolder", result)
+    if (result > out.byteLength) misuse(this.label + ".getAsHolder", SyncError.tooLarge)
+    return new FencedRead(false, out.slice(0, result))
   }
 
   /** Writes `value` with `token` (from `Lock.acquire`); false when a newer token was seen (stale). */
