@@ -8,7 +8,7 @@
  */
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process'
-import { mkdirSync } from 'node:fs'
+import { mkdirSync, readFileSync } from 'node:fs'
 import { connectClient, type FabricClient } from '../../fabric/net/client.ts'
 import { generateClusterKey } from '../../fabric/net/cluster-key.ts'
 import { killAll, type NodeProcess, startNodeProcess, temporaryDirectory } from '../support/node-processes.ts'
@@ -35,6 +35,7 @@ async function measure(
   setup: (worker: number) => Promise<void>,
   operation: Operation,
   workers = benchConcurrentClients,
+  probe?: { start(): void; end(operations: number): void },
 ): Promise<Measurement> {
   await Promise.all(Array.from({ length: workers }, (_, worker) => setup(worker)))
   const run = async (durationMs: number, latencies: number[] | null) => {
@@ -52,7 +53,9 @@ async function measure(
   await run(benchWarmupMs, null)
   const latencies: number[] = []
   const startedMs = performance.now()
+  probe?.start()
   await run(benchDurationMs, latencies)
+  probe?.end(latencies.length)
   const elapsedMs = performance.now() - startedMs
   latencies.sort((a, b) => a - b)
   return {
@@ -142,6 +145,37 @@ function fabricCases(client: FabricClient, prefix = 'bench'): BenchCase[] {
   ]
 }
 
+/** Processes' CPU time (user + system) in ms, from /proc; undefined off Linux. */
+function processesCpuMs(children: readonly ChildProcess[]): number | undefined {
+  try {
+    let totalMs = 0
+    for (const child of children) {
+      // Fields after the command name: utime and stime are the 12th and 13th, in clock ticks (100 per second).
+      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+      totalMs += (Number(fields[11]) + Number(fields[12])) * 10
+    }
+    return totalMs
+  } catch {
+    return undefined
+  }
+}
+
+function cpuProbe(children: readonly ChildProcess[]) {
+  let startMs: number | undefined
+  const probe = {
+    usPerOperation: undefined as number | undefined,
+    start() {
+      startMs = processesCpuMs(children)
+    },
+    end(operations: number) {
+      const endMs = processesCpuMs(children)
+      if (startMs !== undefined && endMs !== undefined && operations > 0)
+        probe.usPerOperation = ((endMs - startMs) / operations) * 1000
+    },
+  }
+  return probe
+}
+
 /** SIGKILLs the node that a lease holder talks to and times how long until another client takes the lease. */
 async function leaseTakeoverMs(nodes: NodeProcess[], clusterKey: string): Promise<number> {
   const victim = nodes[nodes.length - 1]!
@@ -195,15 +229,24 @@ async function fabricBench(count: number): Promise<BenchRow[]> {
             `${count} fabric node processes on loopback, 1 client, sequential operations cycling over ${uncontendedKeyCount} keys of its own`,
           ),
         )
-      for (const [name, setup, operation] of fabricCases(client))
+      for (const [name, setup, operation] of fabricCases(client)) {
+        const cpu = cpuProbe(nodes.map((node) => node.child))
         rows.push(
           ...rowsOf(
             `fabric ${count} nodes`,
             name,
-            await measure(setup, operation),
+            await measure(setup, operation, benchConcurrentClients, cpu),
             `${count} fabric node processes on loopback, ${benchConcurrentClients} concurrent clients over one connection per node, uncontended keys`,
           ),
         )
+        if (cpu.usPerOperation !== undefined)
+          rows.push({
+            name: `fabric ${count} nodes ${name}: node CPU per operation`,
+            value: cpu.usPerOperation.toFixed(0),
+            unit: 'us',
+            note: `CPU time of the ${count} node processes together (user + system, /proc) during the measured ${benchConcurrentClients}-client run, divided by its operations; includes their idle work (membership, ticks); steadier than ops/s on a loaded machine`,
+          })
+      }
     } finally {
       await client.close()
     }
@@ -344,15 +387,24 @@ async function etcdBench(): Promise<BenchRow[]> {
           `3-member etcd on loopback, HTTP/JSON gateway, 1 client, sequential operations cycling over ${uncontendedKeyCount} keys of its own (each key's requests go to one member, the keys spread over the 3)${name.endsWith('lease acquire+release') ? '; grant + put with lease + revoke' : ''}`,
         ),
       )
-    for (const [name, setup, operation] of cases)
+    for (const [name, setup, operation] of cases) {
+      const cpu = cpuProbe(children)
       rows.push(
         ...rowsOf(
           'etcd 3 members',
           name,
-          await measure(setup, operation),
+          await measure(setup, operation, benchConcurrentClients, cpu),
           name === 'lease acquire+release' ? `${note}; grant + put with lease + revoke` : note,
         ),
       )
+      if (cpu.usPerOperation !== undefined)
+        rows.push({
+          name: `etcd 3 members ${name}: CPU per operation`,
+          value: cpu.usPerOperation.toFixed(0),
+          unit: 'us',
+          note: `CPU time of the 3 etcd processes together (user + system, /proc) during the measured ${benchConcurrentClients}-client run, divided by its operations (the HTTP client's own CPU is not counted, as for fabric)`,
+        })
+    }
   } finally {
     for (const child of children) child.kill('SIGKILL')
     await new Promise((resolve) => setTimeout(resolve, 200))
