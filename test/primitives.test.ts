@@ -317,6 +317,41 @@ describe('exactly once across replays', () => {
     expect(who.replies.size).toBe(1)
   })
 
+  test(`a store that answers some calls on the key slowly is retried past unavailableAfterMs; one that answers none gives Unavailable`, async () => {
+    // The clock jumps 20 s at every failed write, as on a machine too busy to answer in time.
+    let offsetMs = 0
+    const clock = { now: () => performance.now() + offsetMs }
+    const store = new MemoryStore()
+    let writesToFail = 3
+    let readsFail = false
+    const realCas = store.cas.bind(store)
+    const realGet = store.get.bind(store)
+    store.cas = async (key, expectedVersion, value) => {
+      if (writesToFail > 0) {
+        writesToFail--
+        offsetMs += 20_000
+        throw new Error('store timeout')
+      }
+      return realCas(key, expectedVersion, value)
+    }
+    store.get = async (key) => {
+      if (readsFail) {
+        offsetMs += 20_000
+        throw new Error('store timeout')
+      }
+      return realGet(key)
+    }
+    const engine = new SyncEngine({ store, self: 'a', clock, timers: systemTimers, notify: () => {} })
+    const g = guest(engine, thread('0'))
+    // 60 s of failed writes, but the reads before each write were answered: the add goes through.
+    expect(readI64((await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n })).payload)).toBe(1n)
+    expect(offsetMs).toBeGreaterThanOrEqual(60_000)
+    // Nothing answered on the key for over unavailableAfterMs: Unavailable.
+    writesToFail = 1_000
+    readsFail = true
+    expect((await g.call({ op: SyncOp.varAdd, name: 'n', a: 1n })).result).toBe(SyncError.unavailable)
+  })
+
   test('a replay from before the committed save (its saves lost) is refused as Unavailable, not applied twice', async () => {
     const { engines, store } = cluster(['a'])
     const engine = engines.get('a')!

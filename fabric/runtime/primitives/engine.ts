@@ -75,7 +75,11 @@ export const batchOperationsMax = 64
 export const casAttemptsBeforeBackoff = 3
 /** Longest pause between two contended compare-and-swap attempts. */
 export const casBackoffMsMax = 50
-/** How long the engine retries a store that does not answer before the guest gets Unavailable. */
+/**
+ * How long the engine retries a store that does not answer before the guest gets Unavailable: no
+ * answer on the call's key for this long (a slow store that answers some calls on the key, as on a
+ * busy machine, is retried: the calls are idempotent).
+ */
 export const unavailableAfterMs = 30_000
 /** Keys whose last register the engine keeps (saves a read before the next write). */
 export const cachedKeysMax = 4096
@@ -165,6 +169,8 @@ export class SyncEngine {
   /** Processes that ended: a call of theirs still under way must not leave a value or a lease. */
   private readonly endedProcesses = new Set<string>()
   private readonly random: () => number
+  /** When the store last answered a call on each key (a slow store is not an unavailable one). */
+  private readonly answeredAt = new Map<string, number>()
 
   constructor(components: SyncEngineComponents) {
     this.components = components
@@ -369,7 +375,7 @@ export class SyncEngine {
         for (;;) {
           if (thread.stopped()) return never()
           const nap = this.nap(key)
-          const taken = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
+          const taken = await this.persist(thread, key, () => store.acquire(key, holder, operation.ttlMs))
           this.noteRegister(key, taken)
           if (taken.ok && this.endedProcesses.has(thread.pid)) {
             // Its process ended (and its keys were deleted) while this call waited: let go again.
@@ -407,11 +413,11 @@ export class SyncEngine {
         // renew checks holder and token and keeps the lease's TTL; another TTL takes an acquire by
         // the holder (which keeps its token) after it.
         const ttlKey = `${key}\u0000${holder}`
-        const renewed = await this.persist(thread, () => store.renew(key, holder, operation.token))
+        const renewed = await this.persist(thread, key, () => store.renew(key, holder, operation.token))
         this.noteRegister(key, renewed)
         if (!renewed.ok) return notHolder
         if (this.leaseTtls.get(ttlKey) !== operation.ttlMs) {
-          const extended = await this.persist(thread, () => store.acquire(key, holder, operation.ttlMs))
+          const extended = await this.persist(thread, key, () => store.acquire(key, holder, operation.ttlMs))
           this.noteRegister(key, extended)
           if (extended.ok && extended.token === operation.token) this.leaseTtls.set(ttlKey, operation.ttlMs)
         }
@@ -436,7 +442,7 @@ export class SyncEngine {
         }
         let lease = done.lease
         if (lease === null) {
-          const read = await this.persist(thread, () => store.get(key))
+          const read = await this.persist(thread, key, () => store.get(key))
           lease = { holder: read.holder, token: read.token }
         }
         if (lease.holder !== holder || lease.token !== operation.token) {
@@ -461,7 +467,7 @@ export class SyncEngine {
     holder: string,
     token: number,
   ): Promise<void> {
-    const released = await this.persist(thread, () => this.components.store.release(key, holder, token))
+    const released = await this.persist(thread, key, () => this.components.store.release(key, holder, token))
     this.noteRegister(key, released)
     this.leaseTtls.delete(`${key}\u0000${holder}`)
     if (released.ok) this.wakeAll(decodeState(released.value, 'lock').waiters, key)
@@ -519,7 +525,7 @@ export class SyncEngine {
       if (!(result instanceof Error)) return result
       // The store did not answer: the same op id again is safe (a write that did land is found).
       if (thread?.stopped()) return never()
-      if (this.components.clock.now() - startedAt >= unavailableAfterMs) throw new StoreUnavailable()
+      if (this.unanswered(key, startedAt)) throw new StoreUnavailable()
       await this.pause(recheckMs / 5)
     }
   }
@@ -553,10 +559,16 @@ export class SyncEngine {
     }
   }
 
+  private async read(key: string): Promise<Register> {
+    const register = await this.components.store.get(key)
+    this.answered(key)
+    return register
+  }
+
   /** Read (or use the cached register), apply, compare-and-swap; again on a lost race. */
   private async commit(key: string, slot: Slot, operations: BatchOperation[]): Promise<Committed[]> {
     const store = this.components.store
-    let register: { version: number; value: Uint8Array | null } = slot.cached ?? (await store.get(key))
+    let register: { version: number; value: Uint8Array | null } = slot.cached ?? (await this.read(key))
     let fromCache = slot.cached !== null
     let lease: Committed['lease'] = fromCache ? null : leaseOf(register as Register)
     for (let attempt = 0; ; attempt++) {
@@ -566,7 +578,7 @@ export class SyncEngine {
         // Nothing to write; but a cached register may be stale: only replies recorded before (which
         // never change) may come from it. A read, or a "wait", looks at the store itself.
         if (fromCache && result.outcomes.some((outcome) => outcome.kind !== 'done' || !outcome.recorded)) {
-          register = await store.get(key)
+          register = await this.read(key)
           lease = leaseOf(register as Register)
           fromCache = false
           continue
@@ -577,6 +589,7 @@ export class SyncEngine {
       const encoded = encodeState(result.state)
       if (encoded.length > valueBytesMax) return this.commitTooLarge(key, slot, operations, state)
       const written: Register = await store.cas(key, register.version, encoded)
+      this.answered(key)
       lease = leaseOf(written)
       if (written.ok) {
         slot.cached = { version: written.version, value: encoded }
@@ -696,17 +709,32 @@ export class SyncEngine {
   }
 
   /** Runs a store call until it answers (a timeout may or may not have applied: callers are idempotent). */
-  private async persist(thread: SyncThread, run: () => Promise<Register>): Promise<Register> {
+  private async persist(thread: SyncThread, key: string, run: () => Promise<Register>): Promise<Register> {
     const startedAt = this.components.clock.now()
     for (;;) {
       try {
-        return await run()
+        const register = await run()
+        this.answered(key)
+        return register
       } catch {
         if (thread.stopped()) return never()
-        if (this.components.clock.now() - startedAt >= unavailableAfterMs) throw new StoreUnavailable()
+        if (this.unanswered(key, startedAt)) throw new StoreUnavailable()
         await this.pause(recheckMs / 5)
       }
     }
+  }
+
+  /** The store answered a call on `key`. */
+  private answered(key: string): void {
+    this.answeredAt.delete(key)
+    this.answeredAt.set(key, this.components.clock.now())
+    if (this.answeredAt.size > cachedKeysMax) this.answeredAt.delete(this.answeredAt.keys().next().value!)
+  }
+
+  /** Whether a call on `key` tried since `startedAt` has had no answer on the key for `unavailableAfterMs`. */
+  private unanswered(key: string, startedAt: number): boolean {
+    const since = Math.max(startedAt, this.answeredAt.get(key) ?? startedAt)
+    return this.components.clock.now() - since >= unavailableAfterMs
   }
 
   // --- per-thread bookkeeping -----------------------------------------------------------------
