@@ -248,6 +248,64 @@ describe('process runtime defects', () => {
   }, 60_000)
 })
 
+describe('orphan checks', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test("a thread its node reclaimed between the home's record read and its question to the node is not placed again elsewhere", async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const primes = guestBytes('examples/primes/primes.ts')
+    const args = ['primes', '1500000', '50000']
+    const reference = await home.submit(primes, { args, seed: 1 })
+    let referenceOutput = ''
+    reference.onOutput((chunk) => {
+      referenceOutput += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+
+    const process = await home.submit(primes, { args, seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    while (!output.includes('below 100000:')) await new Promise((resolve) => setTimeout(resolve, 10))
+    const runner = cluster.ids().find((id) =>
+      cluster
+        .runtime(id)
+        .localThreads()
+        .some((thread) => thread.pid === process.pid),
+    )!
+    // What a node that could not renew its lease does: it stops its threads, then claims them
+    // again (epoch + 1) as nobody took them. Here it happens just before the home's second orphan
+    // check asks it; both checks find the thread missing there.
+    type NodeInternals = {
+      local: Map<string, unknown>
+      stopThread(thread: unknown): void
+      reclaim(thread: unknown): Promise<void>
+      findOrphans(live: ReadonlySet<string>): Promise<void>
+    }
+    const node = cluster.runtime(runner) as unknown as NodeInternals
+    let asked = 0
+    cluster.intercept = (_from, to, message) => {
+      if (to !== runner || message.type !== 'ps' || message.local !== true || asked >= 2) return undefined
+      const missing: RuntimeReply = { type: 'processes', processes: [] }
+      if (++asked === 1) return missing
+      const thread = node.local.get(`${process.pid}/0`)
+      node.stopThread(thread)
+      return node.reclaim(thread).then(() => missing) as unknown as RuntimeReply
+    }
+    const homeInternals = home as unknown as NodeInternals
+    while (asked < 2) await homeInternals.findOrphans(new Set(cluster.liveIds()))
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe(referenceOutput)
+    expect(cluster.logs.filter((line) => line.includes('taken over'))).toEqual([])
+    const record = decodeThread((await cluster.store.get(keys.thread(process.pid, '0'))).value!)
+    expect({ node: record.node, epoch: record.epoch }).toEqual({ node: runner, epoch: 2 })
+  }, 60_000)
+})
+
 describe('ps, kill and attach through any node', () => {
   let cluster: InProcessCluster
   afterEach(() => cluster?.close())

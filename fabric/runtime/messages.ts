@@ -161,7 +161,10 @@ export interface ProcessSummary {
 export interface ThreadSummary {
   tid: string
   node: string
-  /** `running here` (on the node that answered), `running`, or `starting` (not running yet on `node`). */
+  /**
+   * `running here` or `starting here` (claimed, not running yet, on the node that answered),
+   * `running`, or `starting` (not running yet on `node`); of an ended process, its record's state.
+   */
   state: string
   /** Wall-clock time of the latest save, ms since the epoch (as the running node reads it). */
   lastSaveMs: number | null

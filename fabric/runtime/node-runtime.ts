@@ -347,6 +347,8 @@ export class NodeRuntime {
    * group whose short threads all ended on a node goes back to it, instead of to a random one.
    */
   private readonly groupNodes = new Map<string, Set<NodeId>>()
+  /** Threads being claimed here and not running yet (`pid/tid`): `ps` shows them `starting here`. */
+  private readonly claiming = new Set<string>()
   /** Threads this node is claiming for itself (placed here because it had idle cores). */
   private startingHere = 0
   /** Placements, ends and dropped saves told to other nodes, several per message under load. */
@@ -784,6 +786,16 @@ export class NodeRuntime {
               },
       })
     }
+    for (const key of this.claiming) {
+      if (this.local.has(key)) continue
+      const [pid, tid] = key.split('/') as [string, string]
+      let summary = byProcess.get(pid)
+      if (summary === undefined) {
+        summary = { pid, home: '', state: 'running', threads: [] }
+        byProcess.set(pid, summary)
+      }
+      summary.threads.push({ tid, node: this.self, state: 'starting here', lastSaveMs: null })
+    }
     return [...byProcess.values()]
   }
 
@@ -882,7 +894,7 @@ export class NodeRuntime {
               const known = details.get(`${home.record.pid}/${tid}`)
               return known === undefined || known.node !== node
                 ? { tid, node, state: 'starting', lastSaveMs: null }
-                : { ...known, state: 'running' }
+                : { ...known, state: known.state === 'starting here' ? 'starting' : 'running' }
             }),
           ),
         }),
@@ -1056,6 +1068,24 @@ export class NodeRuntime {
     const processRead = this.processRecord(pid).catch(() => undefined)
     const key = keys.thread(pid, tid)
     const claimed: ThreadRecord = { ...record, node: this.self, state: 'running', epoch: record.epoch + 1 }
+    // Until it runs here, `ps` shows it `starting here` (a home's orphan check leaves it be).
+    this.claiming.add(`${pid}/${tid}`)
+    try {
+      return await this.claimAndRun(pid, tid, version, key, claimed, record, processRead)
+    } finally {
+      this.claiming.delete(`${pid}/${tid}`)
+    }
+  }
+
+  private async claimAndRun(
+    pid: string,
+    tid: string,
+    version: number,
+    key: string,
+    claimed: ThreadRecord,
+    record: ThreadRecord,
+    processRead: Promise<ProcessRecord | undefined>,
+  ): Promise<RuntimeReply> {
     // A cas the store did not confirm in time may have applied: the record tells.
     const written = await this.components.store
       .cas(key, version, encodeRecord(claimed))
@@ -2295,6 +2325,19 @@ export class NodeRuntime {
     }
     const suspects = new Set<string>()
     for (const [node, threads] of byNode) {
+      // The records of threads missing at the last check are read before the node is asked: a
+      // node that claims one again meanwhile (it stopped its threads when it could not renew its
+      // lease, then reclaimed them) changes its version, so the hand-over below fails instead of
+      // taking the thread from the node that just claimed it.
+      const reads = new Map(
+        threads
+          .filter(({ pid, tid }) => this.orphanSuspects.has(`${pid}/${tid}`))
+          .map(({ pid, tid }) => [
+            `${pid}/${tid}`,
+            this.components.store.get(keys.thread(pid, tid)).catch(() => undefined),
+          ]),
+      )
+      await Promise.all(reads.values())
       const reply = await this.components.messenger
         .request(node, { type: 'ps', local: true })
         .catch(() => undefined)
@@ -2302,7 +2345,7 @@ export class NodeRuntime {
       const running = new Set(
         reply.processes.flatMap((entry) =>
           entry.threads
-            .filter((thread) => thread.state === 'running here')
+            .filter((thread) => thread.state === 'running here' || thread.state === 'starting here')
             .map((thread) => `${entry.pid}/${thread.tid}`),
         ),
       )
@@ -2310,8 +2353,7 @@ export class NodeRuntime {
         const key = `${pid}/${tid}`
         if (running.has(key)) continue
         suspects.add(key)
-        if (!this.orphanSuspects.has(key)) continue
-        const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
+        const read = await reads.get(key)
         if (read?.value == null) continue
         const record = decodeThread(read.value)
         if (record.node !== node || record.state !== 'running') continue
