@@ -28,7 +28,7 @@ import {
   StoreTimeoutError,
 } from '../errors.ts'
 import { loadClusterKey } from './cluster-key.ts'
-import { clientProtocol, createNetwork, type Network } from './network.ts'
+import { clientProtocol, clientProtocols, createNetwork, type Network } from './network.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 import { atTurnEnd } from './write-coalescing.ts'
 
@@ -163,7 +163,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
       stream.addEventListener('message', (event) => {
         const data = event.data
         for (const payload of reader.push(data instanceof Uint8Array ? data : data.subarray())) {
-          const body = decodeEnvelope(payload, new Set(['client'])).b as {
+          const body = decodeEnvelope(payload, clientProtocols).b as {
             id: number
             result?: OperationResult
             error?: { code: string; message: string }

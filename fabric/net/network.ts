@@ -32,6 +32,8 @@ import { atTurnEnd, coalescingMuxer } from './write-coalescing.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
 export const clientProtocol = '/fabric/client/1.0.0'
+/** The one fabric protocol inside client request and reply frames (made once, not per frame). */
+export const clientProtocols: ReadonlySet<string> = new Set(['client'])
 export const dhtProtocol = '/fabric/kad/1.0.0'
 export const membersTopic = 'fabric/members/1'
 /** Messages are dropped (the protocols tolerate loss) rather than buffered past this per peer. */

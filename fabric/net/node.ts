@@ -24,7 +24,7 @@ import {
 import { systemClock, systemRandom, systemTimers, type TimerHandle } from '../platform.ts'
 import { type AcceptorLog, openAcceptorLog } from './acceptor-log.ts'
 import { joinMembersTopic, receiveMembershipMessage } from './members-topic.ts'
-import { clientProtocol, createNetwork, type Log, type Network, short } from './network.ts'
+import { clientProtocol, clientProtocols, createNetwork, type Log, type Network, short } from './network.ts'
 import { serverNoiseCrypto } from './noise-crypto.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
@@ -233,7 +233,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
       for (const payload of frames) {
         let request: { id: number; key: string; operation: unknown; timeoutMs?: number }
         try {
-          request = decodeEnvelope(payload, new Set(['client'])).b as typeof request
+          request = decodeEnvelope(payload, clientProtocols).b as typeof request
         } catch (error) {
           network.refuse(from, (error as Error).message)
           continue
