@@ -127,7 +127,9 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   process.once('exit', stopAll)
   try {
     nodes.push(await startNodeProcess(0, dataDirectory, undefined, replicaCountFor(nodeCount), options.log))
-    const rest = await Promise.all(
+    // Every node that started is kept, so that a node that does not start stops them all (they
+    // would outlive the caller otherwise).
+    const rest = await Promise.allSettled(
       Array.from({ length: nodeCount - 1 }, (_, offset) =>
         startNodeProcess(
           offset + 1,
@@ -138,9 +140,13 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
         ),
       ),
     )
-    nodes.push(...rest)
+    for (const started of rest) if (started.status === 'fulfilled') nodes.push(started.value)
+    const failed = rest.find((started) => started.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
   } catch (error) {
     stopAll()
+    process.removeListener('exit', stopAll)
+    rmSync(dataDirectory, { recursive: true, force: true })
     throw error
   }
   for (const node of nodes) node.process.once('exit', () => (node.alive = false))
