@@ -90,7 +90,7 @@ export const endedProcessesMax = 10_000
  * until its process ends, as a run queue holds a thread until a core is free; each such period
  * without a taker is logged, and the process record is read to see whether the process still runs.
  */
-export const spawnPlacementWaitMsMax = 30_000
+export const placementWaitMsDefault = 30_000
 /** Pause between two rounds of placing a thread that no node took; it doubles up to the next. */
 export const spawnPlacementRetryMs = 250
 export const spawnPlacementRetryMsMax = 2000
@@ -173,6 +173,8 @@ export interface NodeRuntimeComponents {
 export interface NodeRuntimeOptions {
   nodeLeaseTtlMs?: number
   saveReplicaCount?: number
+  /** How long a submit waits for a node to take the main thread (`placementWaitMsDefault`). */
+  placementWaitMs?: number
 }
 
 export interface SubmitOptions {
@@ -304,6 +306,7 @@ async function sha256Hex(bytes: Uint8Array): Promise<string> {
 export class NodeRuntime {
   private readonly components: NodeRuntimeComponents
   private readonly leaseTtlMs: number
+  private readonly placementWaitMs: number
   private readonly replicaCount: number
   private readonly self: NodeId
   private readonly local = new Map<string, LocalThread>()
@@ -362,6 +365,7 @@ export class NodeRuntime {
     this.components = components
     this.self = components.cluster.self
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
+    this.placementWaitMs = options.placementWaitMs ?? placementWaitMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
     this.endWrites = new GroupedWrites(
       (key, version, value) => components.store.cas(key, version, value),
@@ -940,7 +944,7 @@ export class NodeRuntime {
     // No node taking the thread (each refused or did not answer: a store that did not answer in a
     // membership change, say) must not lose it: its joiner would find no such thread. So it is
     // placed again until its record exists: a child while its process runs (its spawner's next
-    // effect, join or save waits meanwhile), the main thread for `spawnPlacementWaitMsMax`.
+    // effect, join or save waits meanwhile), the main thread for `placementWaitMs`.
     const clock = this.components.clock ?? systemClock
     const startedMs = clock.now()
     let reportedMs = 0
@@ -954,9 +958,9 @@ export class NodeRuntime {
       if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
       const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
       if (read?.value != null) return
-      if (waitedMs - reportedMs >= spawnPlacementWaitMsMax) {
+      if (waitedMs - reportedMs >= this.placementWaitMs) {
         if (tid === '0')
-          throw new Error(`no node took thread ${tid} of process ${pid} in ${spawnPlacementWaitMsMax} ms`)
+          throw new Error(`no node took thread ${tid} of process ${pid} in ${this.placementWaitMs} ms`)
         reportedMs = waitedMs
         this.components.log?.(
           `runtime: no node took thread ${tid} of process ${pid} for ${Math.round(waitedMs / 1000)} s; placing it again while the process runs`,

@@ -8,7 +8,7 @@ import { seededRandom, systemTimers } from '../../fabric/platform.ts'
 import type { GuestFilesService } from '../../fabric/runtime/guest-files.ts'
 import { MemoryStore } from '../../fabric/runtime/memory-store.ts'
 import type { RuntimeMessage, RuntimeReply } from '../../fabric/runtime/messages.ts'
-import { NodeRuntime } from '../../fabric/runtime/node-runtime.ts'
+import { NodeRuntime, type NodeRuntimeOptions } from '../../fabric/runtime/node-runtime.ts'
 import type { ClusterView, NodeId, PeerInfo } from '../../fabric/runtime/services.ts'
 import { instrumentInWorker } from '../../host/instrument-node.ts'
 import { loadProgram, type Program } from '../../host/program.ts'
@@ -48,7 +48,12 @@ export class InProcessCluster {
 
   async addNode(
     id: NodeId,
-    options: { seed?: number; speedScore?: number; files?: GuestFilesService } = {},
+    options: {
+      seed?: number
+      speedScore?: number
+      files?: GuestFilesService
+      runtime?: NodeRuntimeOptions
+    } = {},
   ): Promise<NodeRuntime> {
     const pool = new WorkerPool({ createWorker: nodeWorkerFactory, runningMax: 1 })
     const cluster: ClusterView = {
@@ -69,22 +74,25 @@ export class InProcessCluster {
     }
     const speedScore = options.speedScore ?? 1
     ;(member as { speedScore?: number }).speedScore = speedScore
-    member.runtime = new NodeRuntime({
-      cluster,
-      store: this.store,
-      messenger: {
-        request: (to, message) => this.deliver(id, to, message),
-        serve: (handler) => {
-          member.handler = handler
+    member.runtime = new NodeRuntime(
+      {
+        cluster,
+        store: this.store,
+        messenger: {
+          request: (to, message) => this.deliver(id, to, message),
+          serve: (handler) => {
+            member.handler = handler
+          },
         },
+        pool,
+        loadProgram: (bytes) => this.load(bytes),
+        random: seededRandom(options.seed ?? id.length * 7919 + id.charCodeAt(id.length - 1)),
+        timers: systemTimers,
+        files: options.files,
+        log: (line) => this.logs.push(`${id}: ${line}`),
       },
-      pool,
-      loadProgram: (bytes) => this.load(bytes),
-      random: seededRandom(options.seed ?? id.length * 7919 + id.charCodeAt(id.length - 1)),
-      timers: systemTimers,
-      files: options.files,
-      log: (line) => this.logs.push(`${id}: ${line}`),
-    })
+      options.runtime,
+    )
     this.members.set(id, member)
     await member.runtime.start()
     return member.runtime
