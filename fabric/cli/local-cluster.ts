@@ -14,7 +14,11 @@ import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 
 const cli = join(import.meta.dirname, 'bin.js')
-export const nodeStartTimeoutMs = 30_000
+/**
+ * Time a node process gets to print its address. About a second on a quiet machine; at a load of
+ * 25-40 on 2 cores starting the processes took over 30 s.
+ */
+export const nodeStartTimeoutMs = 60_000
 /** Time given to the nodes to see each other before programs are submitted. */
 export const convergenceWaitMs = 1000
 

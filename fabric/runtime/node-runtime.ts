@@ -36,6 +36,7 @@ import {
 } from '../../host/thread-runner.ts'
 import type { WorkerPool } from '../../host/worker-pool.ts'
 import { type Clock, type Random, systemClock, type TimerHandle, type Timers } from '../platform.ts'
+import { GroupPlacements } from './group-placements.ts'
 import { GroupedWrites } from './grouped-writes.ts'
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
 import { HomeCopies } from './home-copies.ts'
@@ -340,16 +341,8 @@ export class NodeRuntime {
   private draining = false
   /** Guests' shared variables, locks, queues and barriers (the `sync` call). */
   private readonly sync: SyncEngine
-  /**
-   * Where the threads of a context group that this node placed or runs are (tid to node), by
-   * `<pid>/<group>`, until they end: placement keeps a group on few nodes.
-   */
-  private readonly groupThreads = new Map<string, Map<string, NodeId>>()
-  /**
-   * The nodes that ran threads of a context group (by `<pid>/<group>`), until the process ends: a
-   * group whose short threads all ended on a node goes back to it, instead of to a random one.
-   */
-  private readonly groupNodes = new Map<string, Set<NodeId>>()
+  /** Where the threads of each context group are: placement keeps a group on few nodes. */
+  private readonly groups = new GroupPlacements()
   /** Threads being claimed here and not running yet (`pid/tid`): `ps` shows them `starting here`. */
   private readonly claiming = new Set<string>()
   /** Threads this node is claiming for itself (placed here because it had idle cores). */
@@ -650,9 +643,7 @@ export class NodeRuntime {
           if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
         this.replicas.dropProcess(message.pid)
         void this.sync.processEnded(message.pid)
-        for (const groups of [this.groupThreads, this.groupNodes])
-          for (const groupKey of [...groups.keys()])
-            if (groupKey.startsWith(`${message.pid}/`)) groups.delete(groupKey)
+        this.groups.processEnded(message.pid)
         for (const key of [...this.endedOutcomes.keys()])
           if (key.startsWith(keys.thread(message.pid, ''))) this.endedOutcomes.delete(key)
         return { type: 'ok' }
@@ -989,7 +980,7 @@ export class NodeRuntime {
     const passedOver = new Set<NodeId>(choice.exclude === undefined ? [] : [choice.exclude])
     const encoded = encodeRecord(record)
     // Threads of one context group go near each other.
-    const groupKey = record.group === undefined ? null : `${pid}/${record.group}`
+    const group = record.group
     for (let attempt = 0; attempt < startAttemptsMax && !this.stopped; attempt++) {
       let candidates = this.components.cluster.live().filter((peer) => !passedOver.has(peer.id))
       if (candidates.length === 0) {
@@ -1006,12 +997,12 @@ export class NodeRuntime {
           : chooseNode({
               candidates,
               load: this.loadByNode(),
-              groupThreads: groupKey === null ? undefined : this.groupNodesLoad(groupKey),
+              groupThreads: group === undefined ? undefined : this.groups.load(pid, group),
               random: this.components.random,
             })
       // Counted before the answer: the next placements of the same batch see it, so a group that
       // spills off a full node spills to one other node, not to several at random.
-      if (groupKey !== null) this.noteGroupThread(groupKey, tid, node)
+      if (group !== undefined) this.groups.placed(pid, group, tid, node)
       if (node === this.self) this.startingHere++
       const reply = await this.starts
         .request(node, { type: 'start', pid, tid, version, record: encoded })
@@ -1023,7 +1014,7 @@ export class NodeRuntime {
         this.tellHome(pid, tid, node)
         return node
       }
-      if (groupKey !== null) this.forgetGroupPlacement(groupKey, tid, node)
+      if (group !== undefined) this.groups.notPlaced(pid, group, tid, node)
       if (reply.type === 'claimed') {
         // Another claim won (or this one did and its answer was lost): the home must watch that node.
         if (reply.state === 'running') this.tellHome(pid, tid, reply.node)
@@ -1732,8 +1723,7 @@ export class NodeRuntime {
         if (thread.replies.add(callSequence, reply)) thread.runner?.requestSave()
       },
       setGroup: async (group) => {
-        const groupKey = `${thread.pid}/${group}`
-        this.noteGroupThread(groupKey, thread.tid, this.self)
+        this.groups.placed(thread.pid, group, thread.tid, this.self)
         if (thread.record.group === group) return
         // After any record write of a save in flight: two writes at once would look like a takeover.
         // The group holds for this incarnation's spawns even if the store cannot take the record
@@ -1751,37 +1741,6 @@ export class NodeRuntime {
         await written
       },
     }
-  }
-
-  private noteGroupThread(groupKey: string, tid: string, node: NodeId): void {
-    const threads = this.groupThreads.get(groupKey) ?? new Map<string, NodeId>()
-    threads.set(tid, node)
-    this.groupThreads.set(groupKey, threads)
-    const nodes = this.groupNodes.get(groupKey) ?? new Set<NodeId>()
-    nodes.add(node)
-    this.groupNodes.set(groupKey, nodes)
-  }
-
-  /** A placement on `node` that did not happen: neither the thread nor (if it was the only one) the node counts. */
-  private forgetGroupPlacement(groupKey: string, tid: string, node: NodeId): void {
-    const threads = this.groupThreads.get(groupKey)
-    threads?.delete(tid)
-    if (![...(threads?.values() ?? [])].includes(node)) this.groupNodes.get(groupKey)?.delete(node)
-  }
-
-  /** A thread ended: it no longer counts where its group is. */
-  private forgetGroupThread(pid: string, tid: string): void {
-    for (const [groupKey, threads] of this.groupThreads)
-      if (groupKey.startsWith(`${pid}/`)) threads.delete(tid)
-  }
-
-  /** Threads of a group on each node that runs or ran some, as far as this node knows. */
-  private groupNodesLoad(groupKey: string): Map<NodeId, number> {
-    const load = new Map<NodeId, number>()
-    for (const node of this.groupNodes.get(groupKey) ?? []) load.set(node, 0)
-    for (const node of this.groupThreads.get(groupKey)?.values() ?? [])
-      load.set(node, (load.get(node) ?? 0) + 1)
-    return load
   }
 
   private async join(thread: LocalThread, handle: number): Promise<HostCallReply> {
@@ -1889,7 +1848,7 @@ export class NodeRuntime {
     }
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.stopped = true
-    this.forgetGroupThread(thread.pid, thread.tid)
+    this.groups.threadEnded(thread.pid, thread.tid)
     if (!written) return
     this.sync.threadEnded(thread.pid, thread.tid)
     const process = await this.processRecord(thread.pid).catch(() => undefined)
@@ -1963,7 +1922,7 @@ export class NodeRuntime {
         this.endedOutcomes.delete(this.endedOutcomes.keys().next().value!)
     }
     for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake(outcome)
-    this.forgetGroupThread(pid, tid)
+    this.groups.threadEnded(pid, tid)
     const home = this.homes.get(pid)
     if (home === undefined || early) return
     home.ended.add(tid)
