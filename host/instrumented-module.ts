@@ -7,7 +7,7 @@
  * Version of what instrumentation does (passes, ABI's blocking imports, layout). Part of every
  * cache key: bump it whenever the output for the same input would change.
  */
-export const instrumentationVersion = 3
+export const instrumentationVersion = 4
 
 export interface InstrumentedModule {
   /** The instrumented binary. */
