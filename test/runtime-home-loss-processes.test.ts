@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterEach, describe, expect, test } from 'vitest'
-import { type LocalCluster, startLocalCluster } from '../fabric/cli/local-cluster.ts'
+import { type LocalCluster, type LocalNode, startLocalCluster } from '../fabric/cli/local-cluster.ts'
 import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
 import { guestBytes } from './support/guests.ts'
 
@@ -28,16 +28,7 @@ describe('a process whose home is lost, on real node processes', () => {
     const lines: Array<{ node: number; text: string }> = []
     cluster = await startLocalCluster({ nodeCount: 4, log: (node, text) => lines.push({ node, text }) })
     const nodes = cluster.nodes
-    let reference = ''
-    const undisturbed = await runOnCluster({
-      node: nodes[0]!.address,
-      program: waves,
-      args: wavesArgs,
-      onOutput: (chunk) => {
-        reference += new TextDecoder().decode(chunk.bytes)
-      },
-    })
-    expect(undisturbed).toEqual({ exitCode: 0, error: null })
+    const reference = await undisturbedOutput(nodes[0]!, wavesArgs)
 
     // Node 1 is the home; the submitter knows the other nodes too.
     const home = nodes[1]!
@@ -75,16 +66,7 @@ describe('a process whose home is lost, on real node processes', () => {
     cluster = await startLocalCluster({ nodeCount: 5, log: (node, text) => lines.push({ node, text }) })
     const nodes = cluster.nodes
     const args = ['waves', '24', '3']
-    let reference = ''
-    const undisturbed = await runOnCluster({
-      node: nodes[0]!.address,
-      program: waves,
-      args,
-      onOutput: (chunk) => {
-        reference += new TextDecoder().decode(chunk.bytes)
-      },
-    })
-    expect(undisturbed).toEqual({ exitCode: 0, error: null })
+    const reference = await undisturbedOutput(nodes[0]!, args)
 
     const home = nodes[1]!
     let output = ''
@@ -196,4 +178,19 @@ const cli = join(import.meta.dirname, '..', 'fabric', 'cli', 'bin.js')
 /** Runs the `fabric` command line; its exit code must be 0. */
 async function fabric(args: string[]): Promise<{ stdout: string; stderr: string }> {
   return promisify(execFile)(process.execPath, [cli, ...args], { timeout: 60_000 })
+}
+
+/** The waves' output of a run through `node` that nothing disturbs; fails unless it exits 0. */
+async function undisturbedOutput(node: LocalNode, args: string[]): Promise<string> {
+  let output = ''
+  const result = await runOnCluster({
+    node: node.address,
+    program: waves,
+    args,
+    onOutput: (chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    },
+  })
+  expect(result).toEqual({ exitCode: 0, error: null })
+  return output
 }

@@ -10,6 +10,7 @@ import { afterEach, describe, expect, test } from 'vitest'
 import { StoreTimeoutError } from '../fabric/errors.ts'
 import type { MemoryStore } from '../fabric/runtime/memory-store.ts'
 import type { RuntimeReply } from '../fabric/runtime/messages.ts'
+import type { NodeRuntime } from '../fabric/runtime/node-runtime.ts'
 import {
   decodeThread,
   encodeRecord,
@@ -83,12 +84,7 @@ describe('process runtime defects', () => {
     for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
     const home = cluster.runtime('node-a')
     const waves = guestBytes('test/fixtures/as/waves.ts')
-    const reference = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
-    let referenceOutput = ''
-    reference.onOutput((chunk) => {
-      referenceOutput += new TextDecoder().decode(chunk.bytes)
-    })
-    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    const referenceOutput = await undisturbedOutput(home, waves, ['waves', '1', '2'])
 
     // Every node refuses the children's starts for a while, as nodes whose store does not answer
     // during a membership change do: more refusals than one placement round tries nodes.
@@ -119,12 +115,7 @@ describe('process runtime defects', () => {
       await cluster.addNode(id, { runtime: { placementWaitMs } })
     const home = cluster.runtime('node-a')
     const waves = guestBytes('test/fixtures/as/waves.ts')
-    const reference = await home.submit(waves, { args: ['waves', '1', '2'], seed: 1 })
-    let referenceOutput = ''
-    reference.onOutput((chunk) => {
-      referenceOutput += new TextDecoder().decode(chunk.bytes)
-    })
-    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    const referenceOutput = await undisturbedOutput(home, waves, ['waves', '1', '2'])
     // Every node refuses the children's starts for longer than a main thread is waited for.
     const refuseUntilMs = Date.now() + placementWaitMs * 2
     cluster.intercept = (_from, _to, message) => {
@@ -260,12 +251,7 @@ describe('orphan checks', () => {
     const home = cluster.runtime('node-a')
     const primes = guestBytes('examples/primes/primes.ts')
     const args = ['primes', '1500000', '50000']
-    const reference = await home.submit(primes, { args, seed: 1 })
-    let referenceOutput = ''
-    reference.onOutput((chunk) => {
-      referenceOutput += new TextDecoder().decode(chunk.bytes)
-    })
-    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    const referenceOutput = await undisturbedOutput(home, primes, args)
 
     const process = await home.submit(primes, { args, seed: 1 })
     let output = ''
@@ -374,12 +360,7 @@ describe('home replicas', () => {
     for (const id of ids) await cluster.addNode(id)
     const waves = guestBytes('test/fixtures/as/waves.ts')
     const args = ['waves', '6', '2']
-    const reference = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
-    let referenceOutput = ''
-    reference.onOutput((chunk) => {
-      referenceOutput += new TextDecoder().decode(chunk.bytes)
-    })
-    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    const referenceOutput = await undisturbedOutput(cluster.runtime('node-a'), waves, args)
     // node-a's first choices of home replicas (node-b, node-c) refuse every copy.
     cluster.intercept = (from, to, message) =>
       message.type === 'home-copy' && from === 'node-a' && to !== 'node-d'
@@ -393,23 +374,9 @@ describe('home replicas', () => {
     while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
     cluster.kill('node-a')
     // Whoever is home now has the whole output, and the process ends as an undisturbed run.
-    let reply: Awaited<ReturnType<typeof cluster.send>> | undefined
-    for (const startedMs = Date.now(); Date.now() - startedMs < 20_000; ) {
-      reply = await cluster.send('node-b', 'node-c', {
-        type: 'attach',
-        pid: process.pid,
-        from: 0,
-        waitMs: 5000,
-      })
-      if (reply.type === 'output' && reply.result !== null) break
-      await new Promise((resolve) => setTimeout(resolve, 250))
-    }
-    expect(reply?.type).toBe('output')
-    if (reply?.type !== 'output') return
+    const reply = await attachUntilEnded(cluster, 'node-b', 'node-c', process.pid)
     expect(reply.result).toEqual({ exitCode: 0, error: null })
-    expect(new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))).toBe(
-      referenceOutput,
-    )
+    expect(reply.output).toBe(referenceOutput)
     expect(cluster.logs.some((line) => line.startsWith('node-d: runtime: took over as home'))).toBe(true)
   }, 60_000)
 
@@ -419,12 +386,7 @@ describe('home replicas', () => {
     for (const id of ids) await cluster.addNode(id)
     const waves = guestBytes('test/fixtures/as/waves.ts')
     const args = ['waves', '6', '2']
-    const reference = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
-    let referenceOutput = ''
-    reference.onOutput((chunk) => {
-      referenceOutput += new TextDecoder().decode(chunk.bytes)
-    })
-    expect(await reference.result).toEqual({ exitCode: 0, error: null })
+    const referenceOutput = await undisturbedOutput(cluster.runtime('node-a'), waves, args)
     // node-b (node-a's first home replica, and the first to hear that node-a departed) keeps its
     // first copy of the process and refuses the rest; node-c gets every copy.
     let copiesToB = 0
@@ -449,26 +411,12 @@ describe('home replicas', () => {
     })
     while (!output.includes('wave 2:')) await new Promise((resolve) => setTimeout(resolve, 20))
     cluster.kill('node-a')
-    let reply: Awaited<ReturnType<typeof cluster.send>> | undefined
-    for (const startedMs = Date.now(); Date.now() - startedMs < 20_000; ) {
-      reply = await cluster.send('node-c', 'node-d', {
-        type: 'attach',
-        pid: process.pid,
-        from: 0,
-        waitMs: 5000,
-      })
-      if (reply.type === 'output' && reply.result !== null) break
-      await new Promise((resolve) => setTimeout(resolve, 250))
-    }
+    const reply = await attachUntilEnded(cluster, 'node-c', 'node-d', process.pid)
     const newHome = cluster.logs.find((line) => line.includes(`took over as home of process ${process.pid}`))
     console.log(`runtime: ${newHome}; ${cluster.logs.filter((line) => line.includes('fetched')).join('; ')}`)
     expect(newHome?.startsWith('node-b:')).toBe(true)
-    expect(reply?.type).toBe('output')
-    if (reply?.type !== 'output') return
     expect(reply.result).toEqual({ exitCode: 0, error: null })
-    expect(new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))).toBe(
-      referenceOutput,
-    )
+    expect(reply.output).toBe(referenceOutput)
   }, 60_000)
 })
 
@@ -510,4 +458,30 @@ async function settledStates(store: MemoryStore, threadKeys: string[]): Promise<
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
   return states
+}
+
+/** The output of a run of `program` on `runtime` that nothing disturbs; fails unless it exits 0. */
+async function undisturbedOutput(runtime: NodeRuntime, program: Uint8Array, args: string[]): Promise<string> {
+  const reference = await runtime.submit(program, { args, seed: 1 })
+  let output = ''
+  reference.onOutput((chunk) => {
+    output += new TextDecoder().decode(chunk.bytes)
+  })
+  expect(await reference.result).toEqual({ exitCode: 0, error: null })
+  return output
+}
+
+/** Attaches to `pid` through `to` (asked by `from`) until the process has ended there, for up to 20 s. */
+async function attachUntilEnded(cluster: InProcessCluster, from: string, to: string, pid: string) {
+  for (const startedMs = Date.now(); ; ) {
+    const reply = await cluster.send(from, to, { type: 'attach', pid, from: 0, waitMs: 5000 })
+    const ended = reply.type === 'output' && reply.result !== null
+    if (ended || Date.now() - startedMs >= 20_000) {
+      expect(reply.type).toBe('output')
+      if (reply.type !== 'output') throw new Error(`attach answered ${reply.type}`)
+      const output = new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))
+      return { result: reply.result, output }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
 }
