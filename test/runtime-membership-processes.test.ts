@@ -16,8 +16,8 @@ import { guestBytes } from './support/guests.ts'
 const waves = guestBytes('test/fixtures/as/waves.ts')
 const waveWidth = 4
 
-function wavesArgs(waveCount: number): string[] {
-  return ['waves', String(waveCount), String(waveWidth)]
+function wavesArgs(waveCount: number, blocks = 20): string[] {
+  return ['waves', String(waveCount), String(waveWidth), String(blocks)]
 }
 
 interface LoggedLine {
@@ -77,8 +77,8 @@ async function threadRecords(
 }
 
 /** The waves' output on an undisturbed cluster. */
-async function undisturbedWaves(cluster: LocalCluster, waveCount: number): Promise<string> {
-  const { output, result } = await run(cluster, waves, wavesArgs(waveCount))
+async function undisturbedWaves(cluster: LocalCluster, waveCount: number, blocks?: number): Promise<string> {
+  const { output, result } = await run(cluster, waves, wavesArgs(waveCount, blocks))
   expect(result).toEqual({ exitCode: 0, error: null })
   expect(output.split('\n')).toHaveLength(waveCount + 1)
   return output
@@ -135,12 +135,15 @@ describe('distributed processes while nodes join and leave, on real node process
       nodeCount: 4,
       log: (node, text) => lines.push({ node, text }),
     })
-    const waveCount = 16
-    const reference = await undisturbedWaves(cluster, waveCount)
+    // Threads that compute for a while (150 blocks, a checkpoint after each): one that `ps` showed
+    // running is still running when the SIGTERM arrives, even on a quiet machine.
+    const waveCount = 6
+    const blocks = 150
+    const reference = await undisturbedWaves(cluster, waveCount, blocks)
 
     let leaver: LocalNode | undefined
     let leaverHad: string[] = []
-    const disturbed = await run(cluster, waves, wavesArgs(waveCount), (pid) => {
+    const disturbed = await run(cluster, waves, wavesArgs(waveCount, blocks), (pid) => {
       void (async () => {
         // A node other than the home leaves at a moment when it runs threads of the program.
         for (let round = 0; round < 400 && leaver === undefined; round++) {
