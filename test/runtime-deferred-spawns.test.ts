@@ -1,7 +1,9 @@
 // Issue 4: spawns return at once and their children are made durable in batches, before the
 // spawner's next save travels. A crash of the spawner's node while its children's records are
-// being written must neither lose a child nor start one twice.
+// being written must neither lose a child nor start one twice; nor may a save taken after spawns
+// that a stopped incarnation dropped reach the replicas (a restore from it joined missing children).
 import { afterEach, describe, expect, test } from 'vitest'
+import type { RuntimeReply } from '../fabric/runtime/messages.ts'
 import type { Register } from '../fabric/runtime/services.ts'
 import { guestBytes } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
@@ -80,4 +82,59 @@ describe('deferred spawns', () => {
       expect(cluster.logs.some((line) => line.includes('resuming thread 0 '))).toBe(true)
     }, 60_000)
   }
+
+  test('a save taken after spawns that a stopped incarnation dropped never reaches the replicas: the next incarnation spawns the children again', async () => {
+    cluster = new InProcessCluster()
+    await cluster.addNode('node-a', { speedScore: 1e-9 })
+    for (const id of ['node-b', 'node-c', 'node-d']) await cluster.addNode(id)
+    type NodeInternals = {
+      local: Map<string, { spawnsPending: number }>
+      stopThread(thread: unknown): void
+      reclaim(thread: unknown): Promise<void>
+    }
+    // Main's first save is held on its way to a replica, so the spawns after it and the second
+    // save wait behind it on main's replication queue.
+    const held: Array<() => void> = []
+    cluster.intercept = (from, to, message) => {
+      if (message.type !== 'save' || message.tid !== '0' || message.sequence !== 1 || held.length > 0)
+        return undefined
+      return new Promise((resolve) =>
+        held.push(() => resolve(cluster.send(from, to, message))),
+      ) as unknown as RuntimeReply
+    }
+    const process = await cluster
+      .runtime('node-a')
+      .submit(guestBytes('test/fixtures/as/spawn-then-save.ts'), {
+        args: ['spawn-then-save', String(childCount), 'save-first'],
+        seed: 1,
+        saveIntervalMs: 600_000,
+      })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    for (let waitedMs = 0; held.length === 0 && waitedMs < 30_000; waitedMs += 10)
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(held.length).toBe(1)
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    const mainNode = cluster.ids().find((id) =>
+      cluster
+        .runtime(id)
+        .localThreads()
+        .some((t) => t.tid === '0'),
+    )!
+    const node = cluster.runtime(mainNode) as unknown as NodeInternals
+    const main = node.local.get(`${process.pid}/0`)!
+    // The children are spawned and not durable yet (queued behind the held save).
+    expect(main.spawnsPending).toBe(childCount)
+    // Main's incarnation stops (as when its node cannot renew its lease), then the held save goes
+    // on, and the node claims main again, which resumes from the saves its replicas hold.
+    node.stopThread(main)
+    cluster.intercept = null
+    for (const release of held.splice(0)) release()
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    await node.reclaim(main)
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toContain(expected)
+  }, 60_000)
 })

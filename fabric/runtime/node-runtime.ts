@@ -1514,6 +1514,11 @@ export class NodeRuntime {
 
   /** Sends a save to the thread's replicas; a new replica first gets the whole chain. */
   private async replicate(thread: LocalThread, save: EncodedSave): Promise<void> {
+    // A stopped incarnation's save must not reach the replicas: the spawns ahead of it on the queue
+    // were dropped when it stopped (placeSpawns), so an incarnation restored from this save would
+    // join children that no node ever placed (join -1). The next one restores from an earlier save
+    // and spawns them again.
+    if (thread.stopped) return
     if (save.summary.baseSequence === null) thread.chain = [save]
     else thread.chain.push(save)
     const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
