@@ -449,7 +449,9 @@ function watchThreadRecords(store: MemoryStore) {
 /** Each key's thread state once none is `running` or `placed`, or as it is after 5 s. */
 async function settledStates(store: MemoryStore, threadKeys: string[]): Promise<Map<string, string>> {
   const states = new Map<string, string>()
-  for (let waitedMs = 0; waitedMs < 5000; waitedMs += 50) {
+  // End records land a moment after the process's result; on a loaded 2-core machine (the unit
+  // project runs files in parallel) 5 s was once too short.
+  for (let waitedMs = 0; waitedMs < 15_000; waitedMs += 50) {
     for (const key of threadKeys) {
       const read = await store.get(key)
       if (read.value !== null) states.set(key, decodeThread(read.value).state)
