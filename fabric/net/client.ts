@@ -16,7 +16,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
-import { Uint8ArrayList } from 'uint8arraylist'
 import type { Operation, OperationResult } from '../coord/register.ts'
 import { nodesByDistance, shardCountDefault, shardOfKey } from '../coord/shards.ts'
 import { leaseMarginRatio, operationTimeoutMsDefault } from '../coord/store.ts'
@@ -30,7 +29,7 @@ import {
 import { loadClusterKey } from './cluster-key.ts'
 import { clientProtocol, clientProtocols, createNetwork, type Network } from './network.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
-import { atTurnEnd } from './write-coalescing.ts'
+import { FramesPerTurn } from './write-coalescing.ts'
 
 export interface ClientOptions {
   /** Multiaddrs of nodes, each ending in /p2p/<peer id>. */
@@ -86,8 +85,8 @@ interface Connection {
   opening: Promise<Stream> | undefined
   /** `performance.now()` before which this node is tried only after the others. */
   avoidUntilMs: number
-  /** Request frames waiting for the end of this turn. */
-  queued: Uint8Array[]
+  /** Request frames waiting for the end of this turn (made with the stream). */
+  queued: FramesPerTurn | undefined
 }
 
 /** How long a node that failed a request is tried last. */
@@ -113,7 +112,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
       .find((component) => component.name === 'p2p')?.value
     if (peer === undefined) throw new InvalidArgumentError(`Expected ${address} to end in /p2p/<peer id>`)
     network.addAddresses(peer, [address])
-    return { peer, stream: undefined, opening: undefined, avoidUntilMs: 0, queued: [] }
+    return { peer, stream: undefined, opening: undefined, avoidUntilMs: 0, queued: undefined }
   })
   const byPeer = new Map(connections.map((connection) => [connection.peer, connection]))
   /** Per shard, the connections from closest to farthest from the shard's id. */
@@ -194,16 +193,13 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
     }
   }
 
-  /** The requests of one turn to one node leave in one send (see network.ts, flushBatch). */
+  /** The requests of one turn to one node leave in one send (see FramesPerTurn). */
   function queueRequest(connection: Connection, stream: Stream, frame: Uint8Array): void {
     if (stream.status !== 'open') throw new Error(`stream is ${stream.status}`)
-    connection.queued.push(frame)
-    if (connection.queued.length > 1) return
-    atTurnEnd('messages', () => {
-      const frames = connection.queued
-      connection.queued = []
+    connection.queued ??= new FramesPerTurn((piece) => {
       try {
-        stream.send(frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames))
+        if (connection.stream === undefined) throw new Error('stream closed')
+        connection.stream.send(piece)
       } catch (error) {
         failPeer(
           connection.peer,
@@ -211,6 +207,7 @@ export async function connectClient(options: ClientOptions): Promise<FabricClien
         )
       }
     })
+    connection.queued.push(frame)
   }
 
   async function run(

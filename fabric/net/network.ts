@@ -24,11 +24,11 @@ import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
-import { Uint8ArrayList } from 'uint8arraylist'
+import type { Uint8ArrayList } from 'uint8arraylist'
 import { MessageRejectedError } from '../errors.ts'
 import { createNodeDatastore } from './node-datastore.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
-import { atTurnEnd, coalescingMuxer } from './write-coalescing.ts'
+import { coalescingMuxer, FramesPerTurn, joinFrames } from './write-coalescing.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
 export const clientProtocol = '/fabric/client/1.0.0'
@@ -257,7 +257,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
         })
         count('frames flushed after open')
         const pending = entry.pending.splice(0)
-        if (pending.length > 0) stream.send(new Uint8ArrayList(...pending))
+        if (pending.length > 0) stream.send(joinFrames(pending))
       })
       .catch((error) => {
         count(`stream open failures: ${(error as Error).name}`)
@@ -269,29 +269,19 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       })
   }
 
-  /**
-   * Sends the frames queued for a peer in this turn as one piece: one yamux frame, one window
-   * update back and one message event at the receiver, instead of one of each per message (the
-   * receiver's frame reader splits them again). A proposer's accepts for several keys, and an
-   * acceptor's answers to them, travel together this way.
-   */
-  function flushBatch(entry: Outbound): void {
-    const frames = entry.batch
-    entry.batch = []
-    entry.batchBytes = 0
-    if (frames.length === 0) return
+  /** Sends what this turn gathered for a peer (see FramesPerTurn). */
+  function sendBatch(entry: Outbound, piece: Uint8Array | Uint8ArrayList, frameCount: number): void {
     const stream = entry.stream
     if (stream === undefined || !writable(stream)) {
       counters['frames dropped: stream closed before the turn ended'] =
-        (counters['frames dropped: stream closed before the turn ended'] ?? 0) + frames.length
+        (counters['frames dropped: stream closed before the turn ended'] ?? 0) + frameCount
       return
     }
-    if (frames.length > 1) count('batches sent')
+    if (frameCount > 1) count('batches sent')
     try {
-      if (!stream.send(frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames)))
-        count('send returned false')
+      if (!stream.send(piece)) count('send returned false')
     } catch {
-      counters['frames dropped: send threw'] = (counters['frames dropped: send threw'] ?? 0) + frames.length
+      counters['frames dropped: send threw'] = (counters['frames dropped: send threw'] ?? 0) + frameCount
       entry.stream = undefined
     }
   }
@@ -314,9 +304,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
           pending: [],
           opening: false,
           failedAtMs: -Infinity,
-          batch: [],
-          batchBytes: 0,
-          flush: () => flushBatch(created),
+          batch: new FramesPerTurn((piece, frameCount) => sendBatch(created, piece, frameCount)),
         }
         entry = created
         outbound.set(to, entry)
@@ -324,12 +312,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       const stream = entry.stream
       count(`sent ${protocol}`)
       if (stream !== undefined && writable(stream)) {
-        if (stream.writeBufferLength + entry.batchBytes > writeBufferBytesMax)
+        if (stream.writeBufferLength + entry.batch.bytes > writeBufferBytesMax)
           return count('frames dropped: write buffer full')
-        // The frames for one peer of this turn go to its stream in one send (see flushBatch).
+        // The frames for one peer of this turn go to its stream in one send.
         entry.batch.push(frame)
-        entry.batchBytes += frame.length
-        if (entry.batch.length === 1) atTurnEnd('messages', entry.flush)
         return
       }
       if (stream !== undefined) count(`send on stream ${stream.status}/${stream.writeStatus}`)
@@ -398,9 +384,7 @@ interface Outbound {
   opening: boolean
   failedAtMs: number
   /** Frames for the open stream, sent together at the end of the turn. */
-  batch: Uint8Array[]
-  batchBytes: number
-  flush: () => void
+  batch: FramesPerTurn
 }
 
 function writable(stream: Stream | undefined): boolean {

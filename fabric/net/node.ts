@@ -12,7 +12,6 @@ import { availableParallelism, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys'
 import type { PrivateKey, Stream } from '@libp2p/interface'
-import { Uint8ArrayList } from 'uint8arraylist'
 import { createStore, type Store, type StoreOptions } from '../coord/store.ts'
 import { DataDirectoryError, FabricError } from '../errors.ts'
 import {
@@ -28,7 +27,7 @@ import { clientProtocol, clientProtocols, createNetwork, type Log, type Network,
 import { serverNoiseCrypto } from './noise-crypto.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
-import { atTurnEnd } from './write-coalescing.ts'
+import { FramesPerTurn } from './write-coalescing.ts'
 
 export const storeTickIntervalMs = 10
 export const announceIntervalMs = 2000
@@ -199,18 +198,15 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
   function serveClient(stream: Stream, from: string): void {
     const reader = createFrameReader()
     let inFlight = 0
-    // The replies of one turn leave in one send (see network.ts, flushBatch).
-    let replies: Uint8Array[] = []
-    const sendReplies = () => {
-      const frames = replies
-      replies = []
-      if (frames.length === 0 || stream.status !== 'open') return
+    // The replies of one turn leave in one send.
+    const replies = new FramesPerTurn((piece) => {
+      if (stream.status !== 'open') return
       try {
-        stream.send(frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames))
+        stream.send(piece)
       } catch {
         // The client went away; nothing to tell it.
       }
-    }
+    })
     const reply = (body: unknown) => {
       if (stream.status !== 'open') return
       try {
@@ -218,7 +214,6 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
       } catch {
         return // a reply over the frame limit cannot be: values are at most valueBytesMax
       }
-      if (replies.length === 1) atTurnEnd('messages', sendReplies)
     }
     stream.addEventListener('message', (event) => {
       const data = event.data

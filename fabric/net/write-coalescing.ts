@@ -49,6 +49,41 @@ function runTurnEnd(): void {
   }
 }
 
+/**
+ * Frames for one stream gathered during a turn and handed to `send` at its end as one piece: one
+ * yamux frame, one window update back and one message event at the receiver (whose frame reader
+ * splits them again), instead of one of each per frame. Peers' messages (network.ts), a client's
+ * requests (client.ts) and a node's replies to a client (node.ts) go out this way.
+ */
+export class FramesPerTurn {
+  /** Bytes gathered and not sent yet. */
+  bytes = 0
+  private frames: Uint8Array[] = []
+  private readonly send: (piece: Uint8Array | Uint8ArrayList, frameCount: number) => void
+
+  constructor(send: (piece: Uint8Array | Uint8ArrayList, frameCount: number) => void) {
+    this.send = send
+  }
+
+  push(frame: Uint8Array): void {
+    this.frames.push(frame)
+    this.bytes += frame.length
+    if (this.frames.length === 1) atTurnEnd('messages', this.flush)
+  }
+
+  private readonly flush = (): void => {
+    const frames = this.frames
+    this.frames = []
+    this.bytes = 0
+    if (frames.length > 0) this.send(joinFrames(frames), frames.length)
+  }
+}
+
+/** Frames as one piece for a stream's `send` (a lone frame as itself). */
+export function joinFrames(frames: Uint8Array[]): Uint8Array | Uint8ArrayList {
+  return frames.length === 1 ? frames[0]! : new Uint8ArrayList(...frames)
+}
+
 export function coalescingMuxer<Components>(
   muxer: (components: Components) => StreamMuxerFactory,
   beforeWrite: () => void = () => {},

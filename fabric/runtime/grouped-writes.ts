@@ -9,6 +9,7 @@
  */
 
 import type { Timers } from '../platform.ts'
+import { PacedGroups } from './paced-groups.ts'
 import type { Register } from './services.ts'
 
 /**
@@ -28,46 +29,26 @@ interface Queued {
 }
 
 export class GroupedWrites {
-  private readonly submit: Cas
-  private readonly timers: Timers
-  private queued: Queued[] = []
-  private inFlight = false
+  private readonly groups: PacedGroups<Queued>
 
   constructor(submit: Cas, timers: Timers) {
-    this.submit = submit
-    this.timers = timers
+    this.groups = new PacedGroups<Queued>({
+      timers,
+      answerWaitMsMax: groupAnswerWaitMsMax,
+      // Every write of the group is submitted before any is awaited: they travel together.
+      send: (group) =>
+        Promise.all(
+          group.map((write) =>
+            submit(write.key, write.expectedVersion, write.value).then(write.resolve, write.reject),
+          ),
+        ),
+    })
   }
 
   /** A compare-and-swap, submitted with the others of its group. */
   cas(key: string, expectedVersion: number, value: Uint8Array): Promise<Register> {
-    return new Promise((resolve, reject) => {
-      this.queued.push({ key, expectedVersion, value, resolve, reject })
-      if (this.inFlight) return
-      this.inFlight = true
-      // The rest of this turn's writes join the group.
-      queueMicrotask(() => this.submitQueued())
-    })
-  }
-
-  private submitQueued(): void {
-    const group = this.queued
-    this.queued = []
-    if (group.length === 0) {
-      this.inFlight = false
-      return
-    }
-    // Every write of the group is submitted before any is awaited: they travel together.
-    const answers = group.map((write) =>
-      this.submit(write.key, write.expectedVersion, write.value).then(write.resolve, write.reject),
+    return new Promise((resolve, reject) =>
+      this.groups.push({ key, expectedVersion, value, resolve, reject }),
     )
-    let next = true
-    const submitNext = () => {
-      if (!next) return
-      next = false
-      timer.cancel()
-      this.submitQueued()
-    }
-    const timer = this.timers.after(groupAnswerWaitMsMax, submitNext)
-    void Promise.all(answers).then(submitNext)
   }
 }

@@ -12,6 +12,7 @@
 import type { Timers } from '../platform.ts'
 import { noticesPerMessageMax } from './message-validation.ts'
 import type { Notice, RuntimeMessage, RuntimeReply } from './messages.ts'
+import { PacedGroups } from './paced-groups.ts'
 import type { NodeId } from './services.ts'
 
 /** Notices queued for one node beyond which the oldest are dropped (a peer that does not answer). */
@@ -22,16 +23,11 @@ export const noticesQueuedMax = 65_536
  */
 export const noticeAnswerWaitMsMax = 500
 
-interface Queue {
-  notices: Notice[]
-  sending: boolean
-}
-
 export class NoticeSender {
   private readonly self: NodeId
   private readonly request: (to: NodeId, message: RuntimeMessage) => Promise<RuntimeReply>
   private readonly timers: Timers
-  private readonly queues = new Map<NodeId, Queue>()
+  private readonly queues = new Map<NodeId, PacedGroups<Notice>>()
 
   constructor(
     self: NodeId,
@@ -52,35 +48,17 @@ export class NoticeSender {
     }
     let queue = this.queues.get(to)
     if (queue === undefined) {
-      queue = { notices: [], sending: false }
+      queue = new PacedGroups<Notice>({
+        timers: this.timers,
+        answerWaitMsMax: noticeAnswerWaitMsMax,
+        groupMax: noticesPerMessageMax,
+        queuedMax: noticesQueuedMax,
+        send: (notices) =>
+          this.request(to, notices.length === 1 ? notices[0]! : { type: 'notices', notices }),
+        onIdle: () => this.queues.delete(to),
+      })
       this.queues.set(to, queue)
     }
-    queue.notices.push(notice)
-    if (queue.notices.length > noticesQueuedMax) queue.notices.shift()
-    if (queue.sending) return
-    queue.sending = true
-    // The rest of this turn's notices join the first message.
-    queueMicrotask(() => this.sendQueued(to, queue))
-  }
-
-  private sendQueued(to: NodeId, queue: Queue): void {
-    const notices = queue.notices.splice(0, noticesPerMessageMax)
-    if (notices.length === 0) {
-      queue.sending = false
-      this.queues.delete(to)
-      return
-    }
-    const message: RuntimeMessage = notices.length === 1 ? notices[0]! : { type: 'notices', notices }
-    let next = true
-    const sendNext = () => {
-      if (!next) return
-      next = false
-      timer.cancel()
-      this.sendQueued(to, queue)
-    }
-    const timer = this.timers.after(noticeAnswerWaitMsMax, sendNext)
-    void this.request(to, message)
-      .catch(() => undefined)
-      .then(sendNext)
+    queue.push(notice)
   }
 }
