@@ -42,6 +42,9 @@ function storeOn(sim: Simulator, live: Map<string, SimFabricNode>, id: string): 
     renew: (key, holder, token) => submit(key, { kind: 'renew', holder, token, grant: `${id}/${grants++}` }),
     release: (key, holder, token) => submit(key, { kind: 'release', holder, token }),
     delete: (key) => submit(key, { kind: 'delete' }),
+    entryCas: (key, entry, expectedVersion, value) =>
+      submit(key, { kind: 'entry-cas', entry, expectedVersion, value }),
+    entryGet: (key, entry) => submit(key, { kind: 'entry-get', entry }),
   }
 }
 

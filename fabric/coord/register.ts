@@ -5,7 +5,12 @@
  * they read from a quorum, and the linearizability checker runs it as its model.
  */
 
+import { decodeEntries, type Entry, encodeEntries } from './entries.ts'
+
 export type NodeId = string
+
+/** Largest value a register holds (for a register of entries: the whole map, encoded). */
+export const valueBytesMax = 64 * 1024
 
 export interface LeaseState {
   holder: string
@@ -42,15 +47,31 @@ export type Operation =
    * delete never repeats either. For keys nobody uses any more (an ended process's objects).
    */
   | { kind: 'delete' }
+  /**
+   * On a register of entries (coord/entries.ts): writes entry `entry` (null deletes it) if its
+   * version is `expectedVersion` (0: absent). Writers of different entries of one key do not fail
+   * each other. Refused (`refused: 'too-large'`, the register unchanged) when the map would exceed
+   * `valueBytesMax`, and (`'not-entries'`) on a register that holds a plain value.
+   */
+  | { kind: 'entry-cas'; entry: string; expectedVersion: number; value: Uint8Array | null }
+  /** Reads entry `entry` of a register of entries: its version (0: absent) and value. */
+  | { kind: 'entry-get'; entry: string }
 
-/** What the caller sees: whether the operation applied, and the register's visible state after it. */
+/**
+ * What the caller sees: whether the operation applied, and the register's visible state after it.
+ * For an entry operation, `version` and `value` are the entry's.
+ */
 export interface OperationResult {
   ok: boolean
   version: number
   value: Uint8Array | null
   holder: string | null
   token: number
+  /** Why an entry operation did not apply although its version matched. */
+  refused?: EntryRefusal
 }
+
+export type EntryRefusal = 'too-large' | 'not-entries'
 
 export const emptyRegister: RegisterState = { version: 0, value: null, lease: null, token: 0 }
 
@@ -116,6 +137,9 @@ export function applyOperation(
       if (state.value !== null || state.lease !== null)
         next = { ...state, version: state.version + 1, value: null, lease: null }
       break
+    case 'entry-get':
+    case 'entry-cas':
+      return applyEntryOperation(state, operation)
   }
   return {
     state: next,
@@ -129,6 +153,36 @@ export function applyOperation(
   }
 }
 
+function applyEntryOperation(
+  state: RegisterState,
+  operation: Extract<Operation, { kind: 'entry-get' | 'entry-cas' }>,
+): { state: RegisterState; result: OperationResult } {
+  const lease = { holder: state.lease?.holder ?? null, token: state.lease?.token ?? state.token }
+  const entries = decodeEntries(state.value)
+  if (entries === null)
+    return { state, result: { ok: false, version: 0, value: null, ...lease, refused: 'not-entries' } }
+  const current = entries.get(operation.entry)
+  const seen = (entry: Entry | undefined, ok: boolean, refused?: EntryRefusal): OperationResult => ({
+    ok,
+    version: entry?.version ?? 0,
+    value: entry?.value ?? null,
+    ...lease,
+    ...(refused === undefined ? {} : { refused }),
+  })
+  if (operation.kind === 'entry-get') return { state, result: seen(current, true) }
+  if ((current?.version ?? 0) !== operation.expectedVersion) return { state, result: seen(current, false) }
+  if (current === undefined && operation.value === null) return { state, result: seen(current, true) }
+  const version = state.version + 1
+  const changed = new Map(entries)
+  const written = operation.value === null ? undefined : { version, value: operation.value }
+  if (written === undefined) changed.delete(operation.entry)
+  else changed.set(operation.entry, written)
+  const value = changed.size === 0 ? null : encodeEntries(changed)
+  if (value !== null && value.length > valueBytesMax)
+    return { state, result: seen(current, false, 'too-large') }
+  return { state: { ...state, version, value }, result: seen(written, true) }
+}
+
 export function isReadOnly(operation: Operation): boolean {
-  return operation.kind === 'get'
+  return operation.kind === 'get' || operation.kind === 'entry-get'
 }

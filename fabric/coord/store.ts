@@ -56,6 +56,7 @@ import { InvalidArgumentError, StoreOverloadedError, StoreTimeoutError } from '.
 import type { Clock, Random } from '../platform.ts'
 import { type Acceptor, type AcceptorStorage, createAcceptor } from './acceptor.ts'
 import { type Ballot, compareBallots } from './ballot.ts'
+import { entryNameBytesMax, isEntryName } from './entries.ts'
 import type { RegisterEntry, ShardView, StoreMessage } from './messages.ts'
 import {
   applyOperation,
@@ -64,11 +65,12 @@ import {
   type Operation,
   type OperationResult,
   type RegisterState,
+  valueBytesMax,
 } from './register.ts'
 import { replicaCountDefault, replicasOfShard, shardCountDefault, shardOfKey } from './shards.ts'
 
 export const keyBytesMax = 512
-export const valueBytesMax = 64 * 1024
+export { valueBytesMax }
 export const leaseTtlMsMin = 100
 export const leaseTtlMsMax = 10 * 60 * 1000
 /** Both sides of a lease allow for clocks that run this much fast or slow. */
@@ -925,12 +927,16 @@ const textEncoder = new TextEncoder()
 function validate(key: string, operation: Operation): void {
   if (typeof key !== 'string' || key.length === 0 || textEncoder.encode(key).length > keyBytesMax)
     throw new InvalidArgumentError(`Expected key to be a non-empty string of at most ${keyBytesMax} bytes`)
-  if ('value' in operation) {
+  if ('value' in operation && !(operation.kind === 'entry-cas' && operation.value === null)) {
     if (!(operation.value instanceof Uint8Array) || operation.value.length > valueBytesMax)
       throw new InvalidArgumentError(`Expected value to be a Uint8Array of at most ${valueBytesMax} bytes`)
   }
+  if ((operation.kind === 'entry-cas' || operation.kind === 'entry-get') && !isEntryName(operation.entry))
+    throw new InvalidArgumentError(
+      `Expected entry to be a non-empty string of at most ${entryNameBytesMax} bytes`,
+    )
   if (
-    operation.kind === 'cas' &&
+    (operation.kind === 'cas' || operation.kind === 'entry-cas') &&
     (!Number.isInteger(operation.expectedVersion) || operation.expectedVersion < 0)
   )
     throw new InvalidArgumentError(

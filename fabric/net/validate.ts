@@ -4,6 +4,7 @@
  */
 
 import type { Ballot } from '../coord/ballot.ts'
+import { isEntryName } from '../coord/entries.ts'
 import type { RegisterEntry, ShardView, StoreMessage } from '../coord/messages.ts'
 import { storeMessageTypes } from '../coord/messages.ts'
 import type { Operation, RegisterState } from '../coord/register.ts'
@@ -177,6 +178,14 @@ export function isOperation(value: unknown): value is Operation {
       )
     case 'release':
       return isId(value.holder) && isInteger(value.token)
+    case 'entry-cas':
+      return (
+        isEntryName(value.entry) &&
+        isInteger(value.expectedVersion) &&
+        (value.value === null || isBytes(value.value))
+      )
+    case 'entry-get':
+      return isEntryName(value.entry)
     default:
       return false
   }

@@ -4,6 +4,7 @@
  * without a cluster, and for in-process tests. Leases expire on this process's monotonic clock.
  */
 
+import { applyOperation, type Operation } from '../coord/register.ts'
 import { type Clock, systemClock } from '../platform.ts'
 import type { CoordinationClient, Register } from './services.ts'
 
@@ -98,6 +99,25 @@ export class MemoryStore implements CoordinationClient {
       cell.holder = null
       return true
     })
+  }
+  /** As the store's entry operations, by the same code (fabric/coord/register.ts). */
+  entryCas(key: string, entry: string, expectedVersion: number, value: Uint8Array | null) {
+    return this.applyEntry(key, { kind: 'entry-cas', entry, expectedVersion, value })
+  }
+  entryGet(key: string, entry: string) {
+    return this.applyEntry(key, { kind: 'entry-get', entry })
+  }
+  private async applyEntry(key: string, operation: Operation): Promise<Register> {
+    await new Promise<void>((resolve) => nextTurn(resolve))
+    const cell = this.cell(key)
+    const { state, result } = applyOperation(
+      { version: cell.version, value: cell.value, lease: null, token: cell.token },
+      operation,
+      false,
+    )
+    cell.version = state.version
+    cell.value = state.value
+    return { ...result, holder: cell.holder, token: cell.token }
   }
   release(key: string, holder: string, token: number) {
     return this.apply(key, (cell) => {

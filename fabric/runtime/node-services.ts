@@ -45,6 +45,9 @@ export function storeClient(node: FabricNode): CoordinationClient {
     renew: (key, holder, token) => run(key, { kind: 'renew', holder, token, grant: grant() }),
     release: (key, holder, token) => run(key, { kind: 'release', holder, token }),
     delete: (key) => run(key, { kind: 'delete' }),
+    entryCas: (key, entry, expectedVersion, value) =>
+      run(key, { kind: 'entry-cas', entry, expectedVersion, value }),
+    entryGet: (key, entry) => run(key, { kind: 'entry-get', entry }),
   }
 }
 

@@ -4,6 +4,7 @@
  * them (fabric/net); tests use the in-process implementation (in-process-cluster.ts).
  */
 
+import type { EntryRefusal } from '../coord/register.ts'
 import type { Capacity, MemberKind, NodeId } from '../membership/membership.ts'
 import type { RuntimeMessage, RuntimeReply } from './messages.ts'
 
@@ -20,6 +21,8 @@ export interface Register {
   holder: string | null
   /** The fencing token of the current (or last) lease. */
   token: number
+  /** Why an entry write with the right version did not apply (the map would be too large, or the key holds a plain value). */
+  refused?: EntryRefusal
 }
 
 export interface CoordinationClient {
@@ -31,6 +34,14 @@ export interface CoordinationClient {
   release(key: string, holder: string, token: number): Promise<Register>
   /** Empties the key: no value, no lease (the version and the fencing token count on). */
   delete(key: string): Promise<Register>
+  /**
+   * On a register of named entries (fabric/coord/entries.ts): writes `entry` (null deletes it) if its
+   * version is `expectedVersion` (0: absent). The result's version and value are the entry's.
+   * Writes of entries of one key submitted together go in one store round.
+   */
+  entryCas(key: string, entry: string, expectedVersion: number, value: Uint8Array | null): Promise<Register>
+  /** Reads one entry of a register of entries: its version (0: absent) and value. */
+  entryGet(key: string, entry: string): Promise<Register>
 }
 
 export interface PeerInfo {

@@ -18,7 +18,15 @@ export interface ScenarioOptions {
   faultPeriodMs?: number
   settleMs?: number
   keys?: readonly string[]
+  /**
+   * A share (0..1) of the data operations that go to entries of one register of entries
+   * (`entryKey`; entry-get and entry-cas on a few entry names) instead of plain keys.
+   */
+  entryShare?: number
 }
+
+export const entryKey = 'entries'
+const entryNames = ['e0', 'e1', 'e2']
 
 export interface LeaseHolding {
   holder: string
@@ -48,6 +56,8 @@ export function runStoreScenario(options: ScenarioOptions): ScenarioReport {
   const faultPeriodMs = options.faultPeriodMs ?? 4000
   const settleMs = options.settleMs ?? 2500
   const keys = options.keys ?? ['a', 'b', 'c']
+  // Without entries, no extra draw: the plain scenarios' seeds stay as they were.
+  const entryShare = options.entryShare ?? 0
   const sim = createSimulator({
     seed,
     network: { lossRate: [0, 0, 0.01, 0.03][seed % 4]!, clockDriftMax: 0.02 },
@@ -123,6 +133,18 @@ export function runStoreScenario(options: ScenarioOptions): ScenarioReport {
         endHolding(client, sim.now())
         operation = { kind: 'release', holder, token: client.lease.token }
       }
+    } else if (entryShare > 0 && sim.random.next() < entryShare) {
+      key = entryKey
+      const entry = entryNames[Math.floor(sim.random.next() * entryNames.length)]!
+      const value = encoder.encode(`${client.name}-${sequence++}`)
+      if (roll < 0.45) operation = { kind: 'entry-get', entry }
+      else
+        operation = {
+          kind: 'entry-cas',
+          entry,
+          expectedVersion: client.knownVersion.get(`${key}/${entry}`) ?? 0,
+          value: roll < 0.5 ? null : value,
+        }
     } else {
       key = keys[Math.floor(sim.random.next() * keys.length)]!
       const value = encoder.encode(`${client.name}-${sequence++}`)
@@ -150,7 +172,9 @@ export function runStoreScenario(options: ScenarioOptions): ScenarioReport {
         record.returnMs = sim.now()
         record.result = outcome.result
         const result = outcome.result
-        if (key !== leaseKey) client.knownVersion.set(key, result.version)
+        if (operation.kind === 'entry-get' || operation.kind === 'entry-cas')
+          client.knownVersion.set(`${key}/${operation.entry}`, result.version)
+        else if (key !== leaseKey) client.knownVersion.set(key, result.version)
         else if (operation.kind === 'acquire' || operation.kind === 'renew') {
           if (result.ok) {
             const untilLocalMs = startLocalMs + leaseTtlMs * (1 - leaseMarginRatio)
