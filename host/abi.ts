@@ -196,6 +196,37 @@ export const instrumentedNames = {
   asyncifyMemory: 'fabric_asyncify_memory',
 } as const
 
+/** Negative results of `spawn` and `join` (guest-sdk/c/fabric.h: FABRIC_SPAWN_*, FABRIC_JOIN_*). */
+export const SpawnError = { tooManyThreads: -1, noSuchEntry: -2 } as const
+export const JoinError = { noSuchThread: -1, threadFailed: -3 } as const
+
+const exportedFunctionsByModule = new WeakMap<WebAssembly.Module, ReadonlySet<string>>()
+
+/** Names of a module's function exports: the entries `spawn` accepts (else it returns -2). */
+export function exportedFunctions(module: WebAssembly.Module): ReadonlySet<string> {
+  let names = exportedFunctionsByModule.get(module)
+  if (names === undefined) {
+    names = new Set(
+      WebAssembly.Module.exports(module)
+        .filter((item) => item.kind === 'function')
+        .map((item) => item.name),
+    )
+    exportedFunctionsByModule.set(module, names)
+  }
+  return names
+}
+
+/** Splits a `spawn` payload (u32 entry length, entry, argument); null when malformed. */
+export function decodeSpawnPayload(payload: Uint8Array | null): { entry: string; arg: Uint8Array } | null {
+  if (payload === null || payload.length < 4) return null
+  const entryLength = new DataView(payload.buffer, payload.byteOffset, payload.byteLength).getUint32(0, true)
+  if (4 + entryLength > payload.length) return null
+  return {
+    entry: new TextDecoder().decode(payload.subarray(4, 4 + entryLength)),
+    arg: payload.slice(4 + entryLength),
+  }
+}
+
 export function isBlockingImport(module: string, name: string): boolean {
   if (module === importModuleFabric) return fabricImports[name]?.blocking ?? false
   if (module === importModuleWasi) return blockingWasiImports.has(name)

@@ -56,6 +56,13 @@ export interface ThreadEvents {
   output(fd: number, bytes: Uint8Array, callSequence: number): void
   /** A host call from the guest (spawn, join, files...). */
   call(call: HostCall): Promise<HostCallReply>
+  /**
+   * A spawn the worker answered itself (handle = call sequence number; only with
+   * `ThreadStart.spawnsAheadMax` > 0): the embedding makes the child, synchronously in message order
+   * (a later call, save or end of the thread comes after it). The promise settles when the spawn no
+   * longer counts against the limit.
+   */
+  spawn?(callSequence: number, payload: Uint8Array): Promise<void>
   /** A context save was taken. */
   save(save: EncodedSave, costMs: number): void
   /** A non-deterministic value the guest saw (replayed after a restore). */
@@ -92,6 +99,14 @@ export interface ThreadStart {
   restore: Uint8Array[] | null
   replayLog: Array<[number, bigint]>
   nextSaveSequence: number
+  /** Spawns the worker answers itself before the embedding acknowledges them (needs `ThreadEvents.spawn`); default 0. */
+  spawnsAheadMax?: number
+}
+
+/** Outcome of a child, as `childEnded` hands it to the thread's worker: null result = it failed. */
+export interface ChildOutcome {
+  failed: boolean
+  result: Uint8Array | null
 }
 
 export class ThreadRunner {
@@ -104,6 +119,10 @@ export class ThreadRunner {
   private budgetTimer: ReturnType<typeof setTimeout> | null = null
   private readonly start: ThreadStart
   private readonly events: ThreadEvents
+  /** Children news for the worker, gathered until the end of the turn (see `ChildrenMessage`). */
+  private childrenPlaced = 0
+  private childrenEnded: Array<[number, Uint8Array | null]> = []
+  private childrenFlushQueued = false
 
   constructor(pool: WorkerPool, start: ThreadStart, events: ThreadEvents) {
     this.start = start
@@ -122,6 +141,30 @@ export class ThreadRunner {
   /** Asks for a save at the thread's next blocking call. */
   requestSave(): void {
     if (!this.ended) this.lease?.worker.post({ type: 'configure', saveNow: true })
+  }
+
+  /**
+   * A child this thread spawned (its handle) ended: its worker may answer a join of it at once. The
+   * outcomes of one turn travel in one message; before the worker runs, they are dropped (a join then
+   * asks the embedding).
+   */
+  childEnded(handle: number, outcome: ChildOutcome): void {
+    if (this.ended || this.lease === null) return
+    this.childrenEnded.push([handle, outcome.failed ? null : (outcome.result ?? new Uint8Array(0))])
+    this.queueChildrenFlush()
+  }
+
+  private queueChildrenFlush(): void {
+    if (this.childrenFlushQueued) return
+    this.childrenFlushQueued = true
+    queueMicrotask(() => {
+      this.childrenFlushQueued = false
+      if (this.ended || this.lease === null) return
+      if (this.childrenPlaced === 0 && this.childrenEnded.length === 0) return
+      this.lease.worker.post({ type: 'children', placed: this.childrenPlaced, ended: this.childrenEnded })
+      this.childrenPlaced = 0
+      this.childrenEnded = []
+    })
   }
 
   /** Ends the thread's worker as a crash would (tests; `fabric kill`). */
@@ -149,6 +192,7 @@ export class ThreadRunner {
       ...rest,
       ...moduleFor(worker, module),
       instanceReusable: this.start.instanceReusable === true,
+      spawnsAheadMax: this.events.spawn === undefined ? 0 : (this.start.spawnsAheadMax ?? 0),
       limits: { memoryPagesMax: limits.memoryPagesMax },
     }
     this.computingSince = Date.now()
@@ -171,6 +215,15 @@ export class ThreadRunner {
       case 'call':
         this.answer(message)
         break
+      case 'spawn': {
+        // Placed or failed, the spawn no longer counts against the worker's limit.
+        const acknowledge = () => {
+          this.childrenPlaced++
+          this.queueChildrenFlush()
+        }
+        this.events.spawn?.(message.callSequence, message.payload).then(acknowledge, acknowledge)
+        break
+      }
       case 'suspend':
         this.computedMs += Date.now() - this.computingSince
         this.disarmBudget()

@@ -23,7 +23,14 @@
  * where they resume from their latest save.
  */
 
-import { importModuleFabric, importModuleWasi } from '../../host/abi.ts'
+import {
+  decodeSpawnPayload,
+  exportedFunctions,
+  importModuleFabric,
+  importModuleWasi,
+  JoinError,
+  SpawnError,
+} from '../../host/abi.ts'
 import type { FabricHostError } from '../../host/errors.ts'
 import { WorkerLostError } from '../../host/errors.ts'
 import type { Program } from '../../host/program.ts'
@@ -60,6 +67,7 @@ import {
   encodeRecord,
   keys,
   type ProcessRecord,
+  parentThreadId,
   recordFormatVersion,
   type ThreadRecord,
   threadNumber,
@@ -119,7 +127,8 @@ export const localRestartsMax = 20
 export const orphanCheckEverySweeps = 4
 /**
  * Spawns of one thread whose children are not durable yet: the next spawn waits for them. Spawns
- * return at once and their children are made durable in batches, off the guest's path.
+ * return at once and their children are made durable in batches, off the guest's path. The thread's
+ * worker answers that many spawns itself (one-way messages) before it waits for the acknowledgements.
  */
 export const spawnsPendingMax = 1024
 /** Nodes a home asks to load a new program at submit (each fetches it from the home at once). */
@@ -263,6 +272,8 @@ interface SpawnBatch {
   log: Array<[number, bigint]>
   replies: LoggedReply[]
   logBase: number
+  /** Settles once the batch's children are placed (or their placement failed). */
+  placed: Promise<void>
 }
 
 interface HomeProcess {
@@ -1428,10 +1439,12 @@ export class NodeRuntime {
         restore,
         replayLog: thread.log.slice(),
         nextSaveSequence: 1,
+        spawnsAheadMax: spawnsPendingMax,
       },
       {
         output: (fd, bytes, callSequence) => this.sendOutput(thread, process, fd, bytes, callSequence),
         call: (call) => this.serveCall(thread, process, call),
+        spawn: (callSequence, payload) => this.spawnAnswered(thread, program, callSequence, payload),
         save: (save) => {
           // Its files are committed and its open-file table journaled before the save can be restored.
           const filesSaved = thread.files?.checkpoint(save.summary.callSequence)
@@ -1612,17 +1625,10 @@ export class NodeRuntime {
     if (!spawnOrJoin && !syncRead) await this.flushLog(thread)
     if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
-      const payload = call.payload
-      if (payload === null || payload.length < 4) return { result: -1 }
-      const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength)
-      const entryLength = view.getUint32(0, true)
-      if (4 + entryLength > payload.length) return { result: -1 }
-      const entry = new TextDecoder().decode(payload.subarray(4, 4 + entryLength))
+      const spawn = decodeSpawnPayload(call.payload)
+      if (spawn === null) return { result: SpawnError.tooManyThreads }
       const program = await this.program(process.programDigest, process.home)
-      const exported = WebAssembly.Module.exports(program.module).some(
-        (item) => item.name === entry && item.kind === 'function',
-      )
-      if (!exported) return { result: -2 }
+      if (!exportedFunctions(program.module).has(spawn.entry)) return { result: SpawnError.noSuchEntry }
       // The child's id derives from the call's op id: a replayed spawn finds the same child.
       // The spawn returns at once; the child joins a batch that is made durable (each record
       // created with its claim by the node that runs it) after what the guest saw before the spawn
@@ -1630,8 +1636,8 @@ export class NodeRuntime {
       // replication, a join or its end (all of which wait for the replication queue).
       this.deferSpawn(thread, {
         tid: childThreadId(thread.tid, call.callSequence),
-        entry,
-        arg: payload.slice(4 + entryLength),
+        entry: spawn.entry,
+        arg: spawn.arg,
         group: thread.record.group,
       })
       if (thread.spawnsPending >= spawnsPendingMax) await thread.replicationQueue
@@ -1648,8 +1654,41 @@ export class NodeRuntime {
     return { result: -1 }
   }
 
-  /** Adds a spawned child to the thread's open batch, queueing a new batch when none is open. */
-  private deferSpawn(thread: LocalThread, spawned: Omit<SpawnBatch['children'][number], 'here'>): void {
+  /**
+   * A spawn the thread's worker answered itself (it checked the payload and the entry as the spawn
+   * call above does, and returned the handle): the child is deferred at once, in message order, so
+   * the thread's later calls, save and end come after it as after a spawn call. Settles when the
+   * child's batch is placed. A payload the worker should not have sent is logged and dropped.
+   */
+  private spawnAnswered(
+    thread: LocalThread,
+    program: Program,
+    callSequence: number,
+    payload: Uint8Array,
+  ): Promise<void> {
+    const spawn = decodeSpawnPayload(payload)
+    if (spawn === null || !exportedFunctions(program.module).has(spawn.entry)) {
+      this.components.log?.(
+        `runtime: thread ${thread.tid} of ${thread.pid} sent a spawn the host would refuse; dropped`,
+      )
+      return Promise.resolve()
+    }
+    return this.deferSpawn(thread, {
+      tid: childThreadId(thread.tid, callSequence),
+      entry: spawn.entry,
+      arg: spawn.arg,
+      group: thread.record.group,
+    })
+  }
+
+  /**
+   * Adds a spawned child to the thread's open batch, queueing a new batch when none is open; the
+   * promise settles when the batch is placed.
+   */
+  private deferSpawn(
+    thread: LocalThread,
+    spawned: Omit<SpawnBatch['children'][number], 'here'>,
+  ): Promise<void> {
     // A child goes to its spawner's node when that has an idle core: no message to start it, and
     // its end notice reaches a joiner here at once.
     const here = this.hasIdleCore()
@@ -1657,18 +1696,20 @@ export class NodeRuntime {
     const child = { ...spawned, here }
     let batch = thread.openSpawns
     if (batch === null) {
-      const opened: SpawnBatch = { children: [], log: [], replies: [], logBase: 0 }
+      const opened: SpawnBatch = { children: [], log: [], replies: [], logBase: 0, placed: Promise.resolve() }
       batch = opened
       thread.openSpawns = opened
       thread.replicationQueue = thread.replicationQueue
         .then(() => this.placeSpawns(thread, opened))
         .catch(this.backgroundFailed)
+      opened.placed = thread.replicationQueue
     }
     batch.children.push(child)
     batch.log = thread.log.slice()
     batch.replies = thread.replies.list().slice()
     batch.logBase = thread.logBase
     thread.spawnsPending++
+    return batch.placed
   }
 
   /** Makes a batch of children durable: the log they follow first, then their records, all at once. */
@@ -1752,7 +1793,7 @@ export class NodeRuntime {
     const tid = childThreadId(thread.tid, handle)
     const key = keys.thread(thread.pid, tid)
     const reply = (outcome: EndedOutcome): HostCallReply => {
-      if (outcome.state === 'failed') return { result: -3 }
+      if (outcome.state === 'failed') return { result: JoinError.threadFailed }
       const result = outcome.result ?? new Uint8Array(0)
       return { result: result.length, payload: result }
     }
@@ -1925,6 +1966,14 @@ export class NodeRuntime {
       this.endedOutcomes.set(key, outcome)
       if (this.endedOutcomes.size > endedOutcomesMax)
         this.endedOutcomes.delete(this.endedOutcomes.keys().next().value!)
+      // The parent, if it runs here, may join the child in its worker without asking this node.
+      const parent = parentThreadId(tid)
+      const runner = parent === null ? undefined : this.local.get(`${pid}/${parent}`)?.runner
+      if (runner !== undefined && runner !== null)
+        runner.childEnded(Number(tid.slice(parent!.length + 1)), {
+          failed: outcome.state === 'failed',
+          result: outcome.result,
+        })
     }
     for (const wake of [...(this.joinWaiters.get(key) ?? [])]) wake(outcome)
     this.groups.threadEnded(pid, tid)

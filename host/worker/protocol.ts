@@ -42,6 +42,12 @@ export interface StartMessage {
   replayLog: Array<[number, bigint]>
   /** Number of the save to take next (continues the chain after a restore). */
   nextSaveSequence: number
+  /**
+   * Spawns the worker may answer itself (the handle is the call sequence number) and send one way
+   * before the host acknowledges them (`ChildrenMessage.placed`); past it, a spawn is a host call that
+   * waits as the host decides. 0: every spawn is a host call (an embedding with other handles).
+   */
+  spawnsAheadMax: number
 }
 
 export interface ReplyMessage {
@@ -62,7 +68,18 @@ export interface ConfigureMessage {
 /** Compiled modules a worker keeps for later starts, oldest dropped first (the host keeps the same list). */
 export const workerModulesMax = 8
 
-export type ToWorker = StartMessage | ReplyMessage | ConfigureMessage
+/**
+ * News of the thread's children, gathered over one turn of the host: spawns sent one way that no
+ * longer count against `spawnsAheadMax`, and outcomes of ended children that a join may use without
+ * asking the host (by handle; null: the child failed).
+ */
+export interface ChildrenMessage {
+  type: 'children'
+  placed: number
+  ended: Array<[handle: number, result: Uint8Array | null]>
+}
+
+export type ToWorker = StartMessage | ReplyMessage | ConfigureMessage | ChildrenMessage
 
 export interface OutputMessage {
   type: 'output'
@@ -78,6 +95,14 @@ export interface CallMessage {
   name: string
   args: number[]
   payload: Uint8Array | null
+}
+
+/** A spawn the worker answered itself (handle = `callSequence`); the host makes the child. */
+export interface SpawnMessage {
+  type: 'spawn'
+  callSequence: number
+  /** u32 entry length, entry name (UTF-8), argument bytes: the payload of a `spawn` call. */
+  payload: Uint8Array
 }
 
 export interface SaveMessage {
@@ -111,6 +136,7 @@ export interface ErrorMessage {
 export type FromWorker =
   | OutputMessage
   | CallMessage
+  | SpawnMessage
   | SaveMessage
   | LogMessage
   | SuspendMessage

@@ -5,12 +5,16 @@
  */
 
 import {
+  decodeSpawnPayload,
+  exportedFunctions,
   fabricImports,
   importModuleEnvironment,
   importModuleFabric,
   importModuleWasi,
   instrumentedNames,
   isBlockingImport,
+  JoinError,
+  SpawnError,
   SyncError,
   syncRequestBytesMax,
 } from '../abi.ts'
@@ -41,6 +45,7 @@ import { createWasi, ExitSignal, type FileCalls } from '../wasi.ts'
 import { createFileCalls } from '../wasi-files.ts'
 import {
   type CallMessage,
+  type ChildrenMessage,
   type ReplyMessage,
   type StartMessage,
   type WorkerPort,
@@ -52,6 +57,11 @@ const asyncifyStateRewinding = 2
 /** A delta chain is folded into a new full save once its deltas add up to this share of memory. */
 const deltaShareOfMemoryMax = 1
 const deltaCountMax = 64
+/**
+ * Outcomes of ended children a thread keeps for joins (each join of one uses it up); past it the
+ * oldest go, and a join of one of those asks the host.
+ */
+export const childOutcomesMax = 4096
 
 interface AsyncifyExports {
   asyncify_start_unwind(address: number): void
@@ -144,6 +154,10 @@ export class GuestThread {
   private deltaBytesSinceFull = 0
   private deltaCountSinceFull = 0
   private saveRequested = false
+  /** Spawns sent one way that the host has not acknowledged yet. */
+  private spawnsUnacknowledged = 0
+  /** Results of ended children by handle, as the host pushed them (see `ChildrenMessage`). */
+  private readonly childOutcomes = new Map<number, Reply>()
   /** Unwound in a blocking call, waiting for its reply. */
   private suspended = false
   private saving = false
@@ -169,6 +183,20 @@ export class GuestThread {
       // Suspended in a call, the thread is unwound already: save at once rather than at the next call.
       if (this.suspended && !this.saving) void this.save()
       else this.saveRequested = true
+    }
+  }
+
+  onChildren(message: ChildrenMessage): void {
+    this.spawnsUnacknowledged = Math.max(0, this.spawnsUnacknowledged - message.placed)
+    for (const [handle, result] of message.ended) {
+      const reply =
+        result === null
+          ? { result: JoinError.threadFailed, payload: null }
+          : { result: result.length, payload: result }
+      this.childOutcomes.delete(handle)
+      this.childOutcomes.set(handle, reply)
+      if (this.childOutcomes.size > childOutcomesMax)
+        this.childOutcomes.delete(this.childOutcomes.keys().next().value!)
     }
   }
 
@@ -277,12 +305,32 @@ export class GuestThread {
     blocking: (module: string, name: string, fn: (...args: number[]) => number | Promise<number>) => unknown,
   ) {
     const table: Record<string, (...args: number[]) => number | Promise<number>> = {
-      spawn: (entryPointer, entryLength, argPointer, argLength) =>
-        this.callHost('spawn', [], this.packSpawn(entryPointer, entryLength, argPointer, argLength)).then(
-          (reply) => reply.result,
-        ),
-      join: (handle, outPointer, outCapacity) =>
-        this.callHost('join', [handle]).then((reply) => this.copyReply(reply, outPointer, outCapacity)),
+      spawn: (entryPointer, entryLength, argPointer, argLength) => {
+        const payload = this.packSpawn(entryPointer, entryLength, argPointer, argLength)
+        if (this.answersItself() && this.spawnsUnacknowledged < this.start.spawnsAheadMax) {
+          // The host would answer the same (the handle is the op's call sequence number, the child's
+          // id derives from it); the spawn goes one way, ahead of the thread's later messages.
+          const spawn = decodeSpawnPayload(payload)
+          if (spawn === null) return SpawnError.tooManyThreads
+          if (!exportedFunctions(this.start.module).has(spawn.entry)) return SpawnError.noSuchEntry
+          this.spawnsUnacknowledged++
+          this.port.post({ type: 'spawn', callSequence: this.callSequence, payload }, [
+            payload.buffer as ArrayBuffer,
+          ])
+          return this.callSequence
+        }
+        return this.callHost('spawn', [], payload).then((reply) => reply.result)
+      },
+      join: (handle, outPointer, outCapacity) => {
+        // A child's result is fixed: the outcome the host pushed is the one it would answer.
+        const ended = this.childOutcomes.get(handle)
+        if (ended !== undefined && this.answersItself()) {
+          // A result longer than the buffer is kept: the guest joins again with a larger one.
+          if (ended.result <= outCapacity >>> 0) this.childOutcomes.delete(handle)
+          return this.copyReply(ended, outPointer, outCapacity)
+        }
+        return this.callHost('join', [handle]).then((reply) => this.copyReply(reply, outPointer, outCapacity))
+      },
       sync: (requestPointer, requestLength, outPointer, outCapacity) => {
         const memory = this.bytes()
         const request = [requestPointer >>> 0, requestLength >>> 0]
@@ -538,6 +586,14 @@ export class GuestThread {
     }
   }
 
+  /**
+   * Whether a blocking call may return without the host: not when a save is due, which is taken
+   * while the guest is unwound in a call that waits.
+   */
+  private answersItself(): boolean {
+    return !this.saveRequested && !this.saveDue()
+  }
+
   private saveDue(): boolean {
     if (this.saveIntervalMs <= 0) return true
     const last = this.lastSave?.takenAtMs ?? 0
@@ -714,6 +770,8 @@ export function serveThread(port: WorkerPort): void {
       thread?.onReply(message)
     } else if (message.type === 'configure') {
       thread?.configure(message)
+    } else if (message.type === 'children') {
+      thread?.onChildren(message)
     }
   })
 }
