@@ -272,8 +272,8 @@ describe('orphan checks', () => {
       local: Map<string, unknown>
       stopThread(thread: unknown): void
       reclaim(thread: unknown): Promise<void>
-      findOrphans(live: ReadonlySet<string>): Promise<void>
     }
+    type HomeInternals = { homeDuties: { findOrphans(live: ReadonlySet<string>): Promise<void> } }
     const node = cluster.runtime(runner) as unknown as NodeInternals
     let asked = 0
     cluster.intercept = (_from, to, message) => {
@@ -284,8 +284,8 @@ describe('orphan checks', () => {
       node.stopThread(thread)
       return node.reclaim(thread).then(() => missing) as unknown as RuntimeReply
     }
-    const homeInternals = home as unknown as NodeInternals
-    while (asked < 2) await homeInternals.findOrphans(new Set(cluster.liveIds()))
+    const homeDuties = (home as unknown as HomeInternals).homeDuties
+    while (asked < 2) await homeDuties.findOrphans(new Set(cluster.liveIds()))
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(output).toBe(referenceOutput)
     expect(cluster.logs.filter((line) => line.includes('taken over'))).toEqual([])
