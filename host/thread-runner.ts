@@ -116,6 +116,8 @@ export class ThreadRunner {
   private ended = false
   private computedMs = 0
   private computingSince = 0
+  /** The worker waits: in a host call, or as its `suspend` said. */
+  private suspended = false
   private budgetTimer: ReturnType<typeof setTimeout> | null = null
   private readonly start: ThreadStart
   private readonly events: ThreadEvents
@@ -213,6 +215,8 @@ export class ThreadRunner {
         this.events.save(message.save, message.costMs)
         break
       case 'call':
+        // The worker waits for the reply from here (it sends no `suspend` for a host call).
+        this.suspendComputing()
         this.answer(message)
         break
       case 'spawn': {
@@ -225,14 +229,10 @@ export class ThreadRunner {
         break
       }
       case 'suspend':
-        this.computedMs += Date.now() - this.computingSince
-        this.disarmBudget()
-        this.lease?.suspend()
+        this.suspendComputing()
         break
       case 'resume':
-        this.computingSince = Date.now()
-        this.lease?.resume()
-        this.armBudget()
+        this.resumeComputing()
         break
       case 'exit':
         this.end({ kind: 'exit', code: message.code, result: message.result }, true)
@@ -248,6 +248,8 @@ export class ThreadRunner {
     this.events.call(call).then(
       (reply) => {
         if (this.ended) return
+        // The worker computes again from the reply (it sends no `resume` after a host call).
+        this.resumeComputing()
         this.lease?.worker.post({
           type: 'reply',
           callSequence: message.callSequence,
@@ -260,6 +262,22 @@ export class ThreadRunner {
         this.end({ kind: 'error', error: failure as FabricHostError }, false)
       },
     )
+  }
+
+  private suspendComputing(): void {
+    if (this.suspended) return
+    this.suspended = true
+    this.computedMs += Date.now() - this.computingSince
+    this.disarmBudget()
+    this.lease?.suspend()
+  }
+
+  private resumeComputing(): void {
+    if (!this.suspended) return
+    this.suspended = false
+    this.computingSince = Date.now()
+    this.lease?.resume()
+    this.armBudget()
   }
 
   private armBudget(): void {

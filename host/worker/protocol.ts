@@ -118,6 +118,10 @@ export interface LogMessage {
   value: bigint
 }
 
+/**
+ * The thread waits for something other than a host call (a timer, say), and computes again: a host
+ * call implies both (waiting from the call, computing from the reply), with no message of its own.
+ */
 export interface SuspendMessage {
   type: 'suspend' | 'resume'
 }

@@ -158,6 +158,9 @@ export class GuestThread {
   private spawnsUnacknowledged = 0
   /** Results of ended children by handle, as the host pushed them (see `ChildrenMessage`). */
   private readonly childOutcomes = new Map<number, Reply>()
+  /** The current call posted a host call; `waitsForHost`: the pending call is one. */
+  private hostCallPosted = false
+  private waitsForHost = false
   /** Unwound in a blocking call, waiting for its reply. */
   private suspended = false
   private saving = false
@@ -488,6 +491,7 @@ export class GuestThread {
   ): Promise<Reply> {
     const callSequence = this.callSequence
     const message: CallMessage = { type: 'call', callSequence, module, name, args, payload }
+    this.hostCallPosted = true
     return new Promise<Reply>((resolve) => {
       this.replies.set(callSequence, resolve)
       this.port.post(message)
@@ -530,9 +534,11 @@ export class GuestThread {
       this.callSequence++
       if (implementation === undefined)
         throw new GuestCallError(`guest called ${module}.${name}, which the host lacks`)
+      this.hostCallPosted = false
       const outcome = implementation(...args)
       if (typeof outcome === 'number' || typeof outcome === 'bigint' || outcome === undefined) return outcome
       if (!mayBlock) throw new Error(`bug: non-blocking import ${module}.${name} returned a promise`)
+      this.waitsForHost = this.hostCallPosted
       this.pending = outcome.then((result) => ({ result, payload: null }))
       this.pendingCall = { module, name, args: args.map(Number) }
       this.writeAsyncifyHeader()
@@ -575,12 +581,15 @@ export class GuestThread {
       }
       this.asyncify.asyncify_stop_unwind()
       if (this.saveRequested || this.saveDue()) await this.save()
-      this.port.post({ type: 'suspend' })
+      // The host learns from a host call itself that the thread waits, and from its reply that it
+      // computes again; only other waits are announced.
+      const announced = !this.waitsForHost
+      if (announced) this.port.post({ type: 'suspend' })
       this.suspended = true
       this.rewindReply = await this.pending!
       this.suspended = false
       while (this.saving) await new Promise((resolve) => setTimeout(resolve, 1))
-      this.port.post({ type: 'resume' })
+      if (announced) this.port.post({ type: 'resume' })
       this.pending = null
       rewinding = true
     }
