@@ -65,6 +65,13 @@ export const attachReplyBytesMax = 1024 * 1024
 export const homeLookupWaitMsMax = 10_000
 /** Pause before reading a process record again while its home is being replaced. */
 export const homeLookupRetryMs = 100
+/**
+ * Ended processes a home keeps (their output for `attach`, their state for `ps`); past it the
+ * oldest ended ones are dropped, so a long-lived home does not grow with every process it ran.
+ */
+export const keptEndedProcessesMaxDefault = 1000
+/** Output bytes of ended processes a home keeps in all; past it the oldest ended ones are dropped (never the latest). */
+export const keptEndedOutputBytesMaxDefault = 256 * 1024 * 1024
 /** Records of leftover threads of ended processes a `ps` reads, at most (the rest show `ended?`). */
 export const psRecordReadsMax = 1000
 
@@ -100,6 +107,10 @@ export interface HomeDutiesComponents {
 export interface HomeDutiesOptions {
   /** The nodes' lease TTL: a departed node's lease is taken (fencing it) for ten times it. */
   leaseTtlMs: number
+  /** Ended processes kept for `attach` and `ps` (`keptEndedProcessesMaxDefault`). */
+  keptEndedProcessesMax?: number
+  /** Output bytes of ended processes kept in all (`keptEndedOutputBytesMaxDefault`). */
+  keptEndedOutputBytesMax?: number
 }
 
 /** A thread running on this node, as `ps` shows it. */
@@ -173,7 +184,11 @@ export class HomeDuties {
   private readonly runtime: HomeRuntime
   private readonly self: NodeId
   private readonly leaseTtlMs: number
+  private readonly keptEndedProcessesMax: number
+  private readonly keptEndedOutputBytesMax: number
   private readonly homes = new Map<string, HomeProcess>()
+  /** Processes homed here that ended, oldest first (each still in `homes`). */
+  private readonly endedHomes = new Set<string>()
   /** Other homes' state this node keeps as a home replica. */
   private readonly homeCopies = new HomeCopies()
   private sweeps = 0
@@ -185,6 +200,8 @@ export class HomeDuties {
     this.runtime = runtime
     this.self = components.cluster.self
     this.leaseTtlMs = options.leaseTtlMs
+    this.keptEndedProcessesMax = options.keptEndedProcessesMax ?? keptEndedProcessesMaxDefault
+    this.keptEndedOutputBytesMax = options.keptEndedOutputBytesMax ?? keptEndedOutputBytesMaxDefault
   }
 
   /** Makes this node the home of a new process (its record not written yet): output is kept from now on. */
@@ -348,7 +365,10 @@ export class HomeDuties {
         if (record.state !== 'running')
           return {
             type: 'refused',
-            reason: `process ${message.pid} has ended (${record.state}, exit code ${record.exitCode}); its home ${record.home}, which kept its output, is gone`,
+            reason:
+              record.home === this.self
+                ? `process ${message.pid} has ended (${record.state}, exit code ${record.exitCode}); its home ${this.self} no longer keeps its output (it keeps at most ${this.keptEndedProcessesMax} ended processes and ${Math.round(this.keptEndedOutputBytesMax / 1024 / 1024)} MiB of their output)`
+                : `process ${message.pid} has ended (${record.state}, exit code ${record.exitCode}); its home ${record.home}, which kept its output, is gone`,
           }
       }
       if (clock.now() >= deadline || this.runtime.isStopped())
@@ -805,6 +825,26 @@ export class HomeDuties {
       .put(keys.process(home.record.pid), encodeRecord(record))
       .catch(() => undefined)
     home.finish(result)
+    this.endedHomes.add(home.record.pid)
+    this.forgetOldEndedHomes()
+  }
+
+  /**
+   * Drops the oldest ended processes past `keptEndedProcessesMax` or `keptEndedOutputBytesMax`
+   * (never the one that ended last): their output, placements and program go. An `attach` or `kill`
+   * of one is then refused as ended, from its record.
+   */
+  private forgetOldEndedHomes(): void {
+    let outputBytes = 0
+    for (const pid of this.endedHomes) outputBytes += this.homes.get(pid)?.outputBytes ?? 0
+    for (const pid of this.endedHomes) {
+      const withinLimits =
+        this.endedHomes.size <= this.keptEndedProcessesMax && outputBytes <= this.keptEndedOutputBytesMax
+      if (withinLimits || this.endedHomes.size === 1) return
+      outputBytes -= this.homes.get(pid)?.outputBytes ?? 0
+      this.endedHomes.delete(pid)
+      this.homes.delete(pid)
+    }
   }
 
   /** Restarts elsewhere the threads of this node's processes that ran on a departed node. */

@@ -147,6 +147,10 @@ export interface NodeRuntimeOptions {
   saveReplicaCount?: number
   /** How long a submit waits for a node to take the main thread (`placementWaitMsDefault`). */
   placementWaitMs?: number
+  /** Ended processes a home keeps for `attach` and `ps` (`keptEndedProcessesMaxDefault`). */
+  keptEndedProcessesMax?: number
+  /** Output bytes of ended processes a home keeps in all (`keptEndedOutputBytesMaxDefault`). */
+  keptEndedOutputBytesMax?: number
 }
 
 export interface SubmitOptions {
@@ -299,7 +303,11 @@ export class NodeRuntime {
     )
     this.homeDuties = new HomeDuties(
       components,
-      { leaseTtlMs: this.leaseTtlMs },
+      {
+        leaseTtlMs: this.leaseTtlMs,
+        keptEndedProcessesMax: options.keptEndedProcessesMax,
+        keptEndedOutputBytesMax: options.keptEndedOutputBytesMax,
+      },
       {
         isStopped: () => this.stopped,
         threadsRunningHere: () => this.local.values(),
