@@ -1,7 +1,7 @@
 /**
  * Copies of other nodes' home state, kept in memory: for each process whose home chose this node as
  * a home replica, its record, its program, its output chunks in order and where its threads run.
- * Should the home be lost, one replica takes the process over from its copy (node-runtime.ts), so
+ * Should the home be lost, one replica takes the process over from its copy (home-duties.ts), so
  * the submitter, attaching through that node, gets the whole output and the process goes on.
  */
 
