@@ -888,6 +888,10 @@ export class HomeDuties {
     }
   }
 
+  /**
+   * Every `homeSweepMs`: finishes takeovers of lost homes, ends taken-over processes whose main thread
+   * ended, restarts the threads of departed nodes and, every `orphanCheckEverySweeps`, looks for orphans.
+   */
   async sweepHomes(): Promise<void> {
     const live = new Set(this.components.cluster.live().map((peer) => peer.id))
     // Homes lost while a takeover could not finish (a store that did not answer) are taken over now.
