@@ -125,10 +125,12 @@ export class ThreadRunner {
   private childrenPlaced = 0
   private childrenEnded: Array<[number, Uint8Array | null]> = []
   private childrenFlushQueued = false
+  private readonly spawnsAheadMax: number
 
   constructor(pool: WorkerPool, start: ThreadStart, events: ThreadEvents) {
     this.start = start
     this.events = events
+    this.spawnsAheadMax = events.spawn === undefined ? 0 : (start.spawnsAheadMax ?? 0)
     this.done = new Promise((resolve) => {
       this.finish = resolve
     })
@@ -194,7 +196,7 @@ export class ThreadRunner {
       ...rest,
       ...moduleFor(worker, module),
       instanceReusable: this.start.instanceReusable === true,
-      spawnsAheadMax: this.events.spawn === undefined ? 0 : (this.start.spawnsAheadMax ?? 0),
+      spawnsAheadMax: this.spawnsAheadMax,
       limits: { memoryPagesMax: limits.memoryPagesMax },
     }
     this.computingSince = Date.now()
@@ -221,9 +223,11 @@ export class ThreadRunner {
         break
       case 'spawn': {
         // Placed or failed, the spawn no longer counts against the worker's limit.
+        // Acknowledgements go with the next reply or children message; alone only once they add up
+        // to half the worker's limit (a worker at its limit makes a host call, whose reply brings them).
         const acknowledge = () => {
           this.childrenPlaced++
-          this.queueChildrenFlush()
+          if (this.childrenPlaced >= Math.max(1, this.spawnsAheadMax / 2)) this.queueChildrenFlush()
         }
         this.events.spawn?.(message.callSequence, message.payload).then(acknowledge, acknowledge)
         break
@@ -255,7 +259,9 @@ export class ThreadRunner {
           callSequence: message.callSequence,
           result: reply.result,
           payload: reply.payload ?? null,
+          spawnsPlaced: this.childrenPlaced,
         })
+        this.childrenPlaced = 0
       },
       (error: unknown) => {
         const failure = error instanceof Error ? error : new Error(String(error))

@@ -1612,10 +1612,11 @@ export class NodeRuntime {
       this.endedOutcomes.set(key, outcome)
       if (this.endedOutcomes.size > endedOutcomesMax)
         this.endedOutcomes.delete(this.endedOutcomes.keys().next().value!)
-      // The parent, if it runs here, may join the child in its worker without asking this node.
+      // The parent, if it runs here, may join the child in its worker without asking this node
+      // (unless it waits for it here already: the answer goes with the reply).
       const parent = parentThreadId(tid)
       const runner = parent === null ? undefined : this.local.get(`${pid}/${parent}`)?.runner
-      if (runner !== undefined && runner !== null)
+      if (runner !== undefined && runner !== null && !this.joinWaiters.has(key))
         runner.childEnded(Number(tid.slice(parent!.length + 1)), {
           failed: outcome.state === 'failed',
           result: outcome.result,

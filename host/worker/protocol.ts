@@ -55,6 +55,8 @@ export interface ReplyMessage {
   callSequence: number
   result: number
   payload: Uint8Array | null
+  /** One-way spawns placed since the last acknowledgement (see `ChildrenMessage.placed`). */
+  spawnsPlaced: number
 }
 
 /** Changes how often the thread saves automatically at blocking calls. */
@@ -70,8 +72,9 @@ export const workerModulesMax = 8
 
 /**
  * News of the thread's children, gathered over one turn of the host: spawns sent one way that no
- * longer count against `spawnsAheadMax`, and outcomes of ended children that a join may use without
- * asking the host (by handle; null: the child failed).
+ * longer count against `spawnsAheadMax` (these also ride on replies; alone they wait until they add
+ * up to half the limit), and outcomes of ended children that a join may use without asking the host
+ * (by handle; null: the child failed).
  */
 export interface ChildrenMessage {
   type: 'children'

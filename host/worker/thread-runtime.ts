@@ -204,6 +204,7 @@ export class GuestThread {
   }
 
   onReply(message: ReplyMessage): void {
+    this.spawnsUnacknowledged = Math.max(0, this.spawnsUnacknowledged - message.spawnsPlaced)
     const resolve = this.replies.get(message.callSequence)
     if (resolve === undefined) return
     this.replies.delete(message.callSequence)
