@@ -206,12 +206,12 @@ export class ThreadRunner {
 
   private onMessage(message: FromWorker): void {
     if (this.ended) return
+    // What the guest saw comes before what it did next.
+    if (message.log !== undefined)
+      for (const [callSequence, value] of message.log) this.events.log(callSequence, value)
     switch (message.type) {
       case 'output':
         this.events.output(message.fd, message.bytes, message.callSequence)
-        break
-      case 'log':
-        this.events.log(message.callSequence, message.value)
         break
       case 'save':
         this.events.save(message.save, message.costMs)

@@ -115,12 +115,6 @@ export interface SaveMessage {
   costMs: number
 }
 
-export interface LogMessage {
-  type: 'log'
-  callSequence: number
-  value: bigint
-}
-
 /**
  * The thread waits for something other than a host call (a timer, say), and computes again: a host
  * call implies both (waiting from the call, computing from the reply), with no message of its own.
@@ -140,15 +134,25 @@ export interface ErrorMessage {
   error: SerializedError
 }
 
-export type FromWorker =
+/**
+ * Values the guest saw that a replay must see again (clock reads), by call sequence number, sent
+ * with the worker's next message of any kind rather than one message each: nothing the thread does
+ * reaches anyone before that message, and the host takes the values before the message itself.
+ */
+export interface LoggedValues {
+  log?: Array<[callSequence: number, value: bigint]>
+}
+
+export type FromWorker = (
   | OutputMessage
   | CallMessage
   | SpawnMessage
   | SaveMessage
-  | LogMessage
   | SuspendMessage
   | ExitMessage
   | ErrorMessage
+) &
+  LoggedValues
 
 /** The two ends of a worker, whatever the platform. */
 export interface WorkerPort {

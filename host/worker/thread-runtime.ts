@@ -46,6 +46,7 @@ import { createFileCalls } from '../wasi-files.ts'
 import {
   type CallMessage,
   type ChildrenMessage,
+  type FromWorker,
   type ReplyMessage,
   type StartMessage,
   type WorkerPort,
@@ -154,6 +155,8 @@ export class GuestThread {
   private deltaBytesSinceFull = 0
   private deltaCountSinceFull = 0
   private saveRequested = false
+  /** Values logged since the last message to the host (they go with the next one). */
+  private unsentLog: Array<[number, bigint]> = []
   /** Spawns sent one way that the host has not acknowledged yet. */
   private spawnsUnacknowledged = 0
   /** Results of ended children by handle, as the host pushed them (see `ChildrenMessage`). */
@@ -217,10 +220,10 @@ export class GuestThread {
       const restoring = this.start.restore !== null
       if (restoring) await this.restore(this.start.restore!)
       const code = await this.drive(restoring)
-      this.port.post({ type: 'exit', code, result: this.result })
+      this.send({ type: 'exit', code, result: this.result })
       this.shelve()
     } catch (error) {
-      this.port.post({ type: 'error', error: serializeError(this.classify(error)) })
+      this.send({ type: 'error', error: serializeError(this.classify(error)) })
     }
   }
 
@@ -318,7 +321,7 @@ export class GuestThread {
           if (spawn === null) return SpawnError.tooManyThreads
           if (!exportedFunctions(this.start.module).has(spawn.entry)) return SpawnError.noSuchEntry
           this.spawnsUnacknowledged++
-          this.port.post({ type: 'spawn', callSequence: this.callSequence, payload }, [
+          this.send({ type: 'spawn', callSequence: this.callSequence, payload }, [
             payload.buffer as ArrayBuffer,
           ])
           return this.callSequence
@@ -382,7 +385,7 @@ export class GuestThread {
       args: this.start.args,
       env: this.start.env,
       writeOutput: (fd, bytes) => {
-        this.port.post({ type: 'output', callSequence: this.callSequence, fd, bytes }, [
+        this.send({ type: 'output', callSequence: this.callSequence, fd, bytes }, [
           bytes.buffer as ArrayBuffer,
         ])
       },
@@ -427,7 +430,7 @@ export class GuestThread {
       trace: (messagePointer: number) => {
         const text = `trace: ${this.readAssemblyScriptString(messagePointer)}\n`
         const bytes = new TextEncoder().encode(text)
-        this.port.post({ type: 'output', callSequence: this.callSequence, fd: 2, bytes }, [bytes.buffer])
+        this.send({ type: 'output', callSequence: this.callSequence, fd: 2, bytes }, [bytes.buffer])
       },
     }
   }
@@ -495,17 +498,29 @@ export class GuestThread {
     this.hostCallPosted = true
     return new Promise<Reply>((resolve) => {
       this.replies.set(callSequence, resolve)
-      this.port.post(message)
+      this.send(message)
     })
   }
 
-  /** A value the guest sees that a replay must see again: logged to the host, replayed from its log. */
+  /**
+   * A value the guest sees that a replay must see again: logged to the host (with the next message,
+   * see `LoggedValues`), replayed from its log.
+   */
   private logged(read: () => bigint): bigint {
     const replayed = this.replayLog.get(this.callSequence)
     if (replayed !== undefined) return replayed
     const value = read()
-    this.port.post({ type: 'log', callSequence: this.callSequence, value })
+    this.unsentLog.push([this.callSequence, value])
     return value
+  }
+
+  /** Posts a message to the host, with the values logged since the last one. */
+  private send(message: FromWorker, transfer?: Transferable[]): void {
+    if (this.unsentLog.length > 0) {
+      message.log = this.unsentLog
+      this.unsentLog = []
+    }
+    this.port.post(message, transfer)
   }
 
   private fillRandom(target: Uint8Array): void {
@@ -585,12 +600,12 @@ export class GuestThread {
       // The host learns from a host call itself that the thread waits, and from its reply that it
       // computes again; only other waits are announced.
       const announced = !this.waitsForHost
-      if (announced) this.port.post({ type: 'suspend' })
+      if (announced) this.send({ type: 'suspend' })
       this.suspended = true
       this.rewindReply = await this.pending!
       this.suspended = false
       while (this.saving) await new Promise((resolve) => setTimeout(resolve, 1))
-      if (announced) this.port.post({ type: 'resume' })
+      if (announced) this.send({ type: 'resume' })
       this.pending = null
       rewinding = true
     }
@@ -676,7 +691,7 @@ export class GuestThread {
     this.replayLog.clear()
     const bytes = await encodeSave(save)
     const encoded = { summary: summarize(save), bytes }
-    this.port.post({ type: 'save', save: encoded, costMs: performance.now() - startedAt }, [
+    this.send({ type: 'save', save: encoded, costMs: performance.now() - startedAt }, [
       bytes.buffer as ArrayBuffer,
     ])
   }
