@@ -1102,16 +1102,23 @@ export class NodeRuntime {
           // Children spawned before the save are made durable before it travels (they are on the
           // replication queue ahead of it): a restore from it never skips a spawn whose child is missing.
           thread.openSpawns = null
-          // The save covers what the guest saw up to its call; the log starts again from it.
-          thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
-          thread.logBase = save.summary.sequence
-          thread.logSent = 0
-          thread.replies.saved(save.summary.callSequence)
-          thread.repliesUnsent = thread.replies.size > 0
-          thread.replicationQueue = thread.replicationQueue
-            .then(() => filesSaved)
-            .then(() => this.replicate(thread, save))
-            .catch(() => {})
+          // The save becomes restorable only once the output the guest wrote before it is shown: a
+          // restore from it does not write that output again, so a node lost in between would lose
+          // it. Until then the log stays as the output before the save needs it (its values must be
+          // durable before the output shows); outputs after the save wait for its replication.
+          const taken = () => {
+            // The save covers what the guest saw up to its call; the log starts again from it.
+            thread.log = thread.log.filter(([sequence]) => sequence > save.summary.callSequence)
+            thread.logBase = save.summary.sequence
+            thread.logSent = 0
+            thread.replies.saved(save.summary.callSequence)
+            thread.repliesUnsent = thread.replies.size > 0
+            thread.replicationQueue = thread.replicationQueue
+              .then(() => filesSaved)
+              .then(() => this.replicate(thread, save))
+              .catch(() => {})
+          }
+          thread.outputQueue = thread.outputQueue.then(taken, taken)
         },
         log: (callSequence, value) => {
           thread.log.push([callSequence, value])
