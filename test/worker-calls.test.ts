@@ -9,6 +9,7 @@
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { decodeSpawnPayload, JoinError, SpawnError } from '../host/abi.ts'
+import { GuestCallError } from '../host/errors.ts'
 import { loadProgram, type Program } from '../host/program.ts'
 import type { EncodedSave } from '../host/snapshot.ts'
 import { type ChildOutcome, type HostCall, type HostCallReply, ThreadRunner } from '../host/thread-runner.ts'
@@ -179,6 +180,13 @@ describe('spawns and joins answered in the worker', () => {
     const handles = run.spawns.map((spawn) => spawn.callSequence)
     expect(handles).toEqual([...handles].sort((a, b) => a - b))
     expect(new Set(handles).size).toBe(count)
+  })
+
+  it('a spawn with a negative length (an i32 the guest passed) fails the thread with a named error', async () => {
+    const run = await runGuest(pool, program, { args: ['bad'], push: false, spawnsAheadMax: 64 })
+    expect(run.error).toBeInstanceOf(GuestCallError)
+    expect(run.error?.message).toMatch(/outside guest memory/)
+    expect(run.spawns).toEqual([])
   })
 
   it('past spawnsAheadMax unacknowledged spawns, the next spawn waits for the host', async () => {

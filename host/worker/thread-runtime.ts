@@ -470,11 +470,18 @@ export class GuestThread {
   }
 
   private packSpawn(
-    entryPointer: number,
-    entryLength: number,
-    argPointer: number,
-    argLength: number,
+    entryPointerSigned: number,
+    entryLengthSigned: number,
+    argPointerSigned: number,
+    argLengthSigned: number,
   ): Uint8Array {
+    // The guest passes i32s: a negative length is a huge one (outside memory), not a short one.
+    const [entryPointer, entryLength, argPointer, argLength] = [
+      entryPointerSigned >>> 0,
+      entryLengthSigned >>> 0,
+      argPointerSigned >>> 0,
+      argLengthSigned >>> 0,
+    ]
     const memory = this.bytes()
     if (entryPointer + entryLength > memory.length || argPointer + argLength > memory.length) {
       throw new GuestCallError('spawn: entry or argument lies outside guest memory')
