@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
-import { decodeThread, keys } from '../fabric/runtime/records.ts'
+import { decodeThread } from '../fabric/runtime/records.ts'
+import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { guestBytes, repositoryRoot } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
 
@@ -141,7 +142,7 @@ describe('guest coordination on in-process nodes', () => {
     // Children are named by the spawn's call number: look through the first few.
     const groups: Array<string | undefined> = []
     for (const tid of ['0', ...Array.from({ length: 60 }, (_, index) => `0.${index}`)]) {
-      const read = await cluster.store.get(keys.thread(process.pid, tid))
+      const read = await new ThreadRecords(cluster.store).get(process.pid, tid)
       if (read.value !== null) groups.push(decodeThread(read.value).group)
     }
     expect(groups).toEqual(['team', 'team', 'team', 'team'])

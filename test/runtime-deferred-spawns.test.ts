@@ -27,12 +27,13 @@ describe('deferred spawns', () => {
       const held: Array<() => void> = []
       let holding = true
       const created = new Map<string, number>()
-      const cas = cluster.store.cas.bind(cluster.store)
-      cluster.store.cas = (key, expectedVersion, value) => {
-        const child = pid !== '' && key.startsWith(`thread/${pid}/0.`) && expectedVersion === 0
+      const entryCas = cluster.store.entryCas.bind(cluster.store)
+      cluster.store.entryCas = (key, entry, expectedVersion, value) => {
+        // Main's children are entries of the registers of its spawns (thread-records.ts).
+        const child = pid !== '' && key.startsWith(`threads/${pid}/0/`) && expectedVersion === 0
         const write = async (): Promise<Register> => {
-          const result = await cas(key, expectedVersion, value)
-          if (child && result.ok) created.set(key, (created.get(key) ?? 0) + 1)
+          const result = await entryCas(key, entry, expectedVersion, value)
+          if (child && result.ok) created.set(entry, (created.get(entry) ?? 0) + 1)
           return result
         }
         if (!child || !holding) return write()

@@ -8,8 +8,9 @@ import { afterEach, describe, expect, test } from 'vitest'
 import { type LocalCluster, type LocalNode, startLocalCluster } from '../fabric/cli/local-cluster.ts'
 import { connectClient } from '../fabric/net/client.ts'
 import { groupThreadsPerCoreMax } from '../fabric/runtime/placement.ts'
-import { decodeThread, keys, type ThreadRecord } from '../fabric/runtime/records.ts'
+import { decodeThread, type ThreadRecord } from '../fabric/runtime/records.ts'
 import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
+import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { coreCount } from '../host/worker-node.ts'
 import { guestBytes } from './support/guests.ts'
 
@@ -65,9 +66,17 @@ async function threadRecords(
 ): Promise<Map<string, ThreadRecord>> {
   const client = await connectClient({ nodes: [node.address] })
   try {
+    const store = new ThreadRecords({
+      get: (key) => client.run(key, { kind: 'get' }),
+      put: (key, value) => client.run(key, { kind: 'put', value }),
+      cas: (key, expectedVersion, value) => client.run(key, { kind: 'cas', expectedVersion, value }),
+      entryGet: (key, entry) => client.run(key, { kind: 'entry-get', entry }),
+      entryCas: (key, entry, expectedVersion, value) =>
+        client.run(key, { kind: 'entry-cas', entry, expectedVersion, value }),
+    })
     const records = new Map<string, ThreadRecord>()
     for (const tid of tids) {
-      const read = await client.get(keys.thread(pid, tid))
+      const read = await store.get(pid, tid)
       if (read.value !== null) records.set(tid, decodeThread(read.value))
     }
     return records

@@ -14,10 +14,10 @@ import type { NodeRuntime } from '../fabric/runtime/node-runtime.ts'
 import {
   decodeThread,
   encodeRecord,
-  keys,
   recordFormatVersion,
   type ThreadRecord,
 } from '../fabric/runtime/records.ts'
+import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { guestBytes } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
 
@@ -158,20 +158,20 @@ describe('process runtime defects', () => {
       cluster = new InProcessCluster()
       for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
       const store = cluster.store
-      const cas = store.cas.bind(store)
+      const entryCas = store.entryCas.bind(store)
       // The first write of each leader's record that sets its group is answered with a timeout,
       // after the store applied it (or before it did), as a store in a membership change answers.
       const timedOut = new Set<string>()
-      store.cas = async (key, expectedVersion, value) => {
-        if (key.startsWith('thread/') && !timedOut.has(key) && decodeThread(value).group !== undefined) {
-          const before = await store.get(key)
+      store.entryCas = async (key, entry, expectedVersion, value) => {
+        if (value !== null && !timedOut.has(entry) && decodeThread(value).group !== undefined) {
+          const before = await store.entryGet(key, entry)
           if (before.value !== null && decodeThread(before.value).group === undefined) {
-            timedOut.add(key)
-            if (applied) await cas(key, expectedVersion, value)
+            timedOut.add(entry)
+            if (applied) await entryCas(key, entry, expectedVersion, value)
             throw new StoreTimeoutError(key, 2000)
           }
         }
-        return cas(key, expectedVersion, value)
+        return entryCas(key, entry, expectedVersion, value)
       }
       const workers = 4
       const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/groups.ts'), {
@@ -188,7 +188,7 @@ describe('process runtime defects', () => {
       expect(leaders).toHaveLength(2)
       for (const [, name, leader, handles] of leaders) {
         for (const handle of handles!.split(',')) {
-          const read = await store.get(keys.thread(process.pid, `0.${leader}.${handle}`))
+          const read = await new ThreadRecords(store).get(process.pid, `0.${leader}.${handle}`)
           expect(decodeThread(read.value!).group, `worker ${handle} of leader ${name}`).toBe(name)
         }
       }
@@ -209,7 +209,7 @@ describe('process runtime defects', () => {
     })
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(records.endWritesFailed).toBeGreaterThan(0)
-    const states = await settledStates(cluster.store, records.keys(process.pid))
+    const states = await settledStates(cluster.store, process.pid, records.tids(process.pid))
     expect(states.size).toBe(4)
     expect([...states.values()].every((state) => state === 'done')).toBe(true)
     const listed = (await home.listProcesses()).find((entry) => entry.pid === process.pid)
@@ -235,7 +235,7 @@ describe('process runtime defects', () => {
     while (!output.includes('wave 1:')) await new Promise((resolve) => setTimeout(resolve, 20))
     expect(await cluster.send('node-b', 'node-a', { type: 'kill', pid: process.pid })).toEqual({ type: 'ok' })
     expect(await process.result).toEqual({ exitCode: 137, error: 'killed' })
-    const states = await settledStates(cluster.store, records.keys(process.pid))
+    const states = await settledStates(cluster.store, process.pid, records.tids(process.pid))
     expect(states.size).toBeGreaterThan(2)
     for (const [key, state] of states) expect(state, key).not.toBe('running')
   }, 60_000)
@@ -289,7 +289,7 @@ describe('orphan checks', () => {
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(output).toBe(referenceOutput)
     expect(cluster.logs.filter((line) => line.includes('taken over'))).toEqual([])
-    const record = decodeThread((await cluster.store.get(keys.thread(process.pid, '0'))).value!)
+    const record = decodeThread((await new ThreadRecords(cluster.store).get(process.pid, '0')).value!)
     expect({ node: record.node, epoch: record.epoch }).toEqual({ node: runner, epoch: 2 })
   }, 60_000)
 })
@@ -420,41 +420,45 @@ describe('home replicas', () => {
   }, 60_000)
 })
 
-/** Records the thread keys written through `store`; can make the first end write of each child fail. */
+/** Records the threads whose records were written through `store`; can make the first end write of each child fail. */
 function watchThreadRecords(store: MemoryStore) {
   const written = new Set<string>()
   const failed = new Set<string>()
-  const cas = store.cas.bind(store)
+  const entryCas = store.entryCas.bind(store)
   const watch = {
     failFirstEndWrite: false,
     endWritesFailed: 0,
-    keys: (pid: string) => [...written].filter((key) => key.startsWith(`thread/${pid}/`)),
+    /** The threads of `pid` whose records were written. */
+    tids: (pid: string) =>
+      [...written].filter((key) => key.startsWith(`${pid}/`)).map((key) => key.slice(pid.length + 1)),
   }
-  store.cas = async (key, expectedVersion, value) => {
-    if (key.startsWith('thread/')) {
-      written.add(key)
-      const isChild = !key.endsWith('/0')
-      if (watch.failFirstEndWrite && isChild && !failed.has(key) && decodeThread(value).state === 'done') {
-        failed.add(key)
+  store.entryCas = async (key, entry, expectedVersion, value) => {
+    if (key.startsWith('threads/') && value !== null) {
+      const { pid, tid, state } = decodeThread(value)
+      written.add(`${pid}/${tid}`)
+      const isChild = tid !== '0'
+      if (watch.failFirstEndWrite && isChild && !failed.has(`${pid}/${tid}`) && state === 'done') {
+        failed.add(`${pid}/${tid}`)
         watch.endWritesFailed++
         await new Promise((resolve) => setTimeout(resolve, 300))
         throw new Error('store operation timed out')
       }
     }
-    return cas(key, expectedVersion, value)
+    return entryCas(key, entry, expectedVersion, value)
   }
   return watch
 }
 
-/** Each key's thread state once none is `running` or `placed`, or as it is after 5 s. */
-async function settledStates(store: MemoryStore, threadKeys: string[]): Promise<Map<string, string>> {
+/** Each thread's state once none is `running` or `placed`, or as it is after 15 s. */
+async function settledStates(store: MemoryStore, pid: string, tids: string[]): Promise<Map<string, string>> {
+  const records = new ThreadRecords(store)
   const states = new Map<string, string>()
   // End records land a moment after the process's result; on a loaded 2-core machine (the unit
   // project runs files in parallel) 5 s was once too short.
   for (let waitedMs = 0; waitedMs < 15_000; waitedMs += 50) {
-    for (const key of threadKeys) {
-      const read = await store.get(key)
-      if (read.value !== null) states.set(key, decodeThread(read.value).state)
+    for (const tid of tids) {
+      const read = await records.get(pid, tid)
+      if (read.value !== null) states.set(tid, decodeThread(read.value).state)
     }
     if ([...states.values()].every((state) => state === 'done' || state === 'failed')) break
     await new Promise((resolve) => setTimeout(resolve, 50))

@@ -74,11 +74,11 @@ describe('thread start', () => {
   test('each tiny thread costs two compare-and-swaps of its record: created with its claim, then ended', async () => {
     cluster = new InProcessCluster()
     for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
-    const casByKey = new Map<string, number>()
-    const cas = cluster.store.cas.bind(cluster.store)
-    cluster.store.cas = (key, expectedVersion, value) => {
-      casByKey.set(key, (casByKey.get(key) ?? 0) + 1)
-      return cas(key, expectedVersion, value)
+    const casByThread = new Map<string, number>()
+    const entryCas = cluster.store.entryCas.bind(cluster.store)
+    cluster.store.entryCas = (key, entry, expectedVersion, value) => {
+      casByThread.set(`${key} ${entry}`, (casByThread.get(`${key} ${entry}`) ?? 0) + 1)
+      return entryCas(key, entry, expectedVersion, value)
     }
     const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/spawn-latency.ts'), {
       args: ['spawn-latency', '12', '6'],
@@ -90,9 +90,10 @@ describe('thread start', () => {
     })
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(output).toContain('batch-ms ')
-    const children = [...casByKey].filter(([key]) => key.startsWith(`thread/${process.pid}/0.`))
+    // The children's records are entries of the registers of main's spawns (thread-records.ts).
+    const children = [...casByThread].filter(([name]) => name.startsWith(`threads/${process.pid}/0/`))
     expect(children).toHaveLength(24)
-    for (const [key, count] of children) expect(count, key).toBe(2)
+    for (const [name, count] of children) expect(count, name).toBe(2)
   }, 120_000)
 
   test('the home has every other node load a new program at submit, so no first start there waits for it', async () => {

@@ -16,11 +16,11 @@ import {
   type ThreadRecord,
 } from '../fabric/runtime/records.ts'
 import {
-  bucketCallSequences,
   entryArgBytesMax,
   entryBytesMax,
   ThreadRecords,
   threadRecordKeys,
+  bucketCallSequencesMax as width,
 } from '../fabric/runtime/thread-records.ts'
 
 const pid = 'p1'
@@ -49,16 +49,16 @@ function record(tid: string, changes: Partial<ThreadRecord> = {}): ThreadRecord 
 describe('thread records', () => {
   test('children at nearby call sequences share a register; main has its own; found from the tid alone', async () => {
     const store = new MemoryStore()
-    const records = new ThreadRecords(store)
-    const children = Array.from({ length: bucketCallSequences }, (_, index) => childThreadId('0', index))
+    const records = new ThreadRecords(store, { bucketCallSequences: width })
+    const children = Array.from({ length: width }, (_, index) => childThreadId('0', index))
     const written = await Promise.all(
       children.map((tid) => records.cas(pid, tid, 0, encodeRecord(record(tid)))),
     )
     expect(written.every((result) => result.ok)).toBe(true)
     await records.cas(pid, '0', 0, encodeRecord(record('0')))
     expect(store.writtenKeys(`threads/${pid}/`).sort()).toEqual([`threads/${pid}/0/0`, `threads/${pid}/main`])
-    const next = childThreadId('0', bucketCallSequences)
-    expect(threadRecordKeys.bucket(pid, next)).toBe(`threads/${pid}/0/1`)
+    const next = childThreadId('0', width)
+    expect(threadRecordKeys.bucket(pid, next, width)).toBe(`threads/${pid}/0/1`)
     for (const tid of [...children, '0']) {
       const read = await records.get(pid, tid)
       expect(decodeThread(read.value!).tid).toBe(tid)
@@ -69,8 +69,9 @@ describe('thread records', () => {
   test('a claim of one child and the end of another in one register both apply; a stale write fails', async () => {
     const store = new MemoryStore()
     // Two nodes' layers over one store.
-    const first = new ThreadRecords(store)
-    const second = new ThreadRecords(store)
+    const first = new ThreadRecords(store, { bucketCallSequences: width })
+    const second = new ThreadRecords(store, { bucketCallSequences: width })
+    expect(threadRecordKeys.bucket(pid, '0.1', width)).toBe(threadRecordKeys.bucket(pid, '0.2', width))
     const [a, b] = [childThreadId('0', 1), childThreadId('0', 2)]
     const createdB = await first.cas(pid, b, 0, encodeRecord(record(b)))
     const [claimA, endB] = await Promise.all([
@@ -91,7 +92,7 @@ describe('thread records', () => {
 
   test('a record with a large arg lives on its own key, is found and written there', async () => {
     const store = new MemoryStore()
-    const records = new ThreadRecords(store)
+    const records = new ThreadRecords(store, { bucketCallSequences: width })
     const tid = childThreadId('0', 3)
     const large = record(tid, { arg: new Uint8Array(entryArgBytesMax + 1).fill(7) })
     const created = await records.cas(pid, tid, 0, encodeRecord(large))
@@ -108,7 +109,7 @@ describe('thread records', () => {
 
   test('a large result is kept apart and read back whole; the record entry stays small', async () => {
     const store = new MemoryStore()
-    const records = new ThreadRecords(store)
+    const records = new ThreadRecords(store, { bucketCallSequences: width })
     const tid = childThreadId('0', 4)
     const created = await records.cas(pid, tid, 0, encodeRecord(record(tid)))
     const result = new Uint8Array(20_000).map((_, index) => index % 251)
@@ -120,7 +121,7 @@ describe('thread records', () => {
     // Read back as written, byte for byte (an unconfirmed write is recognised by its bytes).
     expect(plain(read.value)).toEqual(plain(done))
     expect(plain(decodeThread(read.value!).result)).toEqual(result)
-    const bucket = await store.get(threadRecordKeys.bucket(pid, tid))
+    const bucket = await store.get(threadRecordKeys.bucket(pid, tid, width))
     expect(decodeEntries(bucket.value)!.get(tid)!.value.length).toBeLessThan(entryBytesMax)
     // A long error goes apart the same way.
     const failedTid = childThreadId('0', 5)
@@ -137,8 +138,8 @@ describe('thread records', () => {
 
   test('a full bucket of records with the largest args and outcomes stays within the register', async () => {
     const store = new MemoryStore()
-    const records = new ThreadRecords(store)
-    for (let index = 0; index < bucketCallSequences; index++) {
+    const records = new ThreadRecords(store, { bucketCallSequences: width })
+    for (let index = 0; index < width; index++) {
       const tid = childThreadId('0', index)
       const big = record(tid, { arg: new Uint8Array(entryArgBytesMax), group: 'g'.repeat(200) })
       const created = await records.cas(pid, tid, 0, encodeRecord(big))
@@ -150,7 +151,7 @@ describe('thread records', () => {
       )
       expect(ended.ok).toBe(true)
     }
-    const bucket = await store.get(threadRecordKeys.bucket(pid, childThreadId('0', 0)))
+    const bucket = await store.get(threadRecordKeys.bucket(pid, childThreadId('0', 0), width))
     expect(bucket.value!.length).toBeLessThan(valueBytesMax)
   })
 })

@@ -32,6 +32,7 @@ import {
   type ThreadRecord,
 } from './records.ts'
 import type { ClusterView, CoordinationClient, Messenger, NodeId, Register } from './services.ts'
+import { ThreadRecords } from './thread-records.ts'
 
 /** Output a home keeps per process for submitters that reconnect. */
 export const outputBytesMax = 64 * 1024 * 1024
@@ -181,6 +182,8 @@ interface HomeProcess {
 
 export class HomeDuties {
   private readonly components: HomeDutiesComponents
+  /** Where thread records live (runtime/thread-records.ts). */
+  private readonly threadRecords: ThreadRecords
   private readonly runtime: HomeRuntime
   private readonly self: NodeId
   private readonly leaseTtlMs: number
@@ -197,6 +200,7 @@ export class HomeDuties {
 
   constructor(components: HomeDutiesComponents, options: HomeDutiesOptions, runtime: HomeRuntime) {
     this.components = components
+    this.threadRecords = new ThreadRecords(components.store)
     this.runtime = runtime
     this.self = components.cluster.self
     this.leaseTtlMs = options.leaseTtlMs
@@ -540,9 +544,7 @@ export class HomeDuties {
               if (home.finished) {
                 const read =
                   recordReads++ < psRecordReadsMax
-                    ? await this.components.store
-                        .get(keys.thread(home.record.pid, tid))
-                        .catch(() => undefined)
+                    ? await this.threadRecords.get(home.record.pid, tid).catch(() => undefined)
                     : undefined
                 const record = read?.value == null ? null : decodeThread(read.value)
                 return record === null
@@ -793,7 +795,7 @@ export class HomeDuties {
     // A store that does not answer in time (a busy machine) is asked again: the process must end.
     let read: Register | undefined
     while (read === undefined && !this.runtime.isStopped()) {
-      read = await this.components.store.get(keys.thread(home.record.pid, '0')).catch(() => undefined)
+      read = await this.threadRecords.get(home.record.pid, '0').catch(() => undefined)
       if (read === undefined)
         await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
     }
@@ -860,9 +862,7 @@ export class HomeDuties {
     if (lost.length === 0) return
     // The records are read while the lease runs out: a record the node wrote meanwhile (it was
     // not dead after all) has a new version, and the claim on the old one fails.
-    const reads = lost.map(({ pid, tid }) =>
-      this.components.store.get(keys.thread(pid, tid)).catch(() => undefined),
-    )
+    const reads = lost.map(({ pid, tid }) => this.threadRecords.get(pid, tid).catch(() => undefined))
     await this.fenceNode(departed)
     await Promise.all(
       lost.map(async ({ pid, tid }, index) => {
@@ -931,10 +931,7 @@ export class HomeDuties {
       const reads = new Map(
         threads
           .filter(({ pid, tid }) => this.orphanSuspects.has(`${pid}/${tid}`))
-          .map(({ pid, tid }) => [
-            `${pid}/${tid}`,
-            this.components.store.get(keys.thread(pid, tid)).catch(() => undefined),
-          ]),
+          .map(({ pid, tid }) => [`${pid}/${tid}`, this.threadRecords.get(pid, tid).catch(() => undefined)]),
       )
       await Promise.all(reads.values())
       const reply = await this.components.messenger

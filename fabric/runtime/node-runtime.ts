@@ -69,6 +69,7 @@ import {
 import { SaveReplicas } from './save-replicas.ts'
 import type { ClusterView, CoordinationClient, Messenger, NodeId, Register } from './services.ts'
 import { StartBatcher } from './start-batches.ts'
+import { ThreadRecords } from './thread-records.ts'
 
 export type { OutputChunk, ProcessHandle, ProcessResult } from './home-duties.ts'
 
@@ -284,6 +285,8 @@ export class NodeRuntime {
   private readonly starts: StartBatcher
   /** Threads' end records, written in groups (several per store frame and acceptor write under load). */
   private readonly endWrites: GroupedWrites
+  /** Where thread records live and the one way to read and write them. */
+  private readonly threadRecords: ThreadRecords
 
   constructor(components: NodeRuntimeComponents, options: NodeRuntimeOptions = {}) {
     this.components = components
@@ -291,8 +294,10 @@ export class NodeRuntime {
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.placementWaitMs = options.placementWaitMs ?? placementWaitMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.threadRecords = new ThreadRecords(components.store)
+    // The key names the write; the record itself says which thread it is.
     this.endWrites = new GroupedWrites(
-      (key, version, value) => components.store.cas(key, version, value),
+      (_key, version, value) => this.threadRecords.casRecord(version, value),
       components.timers,
     )
     this.starts = new StartBatcher(this.self, (to, message) => components.messenger.request(to, message))
@@ -394,8 +399,7 @@ export class NodeRuntime {
     await thread.outputQueue
     await thread.replicationQueue
     this.abandonFiles(thread)
-    const key = keys.thread(thread.pid, thread.tid)
-    const read = await this.components.store.get(key).catch(() => undefined)
+    const read = await this.threadRecords.get(thread.pid, thread.tid).catch(() => undefined)
     if (read?.value == null || read.version !== thread.version) return
     const node = await this.handOver(thread.pid, thread.tid, read.version, decodeThread(read.value), {
       exclude: this.self,
@@ -604,7 +608,7 @@ export class NodeRuntime {
         return
       const waitedMs = clock.now() - startedMs
       if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
-      const read = await this.components.store.get(keys.thread(pid, tid)).catch(() => undefined)
+      const read = await this.threadRecords.get(pid, tid).catch(() => undefined)
       if (read?.value != null) return
       if (waitedMs - reportedMs >= this.placementWaitMs) {
         if (tid === '0')
@@ -718,12 +722,11 @@ export class NodeRuntime {
     // A start that arrives after its process ended must not run: the process record says so (read
     // alongside the claim; a node that ran threads of the process has it already).
     const processRead = this.processRecord(pid).catch(() => undefined)
-    const key = keys.thread(pid, tid)
     const claimed: ThreadRecord = { ...record, node: this.self, state: 'running', epoch: record.epoch + 1 }
     // Until it runs here, `ps` shows it `starting here` (a home's orphan check leaves it be).
     this.claiming.add(`${pid}/${tid}`)
     try {
-      return await this.claimAndRun(pid, tid, version, key, claimed, record, processRead)
+      return await this.claimAndRun(pid, tid, version, claimed, record, processRead)
     } finally {
       this.claiming.delete(`${pid}/${tid}`)
     }
@@ -733,15 +736,17 @@ export class NodeRuntime {
     pid: string,
     tid: string,
     version: number,
-    key: string,
     claimed: ThreadRecord,
     record: ThreadRecord,
     processRead: Promise<ProcessRecord | undefined>,
   ): Promise<RuntimeReply> {
     // A cas the store did not confirm in time may have applied: the record tells.
-    const written = await this.components.store
-      .cas(key, version, encodeRecord(claimed))
-      .catch(() => this.readRetrying(key).then((read) => ({ ...read, ok: this.isClaim(read, claimed) })))
+    const written = await this.threadRecords.cas(pid, tid, version, encodeRecord(claimed)).catch(() =>
+      this.readRetrying(() => this.threadRecords.get(pid, tid)).then((read) => ({
+        ...read,
+        ok: this.isClaim(read, claimed),
+      })),
+    )
     if (!written.ok) {
       const existing = written.value === null ? null : decodeThread(written.value)
       if (existing === null) return { type: 'refused', reason: 'no such thread' }
@@ -799,7 +804,7 @@ export class NodeRuntime {
   private async processRecord(pid: string): Promise<ProcessRecord> {
     let pending = this.processes.get(pid)
     if (pending === undefined) {
-      pending = this.readRetrying(keys.process(pid)).then((read) => {
+      pending = this.readRetrying(() => this.components.store.get(keys.process(pid))).then((read) => {
         if (read.value === null) throw new Error(`no process ${pid}`)
         return decodeProcess(read.value)
       })
@@ -809,11 +814,11 @@ export class NodeRuntime {
     return pending
   }
 
-  /** Reads `key`, asking again while the store does not answer in time (a busy or changing cluster). */
-  private async readRetrying(key: string): Promise<Register> {
+  /** Reads, asking again while the store does not answer in time (a busy or changing cluster). */
+  private async readRetrying(read: () => Promise<Register>): Promise<Register> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.components.store.get(key)
+        return await read()
       } catch (error) {
         if (attempt >= storeReadAttemptsMax || this.stopped) throw error
         await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
@@ -1236,15 +1241,15 @@ export class NodeRuntime {
    * someone else's.
    */
   private async writeRecord(thread: LocalThread, next: ThreadRecord): Promise<boolean> {
-    const key = keys.thread(thread.pid, thread.tid)
+    const { pid, tid } = thread
     const encoded = encodeRecord(next)
     for (let attempt = 1; ; attempt++) {
       let written: Register
       try {
-        written = await this.components.store.cas(key, thread.version, encoded)
+        written = await this.threadRecords.cas(pid, tid, thread.version, encoded)
       } catch (error) {
         if (attempt >= storeReadAttemptsMax || this.stopped || thread.stopped) throw error
-        const read = await this.readRetrying(key)
+        const read = await this.readRetrying(() => this.threadRecords.get(pid, tid))
         // Not applied (yet): the same cas again (a late apply of the first one makes it fail on a
         // record that holds our bytes, which counts as written below).
         if (read.version === thread.version) continue
@@ -1380,10 +1385,10 @@ export class NodeRuntime {
       // The keys of the children that run here are read while the log travels: a read of an empty
       // key leaves this node's store proposer a promise on it, so the claim that creates the record
       // takes one round trip instead of two.
-      for (const child of batch.children) {
-        if (child.here)
-          void this.components.store.get(keys.thread(thread.pid, child.tid)).catch(() => undefined)
-      }
+      this.threadRecords.prefetch(
+        thread.pid,
+        batch.children.filter((child) => child.here).map((child) => child.tid),
+      )
       if (!sent || batch.replies.length > 0)
         await this.sendLog(thread, {
           entries: batch.log,
@@ -1473,7 +1478,7 @@ export class NodeRuntime {
       if (outcome !== undefined) return reply(outcome)
       if (thread.stopped) continue
       // A store that does not answer now is asked again at the next poll.
-      const read = await this.components.store.get(key).catch(() => undefined)
+      const read = await this.threadRecords.get(thread.pid, tid).catch(() => undefined)
       if (read === undefined) continue
       if (read.value === null) return { result: -1 }
       const record = decodeThread(read.value)
@@ -1594,8 +1599,8 @@ export class NodeRuntime {
       saveReplicas: [],
     }
     for (let attempt = 0; attempt < stoppedWriteAttemptsMax; attempt++) {
-      const written = await this.components.store
-        .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(stopped))
+      const written = await this.threadRecords
+        .cas(thread.pid, thread.tid, thread.version, encodeRecord(stopped))
         .catch(() => undefined)
       if (written !== undefined) return
       await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
@@ -1644,8 +1649,7 @@ export class NodeRuntime {
 
   /** Places a thread this node stopped back on this node, unless it was moved meanwhile. */
   private async reclaim(thread: LocalThread): Promise<void> {
-    const key = keys.thread(thread.pid, thread.tid)
-    const read = await this.components.store.get(key).catch(() => undefined)
+    const read = await this.threadRecords.get(thread.pid, thread.tid).catch(() => undefined)
     if (read?.value == null) return
     const record = decodeThread(read.value)
     // Still ours if nobody claimed it since (same node, same epoch), whatever we wrote meanwhile.

@@ -2,20 +2,23 @@
  * Where thread records live in the store, and the one way to read and write them.
  *
  * A thread costs two store writes of its own (the claim that creates its record, its end record),
- * and each is a Paxos round. To make them share rounds, the records of a thread's children live as
- * entries of shared registers (fabric/coord/entries.ts): the children that thread P spawned at call
- * sequences c are entries named by their tid in the register `threads/<pid>/<P>/<floor(c /
- * bucketCallSequences)>`. A spawn batch is consecutive call sequences, so the claims of a batch's
- * children on one node, and end records written together, are one round per bucket (the store's
- * proposer batches the requests queued on one key). The main thread (tid `0`) has a register of its
- * own, `threads/<pid>/main`. Any reader finds a record from the tid alone: the parent and the call
- * sequence are in the tid.
+ * and each is a Paxos round. So that they can share rounds, the records of a thread's children live
+ * as entries of shared registers (fabric/coord/entries.ts): the children that thread P spawned at
+ * call sequences c are entries named by their tid in the register `threads/<pid>/<P>/<floor(c /
+ * width)>`, the width being `bucketCallSequences`. A spawn batch is consecutive call sequences, so
+ * the claims of a batch's children on one node, and end records written together, can go in one
+ * round per register (the store's proposer batches the requests queued on one key). The main thread
+ * (tid `0`) has a register of its own, `threads/<pid>/main`. Any reader finds a record from the tid
+ * alone: the parent and the call sequence are in the tid.
  *
- * Entries stay small so a bucket never outgrows its register: a thread whose arg is larger than
+ * The width is 1 for now, one record per register as before: measured on 3 local node processes,
+ * wider registers cost more than they saved (see `bucketCallSequences`).
+ *
+ * Entries stay small so a register never outgrows its 64 KiB: a thread whose arg is larger than
  * `entryArgBytesMax` keeps its record on a key of its own, `thread/<pid>/<tid>` (decided when the
  * record is created, from the arg, which never changes: a record lives where it was created;
- * readers look in the bucket first, then there), and a result or error larger than
- * `entryOutcomeBytesMax` goes to `result/<pid>/<tid>`, written before the record that points to it.
+ * readers look in the register of entries first, then there), and a result and error larger than
+ * `entryOutcomeBytesMax` go to `result/<pid>/<tid>`, written before the record that points to them.
  *
  * The layer speaks the store's register shape (`Register`, value = the record's encoding, version =
  * the entry's version), so a thread's `version` is its entry's version and a cas on it fails once
@@ -31,15 +34,24 @@ import { InvalidArgumentError } from '../errors.ts'
 import { decodeThread, encodeRecord, keys, parentThreadId, type ThreadRecord } from './records.ts'
 import type { CoordinationClient, Register } from './services.ts'
 
-/** Call sequences per bucket register: consecutive spawns of one thread share a register. */
-export const bucketCallSequences = 16
+/**
+ * Call sequences per register of records: consecutive spawns of one thread share a register. A
+ * format constant: every node of a cluster must use the same. 1 for now: with 16, the records'
+ * writes did not batch (claims and end writes reach the store about one per turn: 1.2 writes per
+ * round in a 2,000-thread run), so each round carried a larger register, and the nodes that claim
+ * and end the children of one register pre-empted each other's ballots (some 1,500 rejects per
+ * run); node CPU per tiny thread rose by about 1 ms.
+ */
+export const bucketCallSequences = 1
+/** The widest register of records the entry bounds below are made for (tests use it). */
+export const bucketCallSequencesMax = 16
 /** A thread whose arg is larger keeps its record on a key of its own. */
 export const entryArgBytesMax = 1024
 /** A result plus error larger than this goes to a key of its own (`result/<pid>/<tid>`). */
 export const entryOutcomeBytesMax = 1024
 /**
- * The largest record entry: with `bucketCallSequences` of them a bucket stays well inside the
- * register's 64 KiB. A larger one is a bug (the bounds above keep records far below it).
+ * The largest record entry: with `bucketCallSequencesMax` of them a register stays well inside
+ * its 64 KiB. A larger one is a bug (the bounds above keep records far below it).
  */
 export const entryBytesMax = 3 * 1024
 
@@ -58,29 +70,46 @@ const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
 
 export const threadRecordKeys = {
   /** The register of entries that holds thread `tid`'s record (unless it has its own key). */
-  bucket(pid: string, tid: string): string {
+  bucket(pid: string, tid: string, width = bucketCallSequences): string {
     const parent = parentThreadId(tid)
     if (parent === null) return `threads/${pid}/main`
-    const callSequence = Number(tid.slice(parent.length + 1))
-    if (!Number.isSafeInteger(callSequence) || callSequence < 0)
-      throw new InvalidArgumentError(`thread id ${tid} does not end in a call sequence`)
-    return `threads/${pid}/${parent}/${Math.floor(callSequence / bucketCallSequences)}`
+    const last = tid.slice(parent.length + 1)
+    const callSequence = Number(last)
+    // An id no spawn makes (a hostile or mistaken start message) gets a register of its own, apart
+    // from the numbered buckets.
+    if (!/^[0-9]+$/.test(last) || !Number.isSafeInteger(callSequence))
+      return `threads/${pid}/${parent}/-${last}`
+    return `threads/${pid}/${parent}/${Math.floor(callSequence / width)}`
   },
   /** The key of its own of a thread created with a large arg. */
   own: (pid: string, tid: string) => keys.thread(pid, tid),
   outcome: (pid: string, tid: string) => `result/${pid}/${tid}`,
 }
 
-export class ThreadRecords {
-  private readonly store: CoordinationClient
+/** What the layer uses of the store (a node's own client, or a remote one in tests and tools). */
+export type ThreadRecordStore = Pick<CoordinationClient, 'get' | 'put' | 'cas' | 'entryGet' | 'entryCas'>
 
-  constructor(store: CoordinationClient) {
+export class ThreadRecords {
+  private readonly store: ThreadRecordStore
+  private readonly width: number
+
+  /** `bucketCallSequences`: another width, for tests and measurements (every node must use the same). */
+  constructor(store: ThreadRecordStore, options: { bucketCallSequences?: number } = {}) {
     this.store = store
+    this.width = options.bucketCallSequences ?? bucketCallSequences
+    if (!Number.isInteger(this.width) || this.width < 1 || this.width > bucketCallSequencesMax)
+      throw new InvalidArgumentError(
+        `Expected bucketCallSequences to be an integer from 1 to ${bucketCallSequencesMax}, got ${this.width}`,
+      )
+  }
+
+  private bucket(pid: string, tid: string): string {
+    return threadRecordKeys.bucket(pid, tid, this.width)
   }
 
   /** The record of thread `tid` (value null, version 0: none). Rejects when the store does not answer. */
   async get(pid: string, tid: string): Promise<Register> {
-    const entry = await this.store.entryGet(threadRecordKeys.bucket(pid, tid), tid)
+    const entry = await this.store.entryGet(this.bucket(pid, tid), tid)
     if (entry.value !== null) return this.resolve(pid, tid, entry)
     const own = await this.store.get(threadRecordKeys.own(pid, tid))
     return own.value === null ? entry : own
@@ -95,6 +124,16 @@ export class ThreadRecords {
     const record = decodeThread(value)
     if (record.pid !== pid || record.tid !== tid)
       throw new InvalidArgumentError(`record of ${record.pid}/${record.tid} written as ${pid}/${tid}`)
+    return this.write(record, expectedVersion, value)
+  }
+
+  /** As `cas`, for the thread the encoded record `value` names. */
+  casRecord(expectedVersion: number, value: Uint8Array): Promise<Register> {
+    return this.write(decodeThread(value), expectedVersion, value)
+  }
+
+  private async write(record: ThreadRecord, expectedVersion: number, value: Uint8Array): Promise<Register> {
+    const { pid, tid } = record
     if (record.arg.length > entryArgBytesMax) {
       const written = await this.store.cas(threadRecordKeys.own(pid, tid), expectedVersion, value)
       return written
@@ -111,7 +150,7 @@ export class ThreadRecords {
       throw new InvalidArgumentError(
         `thread record of ${pid}/${tid} takes ${stored.length} bytes, more than ${entryBytesMax}`,
       )
-    const written = await this.store.entryCas(threadRecordKeys.bucket(pid, tid), tid, expectedVersion, stored)
+    const written = await this.store.entryCas(this.bucket(pid, tid), tid, expectedVersion, stored)
     if (written.refused !== undefined)
       throw new Error(`the store refused thread record ${pid}/${tid}: ${written.refused}`)
     if (written.ok) return { ...written, value }
@@ -124,7 +163,7 @@ export class ThreadRecords {
    * that creates a record there takes one round trip instead of two.
    */
   prefetch(pid: string, tids: readonly string[]): void {
-    const buckets = new Set(tids.map((tid) => threadRecordKeys.bucket(pid, tid)))
+    const buckets = new Set(tids.map((tid) => this.bucket(pid, tid)))
     for (const key of buckets) void this.store.entryGet(key, 'prefetch').catch(() => undefined)
   }
 
