@@ -123,6 +123,15 @@ describe('thread records', () => {
     expect(plain(decodeThread(read.value!).result)).toEqual(result)
     const bucket = await store.get(threadRecordKeys.bucket(pid, tid, width))
     expect(decodeEntries(bucket.value)!.get(tid)!.value.length).toBeLessThan(entryBytesMax)
+    // A stale incarnation's large result, whose record write fails, leaves the current one's.
+    const stale = await records.cas(
+      pid,
+      tid,
+      created.version,
+      encodeRecord(record(tid, { state: 'done', result: new Uint8Array(20_000), exitCode: 0, epoch: 0 })),
+    )
+    expect(stale.ok).toBe(false)
+    expect(plain(decodeThread((await records.get(pid, tid)).value!).result)).toEqual(result)
     // A long error goes apart the same way.
     const failedTid = childThreadId('0', 5)
     const failedCreated = await records.cas(pid, failedTid, 0, encodeRecord(record(failedTid)))

@@ -2,8 +2,9 @@
  * Process and thread records: the store keys that say what runs where. A record carries a format
  * version; readers refuse versions they do not know.
  *
- * Keys: `proc/<pid>` (the process), `thread/<pid>/<tid>` (each thread), `node/<id>` (a node's
- * liveness lease). A thread id is the path of spawns that made it: the main thread is `0`, and the
+ * Keys: `proc/<pid>` (the process), `node/<id>` (a node's liveness lease); thread records live
+ * where thread-records.ts puts them (entries of shared registers, or `thread/<pid>/<tid>` for a
+ * thread with a large arg), read and written only through it. A thread id is the path of spawns that made it: the main thread is `0`, and the
  * thread a thread `t` spawned with its call number `n` is `t.n`, so a spawn replayed after a
  * restore names the same child.
  */
@@ -60,6 +61,7 @@ const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
 
 export const keys = {
   process: (pid: string) => `proc/${pid}`,
+  /** A thread record's own key (thread-records.ts decides when a record lives there). */
   thread: (pid: string, tid: string) => `thread/${pid}/${tid}`,
   node: (id: string) => `node/${id}`,
 }

@@ -18,7 +18,7 @@
  * `entryArgBytesMax` keeps its record on a key of its own, `thread/<pid>/<tid>` (decided when the
  * record is created, from the arg, which never changes: a record lives where it was created;
  * readers look in the register of entries first, then there), and a result and error larger than
- * `entryOutcomeBytesMax` go to `result/<pid>/<tid>`, written before the record that points to them.
+ * `entryOutcomeBytesMax` go to `result/<pid>/<tid>/<epoch>`, written before the record that points to them.
  *
  * The layer speaks the store's register shape (`Register`, value = the record's encoding, version =
  * the entry's version), so a thread's `version` is its entry's version and a cas on it fails once
@@ -47,7 +47,7 @@ export const bucketCallSequences = 1
 export const bucketCallSequencesMax = 16
 /** A thread whose arg is larger keeps its record on a key of its own. */
 export const entryArgBytesMax = 1024
-/** A result plus error larger than this goes to a key of its own (`result/<pid>/<tid>`). */
+/** A result plus error larger than this goes to a key of its own (`result/<pid>/<tid>/<epoch>`). */
 export const entryOutcomeBytesMax = 1024
 /**
  * The largest record entry: with `bucketCallSequencesMax` of them a register stays well inside
@@ -55,7 +55,7 @@ export const entryOutcomeBytesMax = 1024
  */
 export const entryBytesMax = 3 * 1024
 
-/** A record entry whose result and error live at `result/<pid>/<tid>`. */
+/** A record entry whose result and error live at `result/<pid>/<tid>/<epoch>`. */
 interface StoredRecord extends ThreadRecord {
   outcomeStored?: true
 }
@@ -83,7 +83,11 @@ export const threadRecordKeys = {
   },
   /** The key of its own of a thread created with a large arg. */
   own: (pid: string, tid: string) => keys.thread(pid, tid),
-  outcome: (pid: string, tid: string) => `result/${pid}/${tid}`,
+  /**
+   * Where a large outcome of incarnation `epoch` lives: per epoch, so a stale incarnation whose
+   * record write then fails cannot overwrite the outcome the record of the current one points to.
+   */
+  outcome: (pid: string, tid: string, epoch: number) => `result/${pid}/${tid}/${epoch}`,
 }
 
 /** What the layer uses of the store (a node's own client, or a remote one in tests and tools). */
@@ -143,7 +147,10 @@ export class ThreadRecords {
     if (outcomeBytes > entryOutcomeBytesMax) {
       // The outcome first: a reader that finds the record pointing to it finds it.
       const outcome: StoredOutcome = { result: record.result, error: record.error }
-      await this.store.put(threadRecordKeys.outcome(pid, tid), encoder.encode(outcome) as Uint8Array)
+      await this.store.put(
+        threadRecordKeys.outcome(pid, tid, record.epoch),
+        encoder.encode(outcome) as Uint8Array,
+      )
       stored = encodeRecord({ ...record, result: null, error: null, outcomeStored: true } as StoredRecord)
     }
     if (stored.length > entryBytesMax)
@@ -171,7 +178,7 @@ export class ThreadRecords {
   private async resolve(pid: string, tid: string, entry: Register): Promise<Register> {
     const stored = decodeThread(entry.value!) as StoredRecord
     if (stored.outcomeStored !== true) return entry
-    const read = await this.store.get(threadRecordKeys.outcome(pid, tid))
+    const read = await this.store.get(threadRecordKeys.outcome(pid, tid, stored.epoch))
     if (read.value === null) throw new Error(`the outcome of thread ${tid} of ${pid} is missing`)
     const outcome = decoder.decode(read.value) as StoredOutcome
     const { outcomeStored: _, ...record } = stored
