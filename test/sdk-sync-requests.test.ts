@@ -18,6 +18,7 @@ import { type HostCall, type HostCallReply, ThreadRunner } from '../host/thread-
 import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
 import { guestBytes } from './support/guests.ts'
+import { mainThreadStart } from './support/run.ts'
 
 interface DecodedRequest {
   op: string
@@ -204,41 +205,19 @@ interface ThreadRun {
 function runMain(pool: WorkerPool, program: Program, args: string[], fake: FakeSync): Promise<ThreadRun> {
   let stdout = ''
   const decoder = new TextDecoder()
-  const runner = new ThreadRunner(
-    pool,
-    {
-      module: program.module,
-      globalCount: program.globalCount,
-      moduleDigest: program.moduleDigest,
-      entry: program.mainEntry,
-      arg: new Uint8Array(0),
-      threadId: 0,
-      seed: 1,
-      args: ['sync-requests', ...args],
-      env: [],
-      limits: { memoryPagesMax: 1024, cpuBudgetMs: 30_000 },
-      saveIntervalMs: 60_000,
-      incrementalSaves: true,
-      files: false,
-      preopens: [],
-      restore: null,
-      replayLog: [],
-      nextSaveSequence: 1,
+  const runner = new ThreadRunner(pool, mainThreadStart(program, 'sync-requests', args), {
+    output: (fd, bytes) => {
+      if (fd === 1) stdout += decoder.decode(bytes)
     },
-    {
-      output: (fd, bytes) => {
-        if (fd === 1) stdout += decoder.decode(bytes)
-      },
-      call: async (call: HostCall) => {
-        if (call.module !== importModuleFabric || call.name !== 'sync' || call.payload === null) {
-          throw new Error(`unexpected host call ${call.module}.${call.name}`)
-        }
-        return fake.serve(call.payload, call.args[0]!)
-      },
-      save: () => {},
-      log: () => {},
+    call: async (call: HostCall) => {
+      if (call.module !== importModuleFabric || call.name !== 'sync' || call.payload === null) {
+        throw new Error(`unexpected host call ${call.module}.${call.name}`)
+      }
+      return fake.serve(call.payload, call.args[0]!)
     },
-  )
+    save: () => {},
+    log: () => {},
+  })
   return runner.done.then((outcome) => ({
     stdout,
     error: outcome.kind === 'error' ? outcome.error : null,

@@ -16,6 +16,7 @@ import { type ChildOutcome, type HostCall, type HostCallReply, ThreadRunner } fr
 import { nodeWorkerFactory } from '../host/worker-node.ts'
 import { WorkerPool } from '../host/worker-pool.ts'
 import { guestBytes } from './support/guests.ts'
+import { mainThreadStart } from './support/run.ts'
 
 /** The outcome of the child spawned with `arg` (its index): some fail, one is empty, some exceed 256 bytes. */
 function outcomeFor(arg: string): ChildOutcome {
@@ -71,22 +72,8 @@ function runGuest(pool: WorkerPool, program: Program, options: RunOptions): Prom
   const runner: ThreadRunner = new ThreadRunner(
     pool,
     {
-      module: program.module,
-      globalCount: program.globalCount,
-      moduleDigest: program.moduleDigest,
-      entry: program.mainEntry,
-      arg: new Uint8Array(0),
-      threadId: 0,
-      seed: 1,
-      args: ['worker-joins', ...options.args],
-      env: [],
-      limits: { memoryPagesMax: 1024, cpuBudgetMs: 30_000 },
-      saveIntervalMs: 60_000,
-      incrementalSaves: true,
-      files: false,
-      preopens: [],
+      ...mainThreadStart(program, 'worker-joins', options.args),
       restore: options.restore?.map((save) => save.bytes) ?? null,
-      replayLog: [],
       nextSaveSequence: (last?.sequence ?? 0) + 1,
       spawnsAheadMax: options.spawnsAheadMax,
     },

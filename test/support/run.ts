@@ -2,6 +2,7 @@
 
 import { LocalProcess, type ProcessOptions } from '../../host/local-process.ts'
 import { loadProgram, type Program } from '../../host/program.ts'
+import type { ThreadStart } from '../../host/thread-runner.ts'
 import { nodeWorkerFactory } from '../../host/worker-node.ts'
 import { WorkerPool } from '../../host/worker-pool.ts'
 
@@ -24,6 +25,29 @@ export interface RunOutput {
 
 export function createPool(runningMax = 2): WorkerPool {
   return new WorkerPool({ createWorker: nodeWorkerFactory, runningMax })
+}
+
+/** The start of `program`'s main thread alone on a worker (tests that drive a ThreadRunner), with `args` after its name. */
+export function mainThreadStart(program: Program, name: string, args: string[]): ThreadStart {
+  return {
+    module: program.module,
+    globalCount: program.globalCount,
+    moduleDigest: program.moduleDigest,
+    entry: program.mainEntry,
+    arg: new Uint8Array(0),
+    threadId: 0,
+    seed: 1,
+    args: [name, ...args],
+    env: [],
+    limits: { memoryPagesMax: 1024, cpuBudgetMs: 30_000 },
+    saveIntervalMs: 60_000,
+    incrementalSaves: true,
+    files: false,
+    preopens: [],
+    restore: null,
+    replayLog: [],
+    nextSaveSequence: 1,
+  }
 }
 
 export async function load(bytes: Uint8Array): Promise<Program> {
