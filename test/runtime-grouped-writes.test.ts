@@ -11,10 +11,11 @@ function store() {
   const submitted: Array<{ key: string; turn: number; answer: (register: Register | Error) => void }> = []
   let turn = 0
   const tick = () => turn++
-  const cas = (key: string) =>
+  // Each write's value names it (as an encoded record names its thread).
+  const cas = (_version: number, value: Uint8Array) =>
     new Promise<Register>((resolve, reject) => {
       submitted.push({
-        key,
+        key: new TextDecoder().decode(value),
         turn,
         answer: (reply) => (reply instanceof Error ? reject(reply) : resolve(reply)),
       })
@@ -26,12 +27,12 @@ describe('GroupedWrites', () => {
   test('writes asked for while a group travels wait for its answers, then go together; each gets its own answer', async () => {
     const { submitted, cas, tick } = store()
     const writes = new GroupedWrites(cas, systemTimers)
-    const first = writes.cas('a', 1, new Uint8Array())
+    const first = writes.cas(1, new TextEncoder().encode('a'))
     await settle()
     tick()
-    const second = writes.cas('b', 1, new Uint8Array())
+    const second = writes.cas(1, new TextEncoder().encode('b'))
     await settle()
-    const third = writes.cas('c', 1, new Uint8Array())
+    const third = writes.cas(1, new TextEncoder().encode('c'))
     await settle()
     expect(submitted.map(({ key }) => key)).toEqual(['a'])
     submitted[0]!.answer(register(2))
@@ -48,9 +49,9 @@ describe('GroupedWrites', () => {
   test('a write the store does not answer holds the next group up for a bounded time only', async () => {
     const { submitted, cas } = store()
     const writes = new GroupedWrites(cas, systemTimers)
-    void writes.cas('a', 1, new Uint8Array())
+    void writes.cas(1, new TextEncoder().encode('a'))
     await settle()
-    void writes.cas('b', 1, new Uint8Array())
+    void writes.cas(1, new TextEncoder().encode('b'))
     await new Promise((resolve) => setTimeout(resolve, groupAnswerWaitMsMax + 50))
     expect(submitted.map(({ key }) => key)).toEqual(['a', 'b'])
   })

@@ -4,8 +4,8 @@
  * has been answered, so the store sends them to each acceptor in one frame and each acceptor logs
  * them in one write (fabric/coord/store.ts, "Many keys at once"). An idle node's write goes at once.
  *
- *   const ends = new GroupedWrites((key, version, value) => store.cas(key, version, value), timers)
- *   const written = await ends.cas(key, version, value)
+ *   const ends = new GroupedWrites((version, record) => records.casRecord(version, record), timers)
+ *   const written = await ends.cas(version, record)
  */
 
 import type { Timers } from '../platform.ts'
@@ -18,10 +18,10 @@ import type { Register } from './services.ts'
  */
 export const groupAnswerWaitMsMax = 100
 
-type Cas = (key: string, expectedVersion: number, value: Uint8Array) => Promise<Register>
+/** A compare-and-swap of a value that names what it writes (an encoded thread record). */
+type Cas = (expectedVersion: number, value: Uint8Array) => Promise<Register>
 
 interface Queued {
-  key: string
   expectedVersion: number
   value: Uint8Array
   resolve: (register: Register) => void
@@ -38,17 +38,13 @@ export class GroupedWrites {
       // Every write of the group is submitted before any is awaited: they travel together.
       send: (group) =>
         Promise.all(
-          group.map((write) =>
-            submit(write.key, write.expectedVersion, write.value).then(write.resolve, write.reject),
-          ),
+          group.map((write) => submit(write.expectedVersion, write.value).then(write.resolve, write.reject)),
         ),
     })
   }
 
   /** A compare-and-swap, submitted with the others of its group. */
-  cas(key: string, expectedVersion: number, value: Uint8Array): Promise<Register> {
-    return new Promise((resolve, reject) =>
-      this.groups.push({ key, expectedVersion, value, resolve, reject }),
-    )
+  cas(expectedVersion: number, value: Uint8Array): Promise<Register> {
+    return new Promise((resolve, reject) => this.groups.push({ expectedVersion, value, resolve, reject }))
   }
 }

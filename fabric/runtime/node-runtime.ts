@@ -295,9 +295,9 @@ export class NodeRuntime {
     this.placementWaitMs = options.placementWaitMs ?? placementWaitMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
     this.threadRecords = new ThreadRecords(components.store)
-    // The key names the write; the record itself says which thread it is.
+    // The record itself says which thread it is, and so where it lives.
     this.endWrites = new GroupedWrites(
-      (_key, version, value) => this.threadRecords.casRecord(version, value),
+      (version, value) => this.threadRecords.casRecord(version, value),
       components.timers,
     )
     this.starts = new StartBatcher(this.self, (to, message) => components.messenger.request(to, message))
@@ -1283,21 +1283,9 @@ export class NodeRuntime {
     if (!spawnOrJoin && !syncRead) await this.flushLog(thread)
     if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
-      const spawn = decodeSpawnPayload(call.payload)
-      if (spawn === null) return { result: SpawnError.tooManyThreads }
       const program = await this.program(process.programDigest, process.home)
-      if (!exportedFunctions(program.module).has(spawn.entry)) return { result: SpawnError.noSuchEntry }
-      // The child's id derives from the call's op id: a replayed spawn finds the same child.
-      // The spawn returns at once; the child joins a batch that is made durable (each record
-      // created with its claim by the node that runs it) after what the guest saw before the spawn
-      // is on the save replicas, and before the thread's next visible effect, its next save's
-      // replication, a join or its end (all of which wait for the replication queue).
-      this.deferSpawn(thread, {
-        tid: childThreadId(thread.tid, call.callSequence),
-        entry: spawn.entry,
-        arg: spawn.arg,
-        group: thread.record.group,
-      })
+      const spawned = this.spawnChild(thread, program, call.callSequence, call.payload)
+      if (typeof spawned === 'number') return { result: spawned }
       if (thread.spawnsPending >= spawnsPendingMax) await thread.replicationQueue
       return { result: call.callSequence }
     }
@@ -1313,10 +1301,34 @@ export class NodeRuntime {
   }
 
   /**
-   * A spawn the thread's worker answered itself (it checked the payload and the entry as the spawn
-   * call above does, and returned the handle): the child is deferred at once, in message order, so
-   * the thread's later calls, save and end come after it as after a spawn call. Settles when the
-   * child's batch is placed. A payload the worker should not have sent is logged and dropped.
+   * Spawn `payload` at `callSequence`: the child's id derives from the call's op id, so a replayed
+   * spawn finds the same child. The child joins a batch that is made durable (each record created
+   * with its claim by the node that runs it) after what the guest saw before the spawn is on the
+   * save replicas, and before the thread's next visible effect, its next save's replication, a join
+   * or its end (all of which wait for the replication queue). Returns the promise that settles when
+   * the child's batch is placed, or the spawn's error code for a payload or entry it refuses.
+   */
+  private spawnChild(
+    thread: LocalThread,
+    program: Program,
+    callSequence: number,
+    payload: Uint8Array | null,
+  ): Promise<void> | number {
+    const spawn = decodeSpawnPayload(payload)
+    if (spawn === null) return SpawnError.tooManyThreads
+    if (!exportedFunctions(program.module).has(spawn.entry)) return SpawnError.noSuchEntry
+    return this.deferSpawn(thread, {
+      tid: childThreadId(thread.tid, callSequence),
+      entry: spawn.entry,
+      arg: spawn.arg,
+      group: thread.record.group,
+    })
+  }
+
+  /**
+   * A spawn the thread's worker answered itself (it made the same checks and returned the handle):
+   * the child is deferred at once, in message order, so the thread's later calls, save and end come
+   * after it as after a spawn call. A payload the worker should not have sent is logged and dropped.
    */
   private spawnAnswered(
     thread: LocalThread,
@@ -1324,19 +1336,12 @@ export class NodeRuntime {
     callSequence: number,
     payload: Uint8Array,
   ): Promise<void> {
-    const spawn = decodeSpawnPayload(payload)
-    if (spawn === null || !exportedFunctions(program.module).has(spawn.entry)) {
-      this.components.log?.(
-        `runtime: thread ${thread.tid} of ${thread.pid} sent a spawn the host would refuse; dropped`,
-      )
-      return Promise.resolve()
-    }
-    return this.deferSpawn(thread, {
-      tid: childThreadId(thread.tid, callSequence),
-      entry: spawn.entry,
-      arg: spawn.arg,
-      group: thread.record.group,
-    })
+    const spawned = this.spawnChild(thread, program, callSequence, payload)
+    if (typeof spawned !== 'number') return spawned
+    this.components.log?.(
+      `runtime: thread ${thread.tid} of ${thread.pid} sent a spawn the host would refuse; dropped`,
+    )
+    return Promise.resolve()
   }
 
   /**
@@ -1539,9 +1544,7 @@ export class NodeRuntime {
     // if another incarnation took it over.
     let written = false
     for (let attempt = 0; attempt < endWriteAttemptsMax; attempt++) {
-      const outcome = await this.endWrites
-        .cas(keys.thread(thread.pid, thread.tid), thread.version, encodeRecord(done))
-        .catch(() => undefined)
+      const outcome = await this.endWrites.cas(thread.version, encodeRecord(done)).catch(() => undefined)
       if (outcome !== undefined) {
         const current = outcome.ok || outcome.value === null ? null : decodeThread(outcome.value)
         written = outcome.ok || (current?.epoch === thread.epoch && current.state === done.state)
