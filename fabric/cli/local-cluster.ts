@@ -47,6 +47,8 @@ export interface LocalClusterOptions {
   nodeCount?: number
   /** Lines the nodes print on stderr, with the node's index. */
   log?: (index: number, line: string) => void
+  /** No child thread runs on its spawner's node (`fabric node --children-elsewhere`; for measurements). */
+  childrenElsewhere?: boolean
 }
 
 export function defaultNodeCount(): number {
@@ -63,7 +65,7 @@ function startNodeProcess(
   dataDirectory: string,
   bootstrap: string | undefined,
   replicas: number,
-  log: LocalClusterOptions['log'],
+  options: LocalClusterOptions,
 ): Promise<LocalNode> {
   const args = [
     cli,
@@ -76,6 +78,7 @@ function startNodeProcess(
     join(dataDirectory, `node-${index}`),
   ]
   if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
+  if (options.childrenElsewhere === true) args.push('--children-elsewhere')
   const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   return new Promise((resolve, reject) => {
     let peerId = ''
@@ -109,7 +112,7 @@ function startNodeProcess(
       stderrBuffered += text
       let newline = stderrBuffered.indexOf('\n')
       while (newline >= 0) {
-        log?.(index, stderrBuffered.slice(0, newline))
+        options.log?.(index, stderrBuffered.slice(0, newline))
         stderrBuffered = stderrBuffered.slice(newline + 1)
         newline = stderrBuffered.indexOf('\n')
       }
@@ -130,18 +133,12 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
   }
   process.once('exit', stopAll)
   try {
-    nodes.push(await startNodeProcess(0, dataDirectory, undefined, replicaCountFor(nodeCount), options.log))
+    nodes.push(await startNodeProcess(0, dataDirectory, undefined, replicaCountFor(nodeCount), options))
     // Every node that started is kept, so that a node that does not start stops them all (they
     // would outlive the caller otherwise).
     const rest = await Promise.allSettled(
       Array.from({ length: nodeCount - 1 }, (_, offset) =>
-        startNodeProcess(
-          offset + 1,
-          dataDirectory,
-          nodes[0]!.address,
-          replicaCountFor(nodeCount),
-          options.log,
-        ),
+        startNodeProcess(offset + 1, dataDirectory, nodes[0]!.address, replicaCountFor(nodeCount), options),
       ),
     )
     for (const started of rest) if (started.status === 'fulfilled') nodes.push(started.value)
@@ -170,7 +167,7 @@ export async function startLocalCluster(options: LocalClusterOptions = {}): Prom
         dataDirectory,
         seed.address,
         replicaCountFor(nodeCount),
-        options.log,
+        options,
       )
       node.process.once('exit', () => (node.alive = false))
       nodes.push(node)

@@ -16,7 +16,7 @@ import { startRuntimeNode } from '../runtime/runtime-node.ts'
 
 export const nodeUsage = `  fabric node [--listen <multiaddr,...>] [--bootstrap <multiaddr,...>] [--data-dir <dir>]
               [--cluster-key <hex|file>] [--replicas 3|5] [--fsync] [--core-only] [--no-storage]
-              [--brick-replicas N] [--ws-port N]
+              [--brick-replicas N] [--ws-port N] [--children-elsewhere]
   fabric kv get <key> | put <key> <value> | cas <key> <expected-version> <value>
               --join <multiaddr,...> [--cluster-key <hex|file>] [--timeout-ms N]
   fabric cluster-key`
@@ -98,6 +98,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       'no-storage': 'flag',
       'brick-replicas': 'value',
       'ws-port': 'value',
+      'children-elsewhere': 'flag',
     })
     if (positional.length > 0)
       throw new CommandUsageError(`fabric node takes no arguments, got ${positional[0]}`)
@@ -138,6 +139,7 @@ export function nodeCommand(argv: readonly string[]): Promise<number> {
       : await startRuntimeNode({
           ...nodeOptions,
           storage: flags.has('no-storage') ? undefined : { replicaCount: brickReplicas },
+          childrenElsewhere: flags.has('children-elsewhere'),
         })
     process.stdout.write(`peer-id ${node.peerId}\n`)
     for (const address of node.addresses()) process.stdout.write(`listening ${address}\n`)

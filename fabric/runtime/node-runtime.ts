@@ -152,6 +152,12 @@ export interface NodeRuntimeOptions {
   keptEndedProcessesMax?: number
   /** Output bytes of ended processes a home keeps in all (`keptEndedOutputBytesMaxDefault`). */
   keptEndedOutputBytesMax?: number
+  /**
+   * Runs no child thread on its spawner's node while another server node is live (default false: a
+   * child goes to its spawner's node when that has an idle core). For measuring starts on another
+   * node (the bench's remote thread start).
+   */
+  childrenElsewhere?: boolean
 }
 
 export interface SubmitOptions {
@@ -245,6 +251,7 @@ export class NodeRuntime {
   private readonly leaseTtlMs: number
   private readonly placementWaitMs: number
   private readonly replicaCount: number
+  private readonly childrenElsewhere: boolean
   private readonly self: NodeId
   private readonly local = new Map<string, LocalThread>()
   /**
@@ -294,6 +301,7 @@ export class NodeRuntime {
     this.leaseTtlMs = options.nodeLeaseTtlMs ?? nodeLeaseTtlMsDefault
     this.placementWaitMs = options.placementWaitMs ?? placementWaitMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
+    this.childrenElsewhere = options.childrenElsewhere === true
     this.threadRecords = new ThreadRecords(components.store)
     // The record itself says which thread it is, and so where it lives.
     this.endWrites = new GroupedWrites(
@@ -593,6 +601,10 @@ export class NodeRuntime {
     }
     // A replayed spawn finds the record there: the claim fails and names the node that holds it.
     const here = options.here === true ? this.self : undefined
+    const elsewhere =
+      this.childrenElsewhere &&
+      tid !== '0' &&
+      this.components.cluster.live().some((peer) => peer.id !== this.self && peer.kind === 'server')
     // No node taking the thread (each refused or did not answer: a store that did not answer in a
     // membership change, say) must not lose it: its joiner would find no such thread. So it is
     // placed again until its record exists: a child while its process runs (its spawner's next
@@ -602,7 +614,10 @@ export class NodeRuntime {
     let reportedMs = 0
     for (let pauseMs = spawnPlacementRetryMs, round = 0; ; round++) {
       if (
-        (await this.handOver(pid, tid, 0, record, { prefer: round === 0 ? here : undefined })) !== null ||
+        (await this.handOver(pid, tid, 0, record, {
+          prefer: round === 0 ? here : undefined,
+          exclude: elsewhere ? this.self : undefined,
+        })) !== null ||
         this.stopped
       )
         return
@@ -1354,7 +1369,7 @@ export class NodeRuntime {
   ): Promise<void> {
     // A child goes to its spawner's node when that has an idle core: no message to start it, and
     // its end notice reaches a joiner here at once.
-    const here = this.hasIdleCore()
+    const here = !this.childrenElsewhere && this.hasIdleCore()
     if (here) this.startingHere++
     const child = { ...spawned, here }
     let batch = thread.openSpawns

@@ -25,6 +25,8 @@ export interface RuntimeNodeOptions extends NodeOptions {
   workers?: number
   /** Starts a storage node too (bricks under `<dataDirectory>/bricks`); no storage when absent. */
   storage?: NodeStorageOptions
+  /** No child thread runs on its spawner's node (NodeRuntimeOptions.childrenElsewhere; for measurements). */
+  childrenElsewhere?: boolean
 }
 
 export interface RuntimeNode {
@@ -50,21 +52,24 @@ export async function startRuntimeNode(options: RuntimeNodeOptions): Promise<Run
     process.env.FABRIC_CACHE_DIR ?? join(homedir(), '.cache', 'fabric', 'instrumented'),
   )
   const store = storeClient(node)
-  const runtime = new NodeRuntime({
-    cluster: clusterView(node),
-    store,
-    messenger: libp2pMessenger(node, log),
-    pool,
-    loadProgram: (bytes) => loadProgram(bytes, { cache, instrument: instrumentInWorker }),
-    random: systemRandom,
-    timers: systemTimers,
-    // Guests' WASI file calls reach the cluster file system (preopened at "/").
-    files:
-      storage === undefined
-        ? undefined
-        : createGuestFilesService({ fileSystem: storage.fileSystem, store, log }),
-    log,
-  })
+  const runtime = new NodeRuntime(
+    {
+      cluster: clusterView(node),
+      store,
+      messenger: libp2pMessenger(node, log),
+      pool,
+      loadProgram: (bytes) => loadProgram(bytes, { cache, instrument: instrumentInWorker }),
+      random: systemRandom,
+      timers: systemTimers,
+      // Guests' WASI file calls reach the cluster file system (preopened at "/").
+      files:
+        storage === undefined
+          ? undefined
+          : createGuestFilesService({ fileSystem: storage.fileSystem, store, log }),
+      log,
+    },
+    { childrenElsewhere: options.childrenElsewhere },
+  )
   await runtime.start()
   return {
     node,
