@@ -1,10 +1,12 @@
 /**
  * Copies of other nodes' home state, kept in memory: for each process whose home chose this node as
- * a home replica, its record, its program, its output chunks in order and where its threads run.
+ * a home replica, its record, its program, its output chunks in order and its thread state (where
+ * its threads run, which ended lately, which output was shown: home-threads.ts, bounded).
  * Should the home be lost, one replica takes the process over from its copy (home-duties.ts), so
  * the submitter, attaching through that node, gets the whole output and the process goes on.
  */
 
+import { HomeThreads, type HomeThreadsOptions } from './home-threads.ts'
 import type { HomeCopyEntry, RuntimeMessage } from './messages.ts'
 import { decodeProcess, type ProcessRecord } from './records.ts'
 
@@ -31,8 +33,8 @@ export interface HomeCopy {
   chunks: CopiedChunk[]
   /** Bytes of the output chunks. */
   outputBytes: number
-  threads: Map<string, string>
-  ended: Set<string>
+  /** Where threads run, which ended lately, what output was shown: as the home keeps them. */
+  threads: HomeThreads
 }
 
 export type IncomingHomeCopy = Omit<Extract<RuntimeMessage, { type: 'home-copy' }>, 'type'>
@@ -41,31 +43,41 @@ export class HomeCopies {
   private readonly copies = new Map<string, HomeCopy>()
   /** Output and program bytes held. */
   private bytes = 0
+  /** The bounds of each copy's thread state (the same as the homes'). */
+  private readonly threadsOptions: HomeThreadsOptions
+
+  constructor(threadsOptions: HomeThreadsOptions = {}) {
+    this.threadsOptions = threadsOptions
+  }
 
   /**
    * Keeps a copy; false when it cannot follow what is held (no first copy yet, or a gap in the
-   * output): the home then sends the whole state again.
+   * output): the home then sends the whole state again. A whole copy (with record, program and
+   * replicas) carries the home's thread state as entries of its own (`ended`, `placed`, `shown`);
+   * its output entries do not add to the dedupe state, which the home may have forgotten for
+   * threads ended long ago. Later copies change the thread state entry by entry, as the home did.
    */
   keep(message: IncomingHomeCopy): boolean {
     let copy = this.copies.get(message.pid)
-    if (message.record !== undefined && message.program !== undefined && message.replicas !== undefined) {
-      const record = decodeProcess(message.record)
+    const whole =
+      message.record !== undefined && message.program !== undefined && message.replicas !== undefined
+    if (whole) {
+      const record = decodeProcess(message.record!)
       if (record.pid !== message.pid) return false
       this.drop(message.pid)
       copy = {
         record,
-        program: message.program,
-        replicas: message.replicas,
+        program: message.program!,
+        replicas: message.replicas!,
         chunks: [],
         outputBytes: 0,
-        threads: new Map(),
-        ended: new Set(),
+        threads: new HomeThreads(this.threadsOptions),
       }
       this.copies.set(message.pid, copy)
       this.bytes += copy.program.length
     }
     if (copy === undefined) return false
-    for (const entry of message.entries) if (!this.apply(copy, entry)) return false
+    for (const entry of message.entries) if (!this.apply(copy, entry, whole)) return false
     // The oldest copies go first (never the one just kept).
     while (
       (this.copies.size > homeCopiesMax || this.bytes > homeCopiesBytesMax) &&
@@ -75,12 +87,13 @@ export class HomeCopies {
     return true
   }
 
-  private apply(copy: HomeCopy, entry: HomeCopyEntry): boolean {
+  private apply(copy: HomeCopy, entry: HomeCopyEntry, whole: boolean): boolean {
     switch (entry.kind) {
       case 'output':
         if (entry.index < copy.chunks.length) return true // held already (a copy sent again)
         if (entry.index > copy.chunks.length) return false
         if (copy.outputBytes + entry.bytes.length > homeCopyOutputBytesMax) return false
+        if (!whole) copy.threads.show(entry.tid, entry.fd, entry.callSequence)
         copy.outputBytes += entry.bytes.length
         this.bytes += entry.bytes.length
         copy.chunks.push({
@@ -91,11 +104,13 @@ export class HomeCopies {
         })
         return true
       case 'placed':
-        if (!copy.ended.has(entry.tid)) copy.threads.set(entry.tid, entry.node)
+        copy.threads.placed(entry.tid, entry.node)
         return true
       case 'ended':
-        copy.ended.add(entry.tid)
-        copy.threads.delete(entry.tid)
+        copy.threads.end(entry.tid)
+        return true
+      case 'shown':
+        copy.threads.show(entry.tid, entry.fd, entry.callSequence)
         return true
     }
   }

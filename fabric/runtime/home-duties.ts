@@ -15,6 +15,7 @@
 import type { EncodedSave } from '../../host/snapshot.ts'
 import { type Clock, systemClock, type Timers } from '../platform.ts'
 import { HomeCopies } from './home-copies.ts'
+import { type HomeThreadCounts, HomeThreads } from './home-threads.ts'
 import type {
   HomeCopyEntry,
   ProcessSummary,
@@ -112,6 +113,8 @@ export interface HomeDutiesOptions {
   keptEndedProcessesMax?: number
   /** Output bytes of ended processes kept in all (`keptEndedOutputBytesMaxDefault`). */
   keptEndedOutputBytesMax?: number
+  /** Ended threads a home remembers per process, with their output dedupe (`endedThreadsKeptMaxDefault`). */
+  endedThreadsKeptMax?: number
 }
 
 /** A thread running on this node, as `ps` shows it. */
@@ -159,9 +162,8 @@ export type HomeMessage = Extract<
 interface HomeProcess {
   record: ProcessRecord
   programBytes: Uint8Array
-  threads: Map<string, NodeId>
-  ended: Set<string>
-  shown: Map<string, number>
+  /** Where its threads run, which ended lately, what output was shown (bounded: home-threads.ts). */
+  threads: HomeThreads
   output: Array<OutputChunk & { callSequence: number }>
   outputBytes: number
   /** Output chunks given an index, copied to the replicas or on their way (published in order). */
@@ -189,11 +191,12 @@ export class HomeDuties {
   private readonly leaseTtlMs: number
   private readonly keptEndedProcessesMax: number
   private readonly keptEndedOutputBytesMax: number
+  private readonly endedThreadsKeptMax: number | undefined
   private readonly homes = new Map<string, HomeProcess>()
   /** Processes homed here that ended, oldest first (each still in `homes`). */
   private readonly endedHomes = new Set<string>()
   /** Other homes' state this node keeps as a home replica. */
-  private readonly homeCopies = new HomeCopies()
+  private readonly homeCopies: HomeCopies
   private sweeps = 0
   /** Threads found missing from their node at the last orphan check. */
   private orphanSuspects = new Set<string>()
@@ -206,6 +209,10 @@ export class HomeDuties {
     this.leaseTtlMs = options.leaseTtlMs
     this.keptEndedProcessesMax = options.keptEndedProcessesMax ?? keptEndedProcessesMaxDefault
     this.keptEndedOutputBytesMax = options.keptEndedOutputBytesMax ?? keptEndedOutputBytesMaxDefault
+    this.endedThreadsKeptMax = options.endedThreadsKeptMax
+    // Checked here, so a bad option fails at start and not at a process's first copy.
+    new HomeThreads({ endedThreadsKeptMax: this.endedThreadsKeptMax })
+    this.homeCopies = new HomeCopies({ endedThreadsKeptMax: this.endedThreadsKeptMax })
   }
 
   /** Makes this node the home of a new process (its record not written yet): output is kept from now on. */
@@ -217,9 +224,7 @@ export class HomeDuties {
     const home: HomeProcess = {
       record,
       programBytes,
-      threads: new Map(),
-      ended: new Set(),
-      shown: new Map(),
+      threads: new HomeThreads({ endedThreadsKeptMax: this.endedThreadsKeptMax }),
       output: [],
       outputBytes: 0,
       outputIndexed: 0,
@@ -259,10 +264,8 @@ export class HomeDuties {
         return { type: 'ok' }
       case 'placed': {
         const home = this.homes.get(message.pid)
-        if (home !== undefined && !home.ended.has(message.tid)) {
-          home.threads.set(message.tid, message.node)
+        if (home?.threads.placed(message.tid, message.node))
           void this.copyHome(home, { kind: 'placed', tid: message.tid, node: message.node })
-        }
         return { type: 'ok' }
       }
       case 'home-copy': {
@@ -314,11 +317,20 @@ export class HomeDuties {
   /** A thread of a process homed here ended (its end is recorded): the process ends with its main thread. */
   threadEnded(pid: string, tid: string): void {
     const home = this.homes.get(pid)
-    if (home === undefined) return
-    home.ended.add(tid)
-    home.threads.delete(tid)
+    if (home === undefined || !home.threads.end(tid)) return
     void this.copyHome(home, { kind: 'ended', tid })
     if (tid === '0') void this.finishProcess(home).catch(this.runtime.backgroundFailed)
+  }
+
+  /**
+   * How much this node keeps of the threads of `pid`: as its home, and as a home replica (for
+   * tests: both stay within `endedThreadsKeptMax` however many threads the process ran).
+   */
+  homeThreadCounts(pid: string): { home?: HomeThreadCounts; copy?: HomeThreadCounts } {
+    return {
+      home: this.homes.get(pid)?.threads.counts(),
+      copy: this.homeCopies.get(pid)?.threads.counts(),
+    }
   }
 
   /** Another node is the home of `pid` now: a copy kept of it here would be stale. */
@@ -515,7 +527,7 @@ export class HomeDuties {
   private async homedSummaries(here: ProcessSummary[]): Promise<ProcessSummary[]> {
     const homes = [...this.homes.values()]
     const nodes = new Set(
-      homes.filter((home) => !home.finished).flatMap((home) => [...home.threads.values()]),
+      homes.filter((home) => !home.finished).flatMap((home) => [...home.threads.running().values()]),
     )
     nodes.delete(this.self)
     const details = new Map<string, ThreadSummary>()
@@ -540,7 +552,7 @@ export class HomeDuties {
           home: this.self,
           state: home.finished ? 'ended' : 'running',
           threads: await Promise.all(
-            [...home.threads].map(async ([tid, node]): Promise<ThreadSummary> => {
+            [...home.threads.running()].map(async ([tid, node]): Promise<ThreadSummary> => {
               if (home.finished) {
                 const read =
                   recordReads++ < psRecordReadsMax
@@ -574,10 +586,7 @@ export class HomeDuties {
     bytes: Uint8Array,
   ): Promise<void> {
     const home = this.homes.get(pid)
-    if (home === undefined) return
-    const shownKey = `${tid}/${fd}`
-    if (callSequence <= (home.shown.get(shownKey) ?? 0)) return
-    home.shown.set(shownKey, callSequence)
+    if (home === undefined || !home.threads.show(tid, fd, callSequence)) return
     const chunk = { tid, fd, bytes, callSequence }
     const kept = home.outputBytes + bytes.length <= outputBytesMax
     if (kept) home.outputBytes += bytes.length
@@ -628,6 +637,10 @@ export class HomeDuties {
       for (let round = 0; round < homeCopyRoundsMax && !home.finished; round++) {
         const targets = home.replicas.filter((node) => !tried.has(node))
         if (targets.length === 0) return // no other node to copy to (a one-node cluster)
+        // A whole copy shows the thread state as it is now, after entries queued since this round
+        // began: they go with it, not after it (an end applied twice past a forgotten one would
+        // make the copy differ from the home).
+        if (round > 0) for (const entry of home.copyPending.splice(0)) entries.push(entry)
         for (const node of targets) tried.add(node)
         let confirmed = 0
         // A replica that does not answer (SIGKILLed and not yet declared dead, say) holds the
@@ -684,15 +697,18 @@ export class HomeDuties {
     home.replicas = replicas
   }
 
-  /** Everything a new home replica needs: the output so far (with `pending`), placements, ends. */
+  /**
+   * Everything a new home replica needs: the output so far (with `pending`), then the thread state
+   * as it is now (which `pending` is in already): the ends remembered in order, the placements, the
+   * output dedupe. Built at once with the splice of `pending`, so later entries follow it exactly.
+   */
   private homeState(home: HomeProcess, pending: HomeCopyEntry[]): HomeCopyEntry[] {
     const entries: HomeCopyEntry[] = []
     home.output.forEach((chunk, index) => {
       entries.push({ kind: 'output', index, ...chunk })
     })
     for (const entry of pending) if (entry.kind === 'output') entries.push(entry)
-    for (const [tid, node] of home.threads) entries.push({ kind: 'placed', tid, node })
-    for (const tid of home.ended) entries.push({ kind: 'ended', tid })
+    for (const entry of home.threads.copyEntries()) entries.push(entry)
     return entries
   }
 
@@ -724,9 +740,8 @@ export class HomeDuties {
       const home: HomeProcess = {
         record,
         programBytes: copy.program,
-        threads: new Map(copy.threads),
-        ended: new Set(copy.ended),
-        shown: new Map(),
+        // The copy's thread state, kept as the home kept it (its output dedupe included).
+        threads: copy.threads,
         output: copy.chunks.map((chunk) => ({ ...chunk })),
         outputBytes: copy.chunks.reduce((sum, chunk) => sum + chunk.bytes.length, 0),
         outputIndexed: copy.chunks.length,
@@ -744,14 +759,10 @@ export class HomeDuties {
         finish,
         finished: false,
       }
-      for (const chunk of copy.chunks) {
-        const shownKey = `${chunk.tid}/${chunk.fd}`
-        home.shown.set(shownKey, Math.max(home.shown.get(shownKey) ?? 0, chunk.callSequence))
-      }
       this.homes.set(pid, home)
       this.runtime.processTakenOver(record, copy.program)
       this.components.log?.(
-        `runtime: took over as home of process ${pid} from ${departed} (${home.output.length} output chunks, ${home.threads.size} threads)`,
+        `runtime: took over as home of process ${pid} from ${departed} (${home.output.length} output chunks, ${home.threads.running().size} threads)`,
       )
       for (const peer of this.components.cluster.live()) {
         if (peer.id === this.self) continue
@@ -855,9 +866,8 @@ export class HomeDuties {
     const lost: Array<{ pid: string; tid: string }> = []
     for (const home of this.homes.values()) {
       if (home.finished) continue
-      for (const [tid, node] of home.threads) {
-        if (node === departed && !home.ended.has(tid)) lost.push({ pid: home.record.pid, tid })
-      }
+      for (const [tid, node] of home.threads.running())
+        if (node === departed) lost.push({ pid: home.record.pid, tid })
     }
     if (lost.length === 0) return
     // The records are read while the lease runs out: a record the node wrote meanwhile (it was
@@ -869,12 +879,22 @@ export class HomeDuties {
         const read = await reads[index]!
         if (read?.value == null) return
         const record = decodeThread(read.value)
-        if (record.node !== departed || record.state === 'done' || record.state === 'failed') return
+        if (record.state === 'done' || record.state === 'failed') return this.threadFoundEnded(pid, tid)
+        if (record.node !== departed) return
         const node = await this.runtime.handOver(pid, tid, read.version, record, { exclude: departed })
         if (node !== null)
           this.components.log?.(`runtime: thread ${tid} of ${pid} moved from ${departed} to ${node}`)
       }),
     )
+  }
+
+  /**
+   * A thread the home counts as running has a record that says it ended: its end notice was lost,
+   * or a late `placed` notice came after the home forgot it ended (`endedThreadsKeptMax`). It ends
+   * here (and on the replicas) as on its notice; a record that ended never runs again.
+   */
+  private threadFoundEnded(pid: string, tid: string): void {
+    if (this.homes.get(pid)?.threads.isRunning(tid)) this.threadEnded(pid, tid)
   }
 
   /** Waits until `node`'s lease has expired and takes it, so the node can no longer renew. */
@@ -902,7 +922,7 @@ export class HomeDuties {
     const departed = new Set<NodeId>()
     for (const home of this.homes.values()) {
       if (home.finished) continue
-      for (const node of home.threads.values()) if (!live.has(node)) departed.add(node)
+      for (const node of home.threads.running().values()) if (!live.has(node)) departed.add(node)
     }
     for (const node of departed) await this.recoverNode(node)
     if (++this.sweeps % orphanCheckEverySweeps === 0) await this.findOrphans(live)
@@ -917,8 +937,8 @@ export class HomeDuties {
     const byNode = new Map<NodeId, Array<{ pid: string; tid: string }>>()
     for (const home of this.homes.values()) {
       if (home.finished) continue
-      for (const [tid, node] of home.threads) {
-        if (!live.has(node) || home.ended.has(tid)) continue
+      for (const [tid, node] of home.threads.running()) {
+        if (!live.has(node)) continue
         byNode.set(node, [...(byNode.get(node) ?? []), { pid: home.record.pid, tid }])
       }
     }
@@ -952,6 +972,7 @@ export class HomeDuties {
         const read = await reads.get(key)
         if (read?.value == null) continue
         const record = decodeThread(read.value)
+        if (record.state === 'done' || record.state === 'failed') this.threadFoundEnded(pid, tid)
         if (record.node !== node || record.state !== 'running') continue
         this.components.log?.(`runtime: thread ${tid} of ${pid} is not running on ${node}; placing it again`)
         void this.runtime.handOver(pid, tid, read.version, record).catch(this.runtime.backgroundFailed)

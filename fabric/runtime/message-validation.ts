@@ -178,6 +178,8 @@ const isHomeCopyEntry = (value: unknown): boolean => {
       return isId(value.tid) && isId(value.node)
     case 'ended':
       return isId(value.tid)
+    case 'shown':
+      return isId(value.tid) && isCount(value.fd, 2) && isCount(value.callSequence)
     default:
       return false
   }

@@ -108,11 +108,15 @@ export type Notice = Extract<RuntimeMessage, { type: 'placed' | 'ended' | 'drop-
 
 export const noticeTypes: ReadonlySet<string> = new Set(['placed', 'ended', 'drop-saves'])
 
-/** One thing a home copies to its replicas: an output chunk (by its index), a placement, an end. */
+/**
+ * One thing a home copies to its replicas: an output chunk (by its index), a placement, an end; a
+ * whole copy also lists the last output call shown per thread and fd (`shown`) that the home keeps.
+ */
 export type HomeCopyEntry =
   | { kind: 'output'; index: number; tid: string; fd: number; callSequence: number; bytes: Uint8Array }
   | { kind: 'placed'; tid: string; node: string }
   | { kind: 'ended'; tid: string }
+  | { kind: 'shown'; tid: string; fd: number; callSequence: number }
 
 export type RuntimeReply =
   | { type: 'ok' }

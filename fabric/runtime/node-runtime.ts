@@ -158,6 +158,8 @@ export interface NodeRuntimeOptions {
    * node (the bench's remote thread start).
    */
   childrenElsewhere?: boolean
+  /** Ended threads a home remembers per process, with their output dedupe (`endedThreadsKeptMaxDefault`). */
+  endedThreadsKeptMax?: number
 }
 
 export interface SubmitOptions {
@@ -320,6 +322,7 @@ export class NodeRuntime {
         leaseTtlMs: this.leaseTtlMs,
         keptEndedProcessesMax: options.keptEndedProcessesMax,
         keptEndedOutputBytesMax: options.keptEndedOutputBytesMax,
+        endedThreadsKeptMax: options.endedThreadsKeptMax,
       },
       {
         isStopped: () => this.stopped,
@@ -419,6 +422,11 @@ export class NodeRuntime {
   /** Number of threads running here (for tests, `ps` and load reports). */
   runningCount(): number {
     return this.local.size
+  }
+
+  /** How much this node keeps of a process's threads as its home and as a home replica (for tests). */
+  homeThreadCounts(pid: string): ReturnType<HomeDuties['homeThreadCounts']> {
+    return this.homeDuties.homeThreadCounts(pid)
   }
 
   /** What `fabric ps` shows: the processes homed here with each thread's node, state, epoch, last save. */

@@ -1,0 +1,191 @@
+/**
+ * Issue 4: a home's state per thread of a process (where threads run, which ended, the last output
+ * call shown per thread) stays within `endedThreadsKeptMax` however many threads the process runs,
+ * on the home and on its home replicas, and the output stays whole, in order and shown once.
+ */
+import { afterEach, describe, expect, test } from 'vitest'
+import { seededRandom } from '../fabric/platform.ts'
+import { HomeCopies } from '../fabric/runtime/home-copies.ts'
+import { type HomeThreadCounts, HomeThreads } from '../fabric/runtime/home-threads.ts'
+import type { HomeCopyEntry } from '../fabric/runtime/messages.ts'
+import { encodeRecord, type ProcessRecord, recordFormatVersion } from '../fabric/runtime/records.ts'
+import { guestBytes } from './support/guests.ts'
+import { InProcessCluster } from './support/runtime-cluster.ts'
+
+const program = guestBytes('test/fixtures/as/print-threads.ts')
+const endedThreadsKeptMax = 16
+const threadCount = 200
+
+function expectedOutput(count: number): string {
+  let output = ''
+  for (let index = 0; index < count; index++) output += `thread ${index}\n`
+  return `${output}joined ${count}\n`
+}
+
+/** The largest of each count seen. */
+function largest(seen: HomeThreadCounts | undefined, counts: HomeThreadCounts | undefined) {
+  if (counts === undefined) return seen
+  if (seen === undefined) return { ...counts }
+  return {
+    running: Math.max(seen.running, counts.running),
+    ended: Math.max(seen.ended, counts.ended),
+    shown: Math.max(seen.shown, counts.shown),
+  }
+}
+
+describe('issue 4: a home keeps bounded per-thread state', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test(`a process of ${threadCount} short threads keeps at most endedThreadsKeptMax (${endedThreadsKeptMax}) ended threads and their dedupe on its home and replicas; its output is whole, in order, once`, async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c']
+    for (const id of ids) await cluster.addNode(id, { runtime: { endedThreadsKeptMax } })
+    const process = await cluster.runtime('node-a').submit(program, {
+      args: ['print-threads', String(threadCount)],
+      seed: 1,
+    })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    const seen = new Map<string, HomeThreadCounts | undefined>()
+    let endedSeen = 0
+    const sample = setInterval(() => {
+      const home = cluster.runtime('node-a').homeThreadCounts(process.pid).home
+      seen.set('home', largest(seen.get('home'), home))
+      endedSeen = Math.max(endedSeen, home?.ended ?? 0)
+      for (const id of ['node-b', 'node-c'])
+        seen.set(id, largest(seen.get(id), cluster.runtime(id).homeThreadCounts(process.pid).copy))
+    }, 5)
+    try {
+      expect(await process.result).toEqual({ exitCode: 0, error: null })
+    } finally {
+      clearInterval(sample)
+    }
+    expect(output).toBe(expectedOutput(threadCount))
+    // The home ran past the bound (its ended threads reached it), and no count went beyond it: the
+    // running main thread and child and the remembered ended ones, each with its dedupe.
+    expect(endedSeen).toBe(endedThreadsKeptMax)
+    const bound = { running: 2, ended: endedThreadsKeptMax, shown: endedThreadsKeptMax + 2 }
+    expect(seen.get('home')!.running).toBeLessThanOrEqual(bound.running)
+    expect(seen.get('home')!.ended).toBeLessThanOrEqual(bound.ended)
+    expect(seen.get('home')!.shown).toBeLessThanOrEqual(bound.shown)
+    const replicas = ['node-b', 'node-c'].filter((id) => seen.get(id) !== undefined)
+    expect(replicas.length).toBeGreaterThan(0)
+    for (const id of replicas) {
+      expect(seen.get(id)!.ended).toBeLessThanOrEqual(bound.ended)
+      expect(seen.get(id)!.shown).toBeLessThanOrEqual(bound.shown)
+    }
+  }, 60_000)
+})
+
+describe('HomeThreads', () => {
+  test('an ended thread is remembered, with its output dedupe, until endedThreadsKeptMax threads ended after it', () => {
+    const threads = new HomeThreads({ endedThreadsKeptMax: 3 })
+    expect(threads.placed('0.1', 'node-b')).toBe(true)
+    expect(threads.show('0.1', 1, 4)).toBe(true)
+    expect(threads.show('0.1', 1, 4)).toBe(false) // a replay
+    expect(threads.end('0.1')).toBe(true)
+    expect(threads.end('0.1')).toBe(false) // a notice that came twice
+    expect(threads.placed('0.1', 'node-c')).toBe(false) // a late notice
+    for (const tid of ['0.2', '0.3']) threads.end(tid)
+    expect(threads.show('0.1', 1, 3)).toBe(false) // a stale incarnation's late output
+    expect(threads.counts()).toEqual({ running: 0, ended: 3, shown: 1 })
+    threads.end('0.4')
+    // Forgotten: a late notice makes it running again (its orphan check finds its record ended).
+    expect(threads.hasEnded('0.1')).toBe(false)
+    expect(threads.counts()).toEqual({ running: 0, ended: 3, shown: 0 })
+    expect(threads.placed('0.1', 'node-c')).toBe(true)
+  })
+
+  test('output dedupe of threads neither running nor remembered as ended is kept for endedThreadsKeptMax of them', () => {
+    const threads = new HomeThreads({ endedThreadsKeptMax: 2 })
+    threads.placed('0.1', 'node-b')
+    threads.show('0.1', 1, 1)
+    for (let index = 2; index < 50; index++) threads.show(`0.${index}`, 1, 1)
+    // The running thread keeps its dedupe; of the others the last two that wrote.
+    expect(threads.counts()).toEqual({ running: 1, ended: 0, shown: 3 })
+    expect(threads.show('0.1', 1, 1)).toBe(false)
+    expect(threads.show('0.49', 1, 1)).toBe(false)
+  })
+
+  test('bad endedThreadsKeptMax is refused', () => {
+    expect(() => new HomeThreads({ endedThreadsKeptMax: 0 })).toThrow(/endedThreadsKeptMax/)
+  })
+
+  const seeds = Array.from({ length: process.env.FABRIC_SOAK === '1' ? 200 : 20 }, (_, index) => index + 1)
+  test.each(seeds)(
+    "a replica that takes a whole copy at any point, then the entries after it, ends with the home's thread state (seed %i)",
+    (seed) => {
+      const random = seededRandom(seed)
+      const pick = (count: number) => Math.floor(random.next() * count)
+      const options = { endedThreadsKeptMax: 1 + pick(6) }
+      const home = new HomeThreads(options)
+      const replicas = new HomeCopies(options)
+      const record: ProcessRecord = {
+        formatVersion: recordFormatVersion,
+        pid: 'p1',
+        programDigest: '00',
+        args: [],
+        env: [],
+        home: 'node-a',
+        seed: 1,
+        state: 'running',
+        exitCode: null,
+        error: null,
+        saveIntervalMs: 1000,
+        memoryPagesMax: 1,
+        cpuBudgetMs: 1000,
+      }
+      const output: Array<Extract<HomeCopyEntry, { kind: 'output' }>> = []
+      let pending: HomeCopyEntry[] = []
+      let copied = false
+      const wholeAt = pick(40)
+      for (let batch = 0; batch < 60; batch++) {
+        for (let step = pick(8); step > 0; step--) {
+          const tid = `0.${pick(30)}`
+          const choice = pick(3)
+          const node = `node-${pick(3)}`
+          if (choice === 0 && home.placed(tid, node)) pending.push({ kind: 'placed', tid, node })
+          if (choice === 1 && home.end(tid)) pending.push({ kind: 'ended', tid })
+          if (choice === 2) {
+            const fd = 1 + pick(2)
+            const callSequence = 1 + pick(10)
+            if (home.show(tid, fd, callSequence)) {
+              const entry = {
+                kind: 'output' as const,
+                index: output.length,
+                tid,
+                fd,
+                callSequence,
+                bytes: new Uint8Array(1),
+              }
+              output.push(entry)
+              pending.push(entry)
+            }
+          }
+        }
+        if (batch === wholeAt) {
+          // As a home builds a whole copy: the output so far, then its thread state as it is now.
+          const entries: HomeCopyEntry[] = [...output, ...home.copyEntries()]
+          expect(
+            replicas.keep({
+              pid: 'p1',
+              record: encodeRecord(record),
+              program: new Uint8Array(1),
+              replicas: ['node-b'],
+              entries,
+            }),
+          ).toBe(true)
+          copied = true
+        } else if (copied) expect(replicas.keep({ pid: 'p1', entries: pending })).toBe(true)
+        pending = []
+      }
+      expect(
+        replicas.get('p1')!.threads.copyEntries(),
+        `SEED=${seed}; rerun: npx vitest run --project unit test/runtime-home-threads.test.ts -t 'seed ${seed}'`,
+      ).toEqual(home.copyEntries())
+    },
+  )
+})
