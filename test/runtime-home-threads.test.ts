@@ -78,7 +78,57 @@ describe('issue 4: a home keeps bounded per-thread state', () => {
       expect(seen.get(id)!.shown).toBeLessThanOrEqual(bound.shown)
     }
   }, 60_000)
+
+  test('the home lost midway: the replica that takes the process over keeps the bounded state, and the output stays whole, in order, once', async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c', 'node-d']
+    for (const id of ids) await cluster.addNode(id, { runtime: { endedThreadsKeptMax } })
+    const process = await cluster.runtime('node-a').submit(program, {
+      args: ['print-threads', String(threadCount)],
+      seed: 1,
+    })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    // Past the bound: the replicas hold a forgotten past, not the whole one.
+    while (!output.includes(`thread ${endedThreadsKeptMax * 3}\n`))
+      await new Promise((resolve) => setTimeout(resolve, 10))
+    cluster.kill('node-a')
+    const seen = new Map<string, HomeThreadCounts | undefined>()
+    const sample = setInterval(() => {
+      for (const id of ids.slice(1))
+        seen.set(id, largest(seen.get(id), cluster.runtime(id).homeThreadCounts(process.pid).home))
+    }, 5)
+    let reply: Awaited<ReturnType<typeof attachUntilEnded>>
+    try {
+      reply = await attachUntilEnded(cluster, 'node-b', 'node-c', process.pid)
+    } finally {
+      clearInterval(sample)
+    }
+    expect(reply.result).toEqual({ exitCode: 0, error: null })
+    expect(reply.output).toBe(expectedOutput(threadCount))
+    const newHome = cluster.logs.find((line) => line.includes(`took over as home of process ${process.pid}`))
+    expect(newHome).toBeDefined()
+    const counts = seen.get(newHome!.split(':')[0]!)!
+    expect(counts.ended).toBe(endedThreadsKeptMax)
+    expect(counts.shown).toBeLessThanOrEqual(endedThreadsKeptMax + 2)
+  }, 60_000)
 })
+
+/** Attaches to `pid` through `to` (asked by `from`) until the process has ended there, for up to 20 s. */
+async function attachUntilEnded(cluster: InProcessCluster, from: string, to: string, pid: string) {
+  for (const startedMs = Date.now(); ; ) {
+    const reply = await cluster.send(from, to, { type: 'attach', pid, from: 0, waitMs: 5000 })
+    const ended = reply.type === 'output' && reply.result !== null
+    if (ended || Date.now() - startedMs >= 20_000) {
+      if (reply.type !== 'output') throw new Error(`attach answered ${JSON.stringify(reply)}`)
+      const output = new TextDecoder().decode(Buffer.concat(reply.chunks.map((chunk) => chunk.bytes)))
+      return { result: reply.result, output }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+}
 
 describe('HomeThreads', () => {
   test('an ended thread is remembered, with its output dedupe, until endedThreadsKeptMax threads ended after it', () => {
