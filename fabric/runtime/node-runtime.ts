@@ -609,7 +609,8 @@ export class NodeRuntime {
     }
     // A replayed spawn finds the record there: the claim fails and names the node that holds it.
     const here = options.here === true ? this.self : undefined
-    const elsewhere =
+    // Another server must be live to take the child (asked again each round: they may all go).
+    const elsewhere = () =>
       this.childrenElsewhere &&
       tid !== '0' &&
       this.components.cluster.live().some((peer) => peer.id !== this.self && peer.kind === 'server')
@@ -624,7 +625,7 @@ export class NodeRuntime {
       if (
         (await this.handOver(pid, tid, 0, record, {
           prefer: round === 0 ? here : undefined,
-          exclude: elsewhere ? this.self : undefined,
+          exclude: elsewhere() ? this.self : undefined,
         })) !== null ||
         this.stopped
       )
