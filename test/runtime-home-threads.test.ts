@@ -6,9 +6,16 @@
 import { afterEach, describe, expect, test } from 'vitest'
 import { seededRandom } from '../fabric/platform.ts'
 import { HomeCopies } from '../fabric/runtime/home-copies.ts'
+import { homeSweepMs, orphanCheckEverySweeps } from '../fabric/runtime/home-duties.ts'
 import { type HomeThreadCounts, HomeThreads } from '../fabric/runtime/home-threads.ts'
 import type { HomeCopyEntry } from '../fabric/runtime/messages.ts'
-import { encodeRecord, type ProcessRecord, recordFormatVersion } from '../fabric/runtime/records.ts'
+import {
+  decodeThread,
+  encodeRecord,
+  type ProcessRecord,
+  recordFormatVersion,
+} from '../fabric/runtime/records.ts'
+import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { guestBytes } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
 
@@ -113,6 +120,52 @@ describe('issue 4: a home keeps bounded per-thread state', () => {
     const counts = seen.get(newHome!.split(':')[0]!)!
     expect(counts.ended).toBe(endedThreadsKeptMax)
     expect(counts.shown).toBeLessThanOrEqual(endedThreadsKeptMax + 2)
+  }, 60_000)
+
+  test('a late placed notice of an ended thread the home forgot: the orphan check finds its record ended and ends it at the home again, without running it', async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b']
+    for (const id of ids) await cluster.addNode(id, { runtime: { endedThreadsKeptMax } })
+    const count = endedThreadsKeptMax * 2
+    // Runs long enough after its threads for two orphan checks (`orphanCheckEverySweeps` sweeps each).
+    const pauseMs = 4 * orphanCheckEverySweeps * homeSweepMs
+    const process = await cluster.runtime('node-a').submit(program, {
+      args: ['print-threads', String(count), String(pauseMs)],
+      seed: 1,
+    })
+    let output = ''
+    let firstChild: string | undefined
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+      firstChild ??= chunk.tid
+    })
+    while (!output.includes(`thread ${count - 1}\n`)) await new Promise((resolve) => setTimeout(resolve, 10))
+    const counts = () => cluster.runtime('node-a').homeThreadCounts(process.pid).home!
+    // Every child's end notice is in: only main runs, the first child is forgotten.
+    while (counts().running > 1) await new Promise((resolve) => setTimeout(resolve, 10))
+    expect(counts()).toEqual({ running: 1, ended: endedThreadsKeptMax, shown: endedThreadsKeptMax })
+    const records = new ThreadRecords(cluster.store)
+    const before = await records.get(process.pid, firstChild!)
+    expect(decodeThread(before.value!).state).toBe('done')
+    expect(
+      await cluster.send('node-b', 'node-a', {
+        type: 'placed',
+        pid: process.pid,
+        tid: firstChild!,
+        node: 'node-b',
+      }),
+    ).toEqual({ type: 'ok' })
+    expect(counts().running).toBe(2) // main and the forgotten child, taken as running
+    const startedMs = Date.now()
+    while (counts().running > 1 && Date.now() - startedMs < pauseMs)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(counts().running).toBe(1)
+    expect(counts().ended).toBe(endedThreadsKeptMax)
+    // Never placed again: its record is the one it ended with.
+    const after = await records.get(process.pid, firstChild!)
+    expect(after.version).toBe(before.version)
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe(expectedOutput(count))
   }, 60_000)
 })
 

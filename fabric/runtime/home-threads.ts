@@ -14,9 +14,13 @@
 import type { HomeCopyEntry } from './messages.ts'
 
 /**
- * Ended threads a home remembers per process (the most recent ones). A thread's output dedupe is
- * kept until this many threads ended after it: a stale incarnation's late output is dropped within
- * that window. Past it, a late `placed` notice of the thread is harmless (see `HomeThreads.placed`).
+ * Ended threads a home remembers per process (the most recent ones), each with its output dedupe.
+ * What the dedupe guarantees: an output call of a thread is shown at most once while the thread
+ * runs and until this many threads of its process ended after it. The current incarnation's output
+ * all reaches the home before its end notice (it waits for it), so only a stale incarnation (one
+ * replaced while it ran on, which stops at its next store write, its epoch outdated) can send
+ * output after the end; it would have to outlive this many further ends for its replay to show
+ * twice. Past the window, a late `placed` notice of the thread is harmless (`HomeThreads.placed`).
  */
 export const endedThreadsKeptMaxDefault = 10_000
 
