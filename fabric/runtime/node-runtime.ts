@@ -54,6 +54,7 @@ import { NoticeSender } from './notices.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, isSyncRead, type SyncEngine, type SyncThread } from './primitives/engine.ts'
 import { type LoggedReply, ReplyLog } from './primitives/reply-log.ts'
+import { ProgramCache } from './program-cache.ts'
 import {
   childThreadId,
   decodeProcess,
@@ -160,6 +161,8 @@ export interface NodeRuntimeOptions {
   childrenElsewhere?: boolean
   /** Ended threads a home remembers per process, with their output dedupe (`endedThreadsKeptMaxDefault`). */
   endedThreadsKeptMax?: number
+  /** Programs no running process uses that a node keeps compiled (`idleProgramsMaxDefault`). */
+  idleProgramsMax?: number
 }
 
 export interface SubmitOptions {
@@ -264,8 +267,12 @@ export class NodeRuntime {
   /** What this node does as the home of processes, and as a home replica. */
   private readonly homeDuties: HomeDuties
   private readonly replicas = new SaveReplicas()
-  private readonly programs = new Map<string, Promise<Program>>()
-  private readonly programBytes = new Map<string, Uint8Array>()
+  /**
+   * Compiled programs and their bytes, kept while a process that has not ended here uses them, and
+   * the latest few idle ones. A process uses its program from when this node learns its record
+   * (submit, take-over as home, a read of the record) until `processEnded`.
+   */
+  private readonly programs: ProgramCache<Program>
   private readonly processes = new Map<string, Promise<ProcessRecord>>()
   private readonly joinWaiters = new Map<string, Set<(outcome?: EndedOutcome) => void>>()
   /** Processes known to have ended (a `stop` came, or this home ended them), oldest first. */
@@ -304,6 +311,7 @@ export class NodeRuntime {
     this.placementWaitMs = options.placementWaitMs ?? placementWaitMsDefault
     this.replicaCount = options.saveReplicaCount ?? saveReplicaCountDefault
     this.childrenElsewhere = options.childrenElsewhere === true
+    this.programs = new ProgramCache(options.idleProgramsMax)
     this.threadRecords = new ThreadRecords(components.store)
     // The record itself says which thread it is, and so where it lives.
     this.endWrites = new GroupedWrites(
@@ -332,7 +340,8 @@ export class NodeRuntime {
         processEnded: (pid) => this.processEnded(pid),
         processTakenOver: (record, programBytes) => {
           this.processes.set(record.pid, Promise.resolve(record))
-          this.programBytes.set(record.programDigest, programBytes)
+          this.programs.use(record.pid, record.programDigest)
+          this.programs.setBytes(record.programDigest, programBytes)
         },
         backgroundFailed: this.backgroundFailed,
       },
@@ -429,6 +438,11 @@ export class NodeRuntime {
     return this.homeDuties.homeThreadCounts(pid)
   }
 
+  /** Programs this node holds: those a process that has not ended here uses, and the idle ones kept. */
+  programsHeld(): { inUse: number; idle: number } {
+    return this.programs.counts()
+  }
+
   /** What `fabric ps` shows: the processes homed here with each thread's node, state, epoch, last save. */
   listProcesses(): Promise<ProcessSummary[]> {
     return this.homeDuties.processSummaries('homed')
@@ -440,10 +454,15 @@ export class NodeRuntime {
 
   /** Submits a program; this node becomes the process's home. */
   async submit(programBytes: Uint8Array, options: SubmitOptions = {}): Promise<ProcessHandle> {
-    await this.components.loadProgram(programBytes)
     const digest = await sha256Hex(programBytes)
-    this.programBytes.set(digest, programBytes)
+    // A program held here already (submitted again, say) is not compiled again; one whose fetch
+    // failed (a preload from a home that lost it) is compiled from the bytes given here.
+    const held = this.programs.program(digest)?.catch(() => this.components.loadProgram(programBytes))
+    const main = await (held ?? this.components.loadProgram(programBytes))
     const pid = randomHex(this.components.random, 8)
+    this.programs.use(pid, digest)
+    this.programs.setBytes(digest, programBytes)
+    if (this.programs.program(digest) === undefined) this.programs.setProgram(digest, Promise.resolve(main))
     const record: ProcessRecord = {
       formatVersion: recordFormatVersion,
       pid,
@@ -461,9 +480,11 @@ export class NodeRuntime {
     }
     const handle = this.homeDuties.open(record, programBytes)
     const written = await this.components.store.cas(keys.process(pid), 0, encodeRecord(record))
-    if (!written.ok) throw new Error(`process id ${pid} is taken; submit again`)
+    if (!written.ok) {
+      this.programs.release(pid)
+      throw new Error(`process id ${pid} is taken; submit again`)
+    }
     this.processes.set(pid, Promise.resolve(record))
-    const main = await this.program(digest, this.self)
     // The other nodes load the program meanwhile: a thread placed there starts without waiting.
     const others = this.components.cluster.live().filter((peer) => peer.id !== this.self)
     for (const peer of others.slice(0, programPreloadNodesMax)) {
@@ -522,7 +543,7 @@ export class NodeRuntime {
         if (!this.stopped) void this.program(message.digest, from).catch(() => {})
         return { type: 'ok' }
       case 'fetch-program': {
-        const bytes = this.programBytes.get(message.digest)
+        const bytes = this.programs.bytes(message.digest)
         return bytes === undefined
           ? { type: 'refused', reason: 'unknown program' }
           : { type: 'program', bytes }
@@ -830,7 +851,11 @@ export class NodeRuntime {
     if (pending === undefined) {
       pending = this.readRetrying(() => this.components.store.get(keys.process(pid))).then((read) => {
         if (read.value === null) throw new Error(`no process ${pid}`)
-        return decodeProcess(read.value)
+        const record = decodeProcess(read.value)
+        // Its program is in use here until the process ends here (not if it ended already).
+        if (record.state === 'running' && !this.endedProcesses.has(pid))
+          this.programs.use(pid, record.programDigest)
+        return record
       })
       this.processes.set(pid, pending)
       pending.catch(() => this.processes.delete(pid))
@@ -850,22 +875,24 @@ export class NodeRuntime {
     }
   }
 
+  /** The compiled program `digest`, fetched from `home` and compiled unless held here. */
   private program(digest: string, home: NodeId): Promise<Program> {
-    let pending = this.programs.get(digest)
+    let pending = this.programs.program(digest)
     if (pending === undefined) {
-      pending = (async () => {
-        let bytes = this.programBytes.get(digest)
+      const loading = (async () => {
+        let bytes = this.programs.bytes(digest)
         if (bytes === undefined) {
           const reply = await this.components.messenger.request(home, { type: 'fetch-program', digest })
           if (reply.type !== 'program') throw new Error(`home ${home} does not have program ${digest}`)
           if ((await sha256Hex(reply.bytes)) !== digest) throw new Error(`program ${digest} arrived damaged`)
           bytes = reply.bytes
-          this.programBytes.set(digest, bytes)
+          this.programs.setBytes(digest, bytes)
         }
         return this.components.loadProgram(bytes)
       })()
-      this.programs.set(digest, pending)
-      pending.catch(() => this.programs.delete(digest))
+      this.programs.setProgram(digest, loading)
+      loading.catch(() => this.programs.forgetProgram(digest, loading))
+      pending = loading
     }
     return pending
   }
@@ -1666,12 +1693,17 @@ export class NodeRuntime {
     if (!early) this.homeDuties.threadEnded(pid, tid)
   }
 
-  /** From now on, starts of the process's threads are refused here (its cached record is stale). */
+  /**
+   * From now on, starts of the process's threads are refused here (its cached record is stale), and
+   * its program is no longer in use by it. A `stop` that never reaches this node leaves the process
+   * using its program here: that costs one program held per lost stop, never correctness.
+   */
   private processEnded(pid: string): void {
     this.endedProcesses.add(pid)
     if (this.endedProcesses.size > endedProcessesMax)
       this.endedProcesses.delete(this.endedProcesses.values().next().value!)
     this.processes.delete(pid)
+    this.programs.release(pid)
   }
 
   /** Places a thread this node stopped back on this node, unless it was moved meanwhile. */
