@@ -824,6 +824,9 @@ export class HomeDuties {
   private async endProcess(home: HomeProcess, result: ProcessResult): Promise<void> {
     if (home.finished) return
     home.finished = true
+    // Only copies to home replicas send the program, and an ended home copies nothing: its bytes
+    // go now, not with the ended home (the node's program cache bounds the programs it keeps).
+    home.programBytes = new Uint8Array(0)
     this.runtime.processEnded(home.record.pid)
     const nodes = new Set(this.components.cluster.live().map((peer) => peer.id))
     for (const node of nodes) {
