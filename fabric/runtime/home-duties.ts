@@ -15,7 +15,7 @@
 import type { EncodedSave } from '../../host/snapshot.ts'
 import { type Clock, systemClock, type Timers } from '../platform.ts'
 import { HomeCopies } from './home-copies.ts'
-import { type HomeThreadCounts, HomeThreads } from './home-threads.ts'
+import { endedThreadsKeptMaxOf, type HomeThreadCounts, HomeThreads } from './home-threads.ts'
 import type {
   HomeCopyEntry,
   ProcessSummary,
@@ -191,7 +191,7 @@ export class HomeDuties {
   private readonly leaseTtlMs: number
   private readonly keptEndedProcessesMax: number
   private readonly keptEndedOutputBytesMax: number
-  private readonly endedThreadsKeptMax: number | undefined
+  private readonly endedThreadsKeptMax: number
   private readonly homes = new Map<string, HomeProcess>()
   /** Processes homed here that ended, oldest first (each still in `homes`). */
   private readonly endedHomes = new Set<string>()
@@ -209,9 +209,7 @@ export class HomeDuties {
     this.leaseTtlMs = options.leaseTtlMs
     this.keptEndedProcessesMax = options.keptEndedProcessesMax ?? keptEndedProcessesMaxDefault
     this.keptEndedOutputBytesMax = options.keptEndedOutputBytesMax ?? keptEndedOutputBytesMaxDefault
-    this.endedThreadsKeptMax = options.endedThreadsKeptMax
-    // Checked here, so a bad option fails at start and not at a process's first copy.
-    new HomeThreads({ endedThreadsKeptMax: this.endedThreadsKeptMax })
+    this.endedThreadsKeptMax = endedThreadsKeptMaxOf(options)
     this.homeCopies = new HomeCopies({ endedThreadsKeptMax: this.endedThreadsKeptMax })
   }
 

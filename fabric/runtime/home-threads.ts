@@ -44,6 +44,14 @@ export interface HomeThreadCounts {
   shown: number
 }
 
+/** The bound `options` set (checked: bad options fail when a node starts, not at a process's first thread). */
+export function endedThreadsKeptMaxOf(options: HomeThreadsOptions): number {
+  const kept = options.endedThreadsKeptMax ?? endedThreadsKeptMaxDefault
+  if (!Number.isSafeInteger(kept) || kept < 1)
+    throw new RangeError(`Expected endedThreadsKeptMax to be an integer from 1 and up, got ${kept}`)
+  return kept
+}
+
 export class HomeThreads {
   private readonly endedThreadsKeptMax: number
   /** Threads running (or being placed), by the node the last `placed` notice named. */
@@ -54,10 +62,7 @@ export class HomeThreads {
   private readonly shownCalls = new Map<string, Map<number, number>>()
 
   constructor(options: HomeThreadsOptions = {}) {
-    const kept = options.endedThreadsKeptMax ?? endedThreadsKeptMaxDefault
-    if (!Number.isSafeInteger(kept) || kept < 1)
-      throw new RangeError(`Expected endedThreadsKeptMax to be an integer from 1 and up, got ${kept}`)
-    this.endedThreadsKeptMax = kept
+    this.endedThreadsKeptMax = endedThreadsKeptMaxOf(options)
   }
 
   /**

@@ -179,6 +179,10 @@ export class InProcessCluster {
     if (target?.alive !== true || target.handler === null) throw new Error(`cannot reach ${to}`)
     const intercepted = this.intercept?.(from, to, message)
     if (intercepted !== undefined) return intercepted
-    return target.handler(from, message)
+    const reply = await target.handler(from, message)
+    // A node killed while it handled the message never answers (a home that acknowledged output
+    // it could no longer copy would lose it).
+    if (!target.alive) throw new Error(`${to} went down before it answered`)
+    return reply
   }
 }
