@@ -4,7 +4,9 @@
  * the oldest use dropped first; a use again revives an idle program. Then on a cluster: nodes that
  * ran many programs one after another hold no more than that once the processes ended.
  */
+import { createHash } from 'node:crypto'
 import { afterEach, describe, expect, test, vi } from 'vitest'
+import type { RuntimeReply } from '../fabric/runtime/messages.ts'
 import { ProgramCache } from '../fabric/runtime/program-cache.ts'
 import { guestBytes } from './support/guests.ts'
 import { InProcessCluster } from './support/runtime-cluster.ts'
@@ -177,5 +179,80 @@ describe('programs a node holds on a cluster (issue 4)', () => {
     for (const id of ids) expect(cluster.runtime(id).programsHeld().idle).toBe(idleProgramsMax)
     // The first program was dropped everywhere: it is fetched and compiled again.
     await run(programs[0]!)
+  }, 60_000)
+
+  test('a running process keeps its program where it is known while other programs come and go: at its home, which serves it to a node that dropped it, and on a node that runs its threads, which fetches it once', async () => {
+    const idleProgramsMax = 2
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c']
+    for (const id of ids) await cluster.addNode(id, { runtime: { idleProgramsMax } })
+    const home = cluster.runtime('node-a')
+    const tiny = guestBytes('test/fixtures/as/tiny-threads.ts')
+    const held = variant(tiny, 0)
+    const digest = createHash('sha256').update(held).digest('hex')
+    // The held process's children (it runs them one after another) start only on `runner`, and
+    // only while `childStartsAllowed` lasts; the others are placed again while the process runs
+    // (its main thread waits to join them), so the process runs while other programs come and go.
+    let runner: string | null = null
+    let childStartsAllowed = 0
+    const fetchesByRunner: string[] = []
+    cluster.intercept = (from, to, message) => {
+      if (message.type === 'fetch-program' && from === runner && message.digest === digest)
+        fetchesByRunner.push(to)
+      const starts = message.type === 'start' ? [message] : message.type === 'starts' ? message.starts : []
+      const children = starts.filter((start) => start.tid !== '0').length
+      if (children === 0) return undefined
+      if (to === runner && childStartsAllowed >= children) {
+        childStartsAllowed -= children
+        return undefined
+      }
+      const refused = { type: 'refused' as const, reason: 'node is not serving' }
+      if (message.type === 'start') return refused
+      // A main thread's start in the same message is delivered as it would have been.
+      const replies = starts.map((start) => (start.tid === '0' ? cluster.send(from, to, start) : refused))
+      return Promise.all(replies).then((each) => ({
+        type: 'started',
+        replies: each,
+      })) as unknown as RuntimeReply
+    }
+    const others = Array.from({ length: 2 * (idleProgramsMax + 1) }, (_, index) => variant(tiny, index + 1))
+    const runOthers = async (programs: Uint8Array[]) => {
+      for (const program of programs) {
+        const other = await home.submit(program, { args: ['tiny-threads', '0'], seed: 1 })
+        expect(await other.result).toEqual({ exitCode: 0, error: null })
+      }
+    }
+    const process = await home.submit(held, { args: ['tiny-threads', '3'], seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    await runOthers(others.slice(0, idleProgramsMax + 1))
+    // The home holds the program of its running process however many went idle since.
+    expect(home.programsHeld().inUse).toBe(1)
+    // A node the held process's main thread does not run on learned nothing of it: its preload went
+    // idle and was dropped, as the latest idle programs there are the others'.
+    await vi.waitFor(
+      () => {
+        runner =
+          ['node-b', 'node-c'].find((id) => {
+            const { inUse, idle } = cluster.runtime(id).programsHeld()
+            return inUse === 0 && idle === idleProgramsMax
+          }) ?? null
+        expect(runner).not.toBeNull()
+      },
+      { timeout: 10_000, interval: 50 },
+    )
+    // One child runs there: the node fetches the program again, from the home.
+    childStartsAllowed = 1
+    await vi.waitFor(() => expect(childStartsAllowed).toBe(0), { timeout: 10_000, interval: 20 })
+    await vi.waitFor(() => expect(fetchesByRunner).toEqual(['node-a']), { timeout: 10_000, interval: 20 })
+    // More programs come and go; the node that ran a thread of the held process keeps its program.
+    await runOthers(others.slice(idleProgramsMax + 1))
+    expect(cluster.runtime(runner!).programsHeld().inUse).toBe(1)
+    childStartsAllowed = Number.POSITIVE_INFINITY
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(output).toBe('joined 3\n')
+    expect(fetchesByRunner).toEqual(['node-a'])
   }, 60_000)
 })
