@@ -14,6 +14,8 @@
  * Pure: no I/O and no clock (recency is the order of use).
  */
 
+import { InvalidArgumentError } from '../errors.ts'
+
 /** Programs no running process uses that a node keeps (most recently used first). */
 export const idleProgramsMaxDefault = 8
 
@@ -34,7 +36,9 @@ export class ProgramCache<CompiledProgram> {
 
   constructor(idleMax: number = idleProgramsMaxDefault) {
     if (!Number.isInteger(idleMax) || idleMax < 0)
-      throw new RangeError(`Expected idleProgramsMax to be an integer from 0 and up, got ${idleMax}`)
+      throw new InvalidArgumentError(
+        `Expected idleProgramsMax to be an integer from 0 and up, got ${idleMax}`,
+      )
     this.idleMax = idleMax
   }
 
