@@ -59,16 +59,16 @@ export class HomeCopies {
    */
   keep(message: IncomingHomeCopy): boolean {
     let copy = this.copies.get(message.pid)
-    const whole =
-      message.record !== undefined && message.program !== undefined && message.replicas !== undefined
+    const { record: recordBytes, program, replicas } = message
+    const whole = recordBytes !== undefined && program !== undefined && replicas !== undefined
     if (whole) {
-      const record = decodeProcess(message.record!)
+      const record = decodeProcess(recordBytes)
       if (record.pid !== message.pid) return false
       this.drop(message.pid)
       copy = {
         record,
-        program: message.program!,
-        replicas: message.replicas!,
+        program,
+        replicas,
         chunks: [],
         outputBytes: 0,
         threads: new HomeThreads(this.threadsOptions),
