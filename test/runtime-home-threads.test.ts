@@ -4,6 +4,7 @@
  * on the home and on its home replicas, and the output stays whole, in order and shown once.
  */
 import { afterEach, describe, expect, test } from 'vitest'
+import { InvalidArgumentError } from '../fabric/errors.ts'
 import { seededRandom } from '../fabric/platform.ts'
 import { HomeCopies } from '../fabric/runtime/home-copies.ts'
 import { homeSweepMs, orphanCheckEverySweeps } from '../fabric/runtime/home-duties.ts'
@@ -214,7 +215,10 @@ describe('HomeThreads', () => {
   })
 
   test('bad endedThreadsKeptMax is refused', () => {
-    expect(() => new HomeThreads({ endedThreadsKeptMax: 0 })).toThrow(/endedThreadsKeptMax/)
+    expect(() => new HomeThreads({ endedThreadsKeptMax: 0 })).toThrow(InvalidArgumentError)
+    expect(() => new HomeThreads({ endedThreadsKeptMax: 1.5 })).toThrow(
+      'Expected endedThreadsKeptMax to be an integer from 1 and up, got 1.5',
+    )
   })
 
   const seeds = Array.from({ length: process.env.FABRIC_SOAK === '1' ? 200 : 20 }, (_, index) => index + 1)

@@ -11,6 +11,7 @@
  *   threads.end('0.1')
  */
 
+import { InvalidArgumentError } from '../errors.ts'
 import type { HomeCopyEntry } from './messages.ts'
 
 /**
@@ -48,7 +49,7 @@ export interface HomeThreadCounts {
 export function endedThreadsKeptMaxOf(options: HomeThreadsOptions): number {
   const kept = options.endedThreadsKeptMax ?? endedThreadsKeptMaxDefault
   if (!Number.isSafeInteger(kept) || kept < 1)
-    throw new RangeError(`Expected endedThreadsKeptMax to be an integer from 1 and up, got ${kept}`)
+    throw new InvalidArgumentError(`Expected endedThreadsKeptMax to be an integer from 1 and up, got ${kept}`)
   return kept
 }
 
