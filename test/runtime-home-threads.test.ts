@@ -41,6 +41,19 @@ function largest(seen: HomeThreadCounts | undefined, counts: HomeThreadCounts | 
   }
 }
 
+/** Submits the print-threads program of `threadCount` threads on node-a; `printed.text` is its output so far. */
+async function printThreads(cluster: InProcessCluster) {
+  const process = await cluster.runtime('node-a').submit(program, {
+    args: ['print-threads', String(threadCount)],
+    seed: 1,
+  })
+  const printed = { text: '' }
+  process.onOutput((chunk) => {
+    printed.text += new TextDecoder().decode(chunk.bytes)
+  })
+  return { process, printed }
+}
+
 describe('issue 4: a home keeps bounded per-thread state', () => {
   let cluster: InProcessCluster
   afterEach(() => cluster?.close())
@@ -49,14 +62,7 @@ describe('issue 4: a home keeps bounded per-thread state', () => {
     cluster = new InProcessCluster()
     const ids = ['node-a', 'node-b', 'node-c']
     for (const id of ids) await cluster.addNode(id, { runtime: { endedThreadsKeptMax } })
-    const process = await cluster.runtime('node-a').submit(program, {
-      args: ['print-threads', String(threadCount)],
-      seed: 1,
-    })
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
+    const { process, printed } = await printThreads(cluster)
     const seen = new Map<string, HomeThreadCounts | undefined>()
     let endedSeen = 0
     const sample = setInterval(() => {
@@ -71,7 +77,7 @@ describe('issue 4: a home keeps bounded per-thread state', () => {
     } finally {
       clearInterval(sample)
     }
-    expect(output).toBe(expectedOutput(threadCount))
+    expect(printed.text).toBe(expectedOutput(threadCount))
     // The home ran past the bound (its ended threads reached it), and no count went beyond it: the
     // running main thread and child and the remembered ended ones, each with its dedupe.
     expect(endedSeen).toBe(endedThreadsKeptMax)
@@ -91,16 +97,9 @@ describe('issue 4: a home keeps bounded per-thread state', () => {
     cluster = new InProcessCluster()
     const ids = ['node-a', 'node-b', 'node-c', 'node-d']
     for (const id of ids) await cluster.addNode(id, { runtime: { endedThreadsKeptMax } })
-    const process = await cluster.runtime('node-a').submit(program, {
-      args: ['print-threads', String(threadCount)],
-      seed: 1,
-    })
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
+    const { process, printed } = await printThreads(cluster)
     // Past the bound: the replicas hold a forgotten past, not the whole one.
-    while (!output.includes(`thread ${endedThreadsKeptMax * 3}\n`))
+    while (!printed.text.includes(`thread ${endedThreadsKeptMax * 3}\n`))
       await new Promise((resolve) => setTimeout(resolve, 10))
     cluster.kill('node-a')
     const seen = new Map<string, HomeThreadCounts | undefined>()
