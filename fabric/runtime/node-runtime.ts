@@ -123,8 +123,12 @@ export const programPreloadNodesMax = 16
 export const logGapReason = 'log gap'
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
-/** How long a thread keeps sending a piece of output to its process's home (a lost home is replaced meanwhile). */
-export const outputSendWindowMs = 30_000
+/**
+ * A thread whose output cannot reach its process's home keeps sending it while the process runs (a
+ * lost home is replaced meanwhile, and the record names the new one); it says so in the log once
+ * per this interval.
+ */
+export const outputWaitLogIntervalMs = 30_000
 /** Store attempts to record that a thread was stopped because its process ended. */
 export const stoppedWriteAttemptsMax = 5
 
@@ -1216,19 +1220,29 @@ export class NodeRuntime {
     thread.outputQueue = thread.outputQueue.then(async () => {
       await this.flushLog(thread)
       // The home may be lost and taken over meanwhile: each attempt goes to the home the process
-      // record names (read again after a failure).
+      // record names (read again after a failure). Output is never dropped while the process runs
+      // (the thread's end waits for it); once the process ended, nobody shows it any more.
       let home = process.home
-      for (let waitedMs = 0; waitedMs < outputSendWindowMs && !thread.stopped; waitedMs += storeRetryMs) {
+      const clock = this.components.clock ?? systemClock
+      const startedMs = clock.now()
+      let reportedMs = 0
+      while (!thread.stopped) {
         try {
           await this.components.messenger.request(home, message)
           return
-        } catch {
+        } catch (error) {
           await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+          const waitedMs = clock.now() - startedMs
+          if (waitedMs - reportedMs >= outputWaitLogIntervalMs) {
+            reportedMs = waitedMs
+            this.components.log?.(
+              `runtime: output of thread ${thread.tid} of ${thread.pid} has waited ${Math.round(waitedMs / 1000)} s for home ${home}: ${(error as Error).message}`,
+            )
+          }
           this.processes.delete(thread.pid)
-          home = await this.processRecord(thread.pid).then(
-            (record) => record.home,
-            () => home,
-          )
+          const record = await this.processRecord(thread.pid).catch(() => undefined)
+          if (record !== undefined && record.state !== 'running') return
+          if (record !== undefined) home = record.home
         }
       }
     })
