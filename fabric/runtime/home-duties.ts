@@ -13,6 +13,7 @@
  */
 
 import type { EncodedSave } from '../../host/snapshot.ts'
+import { InvalidArgumentError } from '../errors.ts'
 import { type Clock, systemClock, type Timers } from '../platform.ts'
 import { HomeCopies } from './home-copies.ts'
 import { endedThreadsKeptMaxOf, type HomeThreadCounts, HomeThreads } from './home-threads.ts'
@@ -37,6 +38,14 @@ import { ThreadRecords } from './thread-records.ts'
 
 /** Output a home keeps per process for submitters that reconnect. */
 export const outputBytesMax = 64 * 1024 * 1024
+/**
+ * Output calls (chunks) a home keeps per process, whatever their size: a whole copy to a new home
+ * replica carries every kept chunk in one message (at most `homeCopyEntriesMax` entries, with the
+ * thread state), so a process that printed a million short lines must not outgrow it. Output past
+ * either bound is shown live but not kept (nor copied): a reconnecting submitter or a new home
+ * misses it.
+ */
+export const outputChunksKeptMaxDefault = 500_000
 /** How often a home tries to take the lease of a departed node until it has expired. */
 export const fenceRetryMs = 50
 /** How long a home keeps trying to fence a departed node. */
@@ -115,6 +124,8 @@ export interface HomeDutiesOptions {
   keptEndedOutputBytesMax?: number
   /** Ended threads a home remembers per process, with their output dedupe (`endedThreadsKeptMaxDefault`). */
   endedThreadsKeptMax?: number
+  /** Output chunks a home keeps per process (`outputChunksKeptMaxDefault`). */
+  outputChunksKeptMax?: number
 }
 
 /** A thread running on this node, as `ps` shows it. */
@@ -192,6 +203,7 @@ export class HomeDuties {
   private readonly keptEndedProcessesMax: number
   private readonly keptEndedOutputBytesMax: number
   private readonly endedThreadsKeptMax: number
+  private readonly outputChunksKeptMax: number
   private readonly homes = new Map<string, HomeProcess>()
   /** Processes homed here that ended, oldest first (each still in `homes`). */
   private readonly endedHomes = new Set<string>()
@@ -210,6 +222,11 @@ export class HomeDuties {
     this.keptEndedProcessesMax = options.keptEndedProcessesMax ?? keptEndedProcessesMaxDefault
     this.keptEndedOutputBytesMax = options.keptEndedOutputBytesMax ?? keptEndedOutputBytesMaxDefault
     this.endedThreadsKeptMax = endedThreadsKeptMaxOf(options)
+    this.outputChunksKeptMax = options.outputChunksKeptMax ?? outputChunksKeptMaxDefault
+    if (!Number.isSafeInteger(this.outputChunksKeptMax) || this.outputChunksKeptMax < 0)
+      throw new InvalidArgumentError(
+        `Expected outputChunksKeptMax to be an integer from 0 and up, got ${this.outputChunksKeptMax}`,
+      )
     this.homeCopies = new HomeCopies({ endedThreadsKeptMax: this.endedThreadsKeptMax })
   }
 
@@ -586,7 +603,8 @@ export class HomeDuties {
     const home = this.homes.get(pid)
     if (home === undefined || !home.threads.show(tid, fd, callSequence)) return
     const chunk = { tid, fd, bytes, callSequence }
-    const kept = home.outputBytes + bytes.length <= outputBytesMax
+    const kept =
+      home.outputBytes + bytes.length <= outputBytesMax && home.outputIndexed < this.outputChunksKeptMax
     if (kept) home.outputBytes += bytes.length
     const index = kept ? home.outputIndexed++ : -1
     const copied = kept

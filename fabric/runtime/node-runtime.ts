@@ -165,6 +165,8 @@ export interface NodeRuntimeOptions {
   childrenElsewhere?: boolean
   /** Ended threads a home remembers per process, with their output dedupe (`endedThreadsKeptMaxDefault`). */
   endedThreadsKeptMax?: number
+  /** Output chunks a home keeps per process (`outputChunksKeptMaxDefault`). */
+  outputChunksKeptMax?: number
   /** Programs no running process uses that a node keeps compiled (`idleProgramsMaxDefault`). */
   idleProgramsMax?: number
 }
@@ -335,6 +337,7 @@ export class NodeRuntime {
         keptEndedProcessesMax: options.keptEndedProcessesMax,
         keptEndedOutputBytesMax: options.keptEndedOutputBytesMax,
         endedThreadsKeptMax: options.endedThreadsKeptMax,
+        outputChunksKeptMax: options.outputChunksKeptMax,
       },
       {
         isStopped: () => this.stopped,
