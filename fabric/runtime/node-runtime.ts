@@ -123,6 +123,8 @@ export const programPreloadNodesMax = 16
 export const logGapReason = 'log gap'
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
+/** How often a leaving node looks whether its claims under way and its hand-over saves are done. */
+export const drainPollMs = 10
 /**
  * A thread whose output cannot reach its process's home keeps sending it while the process runs (a
  * lost home is replaced meanwhile, and the record names the new one); it says so in the log once
@@ -405,19 +407,23 @@ export class NodeRuntime {
    */
   async drain(timeoutMs = drainTimeoutMsDefault): Promise<void> {
     this.draining = true
+    // New claims are refused from now on; those under way finish first, and their threads are
+    // handed over with the rest (else they would start here after the drain, and be lost with it).
+    for (let waitedMs = 0; this.claiming.size > 0 && waitedMs < timeoutMs; waitedMs += drainPollMs)
+      await new Promise<void>((resolve) => this.components.timers.after(drainPollMs, resolve))
     await Promise.all([...this.local.values()].map((thread) => this.handOff(thread, timeoutMs)))
   }
 
   private async handOff(thread: LocalThread, timeoutMs: number): Promise<void> {
     const lastBefore = thread.chain.at(-1)
     thread.runner?.requestSave()
-    const pollMs = 10
+    // A thread that has not started running yet (its program loading) has no work to save.
     for (
       let waitedMs = 0;
-      thread.chain.at(-1) === lastBefore && !thread.stopped && waitedMs < timeoutMs;
-      waitedMs += pollMs
+      thread.runner !== null && thread.chain.at(-1) === lastBefore && !thread.stopped && waitedMs < timeoutMs;
+      waitedMs += drainPollMs
     ) {
-      await new Promise<void>((resolve) => this.components.timers.after(pollMs, resolve))
+      await new Promise<void>((resolve) => this.components.timers.after(drainPollMs, resolve))
     }
     if (thread.stopped) return
     thread.stopped = true
