@@ -7,7 +7,7 @@ import { decodeThread } from '../fabric/runtime/records.ts'
 import type { Register } from '../fabric/runtime/services.ts'
 import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { guestBytes } from './support/guests.ts'
-import { InProcessCluster } from './support/runtime-cluster.ts'
+import { collectOutput, InProcessCluster } from './support/runtime-cluster.ts'
 
 /** One wave of two threads that compute long enough (blocks, a checkpoint after each) to be running when the drain asks for their saves. */
 const wavesArgs = ['waves', '1', '2', '200']
@@ -41,10 +41,7 @@ describe('a clean leave while claims are under way', () => {
     const program = guestBytes('test/fixtures/as/waves.ts')
     const process = await cluster.runtime('node-a').submit(program, { args: wavesArgs, seed: 1 })
     pid = process.pid
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
+    const printed = collectOutput(process)
     for (let waitedMs = 0; held === undefined && waitedMs < 30_000; waitedMs += 10)
       await new Promise((resolve) => setTimeout(resolve, 10))
     expect(held).toBeDefined()
@@ -58,12 +55,9 @@ describe('a clean leave while claims are under way', () => {
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     // The same output as a run nobody disturbed.
     const undisturbed = await cluster.runtime('node-a').submit(program, { args: wavesArgs, seed: 1 })
-    let reference = ''
-    undisturbed.onOutput((chunk) => {
-      reference += new TextDecoder().decode(chunk.bytes)
-    })
+    const reference = collectOutput(undisturbed)
     expect(await undisturbed.result).toEqual({ exitCode: 0, error: null })
-    expect(output).toBe(reference)
+    expect(printed.text).toBe(reference.text)
     expect(cluster.logs.some((line) => line.startsWith(`${leaver}: runtime: handed thread ${tid} `))).toBe(
       true,
     )

@@ -18,7 +18,7 @@ import {
 } from '../fabric/runtime/records.ts'
 import { ThreadRecords } from '../fabric/runtime/thread-records.ts'
 import { guestBytes } from './support/guests.ts'
-import { InProcessCluster } from './support/runtime-cluster.ts'
+import { collectOutput, InProcessCluster } from './support/runtime-cluster.ts'
 
 const program = guestBytes('test/fixtures/as/print-threads.ts')
 const endedThreadsKeptMax = 16
@@ -47,11 +47,7 @@ async function printThreads(cluster: InProcessCluster) {
     args: ['print-threads', String(threadCount)],
     seed: 1,
   })
-  const printed = { text: '' }
-  process.onOutput((chunk) => {
-    printed.text += new TextDecoder().decode(chunk.bytes)
-  })
-  return { process, printed }
+  return { process, printed: collectOutput(process) }
 }
 
 describe('issue 4: a home keeps bounded per-thread state', () => {

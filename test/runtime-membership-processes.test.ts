@@ -180,7 +180,9 @@ describe('distributed processes while nodes join and leave, on real node process
     console.log(
       `runtime: the leaver ran ${leaverHad.join(' ')} when it was told to leave; handed over ${handed.map((each) => each.tid).join(' ')}`,
     )
-    expect(handed.length).toBeGreaterThan(0)
+    // On failure, what the leaver logged says why (a thread that ended before its hand-over, say).
+    const leaverLog = lines.filter((line) => line.node === leaver!.index && line.text.includes(pid))
+    expect(handed.length, leaverLog.map((line) => line.text).join('\n')).toBeGreaterThan(0)
     // Each handed thread resumed on another node from a save (the hand-over's), not from its start,
     // and finished there, as its record says.
     for (const { tid, to } of handed) {

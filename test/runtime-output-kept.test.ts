@@ -6,7 +6,7 @@ import { outputChunksKeptMaxDefault } from '../fabric/runtime/home-duties.ts'
 import { endedThreadsKeptMaxDefault } from '../fabric/runtime/home-threads.ts'
 import { homeCopyEntriesMax } from '../fabric/runtime/message-validation.ts'
 import { guestBytes } from './support/guests.ts'
-import { InProcessCluster } from './support/runtime-cluster.ts'
+import { collectOutput, InProcessCluster } from './support/runtime-cluster.ts'
 
 const threadCount = 40
 const outputChunksKeptMax = 15
@@ -29,13 +29,10 @@ describe('output kept by a home', () => {
       args: ['print-threads', String(threadCount)],
       seed: 1,
     })
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
+    const printed = collectOutput(process)
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     const lines = Array.from({ length: threadCount }, (_, index) => `thread ${index}\n`)
-    expect(output).toBe(`${lines.join('')}joined ${threadCount}\n`)
+    expect(printed.text).toBe(`${lines.join('')}joined ${threadCount}\n`)
     // A submitter that attaches now gets what the home kept.
     const reply = await cluster.send('node-b', 'node-a', {
       type: 'attach',

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, test } from 'vitest'
 import { outputWaitLogIntervalMs } from '../fabric/runtime/node-runtime.ts'
 import { guestBytes } from './support/guests.ts'
-import { InProcessCluster } from './support/runtime-cluster.ts'
+import { collectOutput, InProcessCluster } from './support/runtime-cluster.ts'
 
 const threadCount = 3
 /** From the first line refused: longer than the log interval, which was also how long output was tried before it was dropped. */
@@ -34,14 +34,11 @@ describe('output and an unreachable home', () => {
       args: ['print-threads', String(threadCount)],
       seed: 1,
     })
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
+    const printed = collectOutput(process)
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     expect(refused).toBeGreaterThan(0)
     const lines = Array.from({ length: threadCount }, (_, index) => `thread ${index}\n`).join('')
-    expect(output).toBe(`${lines}joined ${threadCount}\n`)
+    expect(printed.text).toBe(`${lines}joined ${threadCount}\n`)
     expect(cluster.logs.some((line) => line.includes('has waited'))).toBe(true)
   }, 90_000)
 })

@@ -425,7 +425,12 @@ export class NodeRuntime {
     ) {
       await new Promise<void>((resolve) => this.components.timers.after(drainPollMs, resolve))
     }
-    if (thread.stopped) return
+    if (thread.stopped) {
+      this.components.log?.(
+        `runtime: thread ${thread.tid} of ${thread.pid} stopped here before its hand-over (it ended, or its process did)`,
+      )
+      return
+    }
     thread.stopped = true
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.runner?.kill('thread handed over to another node')
@@ -433,7 +438,13 @@ export class NodeRuntime {
     await thread.replicationQueue
     this.abandonFiles(thread)
     const read = await this.threadRecords.get(thread.pid, thread.tid).catch(() => undefined)
-    if (read?.value == null || read.version !== thread.version) return
+    if (read?.value == null || read.version !== thread.version) {
+      // Its home restarts it from its record once this node is gone.
+      this.components.log?.(
+        `runtime: thread ${thread.tid} of ${thread.pid} not handed over: its record ${read === undefined ? 'could not be read' : 'changed meanwhile'}`,
+      )
+      return
+    }
     const node = await this.handOver(thread.pid, thread.tid, read.version, decodeThread(read.value), {
       exclude: this.self,
     })

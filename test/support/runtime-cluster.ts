@@ -6,6 +6,7 @@
 
 import { seededRandom, systemTimers } from '../../fabric/platform.ts'
 import type { GuestFilesService } from '../../fabric/runtime/guest-files.ts'
+import type { ProcessHandle } from '../../fabric/runtime/home-duties.ts'
 import { MemoryStore } from '../../fabric/runtime/memory-store.ts'
 import type { RuntimeMessage, RuntimeReply } from '../../fabric/runtime/messages.ts'
 import { NodeRuntime, type NodeRuntimeOptions } from '../../fabric/runtime/node-runtime.ts'
@@ -14,6 +15,15 @@ import { instrumentInWorker } from '../../host/instrument-node.ts'
 import { loadProgram, type Program } from '../../host/program.ts'
 import { nodeWorkerFactory } from '../../host/worker-node.ts'
 import { WorkerPool } from '../../host/worker-pool.ts'
+
+/** The output of `process` as text, growing as it arrives (`printed.text`). */
+export function collectOutput(process: ProcessHandle): { text: string } {
+  const printed = { text: '' }
+  process.onOutput((chunk) => {
+    printed.text += new TextDecoder().decode(chunk.bytes)
+  })
+  return printed
+}
 
 interface Member {
   id: NodeId
