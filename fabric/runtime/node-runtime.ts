@@ -131,6 +131,12 @@ export const drainPollMs = 10
  * per this interval.
  */
 export const outputWaitLogIntervalMs = 30_000
+/**
+ * The pause between tries of output whose home did not answer doubles up to this: each try reads
+ * the process record again, and a home gone for minutes must not cost the store ten reads a second
+ * per waiting thread.
+ */
+export const outputRetryMsMax = 2000
 /** Store attempts to record that a thread was stopped because its process ended. */
 export const stoppedWriteAttemptsMax = 5
 
@@ -1246,12 +1252,12 @@ export class NodeRuntime {
       const clock = this.components.clock ?? systemClock
       const startedMs = clock.now()
       let reportedMs = 0
-      while (!thread.stopped) {
+      for (let pauseMs = storeRetryMs; !thread.stopped; pauseMs = Math.min(pauseMs * 2, outputRetryMsMax)) {
         try {
           await this.components.messenger.request(home, message)
           return
         } catch (error) {
-          await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+          await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
           const waitedMs = clock.now() - startedMs
           if (waitedMs - reportedMs >= outputWaitLogIntervalMs) {
             reportedMs = waitedMs
