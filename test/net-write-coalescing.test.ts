@@ -1,10 +1,12 @@
 /**
  * Write coalescing (fabric/net/write-coalescing.ts and the per-peer batches of network.ts): what a
  * node sends in one turn of the event loop leaves in one write, in order, and only after the
- * acceptor log is on disk.
+ * acceptor log is on disk; a noise message leaves in one socket write, and is read back by
+ * fabric/net/noise-frames.ts.
  */
 
 import { readFileSync } from 'node:fs'
+import net from 'node:net'
 import { join } from 'node:path'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { StreamMuxerFactory } from '@libp2p/interface'
@@ -12,6 +14,7 @@ import { Uint8ArrayList } from 'uint8arraylist'
 import { afterEach, describe, expect, it } from 'vitest'
 import { openAcceptorLog } from '../fabric/net/acceptor-log.ts'
 import { createNetwork, type Network } from '../fabric/net/network.ts'
+import { NoiseFrameDecoder, noiseDecodersInstalled } from '../fabric/net/noise-frames.ts'
 import { coalescedBytesMax, coalescingMuxer } from '../fabric/net/write-coalescing.ts'
 import { temporaryDirectory } from './support/node-processes.ts'
 
@@ -153,5 +156,64 @@ describe('network batches per peer', () => {
     await until(() => received.length === 100)
     expect(received).toEqual(Array.from({ length: 100 }, (_, n) => n))
     expect(sender.stats()['batches sent']).toBeGreaterThanOrEqual(1)
+  })
+
+  it('sends each noise message in one socket write, and reads it with the decoder of noise-frames.ts', async () => {
+    const installedBefore = noiseDecodersInstalled()
+    const [sender, receiver] = await pair()
+    let received = 0
+    receiver.onMessage(() => {
+      received++
+    })
+    await until(() => {
+      sender.send(receiver.self, 'test', { n: -1 })
+      return received > 0
+    })
+    const writes: number[] = []
+    const write = net.Socket.prototype.write
+    net.Socket.prototype.write = function (this: net.Socket, chunk: Uint8Array, ...rest: never[]) {
+      writes.push(chunk.length)
+      return write.call(this, chunk, ...rest)
+    } as typeof write
+    try {
+      for (let n = 0; n < 20; n++) {
+        const before = received
+        sender.send(receiver.self, 'test', { n })
+        await until(() => received > before)
+      }
+    } finally {
+      net.Socket.prototype.write = write
+    }
+    // A noise message is its 2-byte length then its ciphertext: never a write of the length alone.
+    expect(writes.length).toBeGreaterThanOrEqual(20)
+    expect(writes.filter((length) => length <= 2)).toEqual([])
+    // Both ends of the connection read with it.
+    expect(noiseDecodersInstalled() - installedBefore).toBeGreaterThanOrEqual(2)
+  })
+})
+
+describe('noise messages', () => {
+  it('are split out of chunks cut anywhere, as many as a chunk completes, none before it is whole', () => {
+    const message = (length: number, fill: number) => {
+      const bytes = new Uint8Array(2 + length).fill(fill)
+      bytes[0] = length >> 8
+      bytes[1] = length & 0xff
+      return bytes
+    }
+    const stream = new Uint8ArrayList(message(3, 7), message(300, 8), message(0, 0), message(1, 9))
+    const whole = stream.subarray()
+    for (const cut of [1, 2, 3, 5, 6, 100, 306, 307, whole.length]) {
+      const decoder = new NoiseFrameDecoder()
+      const out: number[][] = []
+      for (let start = 0; start < whole.length; start += cut)
+        for (const piece of decoder.decode(whole.subarray(start, start + cut)))
+          out.push([...piece.subarray()])
+      // The empty message carries nothing and is skipped, as the package's decoder does.
+      expect(out.map((bytes) => [bytes.length, bytes[0]])).toEqual([
+        [3, 7],
+        [300, 8],
+        [1, 9],
+      ])
+    }
   })
 })

@@ -24,9 +24,10 @@ import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
-import type { Uint8ArrayList } from 'uint8arraylist'
+import { Uint8ArrayList } from 'uint8arraylist'
 import { MessageRejectedError } from '../errors.ts'
 import { createNodeDatastore } from './node-datastore.ts'
+import { withNoiseFrameDecoder } from './noise-frames.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 import { coalescingMuxer, FramesPerTurn, joinFrames } from './write-coalescing.ts'
 
@@ -121,7 +122,12 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
   }
   const protector =
     options.clusterKey === undefined
-      ? undefined
+      ? (): ConnectionProtector => ({
+          async protect(connection) {
+            sendInOneWrite(connection)
+            return connection
+          },
+        })
       : (): ConnectionProtector => {
           const inner = preSharedKey({ psk: options.clusterKey! })()
           return {
@@ -167,7 +173,9 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     addresses: { listen: options.client || browser ? [] : [...options.listen] },
     transports: browser ? [webSockets()] : [tcp(), webSockets()],
     ...(browser ? { connectionGater: { denyDialMultiaddr: () => false } } : {}),
-    connectionEncrypters: [noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })],
+    connectionEncrypters: [
+      withNoiseFrameDecoder(noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })),
+    ],
     streamMuxers: [coalescingMuxer(yamux(), options.beforeWrite)],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
@@ -417,6 +425,25 @@ function encryptInPieces(stream: unknown): void {
       ).canSendMore
     return { sentBytes: data.byteLength, canSendMore }
   }
+}
+
+/**
+ * Hands what the connection's encrypter sends in one call to its transport as one buffer. Noise
+ * gives each message as two pieces (its 2-byte length, then the ciphertext), and the TCP and
+ * WebSockets transports write each piece on its own: two system calls per message, and on
+ * loopback the receiver woke for the length alone and again for the rest. (The cluster-key layer
+ * encrypts the pieces as one buffer, so a cluster with a key already wrote them together.)
+ */
+function sendInOneWrite(stream: unknown): void {
+  const box = stream as { sendData?: (data: Uint8ArrayList) => unknown }
+  const sendData = box.sendData?.bind(stream)
+  if (sendData === undefined) return
+  box.sendData = (data) =>
+    sendData(
+      (data as unknown as { bufs: Uint8Array[] }).bufs.length > 1
+        ? new Uint8ArrayList(data.subarray())
+        : data,
+    )
 }
 
 /**
