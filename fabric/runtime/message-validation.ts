@@ -56,23 +56,53 @@ const isStrings = (value: unknown): value is string[] =>
   value.length <= argumentsMax &&
   value.every((item) => typeof item === 'string' && item.length <= argumentLengthMax)
 
+/** The fields of a `log` message (a start carries them too). */
+const isLogFields = (value: unknown): boolean =>
+  isObject(value) &&
+  isId(value.pid) &&
+  isId(value.tid) &&
+  isCount(value.epoch) &&
+  isCount(value.afterSequence) &&
+  isLogEntries(value.entries) &&
+  isLoggedReplies(value.replies) &&
+  (value.from === undefined || isCount(value.from, logEntriesMax))
+
+/**
+ * A start, with the spawner's log it carries (its own `log`, or `logs[logIndex]` of its `starts`
+ * message), which must be of the same process.
+ */
+const isStart = (value: unknown, logs: unknown[]): value is Record<string, unknown> => {
+  if (
+    !isObject(value) ||
+    value.type !== 'start' ||
+    !isId(value.pid) ||
+    !isId(value.tid) ||
+    !isCount(value.version) ||
+    !isBytes(value.record) ||
+    value.record.length > recordBytesMax
+  )
+    return false
+  if (value.logIndex !== undefined && !isCount(value.logIndex, logs.length - 1)) return false
+  const log = value.logIndex === undefined ? value.log : logs[value.logIndex]
+  return log === undefined || (isLogFields(log) && (log as Record<string, unknown>).pid === value.pid)
+}
+
 export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
   if (!isObject(value) || typeof value.type !== 'string') return false
   switch (value.type) {
     case 'start':
+      return isStart(value, []) && value.logIndex === undefined
+    case 'starts': {
+      const logs = value.logs ?? []
       return (
-        isId(value.pid) &&
-        isId(value.tid) &&
-        isCount(value.version) &&
-        isBytes(value.record) &&
-        value.record.length <= recordBytesMax
-      )
-    case 'starts':
-      return (
+        Array.isArray(logs) &&
+        logs.length <= startsPerMessageMax &&
+        logs.every(isLogFields) &&
         Array.isArray(value.starts) &&
         value.starts.length <= startsPerMessageMax &&
-        value.starts.every((start) => isObject(start) && start.type === 'start' && isRuntimeMessage(start))
+        value.starts.every((start) => isStart(start, logs) && start.log === undefined)
       )
+    }
     case 'fetch-saves':
     case 'drop-saves':
       return isId(value.pid) && isId(value.tid)
@@ -96,15 +126,7 @@ export function isRuntimeMessage(value: unknown): value is RuntimeMessage {
         isBytes(value.bytes)
       )
     case 'log':
-      return (
-        isId(value.pid) &&
-        isId(value.tid) &&
-        isCount(value.epoch) &&
-        isCount(value.afterSequence) &&
-        isLogEntries(value.entries) &&
-        isLoggedReplies(value.replies) &&
-        (value.from === undefined || isCount(value.from, logEntriesMax))
-      )
+      return isLogFields(value)
     case 'fetch-program':
       return isId(value.digest)
     case 'load-program':

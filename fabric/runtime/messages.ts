@@ -1,14 +1,14 @@
 /** Messages of the process runtime between nodes (protocol `/fabric/runtime/1`, CBOR on the wire). */
 
 export type RuntimeMessage =
+  /** Claim and run a thread (see `StartRequest`). */
+  | StartRequest
   /**
-   * Claim and run a thread: the receiver writes `record` (the thread's record as read at `version`,
-   * or a new thread's at version 0) back with itself as node, state `running` and epoch + 1, by one
-   * compare-and-swap on `version`, and runs it only if that succeeds.
+   * Several starts to one node (start-batches.ts): answered by `started` with a reply to each, in
+   * order. The spawners' logs they carry travel once each, in `logs`; a start names its own by
+   * `logIndex` (and carries no `log` of its own).
    */
-  | { type: 'start'; pid: string; tid: string; version: number; record: Uint8Array }
-  /** Several starts to one node (start-batches.ts): answered by `started` with a reply to each, in order. */
-  | { type: 'starts'; starts: StartRequest[] }
+  | { type: 'starts'; starts: StartRequest[]; logs?: StartLog[] }
   /** Keep this context save of a thread (a replica in memory). */
   | {
       type: 'save'
@@ -101,7 +101,28 @@ export type RuntimeMessage =
    */
   | { type: 'fetch-home-copy'; pid: string; from: number }
 
-export type StartRequest = { type: 'start'; pid: string; tid: string; version: number; record: Uint8Array }
+/**
+ * Claim and run a thread: the receiver writes `record` (the thread's record as read at `version`,
+ * or a new thread's at version 0) back with itself as node, state `running` and epoch + 1, by one
+ * compare-and-swap on `version`, and runs it only if that succeeds.
+ *
+ * A start to one of the spawner's save replicas may carry the spawner's replay log that must be
+ * durable before the child's record exists (`log`, or in a `starts` message the log at `logIndex`):
+ * the receiver keeps it first, as a `log` message, and refuses the start
+ * (`startLogRefusedReason`) without claiming when it does not.
+ */
+export type StartRequest = {
+  type: 'start'
+  pid: string
+  tid: string
+  version: number
+  record: Uint8Array
+  log?: StartLog
+  logIndex?: number
+}
+
+/** A spawner's replay log as a start carries it: the fields of a `log` message (of the same process). */
+export type StartLog = Omit<Extract<RuntimeMessage, { type: 'log' }>, 'type'>
 
 /** A message that only informs its receiver: nothing waits for its reply but the next notices. */
 export type Notice = Extract<RuntimeMessage, { type: 'placed' | 'ended' | 'drop-saves' }>

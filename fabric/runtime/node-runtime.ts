@@ -16,8 +16,9 @@
  * node, state `running`, epoch + 1), creating a new thread's record with its claim, and only then
  * runs it. A spawn returns at once: its child joins a batch that is made durable (the replay log
  * the spawner follows first, then the children's records, all at once) before the spawner's next
- * visible effect, join, end or save replication, all of which queue behind it; a child goes to its
- * spawner's node when that has an idle core. Every
+ * visible effect, join, end or save replication, all of which queue behind it (a child placed on
+ * one of the spawner's save replicas has that log ride with its start, kept there before the claim,
+ * instead of waiting for it); a child goes to its spawner's node when that has an idle core. Every
  * later write of the running incarnation is a cas on the version it claimed, so an incarnation that
  * was replaced fails its next write and stops. A node holds a lease on its own key `node/<id>`; the
  * home of a process that sees the node depart takes that lease once it has expired (which fences
@@ -49,7 +50,14 @@ import { GroupPlacements } from './group-placements.ts'
 import { GroupedWrites } from './grouped-writes.ts'
 import type { GuestFileSession, GuestFilesService } from './guest-files.ts'
 import { HomeDuties, homeSweepMs, type ProcessHandle, storeRetryMs } from './home-duties.ts'
-import type { EndedOutcome, Notice, ProcessSummary, RuntimeMessage, RuntimeReply } from './messages.ts'
+import type {
+  EndedOutcome,
+  Notice,
+  ProcessSummary,
+  RuntimeMessage,
+  RuntimeReply,
+  StartLog,
+} from './messages.ts'
 import { NoticeSender } from './notices.ts'
 import { chooseNode, chooseSaveReplicas } from './placement.ts'
 import { createSyncEngine, isSyncRead, type SyncEngine, type SyncThread } from './primitives/engine.ts'
@@ -69,7 +77,7 @@ import {
 } from './records.ts'
 import { SaveReplicas } from './save-replicas.ts'
 import type { ClusterView, CoordinationClient, Messenger, NodeId, Register } from './services.ts'
-import { StartBatcher } from './start-batches.ts'
+import { StartBatcher, startLogBytes, startLogBytesMax } from './start-batches.ts'
 import { ThreadRecords } from './thread-records.ts'
 
 export type { OutputChunk, ProcessHandle, ProcessResult } from './home-duties.ts'
@@ -121,6 +129,11 @@ export const spawnsPendingMax = 1024
 export const programPreloadNodesMax = 16
 /** A replica's refusal of a log continuation that does not follow what it holds. */
 export const logGapReason = 'log gap'
+/**
+ * How a node's refusal of a start whose carried log it did not keep begins: the placer then waits
+ * until a save replica kept the log (its `log` message) and starts the thread without it.
+ */
+export const startLogRefusedReason = 'start log not kept'
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
 /** How often a leaving node looks whether its claims under way and its hand-over saves are done. */
@@ -248,6 +261,24 @@ interface SpawnBatch {
   logBase: number
   /** Settles once the batch's children are placed (or their placement failed). */
   placed: Promise<void>
+}
+
+/**
+ * The log a batch of spawns follows, on its way to the spawner's save replicas: a child's start
+ * waits until one kept it, unless the child goes to a save replica, whose start carries it (the
+ * child's node keeps it before its claim creates the child's record).
+ */
+interface SpawnLog {
+  /** Settles once a save replica kept the log sent as a `log` message (false: none did). */
+  kept: Promise<boolean>
+  /**
+   * The log a start to `node` carries: undefined when it cannot (`node` is not a save replica, or
+   * the log is larger than a start carries), and the start waits for `kept`; null when `node`
+   * confirmed the whole log already.
+   */
+  forStart(node: NodeId): StartLog | null | undefined
+  /** `node` kept the log carried by a start. */
+  keptBy(node: NodeId): void
 }
 
 function randomHex(random: Random, bytes: number): string {
@@ -533,18 +564,27 @@ export class NodeRuntime {
   private async handle(from: NodeId, message: RuntimeMessage): Promise<RuntimeReply> {
     switch (message.type) {
       case 'start':
+        // The spawner's log it carries is kept before the claim can create the child's record.
+        if (message.log !== undefined) {
+          const refusal = this.keepStartLog(message.log)
+          if (refusal !== null) return refusal
+        }
         return this.claim(message.pid, message.tid, message.version, message.record)
-      case 'starts':
+      case 'starts': {
+        const logRefusals = (message.logs ?? []).map((log) => this.keepStartLog(log))
         return {
           type: 'started',
           replies: await Promise.all(
-            message.starts.map((start) =>
-              this.claim(start.pid, start.tid, start.version, start.record).catch(
-                (error: Error): RuntimeReply => ({ type: 'refused', reason: error.message }),
-              ),
+            message.starts.map(
+              (start) =>
+                (start.logIndex === undefined ? null : logRefusals[start.logIndex]) ??
+                this.claim(start.pid, start.tid, start.version, start.record).catch(
+                  (error: Error): RuntimeReply => ({ type: 'refused', reason: error.message }),
+                ),
             ),
           ),
         }
+      }
       case 'save': {
         const kept = this.replicas.keep(message)
         return kept ? { type: 'ok' } : { type: 'refused', reason: 'save does not follow the chain held' }
@@ -625,6 +665,16 @@ export class NodeRuntime {
     return { type: 'refused', reason: 'unknown message' }
   }
 
+  /** Keeps the spawner's log a start carries, as a `log` message; the start's refusal if not kept. */
+  private keepStartLog(log: StartLog): RuntimeReply | null {
+    const kept = this.replicas.keepLog(log)
+    if (kept === 'kept') return null
+    return {
+      type: 'refused',
+      reason: `${startLogRefusedReason}: ${kept === 'gap' ? logGapReason : 'a later incarnation is held'}`,
+    }
+  }
+
   // --- placing and claiming -------------------------------------------------------------------
 
   private loadByNode(): Map<NodeId, number> {
@@ -640,7 +690,7 @@ export class NodeRuntime {
     entry: string,
     arg: Uint8Array,
     group?: string,
-    options: { here?: boolean } = {},
+    options: { here?: boolean; log?: SpawnLog } = {},
   ): Promise<void> {
     const record: ThreadRecord = {
       formatVersion: recordFormatVersion,
@@ -677,6 +727,7 @@ export class NodeRuntime {
         (await this.handOver(pid, tid, 0, record, {
           prefer: round === 0 ? here : undefined,
           exclude: elsewhere() ? this.self : undefined,
+          log: options.log,
         })) !== null ||
         this.stopped
       )
@@ -711,7 +762,7 @@ export class NodeRuntime {
     tid: string,
     version: number,
     record: ThreadRecord,
-    choice: { exclude?: NodeId; prefer?: NodeId } = {},
+    choice: { exclude?: NodeId; prefer?: NodeId; log?: SpawnLog } = {},
   ): Promise<NodeId | null> {
     const passedOver = new Set<NodeId>(choice.exclude === undefined ? [] : [choice.exclude])
     const encoded = encodeRecord(record)
@@ -739,13 +790,34 @@ export class NodeRuntime {
       // Counted before the answer: the next placements of the same batch see it, so a group that
       // spills off a full node spills to one other node, not to several at random.
       if (group !== undefined) this.groups.placed(pid, group, tid, node)
+      // The spawner's log must be durable before the child's record exists: on the child's node,
+      // kept before its claim, when that is a save replica; else on a replica that confirmed it.
+      const log = choice.log
+      const carried = log === undefined || node === this.self ? undefined : log.forStart(node)
+      if (log !== undefined && carried === undefined) await log.kept
       if (node === this.self) this.startingHere++
-      const reply = await this.starts
-        .request(node, { type: 'start', pid, tid, version, record: encoded })
-        .catch((error: Error) => ({ type: 'refused' as const, reason: error.message }))
-        .finally(() => {
-          if (node === this.self) this.startingHere--
-        })
+      const start = (carrying: StartLog | null | undefined) =>
+        this.starts
+          .request(node, {
+            type: 'start',
+            pid,
+            tid,
+            version,
+            record: encoded,
+            ...(carrying == null ? {} : { log: carrying }),
+          })
+          .catch((error: Error): RuntimeReply => ({ type: 'refused', reason: error.message }))
+      let reply = await start(carried).finally(() => {
+        if (node === this.self) this.startingHere--
+      })
+      if (carried != null) {
+        if (reply.type === 'refused' && reply.reason.startsWith(startLogRefusedReason)) {
+          // The node did not keep the log (it holds a later incarnation's, or missed a part): the
+          // child starts there once a replica confirmed the `log` message.
+          await log!.kept
+          reply = await start(undefined)
+        } else if (reply.type === 'ok' || reply.type === 'claimed') log!.keptBy(node)
+      }
       if (reply.type === 'ok') {
         this.tellHome(pid, tid, node)
         return node
@@ -1095,29 +1167,19 @@ export class NodeRuntime {
   ): Promise<boolean> {
     const { entries, replies, afterSequence } = log
     if (entries.length === 0 && replies.length === 0) return true
-    if (thread.logAckedBase !== afterSequence) {
-      thread.logAcked = new Map()
-      thread.logAckedBase = afterSequence
-    }
-    const acked = thread.logAcked
-    const message = (from: number): RuntimeMessage => ({
-      type: 'log',
-      pid: thread.pid,
-      tid: thread.tid,
-      epoch: thread.epoch,
-      afterSequence,
-      entries: entries.slice(from).map(([sequence, value]) => [sequence, value.toString()]),
-      ...(replies.length === 0 ? {} : { replies }),
-      ...(from === 0 ? {} : { from }),
-    })
+    const { acked, message, replicas } = this.logDelivery(thread, log)
     // A replica that confirmed part of this log gets the rest only (the log grows with every clock
     // reading until the next save; sending it whole each time made each effect cost the whole log).
     const sendTo = async (node: NodeId): Promise<boolean> => {
       const from = Math.min(acked.get(node) ?? 0, entries.length)
       if (from === entries.length && replies.length === 0) return true
-      let reply = await this.components.messenger.request(node, message(from)).catch(() => undefined)
+      let reply = await this.components.messenger
+        .request(node, { type: 'log', ...message(from) })
+        .catch(() => undefined)
       if (reply?.type === 'refused' && reply.reason === logGapReason && from > 0)
-        reply = await this.components.messenger.request(node, message(0)).catch(() => undefined)
+        reply = await this.components.messenger
+          .request(node, { type: 'log', ...message(0) })
+          .catch(() => undefined)
       if (reply?.type !== 'ok') {
         acked.delete(node)
         return false
@@ -1126,7 +1188,6 @@ export class NodeRuntime {
         acked.set(node, Math.max(acked.get(node) ?? 0, entries.length))
       return true
     }
-    const replicas = chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount)
     // One replica that keeps it is enough (as for a save's log since the runtime began): the effect
     // waits for the first answer that says so, not for the slowest replica.
     const kept = await new Promise<boolean>((resolve) => {
@@ -1142,6 +1203,70 @@ export class NodeRuntime {
     })
     if (kept && thread.logBase === afterSequence) thread.logSent = Math.max(thread.logSent, entries.length)
     return kept
+  }
+
+  /**
+   * Where a thread's log that follows save `afterSequence` goes (its save replicas), what each
+   * confirmed of it, and the log from entry `from` on as a `log` message carries it.
+   */
+  private logDelivery(
+    thread: LocalThread,
+    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
+  ): { replicas: NodeId[]; acked: Map<NodeId, number>; message: (from: number) => StartLog } {
+    const { entries, replies, afterSequence } = log
+    if (thread.logAckedBase !== afterSequence) {
+      thread.logAcked = new Map()
+      thread.logAckedBase = afterSequence
+    }
+    return {
+      replicas: chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount),
+      acked: thread.logAcked,
+      message: (from) => ({
+        pid: thread.pid,
+        tid: thread.tid,
+        epoch: thread.epoch,
+        afterSequence,
+        entries: entries.slice(from).map(([sequence, value]) => [sequence, value.toString()]),
+        ...(replies.length === 0 ? {} : { replies }),
+        ...(from === 0 ? {} : { from }),
+      }),
+    }
+  }
+
+  /**
+   * Sends the log a batch of spawns follows to the save replicas (as `sendLog`), and gives what a
+   * start to each replica carries of it meanwhile.
+   */
+  private spawnLog(
+    thread: LocalThread,
+    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
+  ): SpawnLog {
+    const { entries, replies, afterSequence } = log
+    const kept = this.sendLog(thread, log)
+    const { acked, message, replicas } = this.logDelivery(thread, log)
+    // One object per node: the starts of a batch to one node carry it once (start-batches.ts).
+    const carried = new Map<NodeId, StartLog | null | undefined>()
+    return {
+      kept,
+      forStart: (node) => {
+        if (!replicas.includes(node)) return undefined
+        if (carried.has(node)) return carried.get(node)
+        const from = Math.min(acked.get(node) ?? 0, entries.length)
+        let start: StartLog | null | undefined = null
+        if (from < entries.length || replies.length > 0) {
+          start = message(from)
+          if (startLogBytes(start) > startLogBytesMax) start = undefined
+        }
+        carried.set(node, start)
+        return start
+      },
+      keptBy: (node) => {
+        // As the node's answer to the `log` message would count (sendLog).
+        if (thread.logAckedBase === afterSequence)
+          acked.set(node, Math.max(acked.get(node) ?? 0, entries.length))
+        if (thread.logBase === afterSequence) thread.logSent = Math.max(thread.logSent, entries.length)
+      },
+    }
   }
 
   private launch(
@@ -1485,16 +1610,21 @@ export class NodeRuntime {
         thread.pid,
         batch.children.filter((child) => child.here).map((child) => child.tid),
       )
-      if (!sent || batch.replies.length > 0)
-        await this.sendLog(thread, {
-          entries: batch.log,
-          replies: batch.replies,
-          afterSequence: batch.logBase,
-        })
+      // A child placed on a save replica has its start carry the log; the others wait until a
+      // replica kept it (handOver).
+      const log =
+        !sent || batch.replies.length > 0
+          ? this.spawnLog(thread, {
+              entries: batch.log,
+              replies: batch.replies,
+              afterSequence: batch.logBase,
+            })
+          : undefined
       await Promise.all(
         batch.children.map((child) =>
           this.placeThread(thread.pid, child.tid, child.entry, child.arg, child.group, {
             here: child.here,
+            log,
           })
             .catch((error: Error) => {
               this.components.log?.(

@@ -4,13 +4,33 @@
  * request and one reply instead of one each (each costs an encoding, a decoding, a check and a
  * timer on both sides). A turn's single start goes as itself.
  *
+ * A spawner's replay log that several starts of a batch carry (the same object: one spawn batch's
+ * log for that node) travels once, in the message's `logs`. A message carries at most
+ * `startsLogBytesMax` of logs (as `startLogBytes` counts them); more starts go in another message.
+ *
  *   const starts = new StartBatcher(self, (to, message) => messenger.request(to, message))
  *   const reply = await starts.request(node, { type: 'start', pid, tid, version, record })
  */
 
 import { startsPerMessageMax } from './message-validation.ts'
-import type { RuntimeMessage, RuntimeReply, StartRequest } from './messages.ts'
+import type { RuntimeMessage, RuntimeReply, StartLog, StartRequest } from './messages.ts'
 import type { NodeId } from './services.ts'
+
+/**
+ * The largest log a start carries, as `startLogBytes` counts it: a spawner whose log since its
+ * last save is larger sends it as a `log` message only, and its starts wait for that.
+ */
+export const startLogBytesMax = 64 * 1024
+/** Logs in one `starts` message, in all (several spawners' starts may go to one node in one turn). */
+export const startsLogBytesMax = 512 * 1024
+
+/** About the bytes `log` takes on the wire (CBOR): its values and payloads plus a little per item. */
+export function startLogBytes(log: StartLog): number {
+  let bytes = 64
+  for (const [, value] of log.entries) bytes += value.length + 12
+  for (const [, , payload] of log.replies ?? []) bytes += (payload?.length ?? 0) + 20
+  return bytes
+}
 
 interface Pending {
   start: StartRequest
@@ -39,8 +59,28 @@ export class StartBatcher {
         this.queues.set(to, created)
         queueMicrotask(() => {
           this.queues.delete(to)
-          for (let first = 0; first < created.length; first += startsPerMessageMax)
-            this.sendBatch(to, created.slice(first, first + startsPerMessageMax))
+          let batch: Pending[] = []
+          let logs = new Set<StartLog>()
+          let logBytes = 0
+          for (const pending of created) {
+            const log = pending.start.log
+            const newLogBytes = log === undefined || logs.has(log) ? 0 : startLogBytes(log)
+            if (
+              batch.length > 0 &&
+              (batch.length === startsPerMessageMax || logBytes + newLogBytes > startsLogBytesMax)
+            ) {
+              this.sendBatch(to, batch)
+              batch = []
+              logs = new Set()
+              logBytes = 0
+            }
+            batch.push(pending)
+            if (log !== undefined && !logs.has(log)) {
+              logs.add(log)
+              logBytes += startLogBytes(log)
+            }
+          }
+          if (batch.length > 0) this.sendBatch(to, batch)
         })
       }
       queue.push({ start, resolve, reject })
@@ -53,7 +93,16 @@ export class StartBatcher {
       this.send(to, only!.start).then(only!.resolve, only!.reject)
       return
     }
-    this.send(to, { type: 'starts', starts: batch.map((pending) => pending.start) }).then(
+    // Each log once: the starts name theirs by its index.
+    const logs: StartLog[] = []
+    const starts = batch.map(({ start }): StartRequest => {
+      if (start.log === undefined) return start
+      const { log, ...rest } = start
+      let logIndex = logs.indexOf(log)
+      if (logIndex < 0) logIndex = logs.push(log) - 1
+      return { ...rest, logIndex }
+    })
+    this.send(to, { type: 'starts', starts, ...(logs.length === 0 ? {} : { logs }) }).then(
       (reply) => {
         if (reply.type === 'started' && reply.replies.length === batch.length) {
           batch.forEach((pending, index) => {
