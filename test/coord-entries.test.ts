@@ -7,14 +7,12 @@
 
 import { describe, expect, test } from 'vitest'
 import { decodeEntries, encodeEntries, entryNameBytesMax } from '../fabric/coord/entries.ts'
-import type { StoreMessage } from '../fabric/coord/messages.ts'
 import { applyOperation, emptyRegister, type Operation, valueBytesMax } from '../fabric/coord/register.ts'
-import { createStore, type Outcome, type Store } from '../fabric/coord/store.ts'
 import { InvalidArgumentError } from '../fabric/errors.ts'
 import { isOperation } from '../fabric/net/validate.ts'
-import { memoryAcceptorStorage } from '../fabric/sim/cluster.ts'
 import { seedBanner } from '../fabric/sim/simulator.ts'
 import { entryKey, runStoreScenario } from '../fabric/sim/workload.ts'
+import { threeStores } from './support/three-stores.ts'
 
 const bytes = (text: string) => new TextEncoder().encode(text)
 
@@ -147,62 +145,6 @@ describe('register of entries', () => {
     expect(isOperation({ kind: 'entry-get', entry: 7 })).toBe(false)
   })
 })
-
-/** Three store replicas on one event loop; messages are delivered in rounds, and counted by type. */
-function threeStores() {
-  const ids = ['n0', 'n1', 'n2']
-  let nowMs = 0
-  let seed = 1
-  const queue: Array<{ from: string; to: string; message: StoreMessage }> = []
-  const sent = new Map<string, number>()
-  const stores = new Map<string, Store>()
-  for (const id of ids) {
-    stores.set(
-      id,
-      createStore(
-        {
-          self: id,
-          clock: { now: () => nowMs },
-          random: {
-            next: () => {
-              seed = (seed * 16807) % 2147483647
-              return (seed - 1) / 2147483646
-            },
-          },
-          send: (to, message) => {
-            sent.set(message.type, (sent.get(message.type) ?? 0) + 1)
-            queue.push({ from: id, to, message })
-          },
-          servers: () => ids,
-          storage: memoryAcceptorStorage(new Map()),
-        },
-        { shardCount: 1, replicaCount: 3 },
-      ),
-    )
-  }
-  for (const store of stores.values()) store.genesis(ids)
-  const deliver = () => {
-    for (let steps = 0; queue.length > 0 && steps < 100_000; steps++) {
-      const { from, to, message } = queue.shift()!
-      stores.get(to)!.receive(from, message)
-    }
-  }
-  const submit = (id: string, key: string, operation: Operation) => {
-    const outcomes: Outcome[] = []
-    stores.get(id)!.submit(key, operation, { timeoutMs: 5000 }, (outcome) => outcomes.push(outcome))
-    return outcomes
-  }
-  /** Delivers and ticks until every list holds its outcome (contending proposers retry on the clock). */
-  const settle = (...lists: Outcome[][]) => {
-    for (let step = 0; step < 400 && lists.some((list) => list.length === 0); step++) {
-      deliver()
-      nowMs += 5
-      for (const store of stores.values()) store.tick()
-    }
-    deliver()
-  }
-  return { stores, sent, deliver, submit, settle }
-}
 
 describe('entry writes through the store', () => {
   test('50 entry writes submitted in one turn take a few rounds, not 50, and all apply', () => {

@@ -101,6 +101,17 @@ export const configQueryRandomCount = 4
 /** Proposers remembered per key for retry detection; a proposer must not be pushed out by this many others mid-round. */
 export const writersMax = 16
 /**
+ * A round's prepare or accept goes first to the fewest members that make a quorum (this node's own
+ * replica and those that answered fastest), and to the others only if one of those refuses or has
+ * not answered after this long. Each message to a replica is a socket write, a log write and a
+ * reply: on 3 local node processes, asking 2 of 3 replicas instead of all took a store read from
+ * 0.82 to 0.56 ms p50.
+ */
+export const thriftyWidenMs = 20
+/** Replicas whose answer times this proposer keeps (more are forgotten at once). */
+export const answerTimesKeptMax = 1024
+
+/**
  * Keys for which this proposer remembers a promised next ballot and the value chosen under the
  * previous one (so its next operation on them skips the prepare round); the oldest are forgotten.
  */
@@ -193,6 +204,11 @@ interface Round {
   nextPromised: Set<NodeId>
   /** An earlier attempt of this round sent an accept, which some acceptor may hold. */
   sentAccept: boolean
+  /** The current phase's message, the members it went to, when, and when it goes to the rest. */
+  phaseMessage: StoreMessage | null
+  targets: NodeId[]
+  phaseSentAtMs: number
+  widenAtMs: number
 }
 
 /** A key this proposer may write without a prepare: a quorum promised `ballot` and holds `state`. */
@@ -255,6 +271,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   /** Shards led here whose replicas all answered in the current configuration, checked less often. */
   const settled = new Map<number, { members: string; untilMs: number }>()
   let leaving = false
+  /** How long each replica took to answer this proposer (a moving average, ms). */
+  const answerMs = new Map<NodeId, number>()
 
   function adoptView(shard: number, view: ShardView | null): boolean {
     if (view === null || view.epoch === 0) return false
@@ -352,6 +370,10 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       next: null,
       nextPromised: new Set(),
       sentAccept: false,
+      phaseMessage: null,
+      targets: [],
+      phaseSentAtMs: 0,
+      widenAtMs: 0,
     }
     rounds.set(key, round)
     beginAttempt(round)
@@ -395,14 +417,47 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       backOff(round)
       return
     }
-    for (const member of round.members)
-      send(member, {
-        type: 'prepare',
-        shard: round.shard,
-        epoch: config.epoch,
-        key: round.key,
-        ballot: round.ballot,
-      })
+    sendPhase(round, thriftyTargets(round.members), {
+      type: 'prepare',
+      shard: round.shard,
+      epoch: config.epoch,
+      key: round.key,
+      ballot: round.ballot,
+    })
+  }
+
+  /** This node's replica (if it is one) and the fewest others, fastest first, that make a quorum. */
+  function thriftyTargets(members: readonly NodeId[], preferred: ReadonlySet<NodeId> = new Set()): NodeId[] {
+    const own = members.includes(self) ? [self] : []
+    const needed = quorumOf(members.length) - own.length
+    const others = members.filter((member) => member !== self)
+    if (needed >= others.length) return [...members]
+    const rank = (member: NodeId) => (preferred.has(member) ? -1 : (answerMs.get(member) ?? 0))
+    others.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0))
+    return [...own, ...others.slice(0, needed)]
+  }
+
+  function sendPhase(round: Round, targets: NodeId[], message: StoreMessage): void {
+    round.phaseMessage = message
+    round.targets = targets
+    round.phaseSentAtMs = clock.now()
+    round.widenAtMs = round.phaseSentAtMs + thriftyWidenMs
+    for (const member of targets) send(member, message)
+  }
+
+  /** The current phase's message to the members it has not gone to yet. */
+  function widen(round: Round): void {
+    if (round.phaseMessage === null || round.targets.length >= round.members.length) return
+    for (const member of round.members) if (!round.targets.includes(member)) send(member, round.phaseMessage)
+    round.targets = [...round.members]
+  }
+
+  function noteAnswer(from: NodeId, round: Round): void {
+    if (from === self) return
+    const tookMs = Math.max(0, clock.now() - round.phaseSentAtMs)
+    const before = answerMs.get(from)
+    if (before === undefined && answerMs.size >= answerTimesKeptMax) answerMs.clear()
+    answerMs.set(from, before === undefined ? tookMs : before * 0.8 + tookMs * 0.2)
   }
 
   function backOff(round: Round): void {
@@ -420,6 +475,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   function onPromise(from: NodeId, message: Extract<StoreMessage, { type: 'promise' }>): void {
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'prepare' || !round.members.includes(from)) return
+    noteAnswer(from, round)
     round.promises.set(from, message)
     if (round.promises.size < quorumOf(round.members.length)) return
     let chosen: { ballot: Ballot; state: typeof emptyRegister } | null = null
@@ -499,21 +555,22 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.proposed = state
     round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
     round.nextPromised = new Set()
-    for (const member of round.members)
-      send(member, {
-        type: 'accept',
-        shard: round.shard,
-        epoch: round.ballot.epoch,
-        key: round.key,
-        ballot: round.ballot,
-        state,
-        next: round.next,
-      })
+    // After a prepare, to the members that promised (they will not refuse for a newer promise).
+    sendPhase(round, thriftyTargets(round.members, new Set(round.promises.keys())), {
+      type: 'accept',
+      shard: round.shard,
+      epoch: round.ballot.epoch,
+      key: round.key,
+      ballot: round.ballot,
+      state,
+      next: round.next,
+    })
   }
 
   function onAccepted(from: NodeId, message: Extract<StoreMessage, { type: 'accepted' }>): void {
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'accept' || !round.members.includes(from)) return
+    noteAnswer(from, round)
     round.accepted.add(from)
     if (message.next !== undefined && round.next !== null && compareBallots(message.next, round.next) === 0)
       round.nextPromised.add(from)
@@ -547,6 +604,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       beginAttempt(round)
       return
     }
+    // A member that refuses does not count towards the quorum: ask the others now.
+    widen(round)
     if (!moved && (message.reason === 'sealed' || message.reason === 'not-installed'))
       // The shard is being (or was) moved on and this replica missed the outcome: ask around for
       // the configuration that followed, or the next attempt meets the same refusal.
@@ -572,7 +631,18 @@ export function createStore(components: StoreComponents, options: StoreOptions =
         continue
       }
       if (round.phase === 'waiting' && now >= round.retryAtMs) beginAttempt(round)
-      else if (round.phase !== 'waiting' && now >= round.attemptDeadlineMs) {
+      else if (
+        round.phase !== 'waiting' &&
+        now < round.attemptDeadlineMs &&
+        now >= round.widenAtMs &&
+        round.targets.length < round.members.length
+      ) {
+        // A member asked first is slow or gone: it ranks last until it answers quickly again.
+        for (const member of round.targets)
+          if (member !== self && !round.promises.has(member) && !round.accepted.has(member))
+            answerMs.set(member, Math.max(answerMs.get(member) ?? 0, thriftyWidenMs * 2))
+        widen(round)
+      } else if (round.phase !== 'waiting' && now >= round.attemptDeadlineMs) {
         if (round.phase === 'accept') {
           // Requests whose deadline passed during the accept phase learn nothing more: indeterminate.
           round.requests = round.requests.filter((request) => {
