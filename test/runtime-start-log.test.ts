@@ -92,8 +92,13 @@ describe('a remote start carries its spawner log', () => {
   test('the child node holds the spawner log (the clock reading before the spawn) when the child record is created, though every log message is lost', async () => {
     cluster = new InProcessCluster()
     let startsWithLog = 0
-    const created = await run(cluster, (_from, _to, message) => {
-      for (const { log } of startsOf(message)) if (log !== undefined) startsWithLog++
+    const carriedFrom = new Map<string, number[]>()
+    const created = await run(cluster, (_from, to, message) => {
+      for (const { log } of startsOf(message)) {
+        if (log === undefined) continue
+        startsWithLog++
+        carriedFrom.set(to, [...(carriedFrom.get(to) ?? []), log.from ?? 0])
+      }
       // Only the starts can make the log durable.
       if (message.type === 'log') return { type: 'refused', reason: 'test: log messages are lost' }
       return undefined
@@ -104,6 +109,11 @@ describe('a remote start carries its spawner log', () => {
       expect(child.onChildNode, `child ${child.tid} on ${child.node}`).toBe(true)
     }
     expect(startsWithLog).toBe(childCount)
+    // A log kept with a start counts as that node's acknowledgement (no log message is): a next
+    // start there carries only what follows it. (A refused log message to the node takes the
+    // acknowledgement back, so only starts right after one to the same node are continuations.)
+    for (const froms of carriedFrom.values()) expect(froms[0]).toBe(0)
+    expect([...carriedFrom.values()].flat().some((from) => from > 0)).toBe(true)
   }, 60_000)
 
   test('a child node that refuses the carried log gets the start without it once a save replica kept the log message', async () => {
