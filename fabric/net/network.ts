@@ -30,6 +30,7 @@ import { createNodeDatastore } from './node-datastore.ts'
 import { withNoiseFrameDecoder } from './noise-frames.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
 import { coalescingMuxer, FramesPerTurn, joinFrames } from './write-coalescing.ts'
+import { sendWindowUpdatesAtHalf } from './yamux-window.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
 export const clientProtocol = '/fabric/client/1.0.0'
@@ -102,6 +103,7 @@ export interface NetworkOptions {
 
 export async function createNetwork(options: NetworkOptions): Promise<Network> {
   const { log } = options
+  sendWindowUpdatesAtHalf()
   const refusalWindows = new Map<string, { startMs: number; lines: number; suppressed: number }>()
   const refuse = (from: string, reason: string) => {
     const now = performance.now()
