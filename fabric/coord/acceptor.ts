@@ -199,7 +199,12 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
           return true
         }
         const slot = replica!.slots.get(message.key) ?? { promised: zeroBallot, accepted: null }
-        if (compareBallots(message.ballot, slot.promised) < 0) {
+        // A create at round 0 (store.ts, "Creates in one round trip") goes only into a key this
+        // replica has never promised or accepted anything for; it is chosen only if every replica
+        // took it, and round 0 is below every ballot a prepare can use, so a value chosen or
+        // promised before it always wins over it.
+        const createOverSomething = message.ballot.round === 0 && replica!.slots.has(message.key)
+        if (createOverSomething || compareBallots(message.ballot, slot.promised) < 0) {
           send(from, reject(message, 'ballot', slot.promised, replica))
           return true
         }

@@ -29,6 +29,19 @@
  * highest ballot would choose it after we answered without it); it writes the value it read at
  * its higher ballot instead, which buries the old accept.
  *
+ * Creates in one round trip: a round whose requests all expect the key to be absent (a cas or an
+ * entry cas on version 0), on a key this proposer holds no promise for, skips the prepare. It sends
+ * its accept at round 0 of the configuration's epoch, computed from the empty register, to every
+ * replica; an acceptor takes a round-0 accept only into a key it holds nothing for (no promise, no
+ * value), and the value counts as chosen only when every replica took it (then every later prepare
+ * quorum reports it: each replica took it before promising anything higher). Round 0 is below every
+ * ballot a prepare uses, so a value some prepare quorum accepted, or a promise, always wins over a
+ * round-0 value; and a prepare quorum that shows a round-0 value everywhere does not take it as
+ * chosen (the replica outside the quorum may not hold it) but writes it again at its own ballot. If
+ * a replica refuses, or not all have answered after `thriftyWidenMs`, the round runs the ordinary
+ * two rounds (its write id tells it if the create was chosen after all). A thread's claim creates
+ * its record this way: one round trip instead of two.
+ *
  * Many keys at once: operations on different keys submitted in the same turn of the event loop
  * travel together. Each key runs its own rounds (linearizable on its own, as ever), but the node
  * sends its messages for one peer in one frame per turn, and an acceptor writes the records of a
@@ -110,6 +123,12 @@ export const writersMax = 16
 export const thriftyWidenMs = 20
 /** Replicas whose answer times this proposer keeps (more are forgotten at once). */
 export const answerTimesKeptMax = 1024
+/**
+ * After a replica left a round unanswered for `thriftyWidenMs`, creates on its shards take the
+ * ordinary two rounds for this long (a create needs every replica; a dead one would cost each create
+ * that wait until membership and reconfiguration replace it).
+ */
+export const createPauseAfterMissMs = 1000
 
 /**
  * Keys for which this proposer remembers a promised next ballot and the value chosen under the
@@ -198,6 +217,8 @@ interface Round {
   proposals: Map<string, OperationResult[]>
   /** This attempt skipped the prepare round, on a ballot promised with the previous accept. */
   fast: boolean
+  /** This attempt skipped the prepare round as a create at round 0, which every member must take. */
+  create: boolean
   /** The state sent in this attempt's accept, and the next ballot the accept asks to be promised. */
   proposed: RegisterState | null
   next: Ballot | null
@@ -273,6 +294,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   let leaving = false
   /** How long each replica took to answer this proposer (a moving average, ms). */
   const answerMs = new Map<NodeId, number>()
+  /** When each replica last left a round of this proposer unanswered for `thriftyWidenMs`. */
+  const missedAtMs = new Map<NodeId, number>()
 
   function adoptView(shard: number, view: ShardView | null): boolean {
     if (view === null || view.epoch === 0) return false
@@ -366,6 +389,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       results: [],
       proposals: new Map(),
       fast: false,
+      create: false,
       proposed: null,
       next: null,
       nextPromised: new Set(),
@@ -388,6 +412,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   function beginAttempt(round: Round): void {
     const config = configFor(round.shard)
     round.attempts++
+    round.create = false
     round.members = config.members
     round.promises = new Map()
     round.accepted = new Set()
@@ -406,6 +431,18 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       // round whose highest accepted value is `lead.state`, so go straight to the accept.
       round.ballot = lead!.ballot
       sendAccept(round, propose(round, lead!.state, false))
+      return
+    }
+    const now = clock.now()
+    round.create =
+      lead === undefined &&
+      round.attempts === 1 &&
+      config.epoch > 0 &&
+      round.requests.every((request) => expectsAbsent(request.operation)) &&
+      round.members.every((member) => now - (missedAtMs.get(member) ?? -Infinity) >= createPauseAfterMissMs)
+    if (round.create) {
+      round.ballot = { epoch: config.epoch, round: 0, proposer: self }
+      sendAccept(round, propose(round, emptyRegister, false))
       return
     }
     round.ballot = { epoch: config.epoch, round: ++highestRound, proposer: self }
@@ -452,6 +489,16 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.targets = [...round.members]
   }
 
+  /** Members asked in this phase that have not answered: slow or gone, they rank last until they answer quickly again. */
+  function noteMisses(round: Round, now: number): void {
+    for (const member of round.targets) {
+      if (member === self || round.promises.has(member) || round.accepted.has(member)) continue
+      if (!missedAtMs.has(member) && missedAtMs.size >= answerTimesKeptMax) missedAtMs.clear()
+      missedAtMs.set(member, now)
+      answerMs.set(member, Math.max(answerMs.get(member) ?? 0, thriftyWidenMs * 2))
+    }
+  }
+
   function noteAnswer(from: NodeId, round: Round): void {
     if (from === self) return
     const tookMs = Math.max(0, clock.now() - round.phaseSentAtMs)
@@ -483,6 +530,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     let first: Ballot | null | undefined
     for (const promise of round.promises.values()) {
       const ballot = promise.accepted?.ballot ?? null
+      // A create (round 0) is chosen only if every replica took it, which a quorum cannot tell.
+      if (ballot?.round === 0) unanimous = false
       if (first === undefined) first = ballot
       else if (
         (first === null) !== (ballot === null) ||
@@ -555,8 +604,12 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.proposed = state
     round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
     round.nextPromised = new Set()
-    // After a prepare, to the members that promised (they will not refuse for a newer promise).
-    sendPhase(round, thriftyTargets(round.members, new Set(round.promises.keys())), {
+    // After a prepare, to the members that promised (they will not refuse for a newer promise); a
+    // create to every member.
+    const targets = round.create
+      ? [...round.members]
+      : thriftyTargets(round.members, new Set(round.promises.keys()))
+    sendPhase(round, targets, {
       type: 'accept',
       shard: round.shard,
       epoch: round.ballot.epoch,
@@ -574,7 +627,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.accepted.add(from)
     if (message.next !== undefined && round.next !== null && compareBallots(message.next, round.next) === 0)
       round.nextPromised.add(from)
-    const quorum = quorumOf(round.members.length)
+    const quorum = round.create ? round.members.length : quorumOf(round.members.length)
     if (round.accepted.size < quorum) return
     if (round.nextPromised.size >= quorum && round.proposed !== null)
       remember(round.key, { ballot: round.next!, members: round.members, state: round.proposed })
@@ -594,9 +647,9 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const moved = adoptView(message.shard, message.view)
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase === 'waiting') return
-    if (round.fast) {
-      // The promise this attempt relied on is gone (another proposer, or a new configuration):
-      // run the ordinary two rounds now rather than back off.
+    if (round.fast || round.create) {
+      // The promise this attempt relied on is gone (another proposer, or a new configuration), or
+      // a replica holds something for the key: run the ordinary two rounds now rather than back off.
       beginAttempt(round)
       return
     }
@@ -631,16 +684,17 @@ export function createStore(components: StoreComponents, options: StoreOptions =
         continue
       }
       if (round.phase === 'waiting' && now >= round.retryAtMs) beginAttempt(round)
-      else if (
+      else if (round.create && now >= round.widenAtMs) {
+        // A replica has not answered the create: the ordinary rounds need only a quorum.
+        noteMisses(round, now)
+        beginAttempt(round)
+      } else if (
         round.phase !== 'waiting' &&
         now < round.attemptDeadlineMs &&
         now >= round.widenAtMs &&
         round.targets.length < round.members.length
       ) {
-        // A member asked first is slow or gone: it ranks last until it answers quickly again.
-        for (const member of round.targets)
-          if (member !== self && !round.promises.has(member) && !round.accepted.has(member))
-            answerMs.set(member, Math.max(answerMs.get(member) ?? 0, thriftyWidenMs * 2))
+        noteMisses(round, now)
         widen(round)
       } else if (round.phase !== 'waiting' && now >= round.attemptDeadlineMs) {
         if (round.phase === 'accept') {
@@ -978,6 +1032,11 @@ export function createStore(components: StoreComponents, options: StoreOptions =
  * Whether the requests' outcome may depend on the current lease having expired, which only the
  * acceptors' clocks tell (through their promises): then the prepare round cannot be skipped.
  */
+/** A request that succeeds only on a key that does not exist yet (a create). */
+function expectsAbsent(operation: Operation): boolean {
+  return (operation.kind === 'cas' || operation.kind === 'entry-cas') && operation.expectedVersion === 0
+}
+
 function dependsOnLeaseExpiry(state: RegisterState, requests: readonly Request[]): boolean {
   return (
     state.lease !== null &&
