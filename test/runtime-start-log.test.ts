@@ -136,6 +136,38 @@ describe('a remote start carries its spawner log', () => {
     expect(startsWithoutLog).toBe(childCount)
     for (const child of created) expect(child.onSomeReplica, `child ${child.tid}`).toBe(true)
   }, 60_000)
+
+  test('while no save replica keeps the spawner log, no child record is created; once one does, every child runs', async () => {
+    cluster = new InProcessCluster()
+    // The first ~1.5 s, every node refuses the spawner's log: its `log` messages and the log a
+    // start carries. The children must wait (and then all run), not be created without it.
+    let refusingUntilMs = 0
+    let logsRefused = 0
+    const created = await run(cluster, (_from, _to, message) => {
+      if (
+        refusingUntilMs === 0 &&
+        message.type !== 'start' &&
+        message.type !== 'starts' &&
+        message.type !== 'log'
+      )
+        return undefined
+      if (refusingUntilMs === 0) refusingUntilMs = performance.now() + 1500
+      if (performance.now() >= refusingUntilMs) return undefined
+      const starts = startsOf(message)
+      if (message.type === 'log') {
+        logsRefused++
+        return { type: 'refused', reason: 'test: no log is kept yet' }
+      }
+      if (starts.some(({ log }) => log !== undefined)) {
+        const reply = { type: 'refused' as const, reason: `${startLogRefusedReason}: test` }
+        return message.type === 'starts' ? { type: 'started', replies: starts.map(() => reply) } : reply
+      }
+      return undefined
+    })
+    expect(logsRefused).toBeGreaterThan(1)
+    expect(created).toHaveLength(childCount)
+    for (const child of created) expect(child.onSomeReplica, `child ${child.tid}`).toBe(true)
+  }, 60_000)
 })
 
 const log = (pid: string, values: number): StartLog => ({

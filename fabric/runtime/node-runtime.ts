@@ -269,7 +269,10 @@ interface SpawnBatch {
  * child's node keeps it before its claim creates the child's record).
  */
 interface SpawnLog {
-  /** Settles once a save replica kept the log sent as a `log` message (false: none did). */
+  /**
+   * Settles true once a save replica kept the log sent as a `log` message (or when no save replica
+   * is live to keep it); false when the spawner stopped first: then its children are not placed.
+   */
   kept: Promise<boolean>
   /**
    * The log a start to `node` carries: undefined when it cannot (`node` is not a save replica, or
@@ -732,6 +735,8 @@ export class NodeRuntime {
         this.stopped
       )
         return
+      // Its spawner stopped before its log was kept: the incarnation that replaced it spawns it.
+      if (options.log !== undefined && !(await options.log.kept)) return
       const waitedMs = clock.now() - startedMs
       if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
       const read = await this.threadRecords.get(pid, tid).catch(() => undefined)
@@ -794,7 +799,7 @@ export class NodeRuntime {
       // kept before its claim, when that is a save replica; else on a replica that confirmed it.
       const log = choice.log
       const carried = log === undefined || node === this.self ? undefined : log.forStart(node)
-      if (log !== undefined && carried === undefined) await log.kept
+      if (log !== undefined && carried === undefined && !(await log.kept)) return null
       if (node === this.self) this.startingHere++
       const start = (carrying: StartLog | null | undefined) =>
         this.starts
@@ -814,7 +819,7 @@ export class NodeRuntime {
         if (reply.type === 'refused' && reply.reason.startsWith(startLogRefusedReason)) {
           // The node did not keep the log (it holds a later incarnation's, or missed a part): the
           // child starts there once a replica confirmed the `log` message.
-          await log!.kept
+          if (!(await log!.kept)) return null
           reply = await start(undefined)
         } else if (reply.type === 'ok' || reply.type === 'claimed') log!.keptBy(node)
       }
@@ -1234,15 +1239,52 @@ export class NodeRuntime {
   }
 
   /**
-   * Sends the log a batch of spawns follows to the save replicas (as `sendLog`), and gives what a
-   * start to each replica carries of it meanwhile.
+   * Sends the log a batch of spawns follows until a save replica keeps it (a child must not exist
+   * before the values its spawner saw are durable: a restored spawner that read other values would
+   * spawn it with another arg and find the first one's record). True once kept, or when no save
+   * replica is live (nowhere to keep it, nor to restore from); false once the spawner stopped, or
+   * turns out replaced (its record names a later incarnation), which also stops it here.
+   */
+  private async sendLogUntilKept(
+    thread: LocalThread,
+    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
+  ): Promise<boolean> {
+    for (
+      let pauseMs = storeRetryMs, tries = 1;
+      ;
+      pauseMs = Math.min(pauseMs * 2, outputRetryMsMax), tries++
+    ) {
+      if (await this.sendLog(thread, log)) return true
+      if (thread.stopped || this.stopped) return false
+      if (chooseSaveReplicas(this.self, this.components.cluster.live(), this.replicaCount).length === 0)
+        return true
+      if (tries === 1)
+        this.components.log?.(
+          `runtime: no save replica kept the log of thread ${thread.tid} of ${thread.pid} before its spawns; trying again`,
+        )
+      const read = await this.threadRecords.get(thread.pid, thread.tid).catch(() => undefined)
+      const record = read?.value == null ? null : decodeThread(read.value)
+      if (record !== null && (record.epoch !== thread.epoch || record.node !== this.self)) {
+        this.components.log?.(
+          `runtime: thread ${thread.tid} of ${thread.pid} was taken over; stopping this incarnation`,
+        )
+        this.stopThread(thread)
+        return false
+      }
+      await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
+    }
+  }
+
+  /**
+   * Sends the log a batch of spawns follows to the save replicas (`sendLogUntilKept`), and gives
+   * what a start to each replica carries of it meanwhile.
    */
   private spawnLog(
     thread: LocalThread,
     log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
   ): SpawnLog {
     const { entries, replies, afterSequence } = log
-    const kept = this.sendLog(thread, log)
+    const kept = this.sendLogUntilKept(thread, log)
     const { acked, message, replicas } = this.logDelivery(thread, log)
     // One object per node: the starts of a batch to one node carry it once (start-batches.ts).
     const carried = new Map<NodeId, StartLog | null | undefined>()
