@@ -4,7 +4,7 @@
 // before what its spawner saw is on one of the spawner's save replicas.
 import { afterEach, describe, expect, test } from 'vitest'
 import { isRuntimeMessage } from '../fabric/runtime/message-validation.ts'
-import type { RuntimeMessage, StartLog, StartRequest } from '../fabric/runtime/messages.ts'
+import type { RuntimeMessage, RuntimeReply, StartLog, StartRequest } from '../fabric/runtime/messages.ts'
 import { startLogRefusedReason } from '../fabric/runtime/node-runtime.ts'
 import { decodeThread, parentThreadId } from '../fabric/runtime/records.ts'
 import type { HeldLog, SaveReplicas } from '../fabric/runtime/save-replicas.ts'
@@ -29,6 +29,12 @@ function startsOf(message: RuntimeMessage): Array<{ start: StartRequest; log: St
       log: start.logIndex === undefined ? undefined : message.logs?.[start.logIndex],
     }))
   return []
+}
+
+/** The reply of a node that keeps none of the logs the starts of `message` carry. */
+function refuseCarriedLogs(message: RuntimeMessage): RuntimeReply {
+  const reply: RuntimeReply = { type: 'refused', reason: `${startLogRefusedReason}: test` }
+  return message.type === 'starts' ? { type: 'started', replies: message.starts.map(() => reply) } : reply
 }
 
 interface ChildCreated {
@@ -125,8 +131,7 @@ describe('a remote start carries its spawner log', () => {
       if (starts.length === 0) return undefined
       if (starts.some(({ log }) => log !== undefined)) {
         refused++
-        const reply = { type: 'refused' as const, reason: `${startLogRefusedReason}: test` }
-        return message.type === 'starts' ? { type: 'started', replies: starts.map(() => reply) } : reply
+        return refuseCarriedLogs(message)
       }
       startsWithoutLog += starts.filter(({ start }) => start.tid !== '0').length
       return undefined
@@ -158,10 +163,7 @@ describe('a remote start carries its spawner log', () => {
         logsRefused++
         return { type: 'refused', reason: 'test: no log is kept yet' }
       }
-      if (starts.some(({ log }) => log !== undefined)) {
-        const reply = { type: 'refused' as const, reason: `${startLogRefusedReason}: test` }
-        return message.type === 'starts' ? { type: 'started', replies: starts.map(() => reply) } : reply
-      }
+      if (starts.some(({ log }) => log !== undefined)) return refuseCarriedLogs(message)
       return undefined
     })
     expect(logsRefused).toBeGreaterThan(1)

@@ -440,12 +440,8 @@ function sendInOneWrite(stream: unknown): void {
   const box = stream as { sendData?: (data: Uint8ArrayList) => unknown }
   const sendData = box.sendData?.bind(stream)
   if (sendData === undefined) return
-  box.sendData = (data) =>
-    sendData(
-      (data as unknown as { bufs: Uint8Array[] }).bufs.length > 1
-        ? new Uint8ArrayList(data.subarray())
-        : data,
-    )
+  // `subarray` copies the pieces into one buffer (a lone piece is returned as it is).
+  box.sendData = (data) => sendData(new Uint8ArrayList(data.subarray()))
 }
 
 /**

@@ -246,6 +246,13 @@ interface LocalThread {
  * Children spawned by one thread, made durable together (on the thread's replication queue, after
  * the saves taken before them and before those taken after), with the replay log they follow.
  */
+/** A thread's replay log on its way to its save replicas: what follows save `afterSequence`. */
+interface OutgoingLog {
+  entries: Array<[number, bigint]>
+  replies: LoggedReply[]
+  afterSequence: number
+}
+
 interface SpawnBatch {
   children: Array<{
     tid: string
@@ -450,7 +457,7 @@ export class NodeRuntime {
     // New claims are refused from now on; those under way finish first, and their threads are
     // handed over with the rest (else they would start here after the drain, and be lost with it).
     for (let waitedMs = 0; this.claiming.size > 0 && waitedMs < timeoutMs; waitedMs += drainPollMs)
-      await new Promise<void>((resolve) => this.components.timers.after(drainPollMs, resolve))
+      await this.pause(drainPollMs)
     await Promise.all([...this.local.values()].map((thread) => this.handOff(thread, timeoutMs)))
   }
 
@@ -463,7 +470,7 @@ export class NodeRuntime {
       thread.runner !== null && thread.chain.at(-1) === lastBefore && !thread.stopped && waitedMs < timeoutMs;
       waitedMs += drainPollMs
     ) {
-      await new Promise<void>((resolve) => this.components.timers.after(drainPollMs, resolve))
+      await this.pause(drainPollMs)
     }
     if (thread.stopped) {
       this.components.log?.(
@@ -668,6 +675,11 @@ export class NodeRuntime {
     return { type: 'refused', reason: 'unknown message' }
   }
 
+  /** Waits `ms` on the injected timers. */
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => this.components.timers.after(ms, resolve))
+  }
+
   /** Keeps the spawner's log a start carries, as a `log` message; the start's refusal if not kept. */
   private keepStartLog(log: StartLog): RuntimeReply | null {
     const kept = this.replicas.keepLog(log)
@@ -752,7 +764,7 @@ export class NodeRuntime {
         const process = await this.components.store.get(keys.process(pid)).catch(() => undefined)
         if (process?.value != null && decodeProcess(process.value).state !== 'running') return
       }
-      await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
+      await this.pause(pauseMs)
       pauseMs = Math.min(pauseMs * 2, spawnPlacementRetryMsMax)
     }
   }
@@ -777,7 +789,7 @@ export class NodeRuntime {
       let candidates = this.components.cluster.live().filter((peer) => !passedOver.has(peer.id))
       if (candidates.length === 0) {
         // Every node refused (still starting, say): wait a little and ask them all again.
-        await new Promise<void>((resolve) => this.components.timers.after(startRetryMs, resolve))
+        await this.pause(startRetryMs)
         passedOver.clear()
         if (choice.exclude !== undefined) passedOver.add(choice.exclude)
         candidates = this.components.cluster.live().filter((peer) => !passedOver.has(peer.id))
@@ -977,7 +989,7 @@ export class NodeRuntime {
         return await read()
       } catch (error) {
         if (attempt >= storeReadAttemptsMax || this.stopped) throw error
-        await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+        await this.pause(storeRetryMs)
       }
     }
   }
@@ -1068,7 +1080,7 @@ export class NodeRuntime {
         this.components.log?.(
           `runtime: thread ${thread.tid} of ${thread.pid} could not start running (attempt ${attempt}): ${(error as Error).message}`,
         )
-        await new Promise<void>((resolve) => this.components.timers.after(runRetryMs * attempt, resolve))
+        await this.pause(runRetryMs * attempt)
       }
     }
   }
@@ -1166,10 +1178,7 @@ export class NodeRuntime {
    * Sends a thread's log (the values it saw, the replies it got) that follows save `afterSequence`
    * to its save replicas; whether one kept it.
    */
-  private async sendLog(
-    thread: LocalThread,
-    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
-  ): Promise<boolean> {
+  private async sendLog(thread: LocalThread, log: OutgoingLog): Promise<boolean> {
     const { entries, replies, afterSequence } = log
     if (entries.length === 0 && replies.length === 0) return true
     const { acked, message, replicas } = this.logDelivery(thread, log)
@@ -1216,7 +1225,7 @@ export class NodeRuntime {
    */
   private logDelivery(
     thread: LocalThread,
-    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
+    log: OutgoingLog,
   ): { replicas: NodeId[]; acked: Map<NodeId, number>; message: (from: number) => StartLog } {
     const { entries, replies, afterSequence } = log
     if (thread.logAckedBase !== afterSequence) {
@@ -1245,10 +1254,7 @@ export class NodeRuntime {
    * replica is live (nowhere to keep it, nor to restore from); false once the spawner stopped, or
    * turns out replaced (its record names a later incarnation), which also stops it here.
    */
-  private async sendLogUntilKept(
-    thread: LocalThread,
-    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
-  ): Promise<boolean> {
+  private async sendLogUntilKept(thread: LocalThread, log: OutgoingLog): Promise<boolean> {
     for (
       let pauseMs = storeRetryMs, tries = 1;
       ;
@@ -1271,7 +1277,7 @@ export class NodeRuntime {
         this.stopThread(thread)
         return false
       }
-      await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
+      await this.pause(pauseMs)
     }
   }
 
@@ -1279,10 +1285,7 @@ export class NodeRuntime {
    * Sends the log a batch of spawns follows to the save replicas (`sendLogUntilKept`), and gives
    * what a start to each replica carries of it meanwhile.
    */
-  private spawnLog(
-    thread: LocalThread,
-    log: { entries: Array<[number, bigint]>; replies: LoggedReply[]; afterSequence: number },
-  ): SpawnLog {
+  private spawnLog(thread: LocalThread, log: OutgoingLog): SpawnLog {
     const { entries, replies, afterSequence } = log
     const kept = this.sendLogUntilKept(thread, log)
     const { acked, message, replicas } = this.logDelivery(thread, log)
@@ -1424,7 +1427,7 @@ export class NodeRuntime {
           await this.components.messenger.request(home, message)
           return
         } catch (error) {
-          await new Promise<void>((resolve) => this.components.timers.after(pauseMs, resolve))
+          await this.pause(pauseMs)
           const waitedMs = clock.now() - startedMs
           if (waitedMs - reportedMs >= outputWaitLogIntervalMs) {
             reportedMs = waitedMs
@@ -1814,7 +1817,7 @@ export class NodeRuntime {
         if (!written) this.components.log?.(`runtime: thread ${thread.tid} of ${thread.pid} was taken over`)
         break
       }
-      await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+      await this.pause(storeRetryMs)
     }
     this.local.delete(`${thread.pid}/${thread.tid}`)
     thread.stopped = true
@@ -1869,7 +1872,7 @@ export class NodeRuntime {
         .cas(thread.pid, thread.tid, thread.version, encodeRecord(stopped))
         .catch(() => undefined)
       if (written !== undefined) return
-      await new Promise<void>((resolve) => this.components.timers.after(storeRetryMs, resolve))
+      await this.pause(storeRetryMs)
     }
   }
 
@@ -1941,7 +1944,7 @@ export class NodeRuntime {
         this.leaseHeld = true
         return
       }
-      await new Promise<void>((resolve) => this.components.timers.after(this.leaseTtlMs / 2, resolve))
+      await this.pause(this.leaseTtlMs / 2)
     }
   }
 

@@ -75,10 +75,8 @@ export class StartBatcher {
               logBytes = 0
             }
             batch.push(pending)
-            if (log !== undefined && !logs.has(log)) {
-              logs.add(log)
-              logBytes += startLogBytes(log)
-            }
+            if (newLogBytes > 0) logs.add(log!)
+            logBytes += newLogBytes
           }
           if (batch.length > 0) this.sendBatch(to, batch)
         })
