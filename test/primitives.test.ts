@@ -817,6 +817,33 @@ describe('the end of a process', () => {
     }
     expect((await store.get(await syncKey('p2', '', 'lock', 'l'))).holder).toBe('p2/0.1')
   })
+  test('a write that loses a race after its process ended here is not tried again: the deleted key stays deleted', async () => {
+    const { engines, store } = cluster(['a'])
+    const engine = engines.get('a')!
+    const a = guest(engine, thread('0.1'))
+    await a.call({ op: SyncOp.queuePush, name: 'q', value: text('one') })
+    const key = await syncKey('p1', '', 'queue', 'q')
+    // The next write on the key meets the process's end: its delete lands first, so the write's
+    // compare-and-swap fails (as a write in flight when a `stop` comes does).
+    const cas = store.cas.bind(store)
+    let ended = false
+    store.cas = (casKey, expectedVersion, value) => {
+      if (casKey === key && !ended) {
+        ended = true
+        void engine.processEnded('p1')
+      }
+      return cas(casKey, expectedVersion, value)
+    }
+    let settled = false
+    void a.call({ op: SyncOp.queuePush, name: 'q', value: text('two') }).then(() => {
+      settled = true
+    })
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    expect(ended).toBe(true)
+    expect((await store.get(key)).value).toBeNull()
+    // Its thread's process ended: the call has no effect and never returns.
+    expect(settled).toBe(false)
+  })
 })
 
 describe('barriers and groups', () => {

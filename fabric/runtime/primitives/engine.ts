@@ -157,6 +157,14 @@ class StoreUnavailable extends Error {}
 
 const never = <T>() => new Promise<T>(() => {})
 
+/** A write refused because the process of its key ended on this node (its callers never return). */
+class ProcessEnded extends Error {}
+
+/** The process a key of `syncKey` belongs to. */
+function processOfKey(key: string): string {
+  return key.slice('sync/'.length, key.indexOf('/', 'sync/'.length))
+}
+
 export class SyncEngine {
   private readonly components: SyncEngineComponents
   private readonly slots = new Map<string, Slot>()
@@ -523,6 +531,7 @@ export class SyncEngine {
         if (!slot.running) void this.drain(key, slot)
       })
       if (!(result instanceof Error)) return result
+      if (result instanceof ProcessEnded) return never()
       // The store did not answer: the same op id again is safe (a write that did land is found).
       if (thread?.stopped()) return never()
       if (this.unanswered(key, startedAt)) throw new StoreUnavailable()
@@ -586,6 +595,8 @@ export class SyncEngine {
         slot.cached = { version: register.version, value: register.value }
         return result.outcomes.map((outcome) => ({ outcome, waiters: result.state.waiters, lease }))
       }
+      // Its process ended here meanwhile, and its keys are being deleted: a write now would outlive them.
+      if (this.endedProcesses.has(processOfKey(key))) throw new ProcessEnded()
       const encoded = encodeState(result.state)
       if (encoded.length > valueBytesMax) return this.commitTooLarge(key, slot, operations, state)
       const written: Register = await store.cas(key, register.version, encoded)
