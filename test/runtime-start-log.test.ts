@@ -95,7 +95,7 @@ describe('a remote start carries its spawner log', () => {
   let cluster: InProcessCluster
   afterEach(() => cluster?.close())
 
-  test('the child node holds the spawner log (the clock reading before the spawn) when the child record is created, though every log message is lost', async () => {
+  test('the child node holds the spawner log (the clock reading before the spawn) when the child record is created, though every log message is lost while the children start', async () => {
     cluster = new InProcessCluster()
     let startsWithLog = 0
     const carriedFrom = new Map<string, number[]>()
@@ -105,8 +105,10 @@ describe('a remote start carries its spawner log', () => {
         startsWithLog++
         carriedFrom.set(to, [...(carriedFrom.get(to) ?? []), log.from ?? 0])
       }
-      // Only the starts can make the log durable.
-      if (message.type === 'log') return { type: 'refused', reason: 'test: log messages are lost' }
+      // Only the starts can make the log durable while the children start (after them, the readings
+      // the spawner's later output shows need a log message kept: output waits for that).
+      if (message.type === 'log' && startsWithLog < childCount)
+        return { type: 'refused', reason: 'test: log messages are lost' }
       return undefined
     })
     expect(created).toHaveLength(childCount)
@@ -169,6 +171,51 @@ describe('a remote start carries its spawner log', () => {
     expect(logsRefused).toBeGreaterThan(1)
     expect(created).toHaveLength(childCount)
     for (const child of created) expect(child.onSomeReplica, `child ${child.tid}`).toBe(true)
+  }, 60_000)
+})
+
+describe('effects wait for the log', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('output that shows a clock reading leaves only once a save replica keeps the reading, though the replicas refuse it for 1.5 s', async () => {
+    cluster = new InProcessCluster()
+    for (const id of nodeIds) await cluster.addNode(id)
+    let refusingUntilMs = 0
+    let logsRefused = 0
+    const shown: Array<{ tid: string; logHeld: boolean }> = []
+    cluster.intercept = (_from, _to, message) => {
+      if (message.type === 'output' && message.tid !== '0') {
+        const line = new TextDecoder().decode(message.bytes)
+        if (line.includes(' saw '))
+          shown.push({
+            tid: message.tid,
+            logHeld: nodeIds.some(
+              (node) => (heldLog(cluster, node, message.pid, message.tid)?.entries.length ?? 0) > 0,
+            ),
+          })
+      }
+      const carries = startsOf(message).some(({ log }) => log !== undefined)
+      if (message.type !== 'log' && !carries) return undefined
+      if (refusingUntilMs === 0) refusingUntilMs = performance.now() + 1500
+      if (performance.now() >= refusingUntilMs) return undefined
+      if (message.type === 'log') {
+        logsRefused++
+        return { type: 'refused', reason: 'test: no log is kept yet' }
+      }
+      const reply = { type: 'refused' as const, reason: `${startLogRefusedReason}: test` }
+      return message.type === 'starts'
+        ? { type: 'started', replies: startsOf(message).map(() => reply) }
+        : reply
+    }
+    const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/clock-replay.ts'), {
+      args: ['clock-replay', '2', '1000'],
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(logsRefused).toBeGreaterThan(1)
+    // Each reader shows its reading twice ("saw", "still saw").
+    expect(shown.length).toBe(4)
+    for (const line of shown) expect(line.logHeld, `thread ${line.tid}`).toBe(true)
   }, 60_000)
 })
 

@@ -1160,7 +1160,8 @@ export class NodeRuntime {
   /**
    * Makes the values the guest saw since its last save durable on the save replicas, before an
    * effect that may depend on them becomes visible (output, a spawn, a call, its end), so a restart
-   * anywhere replays them. Nothing to send, nothing to wait for.
+   * anywhere replays them: sent again until a replica keeps them (`sendLogUntilKept`). Nothing to
+   * send, nothing to wait for. The thread may be stopped when this returns (it was replaced).
    */
   private async flushLog(thread: LocalThread): Promise<void> {
     if (thread.log.length === thread.logSent && !thread.repliesUnsent && thread.spawnsPending === 0) return
@@ -1170,7 +1171,7 @@ export class NodeRuntime {
     const afterSequence = thread.logBase
     const replies = thread.replies.list()
     thread.repliesUnsent = false
-    const kept = await this.sendLog(thread, { entries: thread.log.slice(), replies, afterSequence })
+    const kept = await this.sendLogUntilKept(thread, { entries: thread.log.slice(), replies, afterSequence })
     if (!kept && thread.logBase === afterSequence) thread.repliesUnsent = true
   }
 
@@ -1248,11 +1249,12 @@ export class NodeRuntime {
   }
 
   /**
-   * Sends the log a batch of spawns follows until a save replica keeps it (a child must not exist
-   * before the values its spawner saw are durable: a restored spawner that read other values would
-   * spawn it with another arg and find the first one's record). True once kept, or when no save
-   * replica is live (nowhere to keep it, nor to restore from); false once the spawner stopped, or
-   * turns out replaced (its record names a later incarnation), which also stops it here.
+   * Sends a thread's log until a save replica keeps it: nothing that may depend on the values the
+   * thread saw may become visible before they are durable (a child's record above all: a restored
+   * spawner that read other values would spawn it with another arg and find the first one's
+   * record). True once kept, or when no save replica is live (nowhere to keep it, nor to restore
+   * from); false once the thread stopped, or turns out replaced (its record names a later
+   * incarnation), which also stops it here.
    */
   private async sendLogUntilKept(thread: LocalThread, log: OutgoingLog): Promise<boolean> {
     for (
@@ -1266,7 +1268,7 @@ export class NodeRuntime {
         return true
       if (tries === 1)
         this.components.log?.(
-          `runtime: no save replica kept the log of thread ${thread.tid} of ${thread.pid} before its spawns; trying again`,
+          `runtime: no save replica kept the log of thread ${thread.tid} of ${thread.pid}; its next effect waits, trying again`,
         )
       const read = await this.threadRecords.get(thread.pid, thread.tid).catch(() => undefined)
       const record = read?.value == null ? null : decodeThread(read.value)
@@ -1541,7 +1543,11 @@ export class NodeRuntime {
     const spawnOrJoin = call.module === importModuleFabric && (call.name === 'spawn' || call.name === 'join')
     // A sync read shows nothing to others either.
     const syncRead = call.module === importModuleFabric && call.name === 'sync' && isSyncRead(call.payload)
-    if (!spawnOrJoin && !syncRead) await this.flushLog(thread)
+    if (!spawnOrJoin && !syncRead) {
+      await this.flushLog(thread)
+      // Replaced meanwhile: its call has no effect (its worker is stopped).
+      if (thread.stopped) return new Promise(() => {})
+    }
     if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
     if (call.name === 'spawn') {
       const program = await this.program(process.programDigest, process.home)
