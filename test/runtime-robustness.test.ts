@@ -420,6 +420,54 @@ describe('home replicas', () => {
   }, 60_000)
 })
 
+describe('a home taken over', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('learns where each thread runs from the nodes that run them, though the placement of one never reached its replicas', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c', 'node-d']) await cluster.addNode(id)
+    // The holder (a thread nobody joins) runs on a node other than main's; its placement is never
+    // copied to node-a's home replicas, as if node-a died while that copy was on its way.
+    const holder = '0.4'
+    cluster.intercept = (from, _to, message) => {
+      if (message.type === 'home-copy' && from === 'node-a')
+        message.entries = message.entries.filter((entry) => entry.kind !== 'placed' || entry.tid !== holder)
+      return undefined
+    }
+    const workout = guestBytes('test/fixtures/as/sync-workout.ts')
+    const process = await cluster
+      .runtime('node-a')
+      .submit(workout, { args: ['w', 'deadholder', '4000', '6000'] })
+    const runsHolder = () =>
+      cluster.ids().find((id) =>
+        cluster
+          .runtime(id)
+          .localThreads()
+          .some((thread) => thread.pid === process.pid && thread.tid === holder),
+      )
+    for (let waitedMs = 0; runsHolder() === undefined && waitedMs < 20_000; waitedMs += 20)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    const node = runsHolder()
+    expect(node).toBeDefined()
+    expect(node).not.toBe('node-a')
+    cluster.kill('node-a')
+    const tookOver = () =>
+      cluster.logs.find((line) => line.includes(`took over as home of process ${process.pid}`))
+    for (let waitedMs = 0; tookOver() === undefined && waitedMs < 20_000; waitedMs += 20)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    const home = tookOver()!.split(':')[0]!
+    // `ps` at the new home lists the holder on its node (the home restarts it there should that node die).
+    const listed = async () =>
+      (await cluster.runtime(home).listProcesses())
+        .find((summary) => summary.pid === process.pid)
+        ?.threads.find((thread) => thread.tid === holder)
+    for (let waitedMs = 0; (await listed()) === undefined && waitedMs < 2000; waitedMs += 20)
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    expect((await listed())?.node).toBe(node)
+  }, 60_000)
+})
+
 /** Records the threads whose records were written through `store`; can make the first end write of each child fail. */
 function watchThreadRecords(store: MemoryStore) {
   const written = new Set<string>()

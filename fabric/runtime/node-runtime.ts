@@ -644,6 +644,16 @@ export class NodeRuntime {
             message.pid,
             cached.then((record) => ({ ...record, home: message.home })),
           )
+        // A home that took the process over knows where threads run from the lost home's copies,
+        // which miss a placement whose copy was on its way: each thread running here tells it.
+        for (const thread of this.local.values())
+          if (thread.pid === message.pid && !thread.stopped)
+            this.notices.send(message.home, {
+              type: 'placed',
+              pid: thread.pid,
+              tid: thread.tid,
+              node: this.self,
+            })
         return { type: 'ok' }
       }
       case 'notices':
