@@ -468,6 +468,51 @@ describe('a home taken over', () => {
   }, 60_000)
 })
 
+describe('a stop that never arrives', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test("a node that ran a process's threads and missed its stop finds the process ended: it drops its program, saves and sync keys", async () => {
+    cluster = new InProcessCluster()
+    const ids = ['node-a', 'node-b', 'node-c']
+    for (const id of ids) await cluster.addNode(id)
+    // The home's stops reach only itself.
+    cluster.intercept = (_from, to, message) =>
+      message.type === 'stop' && to !== 'node-a' ? { type: 'ok' } : undefined
+    const workout = guestBytes('test/fixtures/as/sync-workout.ts')
+    const process = await cluster
+      .runtime('node-a')
+      .submit(workout, { args: ['w', 'bank', '3', '4'], seed: 1 })
+    const ranHere = new Set<string>()
+    const watch = setInterval(() => {
+      for (const id of ids)
+        if (
+          cluster
+            .runtime(id)
+            .localThreads()
+            .some((thread) => thread.pid === process.pid)
+        )
+          ranHere.add(id)
+    }, 5)
+    expect((await process.result).exitCode).toBe(0)
+    clearInterval(watch)
+    const others = [...ranHere].filter((id) => id !== 'node-a')
+    expect(others.length).toBeGreaterThan(0)
+    const released = () =>
+      others.every((id) => cluster.runtime(id).programsHeld().inUse === 0) &&
+      cluster.store.writtenKeys(`sync/${process.pid}/`).length === 0
+    for (let waitedMs = 0; !released() && waitedMs < 15_000; waitedMs += 50)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    expect(others.map((id) => [id, cluster.runtime(id).programsHeld().inUse])).toEqual(
+      others.map((id) => [id, 0]),
+    )
+    expect(cluster.store.writtenKeys(`sync/${process.pid}/`)).toEqual([])
+    expect(cluster.logs.some((line) => line.includes(`process ${process.pid} ended without a stop`))).toBe(
+      true,
+    )
+  }, 60_000)
+})
+
 /** Records the threads whose records were written through `store`; can make the first end write of each child fail. */
 function watchThreadRecords(store: MemoryStore) {
   const written = new Set<string>()

@@ -341,6 +341,11 @@ export class HomeDuties {
    * How much this node keeps of the threads of `pid`: as its home, and as a home replica (for
    * tests: both stay within `endedThreadsKeptMax` however many threads the process ran).
    */
+  /** Whether this node is home of process `pid` (its end is decided here). */
+  isHome(pid: string): boolean {
+    return this.homes.has(pid)
+  }
+
   homeThreadCounts(pid: string): { home?: HomeThreadCounts; copy?: HomeThreadCounts } {
     return {
       home: this.homes.get(pid)?.threads.counts(),

@@ -136,6 +136,8 @@ export const logGapReason = 'log gap'
 export const startLogRefusedReason = 'start log not kept'
 /** How long a leaving node waits for each thread's hand-over save. */
 export const drainTimeoutMsDefault = 5000
+/** Home sweeps between two checks for processes that ended without a `stop` reaching this node (5 s). */
+export const processEndCheckEverySweeps = 10
 /** How often a leaving node looks whether its claims under way and its hand-over saves are done. */
 export const drainPollMs = 10
 /**
@@ -418,11 +420,13 @@ export class NodeRuntime {
     this.components.messenger.serve((from, message) => this.handle(from, message))
     await this.acquireOwnLease()
     this.timerHandles.push(this.components.timers.every(this.leaseTtlMs / 3, () => void this.renewOwnLease()))
+    let sweeps = 0
     this.timerHandles.push(
-      this.components.timers.every(
-        homeSweepMs,
-        () => void this.homeDuties.sweepHomes().catch(this.backgroundFailed),
-      ),
+      this.components.timers.every(homeSweepMs, () => {
+        void this.homeDuties.sweepHomes().catch(this.backgroundFailed)
+        if (++sweeps % processEndCheckEverySweeps === 0)
+          void this.checkProcessesEnded().catch(this.backgroundFailed)
+      }),
     )
     this.components.cluster.onDeparture(
       (id) => void this.homeDuties.nodeDeparted(id).catch(this.backgroundFailed),
@@ -663,15 +667,7 @@ export class NodeRuntime {
         this.threadEnded(message.pid, message.tid, message.outcome, message.early === true)
         return { type: 'ok' }
       case 'stop':
-        this.processEnded(message.pid)
-        this.homeDuties.processStopped(message.pid)
-        for (const thread of [...this.local.values()])
-          if (thread.pid === message.pid) this.stopThread(thread, { processEnded: true })
-        this.replicas.dropProcess(message.pid)
-        void this.sync.processEnded(message.pid)
-        this.groups.processEnded(message.pid)
-        for (const key of [...this.endedOutcomes.keys()])
-          if (key.startsWith(keys.thread(message.pid, ''))) this.endedOutcomes.delete(key)
+        this.stopProcessHere(message.pid)
         return { type: 'ok' }
       case 'submit': {
         const handle = await this.submit(message.program, { args: message.args, env: message.env })
@@ -1935,6 +1931,48 @@ export class NodeRuntime {
       this.endedProcesses.delete(this.endedProcesses.values().next().value!)
     this.processes.delete(pid)
     this.programs.release(pid)
+  }
+
+  /**
+   * The process ended: its threads here stop, and what this node holds for it goes (its program's
+   * use, saves and logs kept for its threads, its sync keys, join outcomes). On its home's `stop`, or
+   * when `checkProcessesEnded` finds its record ended.
+   */
+  private stopProcessHere(pid: string): void {
+    this.processEnded(pid)
+    this.homeDuties.processStopped(pid)
+    for (const thread of [...this.local.values()])
+      if (thread.pid === pid) this.stopThread(thread, { processEnded: true })
+    this.replicas.dropProcess(pid)
+    void this.sync.processEnded(pid)
+    this.groups.processEnded(pid)
+    for (const key of [...this.endedOutcomes.keys()])
+      if (key.startsWith(keys.thread(pid, ''))) this.endedOutcomes.delete(key)
+  }
+
+  /**
+   * A `stop` that never reached this node (lost, or sent while this node was cut off) would leave
+   * the process's threads running here and its program, saves and sync keys held for good: every
+   * `processEndCheckEverySweeps` home sweeps, the record of each process this node holds anything
+   * for (and is not home of) is read, and a process found ended is stopped here as on its `stop`.
+   */
+  private async checkProcessesEnded(): Promise<void> {
+    const held = new Set<string>([
+      ...this.processes.keys(),
+      ...[...this.local.values()].map((thread) => thread.pid),
+      ...this.replicas.processIds(),
+      ...this.sync.processIds(),
+    ])
+    for (const pid of held) {
+      if (this.endedProcesses.has(pid) || this.homeDuties.isHome(pid) || this.stopped) continue
+      const read = await this.components.store.get(keys.process(pid)).catch(() => undefined)
+      if (read === undefined) continue // the next check asks again
+      if (read.value !== null && decodeProcess(read.value).state === 'running') continue
+      this.components.log?.(
+        `runtime: process ${pid} ended without a stop reaching this node; stopping it here`,
+      )
+      this.stopProcessHere(pid)
+    }
   }
 
   /** Places a thread this node stopped back on this node, unless it was moved meanwhile. */

@@ -128,6 +128,13 @@ export class SaveReplicas {
     for (const key of [...this.logs.keys()]) if (key.startsWith(`${pid}/`)) this.logs.delete(key)
   }
 
+  /** The processes whose threads' saves or logs are kept here. */
+  processIds(): Set<string> {
+    const pids = new Set<string>()
+    for (const key of [...this.chains.keys(), ...this.logs.keys()]) pids.add(key.slice(0, key.indexOf('/')))
+    return pids
+  }
+
   get byteCount(): number {
     return this.bytes
   }

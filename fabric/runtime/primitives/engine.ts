@@ -273,6 +273,14 @@ export class SyncEngine {
    * has since died used is not known to anyone and stays. Best effort and in the background;
    * resolves when done.
    */
+  /** The processes this engine holds anything for (keys used, threads tracked, registers cached). */
+  processIds(): Set<string> {
+    const pids = new Set<string>(this.processKeys.keys())
+    for (const id of this.threads.keys()) pids.add(id.slice(0, id.indexOf('/')))
+    for (const key of this.slots.keys()) if (key.startsWith('sync/')) pids.add(processOfKey(key))
+    return pids
+  }
+
   processEnded(pid: string): Promise<void> {
     const prefix = `sync/${pid}/`
     this.endedProcesses.add(pid)
