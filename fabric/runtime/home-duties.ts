@@ -337,15 +337,15 @@ export class HomeDuties {
     if (tid === '0') void this.finishProcess(home).catch(this.runtime.backgroundFailed)
   }
 
-  /**
-   * How much this node keeps of the threads of `pid`: as its home, and as a home replica (for
-   * tests: both stay within `endedThreadsKeptMax` however many threads the process ran).
-   */
   /** Whether this node is home of process `pid` (its end is decided here). */
   isHome(pid: string): boolean {
     return this.homes.has(pid)
   }
 
+  /**
+   * How much this node keeps of the threads of `pid`: as its home, and as a home replica (for
+   * tests: both stay within `endedThreadsKeptMax` however many threads the process ran).
+   */
   homeThreadCounts(pid: string): { home?: HomeThreadCounts; copy?: HomeThreadCounts } {
     return {
       home: this.homes.get(pid)?.threads.counts(),

@@ -266,13 +266,6 @@ export class SyncEngine {
     }
   }
 
-  /**
-   * The process ended (or was killed): forgets its threads, and deletes the registers of its
-   * objects that this node knows of (each node that ran its threads does the same): values and the
-   * leases its threads still hold go, one store operation per key. A key only threads on a node that
-   * has since died used is not known to anyone and stays. Best effort and in the background;
-   * resolves when done.
-   */
   /** The processes this engine holds anything for (keys used, threads tracked, registers cached). */
   processIds(): Set<string> {
     const pids = new Set<string>(this.processKeys.keys())
@@ -281,6 +274,13 @@ export class SyncEngine {
     return pids
   }
 
+  /**
+   * The process ended (or was killed): forgets its threads, and deletes the registers of its
+   * objects that this node knows of (each node that ran its threads does the same): values and the
+   * leases its threads still hold go, one store operation per key. A key only threads on a node that
+   * has since died used is not known to anyone and stays. Best effort and in the background;
+   * resolves when done.
+   */
   processEnded(pid: string): Promise<void> {
     const prefix = `sync/${pid}/`
     this.endedProcesses.add(pid)
