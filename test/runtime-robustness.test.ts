@@ -446,24 +446,21 @@ describe('a home taken over', () => {
           .localThreads()
           .some((thread) => thread.pid === process.pid && thread.tid === holder),
       )
-    for (let waitedMs = 0; runsHolder() === undefined && waitedMs < 20_000; waitedMs += 20)
-      await new Promise((resolve) => setTimeout(resolve, 20))
+    await waitFor(() => runsHolder() !== undefined, 20_000)
     const node = runsHolder()
     expect(node).toBeDefined()
     expect(node).not.toBe('node-a')
     cluster.kill('node-a')
     const tookOver = () =>
       cluster.logs.find((line) => line.includes(`took over as home of process ${process.pid}`))
-    for (let waitedMs = 0; tookOver() === undefined && waitedMs < 20_000; waitedMs += 20)
-      await new Promise((resolve) => setTimeout(resolve, 20))
+    await waitFor(() => tookOver() !== undefined, 20_000)
     const home = tookOver()!.split(':')[0]!
     // `ps` at the new home lists the holder on its node (the home restarts it there should that node die).
     const listed = async () =>
       (await cluster.runtime(home).listProcesses())
         .find((summary) => summary.pid === process.pid)
         ?.threads.find((thread) => thread.tid === holder)
-    for (let waitedMs = 0; (await listed()) === undefined && waitedMs < 2000; waitedMs += 20)
-      await new Promise((resolve) => setTimeout(resolve, 20))
+    await waitFor(async () => (await listed()) !== undefined, 2000)
     expect((await listed())?.node).toBe(node)
   }, 60_000)
 })
@@ -501,8 +498,7 @@ describe('a stop that never arrives', () => {
     const released = () =>
       others.every((id) => cluster.runtime(id).programsHeld().inUse === 0) &&
       cluster.store.writtenKeys(`sync/${process.pid}/`).length === 0
-    for (let waitedMs = 0; !released() && waitedMs < 15_000; waitedMs += 50)
-      await new Promise((resolve) => setTimeout(resolve, 50))
+    await waitFor(released, 15_000)
     expect(others.map((id) => [id, cluster.runtime(id).programsHeld().inUse])).toEqual(
       others.map((id) => [id, 0]),
     )
@@ -512,6 +508,13 @@ describe('a stop that never arrives', () => {
     )
   }, 60_000)
 })
+
+/** Waits until `check` holds, for `timeoutMs` at most (the test's expectations then say what is wrong). */
+async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs
+  while (!(await check()) && performance.now() < deadline)
+    await new Promise((resolve) => setTimeout(resolve, 20))
+}
 
 /** Records the threads whose records were written through `store`; can make the first end write of each child fail. */
 function watchThreadRecords(store: MemoryStore) {
