@@ -219,6 +219,46 @@ describe('process runtime defects', () => {
     )
   }, 60_000)
 
+  test('a thread claimed while its process is killed never runs, and its record does not stay running', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const home = cluster.runtime('node-a')
+    const program = guestBytes('test/fixtures/as/waves.ts')
+    let pid = ''
+    let claimed = ''
+    let claimLanded: Promise<unknown> = new Promise(() => {})
+    // The first claim of a child (its record created, running, epoch 1) lands only after the process
+    // was killed and its stop reached every node.
+    const entryCas = cluster.store.entryCas.bind(cluster.store)
+    cluster.store.entryCas = (key, entry, expectedVersion, value) => {
+      if (claimed === '' && pid !== '' && value !== null) {
+        const record = decodeThread(value)
+        if (record.pid === pid && record.tid !== '0' && record.state === 'running' && record.epoch === 1) {
+          claimed = record.tid
+          const landed = (async () => {
+            await cluster.send('node-b', 'node-a', { type: 'kill', pid })
+            await new Promise((resolve) => setTimeout(resolve, 100))
+            return entryCas(key, entry, expectedVersion, value)
+          })()
+          claimLanded = landed
+          return landed
+        }
+      }
+      return entryCas(key, entry, expectedVersion, value)
+    }
+    const process = await home.submit(program, { args: ['waves', '6', '2'], seed: 1 })
+    pid = process.pid
+    expect(await process.result).toEqual({ exitCode: 137, error: 'killed' })
+    expect(await claimLanded).toMatchObject({ ok: true })
+    const states = await settledStates(cluster.store, pid, [claimed])
+    expect(states.get(claimed)).toBe('failed')
+    expect(
+      cluster.logs.some((line) =>
+        line.includes(`refused thread ${claimed} of ${pid}: the process has ended`),
+      ),
+    ).toBe(true)
+  }, 60_000)
+
   test('the threads of a killed process are recorded as stopped, not running', async () => {
     cluster = new InProcessCluster()
     for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)

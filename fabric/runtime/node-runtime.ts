@@ -925,7 +925,10 @@ export class NodeRuntime {
     if (this.stopped) return { type: 'refused', reason: 'node is not serving' }
     const process = await processRead
     if (this.endedProcesses.has(pid) || (process !== undefined && process.state !== 'running')) {
+      // Claimed as its process ended (its stop came while the claim was on its way): it never runs,
+      // and its record must not stay `running`.
       this.components.log?.(`runtime: refused thread ${tid} of ${pid}: the process has ended`)
+      void this.writeStoppedRecord(pid, tid, written.version, claimed)
       return { type: 'refused', reason: `process ${pid} has ended` }
     }
     const thread: LocalThread = {
@@ -1873,15 +1876,25 @@ export class NodeRuntime {
    */
   private async recordStoppedByProcessEnd(thread: LocalThread): Promise<void> {
     await thread.replicationQueue.catch(() => {})
+    await this.writeStoppedRecord(thread.pid, thread.tid, thread.version, thread.record)
+  }
+
+  /** Records a thread at `version` as stopped because its process ended (a cas: a later writer wins). */
+  private async writeStoppedRecord(
+    pid: string,
+    tid: string,
+    version: number,
+    record: ThreadRecord,
+  ): Promise<void> {
     const stopped: ThreadRecord = {
-      ...thread.record,
+      ...record,
       state: 'failed',
       error: 'stopped: its process ended',
       saveReplicas: [],
     }
     for (let attempt = 0; attempt < stoppedWriteAttemptsMax; attempt++) {
       const written = await this.threadRecords
-        .cas(thread.pid, thread.tid, thread.version, encodeRecord(stopped))
+        .cas(pid, tid, version, encodeRecord(stopped))
         .catch(() => undefined)
       if (written !== undefined) return
       await this.pause(storeRetryMs)
