@@ -37,6 +37,28 @@ function refuseCarriedLogs(message: RuntimeMessage): RuntimeReply {
   return message.type === 'starts' ? { type: 'started', replies: message.starts.map(() => reply) } : reply
 }
 
+/**
+ * For `windowMs` from the first message that would make a thread's log durable (a `log` message,
+ * or a start that carries a log), every node refuses each such message; `refused` counts the `log`
+ * messages refused.
+ */
+function logRefuser(windowMs: number) {
+  let refusingUntilMs = 0
+  const refuser = {
+    refused: 0,
+    intercept(message: RuntimeMessage): RuntimeReply | undefined {
+      const carries = startsOf(message).some(({ log }) => log !== undefined)
+      if (message.type !== 'log' && !carries) return undefined
+      if (refusingUntilMs === 0) refusingUntilMs = performance.now() + windowMs
+      if (performance.now() >= refusingUntilMs) return undefined
+      if (message.type !== 'log') return refuseCarriedLogs(message)
+      refuser.refused++
+      return { type: 'refused', reason: 'test: no log is kept yet' }
+    },
+  }
+  return refuser
+}
+
 interface ChildCreated {
   tid: string
   node: string
@@ -148,27 +170,9 @@ describe('a remote start carries its spawner log', () => {
     cluster = new InProcessCluster()
     // The first ~1.5 s, every node refuses the spawner's log: its `log` messages and the log a
     // start carries. The children must wait (and then all run), not be created without it.
-    let refusingUntilMs = 0
-    let logsRefused = 0
-    const created = await run(cluster, (_from, _to, message) => {
-      if (
-        refusingUntilMs === 0 &&
-        message.type !== 'start' &&
-        message.type !== 'starts' &&
-        message.type !== 'log'
-      )
-        return undefined
-      if (refusingUntilMs === 0) refusingUntilMs = performance.now() + 1500
-      if (performance.now() >= refusingUntilMs) return undefined
-      const starts = startsOf(message)
-      if (message.type === 'log') {
-        logsRefused++
-        return { type: 'refused', reason: 'test: no log is kept yet' }
-      }
-      if (starts.some(({ log }) => log !== undefined)) return refuseCarriedLogs(message)
-      return undefined
-    })
-    expect(logsRefused).toBeGreaterThan(1)
+    const refuser = logRefuser(1500)
+    const created = await run(cluster, (_from, _to, message) => refuser.intercept(message))
+    expect(refuser.refused).toBeGreaterThan(1)
     expect(created).toHaveLength(childCount)
     for (const child of created) expect(child.onSomeReplica, `child ${child.tid}`).toBe(true)
   }, 60_000)
@@ -181,8 +185,7 @@ describe('effects wait for the log', () => {
   test('output that shows a clock reading leaves only once a save replica keeps the reading, though the replicas refuse it for 1.5 s', async () => {
     cluster = new InProcessCluster()
     for (const id of nodeIds) await cluster.addNode(id)
-    let refusingUntilMs = 0
-    let logsRefused = 0
+    const refuser = logRefuser(1500)
     const shown: Array<{ tid: string; logHeld: boolean }> = []
     cluster.intercept = (_from, _to, message) => {
       if (message.type === 'output' && message.tid !== '0') {
@@ -195,24 +198,13 @@ describe('effects wait for the log', () => {
             ),
           })
       }
-      const carries = startsOf(message).some(({ log }) => log !== undefined)
-      if (message.type !== 'log' && !carries) return undefined
-      if (refusingUntilMs === 0) refusingUntilMs = performance.now() + 1500
-      if (performance.now() >= refusingUntilMs) return undefined
-      if (message.type === 'log') {
-        logsRefused++
-        return { type: 'refused', reason: 'test: no log is kept yet' }
-      }
-      const reply = { type: 'refused' as const, reason: `${startLogRefusedReason}: test` }
-      return message.type === 'starts'
-        ? { type: 'started', replies: startsOf(message).map(() => reply) }
-        : reply
+      return refuser.intercept(message)
     }
     const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/clock-replay.ts'), {
       args: ['clock-replay', '2', '1000'],
     })
     expect(await process.result).toEqual({ exitCode: 0, error: null })
-    expect(logsRefused).toBeGreaterThan(1)
+    expect(refuser.refused).toBeGreaterThan(1)
     // Each reader shows its reading twice ("saw", "still saw").
     expect(shown.length).toBe(4)
     for (const line of shown) expect(line.logHeld, `thread ${line.tid}`).toBe(true)

@@ -244,10 +244,6 @@ interface LocalThread {
   processEnded?: boolean
 }
 
-/**
- * Children spawned by one thread, made durable together (on the thread's replication queue, after
- * the saves taken before them and before those taken after), with the replay log they follow.
- */
 /** A thread's replay log on its way to its save replicas: what follows save `afterSequence`. */
 interface OutgoingLog {
   entries: Array<[number, bigint]>
@@ -255,6 +251,10 @@ interface OutgoingLog {
   afterSequence: number
 }
 
+/**
+ * Children spawned by one thread, made durable together (on the thread's replication queue, after
+ * the saves taken before them and before those taken after), with the replay log they follow.
+ */
 interface SpawnBatch {
   children: Array<{
     tid: string
