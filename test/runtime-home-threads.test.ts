@@ -291,3 +291,32 @@ describe('HomeThreads', () => {
     },
   )
 })
+
+describe('issue 4: a home copies where children run and that they ended a few at a time', () => {
+  let cluster: InProcessCluster
+  afterEach(() => cluster?.close())
+
+  test('24 children spawned and joined one after the other: each home replica gets far fewer copy messages than placements and ends, and a home-copy carries several', async () => {
+    const childCount = 24
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c'])
+      await cluster.addNode(id, { runtime: { childrenElsewhere: true } })
+    const copies = new Map<string, HomeCopyEntry[][]>()
+    cluster.intercept = (from, to, message) => {
+      if (from === 'node-a' && message.type === 'home-copy' && message.record === undefined)
+        copies.set(to, [...(copies.get(to) ?? []), message.entries])
+      return undefined
+    }
+    const process = await cluster.runtime('node-a').submit(guestBytes('test/fixtures/as/spawn-latency.ts'), {
+      args: ['spawn-latency', String(childCount), '1', '0', '0'],
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect([...copies.keys()].sort()).toEqual(['node-b', 'node-c'])
+    for (const [replica, messages] of copies) {
+      const entries = messages.flat().filter((entry) => entry.kind === 'placed' || entry.kind === 'ended')
+      // One message per placement and per end would be about 2 x childCount.
+      expect(messages.length, `copy messages to ${replica}`).toBeLessThan(childCount / 2)
+      expect(entries.length / messages.length, `entries per copy message to ${replica}`).toBeGreaterThan(2)
+    }
+  }, 60_000)
+})

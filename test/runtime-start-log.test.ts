@@ -146,6 +146,20 @@ describe('a remote start carries its spawner log', () => {
     expect([...carriedFrom.values()].flat().some((from) => from > 0)).toBe(true)
   }, 60_000)
 
+  test('a start that carries the spawner log to the child node is all that carries it: no log message goes while the children start', async () => {
+    cluster = new InProcessCluster()
+    let starts = 0
+    let logMessages = 0
+    const created = await run(cluster, (_from, _to, message) => {
+      starts += startsOf(message).length
+      if (message.type === 'log' && starts < childCount) logMessages++
+      return undefined
+    })
+    expect(created).toHaveLength(childCount)
+    for (const child of created) expect(child.onChildNode, `child ${child.tid} on ${child.node}`).toBe(true)
+    expect(logMessages).toBe(0)
+  }, 60_000)
+
   test('a child node that refuses the carried log gets the start without it once a save replica kept the log message', async () => {
     cluster = new InProcessCluster()
     let refused = 0

@@ -14,7 +14,7 @@
 
 import type { EncodedSave } from '../../host/snapshot.ts'
 import { InvalidArgumentError } from '../errors.ts'
-import { type Clock, systemClock, type Timers } from '../platform.ts'
+import { type Clock, systemClock, type TimerHandle, type Timers } from '../platform.ts'
 import { HomeCopies } from './home-copies.ts'
 import { endedThreadsKeptMaxOf, type HomeThreadCounts, HomeThreads } from './home-threads.ts'
 import type {
@@ -63,6 +63,8 @@ export const homeReplicaCountDefault = 2
  * is enough (without any, it waits for the replicas' answers).
  */
 export const homeCopyWaitMsMax = 500
+/** How long a placement or a child's end waits for others before its copy goes to the replicas. */
+export const homeCopyLazyMs = 20
 /** Replies of output a replica taking a process over fetches from another replica, at most. */
 export const homeCopyFetchPagesMax = 1024
 /** Sets of home replicas a piece of output is offered to before it goes on without a copy. */
@@ -185,6 +187,8 @@ interface HomeProcess {
   /** Entries not copied yet, and the chain of copies (one at a time, in order). */
   copyPending: HomeCopyEntry[]
   copyQueue: Promise<void>
+  /** Sends the lazy entries pending (`homeCopyLazyMs`), when some are. */
+  copyTimer: TimerHandle | null
   /** This node took the process over from a lost home. */
   adopted: boolean
   listeners: Set<(chunk: OutputChunk) => void>
@@ -247,6 +251,7 @@ export class HomeDuties {
       replicasCurrent: new Set(),
       copyPending: [],
       copyQueue: Promise.resolve(),
+      copyTimer: null,
       adopted: false,
       listeners: new Set(),
       result,
@@ -280,7 +285,7 @@ export class HomeDuties {
       case 'placed': {
         const home = this.homes.get(message.pid)
         if (home?.threads.placed(message.tid, message.node))
-          void this.copyHome(home, { kind: 'placed', tid: message.tid, node: message.node })
+          this.copyLazily(home, { kind: 'placed', tid: message.tid, node: message.node })
         return { type: 'ok' }
       }
       case 'home-copy': {
@@ -333,8 +338,10 @@ export class HomeDuties {
   threadEnded(pid: string, tid: string): void {
     const home = this.homes.get(pid)
     if (home === undefined || !home.threads.end(tid)) return
-    void this.copyHome(home, { kind: 'ended', tid })
-    if (tid === '0') void this.finishProcess(home).catch(this.runtime.backgroundFailed)
+    if (tid === '0') {
+      void this.copyHome(home, { kind: 'ended', tid })
+      void this.finishProcess(home).catch(this.runtime.backgroundFailed)
+    } else this.copyLazily(home, { kind: 'ended', tid })
   }
 
   /** Whether this node is home of process `pid` (its end is decided here). */
@@ -621,6 +628,21 @@ export class HomeDuties {
   }
 
   /**
+   * Queues `entry` (a placement or a child's end) for the home replicas without sending it now: it
+   * goes within `homeCopyLazyMs`, with the entries queued meanwhile, or sooner with the next copy
+   * sent at once (output's). Should this home be lost first, the new one hears where threads run
+   * from their nodes (`home-moved`).
+   */
+  private copyLazily(home: HomeProcess, entry: HomeCopyEntry): void {
+    home.copyPending.push(entry)
+    if (home.copyTimer !== null) return
+    home.copyTimer = this.components.timers.after(homeCopyLazyMs, () => {
+      home.copyTimer = null
+      void this.copyHome(home)
+    })
+  }
+
+  /**
    * Sends `entry` to the home replicas, after every entry before it; resolves once every replica
    * has it, or, past `homeCopyWaitMsMax`, once one has it: output is shown (and its sender told it
    * arrived) only when a node that may take the process over holds it, else losing this home would
@@ -774,6 +796,7 @@ export class HomeDuties {
         replicasCurrent: new Set(),
         copyPending: [],
         copyQueue: Promise.resolve(),
+        copyTimer: null,
         adopted: true,
         listeners: new Set(),
         result,

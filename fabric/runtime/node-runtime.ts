@@ -279,10 +279,11 @@ interface SpawnBatch {
  */
 interface SpawnLog {
   /**
-   * Settles true once a save replica kept the log sent as a `log` message (or when no save replica
-   * is live to keep it); false when the spawner stopped first: then its children are not placed.
+   * Sends the log as `log` messages to the save replicas (on the first call only: a batch whose
+   * starts all carry it sends none) and settles true once one kept it (or when no save replica is
+   * live to keep it); false when the spawner stopped first: then its children are not placed.
    */
-  kept: Promise<boolean>
+  kept(): Promise<boolean>
   /**
    * The log a start to `node` carries: undefined when it cannot (`node` is not a save replica, or
    * the log is larger than a start carries), and the start waits for `kept`; null when `node`
@@ -754,7 +755,7 @@ export class NodeRuntime {
       )
         return
       // Its spawner stopped before its log was kept: the incarnation that replaced it spawns it.
-      if (options.log !== undefined && !(await options.log.kept)) return
+      if (options.log !== undefined && !(await options.log.kept())) return
       const waitedMs = clock.now() - startedMs
       if (this.endedProcesses.has(pid)) return // killed meanwhile: nothing to start
       const read = await this.threadRecords.get(pid, tid).catch(() => undefined)
@@ -817,7 +818,7 @@ export class NodeRuntime {
       // kept before its claim, when that is a save replica; else on a replica that confirmed it.
       const log = choice.log
       const carried = log === undefined || node === this.self ? undefined : log.forStart(node)
-      if (log !== undefined && carried === undefined && !(await log.kept)) return null
+      if (log !== undefined && carried === undefined && !(await log.kept())) return null
       if (node === this.self) this.startingHere++
       const start = (carrying: StartLog | null | undefined) =>
         this.starts
@@ -837,7 +838,7 @@ export class NodeRuntime {
         if (reply.type === 'refused' && reply.reason.startsWith(startLogRefusedReason)) {
           // The node did not keep the log (it holds a later incarnation's, or missed a part): the
           // child starts there once a replica confirmed the `log` message.
-          if (!(await log!.kept)) return null
+          if (!(await log!.kept())) return null
           reply = await start(undefined)
         } else if (reply.type === 'ok' || reply.type === 'claimed') log!.keptBy(node)
       }
@@ -1293,17 +1294,20 @@ export class NodeRuntime {
   }
 
   /**
-   * Sends the log a batch of spawns follows to the save replicas (`sendLogUntilKept`), and gives
-   * what a start to each replica carries of it meanwhile.
+   * The log a batch of spawns follows: what a start to each save replica carries of it, and, for a
+   * child whose start cannot carry it, the log sent to the replicas (`sendLogUntilKept`).
    */
   private spawnLog(thread: LocalThread, log: OutgoingLog): SpawnLog {
     const { entries, replies, afterSequence } = log
-    const kept = this.sendLogUntilKept(thread, log)
+    let kept: Promise<boolean> | undefined
     const { acked, message, replicas } = this.logDelivery(thread, log)
     // One object per node: the starts of a batch to one node carry it once (start-batches.ts).
     const carried = new Map<NodeId, StartLog | null | undefined>()
     return {
-      kept,
+      kept: () => {
+        kept ??= this.sendLogUntilKept(thread, log)
+        return kept
+      },
       forStart: (node) => {
         if (!replicas.includes(node)) return undefined
         if (carried.has(node)) return carried.get(node)
@@ -1670,8 +1674,8 @@ export class NodeRuntime {
         thread.pid,
         batch.children.filter((child) => child.here).map((child) => child.tid),
       )
-      // A child placed on a save replica has its start carry the log; the others wait until a
-      // replica kept it (handOver).
+      // A child placed on a save replica has its start carry the log; for the others, the log goes
+      // to the replicas as a `log` message, and they wait until one kept it (handOver).
       const log =
         !sent || batch.replies.length > 0
           ? this.spawnLog(thread, {
