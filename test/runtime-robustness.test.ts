@@ -420,6 +420,38 @@ describe('home replicas', () => {
     expect(cluster.logs.some((line) => line.startsWith('node-d: runtime: took over as home'))).toBe(true)
   }, 60_000)
 
+  test('output sent to a node that is not the home of its process is refused, not taken and dropped; a thread whose output is refused sends it again', async () => {
+    cluster = new InProcessCluster()
+    for (const id of ['node-a', 'node-b', 'node-c']) await cluster.addNode(id)
+    const waves = guestBytes('test/fixtures/as/waves.ts')
+    const args = ['waves', '3', '2']
+    const referenceOutput = await undisturbedOutput(cluster.runtime('node-a'), waves, args)
+    // The home (node-a) refuses the first output messages, as a node that is not home yet would.
+    let refused = 0
+    cluster.intercept = (_from, to, message) => {
+      if (message.type !== 'output' || to !== 'node-a' || refused >= 3) return undefined
+      refused++
+      return { type: 'refused', reason: 'node-a is not the home of this process yet' }
+    }
+    const process = await cluster.runtime('node-a').submit(waves, { args, seed: 1 })
+    let output = ''
+    process.onOutput((chunk) => {
+      output += new TextDecoder().decode(chunk.bytes)
+    })
+    expect(await process.result).toEqual({ exitCode: 0, error: null })
+    expect(refused).toBe(3)
+    expect(output).toBe(referenceOutput)
+    const reply = await cluster.send('node-a', 'node-b', {
+      type: 'output',
+      pid: process.pid,
+      tid: '0',
+      fd: 1,
+      callSequence: 1_000_000,
+      bytes: new TextEncoder().encode('not for node-b\n'),
+    })
+    expect(reply).toEqual({ type: 'refused', reason: `node-b is not the home of process ${process.pid}` })
+  }, 60_000)
+
   test('a replica that missed output the other replica got fetches it before taking the process over', async () => {
     cluster = new InProcessCluster()
     const ids = ['node-a', 'node-b', 'node-c', 'node-d']

@@ -280,6 +280,11 @@ export class HomeDuties {
   async handle(message: HomeMessage): Promise<RuntimeReply> {
     switch (message.type) {
       case 'output':
+        // Output for a process not homed here (a sender that read the record of a home that took
+        // the process over an instant before it knew, or a stale record) is refused, not dropped:
+        // the sender asks the record again.
+        if (!this.homes.has(message.pid))
+          return { type: 'refused', reason: `${this.self} is not the home of process ${message.pid}` }
         await this.homeOutput(message.pid, message.tid, message.fd, message.callSequence, message.bytes)
         return { type: 'ok' }
       case 'placed': {

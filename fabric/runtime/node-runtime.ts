@@ -1439,8 +1439,11 @@ export class NodeRuntime {
       let reportedMs = 0
       for (let pauseMs = storeRetryMs; !thread.stopped; pauseMs = Math.min(pauseMs * 2, outputRetryMsMax)) {
         try {
-          await this.components.messenger.request(home, message)
-          return
+          const reply = await this.components.messenger.request(home, message)
+          if (reply.type === 'ok') return
+          throw new Error(
+            `home ${home} refused the output: ${reply.type === 'refused' ? reply.reason : reply.type}`,
+          )
         } catch (error) {
           await this.pause(pauseMs)
           const waitedMs = clock.now() - startedMs
