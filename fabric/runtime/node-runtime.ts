@@ -286,7 +286,7 @@ interface SpawnLog {
   kept(): Promise<boolean>
   /**
    * The log a start to `node` carries: undefined when it cannot (`node` is not a save replica, or
-   * the log is larger than a start carries), and the start waits for `kept`; null when `node`
+   * the log is larger than a start carries), and the start waits for `kept()`; null when `node`
    * confirmed the whole log already.
    */
   forStart(node: NodeId): StartLog | null | undefined
