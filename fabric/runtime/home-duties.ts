@@ -279,14 +279,16 @@ export class HomeDuties {
   /** Answers a message to this node as a home (or home replica); `kill` and `attach` of a process homed elsewhere go on to its home. */
   async handle(message: HomeMessage): Promise<RuntimeReply> {
     switch (message.type) {
-      case 'output':
+      case 'output': {
         // Output for a process not homed here (a sender that read the record of a home that took
         // the process over an instant before it knew, or a stale record) is refused, not dropped:
         // the sender asks the record again.
-        if (!this.homes.has(message.pid))
+        const home = this.homes.get(message.pid)
+        if (home === undefined)
           return { type: 'refused', reason: `${this.self} is not the home of process ${message.pid}` }
-        await this.homeOutput(message.pid, message.tid, message.fd, message.callSequence, message.bytes)
+        await this.homeOutput(home, message.tid, message.fd, message.callSequence, message.bytes)
         return { type: 'ok' }
+      }
       case 'placed': {
         const home = this.homes.get(message.pid)
         if (home?.threads.placed(message.tid, message.node))
@@ -611,14 +613,13 @@ export class HomeDuties {
    * copy is on the home replicas, so a submitter never sees output that a new home would not have.
    */
   private async homeOutput(
-    pid: string,
+    home: HomeProcess,
     tid: string,
     fd: number,
     callSequence: number,
     bytes: Uint8Array,
   ): Promise<void> {
-    const home = this.homes.get(pid)
-    if (home === undefined || !home.threads.show(tid, fd, callSequence)) return
+    if (!home.threads.show(tid, fd, callSequence)) return
     const chunk = { tid, fd, bytes, callSequence }
     const kept =
       home.outputBytes + bytes.length <= outputBytesMax && home.outputIndexed < this.outputChunksKeptMax
