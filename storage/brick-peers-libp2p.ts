@@ -24,6 +24,7 @@
 import type { Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { FabricNode } from '../fabric/net/node.ts'
+import { peerTurns } from '../fabric/net/peer-turns.ts'
 import { systemClock, systemTimers } from '../fabric/platform.ts'
 import type { AbortOptions, BlockStoreStats } from './block-store.ts'
 import { brickBytesMax, type CID, decodeBrickCid } from './brick.ts'
@@ -307,7 +308,7 @@ export async function startLibp2pBrickNetwork(
   )
 
   /** Per node: requests in flight, and the ones waiting for a turn. */
-  const turns = new Map<NodeId, { running: number; waiting: (() => void)[] }>()
+  const turn = peerTurns(brickRequestsPerNodeInFlightMax)
 
   async function request(to: NodeId, message: BrickRequest, signal?: AbortSignal): Promise<BrickReply> {
     if (stopped) throw new BrickPeerUnreachableError(to, 'this node is stopping')
@@ -316,22 +317,7 @@ export async function startLibp2pBrickNetwork(
       if (reply.t === 'error') throw new BrickPeerUnreachableError(to, reply.message)
       return reply
     }
-    let turn = turns.get(to)
-    if (turn === undefined) {
-      turn = { running: 0, waiting: [] }
-      turns.set(to, turn)
-    }
-    // A finished request hands its turn straight to the next waiting one.
-    if (turn.running >= brickRequestsPerNodeInFlightMax)
-      await new Promise<void>((resolve) => turn!.waiting.push(resolve))
-    else turn.running++
-    try {
-      return await requestNow(to, message, signal)
-    } finally {
-      const next = turn.waiting.shift()
-      if (next !== undefined) next()
-      else if (--turn.running === 0) turns.delete(to)
-    }
+    return turn(to, () => requestNow(to, message, signal))
   }
 
   async function requestNow(to: NodeId, message: BrickRequest, signal?: AbortSignal): Promise<BrickReply> {

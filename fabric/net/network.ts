@@ -57,6 +57,13 @@ export const addressedPeersMax = 100_000
  */
 export const inboundConnectionsPerHostPerSecondMax = 200
 export const inboundConnectionsPendingMax = 64
+/**
+ * Streams a peer may open on a new connection before this side's libp2p listens for them. libp2p's
+ * default is 10, and past it the whole connection is aborted, with every stream on it: a node that
+ * sent 16 saves of 1 MiB at once (each on a stream of its own) to a peer it had just connected to
+ * lost the connection, and the saves, the store's messages and everything else to that peer with it.
+ */
+export const earlyStreamsMax = 512
 
 export type Log = (line: string) => void
 
@@ -178,7 +185,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     connectionEncrypters: [
       withNoiseFrameDecoder(noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })),
     ],
-    streamMuxers: [coalescingMuxer(yamux(), options.beforeWrite)],
+    streamMuxers: [coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite)],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
     connectionManager: {

@@ -11,6 +11,7 @@ import { Decoder, Encoder } from 'cbor-x'
 import type { Operation, OperationResult } from '../coord/register.ts'
 import { MessageRejectedError } from '../errors.ts'
 import type { FabricNode } from '../net/node.ts'
+import { peerTurns } from '../net/peer-turns.ts'
 import { createFrameReader } from '../net/wire.ts'
 import { isRuntimeMessage, isRuntimeReply } from './message-validation.ts'
 import type { RuntimeMessage, RuntimeReply } from './messages.ts'
@@ -187,6 +188,12 @@ export const runtimeMuxProtocol = '/fabric/runtime-mux/1.0.0'
 export const muxRequestBytesMax = 64 * 1024
 /** Requests a peer may have in flight on one shared stream; more are refused. */
 export const muxInFlightMax = 4096
+/**
+ * Requests on streams of their own in flight to one peer; the next wait for one to end. libp2p
+ * refuses to open more than 64 outbound streams of one protocol to a peer: a node that sent 300
+ * saves of 100 KiB at once to one replica had all but 64 fail at once.
+ */
+export const ownStreamRequestsPerPeerMax = 32
 /** Request types whose replies may be large: they always get their own stream. */
 const ownStreamTypes: ReadonlySet<string> = new Set(['fetch-saves', 'fetch-program', 'submit', 'attach'])
 
@@ -391,13 +398,17 @@ function serveMux(
 export function libp2pMessenger(node: FabricNode, log: (line: string) => void): Messenger {
   let handler: ((from: string, message: RuntimeMessage) => Promise<RuntimeReply>) | null = null
   const requestShared = muxClient(node)
+  const ownStreamTurn = peerTurns(ownStreamRequestsPerPeerMax)
   return {
     async request(to, message) {
       if (to === node.peerId) {
         if (handler === null) throw new Error('runtime is not serving yet')
         return handler(to, message)
       }
-      return (await requestShared(to, message)) ?? requestRuntime(node.network.libp2p, to, message)
+      return (
+        (await requestShared(to, message)) ??
+        ownStreamTurn(to, () => requestRuntime(node.network.libp2p, to, message))
+      )
     },
     serve(serveWith) {
       handler = serveWith
