@@ -1,9 +1,11 @@
 /**
  * Runtime requests too large for the shared stream (saves over 64 KiB, programs) each open a stream
  * of their own (fabric/runtime/node-services.ts). Many at once to one peer must all arrive: neither
- * a burst on a connection that was just made nor more than libp2p opens at once may lose them.
+ * a burst on a connection that was just made nor more than libp2p opens at once may lose them. And
+ * a connection whose muxer failed must give way to a new one (fabric/net/network.ts).
  */
 
+import { peerIdFromString } from '@libp2p/peer-id'
 import { afterEach, describe, expect, it } from 'vitest'
 import { type FabricNode, startNode } from '../fabric/net/node.ts'
 import type { RuntimeMessage } from '../fabric/runtime/messages.ts'
@@ -70,5 +72,19 @@ describe('runtime requests on streams of their own', () => {
     expect(setup.received.size).toBe(count)
     // The connection still serves what comes next.
     expect(await burst(setup, 4, 100 * 1024)).toEqual(Array(4).fill('ok'))
+  })
+
+  it('a connection whose muxer was aborted is replaced by a new one', async () => {
+    const setup = await pair()
+    await setup.sender.network.dial(setup.receiver.addresses())
+    expect(await burst(setup, 2, 100 * 1024)).toEqual(['ok', 'ok'])
+    const peer = peerIdFromString(setup.receiver.peerId)
+    const [connection] = setup.sender.network.libp2p.getConnections(peer)
+    // As libp2p does on a muxer error (too many early streams, a malformed frame).
+    ;(connection as unknown as { muxer: { abort(error: Error): void } }).muxer.abort(new Error('test'))
+    // libp2p kept such a connection open, every new stream on it refused, and dialled no other.
+    const replies = await burst(setup, 2, 100 * 1024)
+    expect(replies).toEqual(['ok', 'ok'])
+    expect(setup.sender.network.libp2p.getConnections(peer)).not.toContain(connection)
   })
 })

@@ -15,6 +15,7 @@ import type {
   PrivateKey,
   Stream,
   StreamMessageEvent,
+  StreamMuxerFactory,
 } from '@libp2p/interface'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
@@ -185,7 +186,7 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     connectionEncrypters: [
       withNoiseFrameDecoder(noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })),
     ],
-    streamMuxers: [coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite)],
+    streamMuxers: [closedWithMuxer(coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite))],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
     connectionManager: {
@@ -433,6 +434,32 @@ function encryptInPieces(stream: unknown): void {
         data.sublist(start, Math.min(start + pnetPieceBytesMax, data.byteLength)),
       ).canSendMore
     return { sentBytes: data.byteLength, canSendMore }
+  }
+}
+
+/**
+ * Closes a connection whose muxer was aborted. libp2p leaves such a connection open, its muxer
+ * refusing every new stream ("The connection muxer is closed"): after a peer opened too many early
+ * streams, every request to it failed at once for as long as the test ran (9 s), and no new
+ * connection was dialled, since libp2p still counted this one.
+ */
+function closedWithMuxer<Components>(
+  muxer: (components: Components) => StreamMuxerFactory,
+): (components: Components) => StreamMuxerFactory {
+  return (components) => {
+    const inner = muxer(components)
+    return {
+      protocol: inner.protocol,
+      createStreamMuxer(connection) {
+        const created = inner.createStreamMuxer(connection)
+        const abort = created.abort.bind(created)
+        created.abort = (error) => {
+          abort(error)
+          connection.abort(error)
+        }
+        return created
+      },
+    }
   }
 }
 
