@@ -186,7 +186,9 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
     connectionEncrypters: [
       withNoiseFrameDecoder(noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })),
     ],
-    streamMuxers: [closedWithMuxer(coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite))],
+    streamMuxers: [
+      closedWithMuxer(coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite)),
+    ],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
     connectionManager: {
