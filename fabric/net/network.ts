@@ -15,7 +15,7 @@ import type {
   PrivateKey,
   Stream,
   StreamMessageEvent,
-  StreamMuxerFactory,
+  StreamMuxer,
 } from '@libp2p/interface'
 import { kadDHT, passthroughMapper } from '@libp2p/kad-dht'
 import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
@@ -30,7 +30,7 @@ import { MessageRejectedError } from '../errors.ts'
 import { createNodeDatastore } from './node-datastore.ts'
 import { withNoiseFrameDecoder } from './noise-frames.ts'
 import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
-import { coalescingMuxer, FramesPerTurn, joinFrames } from './write-coalescing.ts'
+import { coalescingMuxer, eachMuxer, FramesPerTurn, joinFrames } from './write-coalescing.ts'
 import { sendWindowUpdatesAtHalf } from './yamux-window.ts'
 
 export const wireProtocol = '/fabric/wire/1.0.0'
@@ -187,7 +187,10 @@ export async function createNetwork(options: NetworkOptions): Promise<Network> {
       withNoiseFrameDecoder(noise(options.noiseCrypto === undefined ? {} : { crypto: options.noiseCrypto })),
     ],
     streamMuxers: [
-      closedWithMuxer(coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite)),
+      eachMuxer(
+        coalescingMuxer(yamux({ maxEarlyStreams: earlyStreamsMax }), options.beforeWrite),
+        closeWithMuxer,
+      ),
     ],
     connectionProtector: protector,
     connectionMonitor: { enabled: false },
@@ -445,23 +448,11 @@ function encryptInPieces(stream: unknown): void {
  * streams, every request to it failed at once for as long as the test ran (9 s), and no new
  * connection was dialled, since libp2p still counted this one.
  */
-function closedWithMuxer<Components>(
-  muxer: (components: Components) => StreamMuxerFactory,
-): (components: Components) => StreamMuxerFactory {
-  return (components) => {
-    const inner = muxer(components)
-    return {
-      protocol: inner.protocol,
-      createStreamMuxer(connection) {
-        const created = inner.createStreamMuxer(connection)
-        const abort = created.abort.bind(created)
-        created.abort = (error) => {
-          abort(error)
-          connection.abort(error)
-        }
-        return created
-      },
-    }
+function closeWithMuxer(muxer: StreamMuxer, connection: MessageStream): void {
+  const abort = muxer.abort.bind(muxer)
+  muxer.abort = (error) => {
+    abort(error)
+    connection.abort(error)
   }
 }
 

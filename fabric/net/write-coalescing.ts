@@ -13,7 +13,7 @@
  * so a reply never leaves before the vote it reports is on disk (see acceptor-log.ts).
  */
 
-import type { StreamMuxerFactory } from '@libp2p/interface'
+import type { MessageStream, StreamMuxer, StreamMuxerFactory } from '@libp2p/interface'
 import { Uint8ArrayList } from 'uint8arraylist'
 
 /** Bytes collected per connection before they are sent at once, without waiting for the turn to end. */
@@ -88,13 +88,23 @@ export function coalescingMuxer<Components>(
   muxer: (components: Components) => StreamMuxerFactory,
   beforeWrite: () => void = () => {},
 ): (components: Components) => StreamMuxerFactory {
+  return eachMuxer(muxer, (created) =>
+    coalesceSends(created as unknown as { send: Send; status: string }, beforeWrite),
+  )
+}
+
+/** `muxer`'s factory, with `adapt` applied to every muxer it creates (and the connection under it). */
+export function eachMuxer<Components>(
+  muxer: (components: Components) => StreamMuxerFactory,
+  adapt: (created: StreamMuxer, connection: MessageStream) => void,
+): (components: Components) => StreamMuxerFactory {
   return (components) => {
     const inner = muxer(components)
     return {
       protocol: inner.protocol,
       createStreamMuxer(connection) {
         const created = inner.createStreamMuxer(connection)
-        coalesceSends(created as unknown as { send: Send; status: string }, beforeWrite)
+        adapt(created, connection)
         return created
       },
     }
