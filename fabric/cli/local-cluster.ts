@@ -51,6 +51,16 @@ export interface LocalClusterOptions {
   childrenElsewhere?: boolean
 }
 
+/**
+ * V8 flags for the node processes: a young generation of a fixed 16 MiB per semi-space. V8 otherwise
+ * shrinks it when it can and gives the pages back, and a node's main thread, which allocates
+ * steadily, then faults each page in again (12 faults per tiny thread, 17% of the main threads'
+ * samples in the kernel clearing pages, on 3 local nodes running tiny threads). Fixed, in 5 alternate
+ * pairs: 6.5% less CPU per tiny thread, 8% more threads per second, the same memory, and sequential
+ * remote starts as fast (p99 no worse in 4 more pairs).
+ */
+export const nodeV8Flags: readonly string[] = ['--min-semi-space-size=16', '--max-semi-space-size=16']
+
 export function defaultNodeCount(): number {
   return Math.max(3, availableParallelism())
 }
@@ -79,7 +89,7 @@ function startNodeProcess(
   ]
   if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
   if (options.childrenElsewhere === true) args.push('--children-elsewhere')
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...nodeV8Flags, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
   return new Promise((resolve, reject) => {
     let peerId = ''
     let address = ''
