@@ -34,6 +34,25 @@ interface Member {
   departureListeners: Array<(id: NodeId) => void>
 }
 
+/**
+ * The shared store as `member` reaches it: once the node is killed, its calls fail. A killed node's
+ * runtime is stopped, but work it had in flight still runs here, and without this it could write
+ * records a SIGKILLed process never would (say, the end of a thread whose output it showed as home
+ * but could no longer copy to anyone, which then was lost with it).
+ */
+function storeOf(store: MemoryStore, member: Member): MemoryStore {
+  return new Proxy(store, {
+    get(target, property, receiver) {
+      const value: unknown = Reflect.get(target, property, receiver)
+      if (typeof value !== 'function') return value
+      return (...args: unknown[]) =>
+        member.alive
+          ? (value as (...args: unknown[]) => unknown).apply(target, args)
+          : Promise.reject(new Error(`node ${member.id} is dead`))
+    },
+  })
+}
+
 export class InProcessCluster {
   readonly store = new MemoryStore()
   private readonly members = new Map<NodeId, Member>()
@@ -87,7 +106,7 @@ export class InProcessCluster {
     member.runtime = new NodeRuntime(
       {
         cluster,
-        store: this.store,
+        store: storeOf(this.store, member),
         messenger: {
           request: (to, message) => this.deliver(id, to, message),
           serve: (handler) => {
