@@ -54,32 +54,75 @@ export function decodeEnvelope(payload: Uint8Array, protocols: ReadonlySet<strin
   return envelope
 }
 
-/** Splits a byte stream into frames; throws MessageRejectedError on an oversized length prefix. */
+/**
+ * Splits a byte stream into frames; throws MessageRejectedError on an oversized length prefix.
+ * Each frame comes out as bytes of its own (a decoded message may keep views into them). The bytes
+ * of a frame that is not whole yet are kept as they came and joined once it is: a chunk that ends
+ * on a frame boundary, the usual case, is read where it is, and a large frame arriving in many
+ * chunks is copied once, not once per chunk.
+ */
 export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
-  let buffer = new Uint8Array(0)
+  let pending: Uint8Array[] = []
+  let pendingBytes = 0
+  /** The length prefix of the frame `pending` begins, once its 4 bytes are there (else -1). */
+  let pendingLength = -1
+  const lengthAt = (data: Uint8Array, offset: number): number => {
+    const length = new DataView(data.buffer, data.byteOffset + offset, 4).getUint32(0)
+    if (length > frameBytesMax)
+      throw new MessageRejectedError('too-large', `frame of ${length} bytes exceeds ${frameBytesMax}`)
+    return length
+  }
   return {
     push(chunk) {
-      if (buffer.length + chunk.length > readBufferBytesMax + 4)
+      if (pendingBytes + chunk.length > readBufferBytesMax + 4)
         throw new MessageRejectedError(
           'too-large',
           `more than ${readBufferBytesMax} bytes buffered for one frame`,
         )
-      const joined = new Uint8Array(buffer.length + chunk.length)
-      joined.set(buffer)
-      joined.set(chunk, buffer.length)
-      buffer = joined
+      let data = chunk
+      if (pendingBytes > 0) {
+        pending.push(chunk)
+        pendingBytes += chunk.length
+        if (pendingLength < 0 && pendingBytes >= 4) pendingLength = lengthAt(join(pending, 4), 0)
+        if (pendingLength < 0 || pendingBytes < 4 + pendingLength) {
+          // Kept until the frame is whole: a copy, as the chunk's buffer is not this reader's.
+          pending[pending.length - 1] = new Uint8Array(chunk)
+          return []
+        }
+        data = join(pending, pendingBytes)
+        pending = []
+        pendingBytes = 0
+        pendingLength = -1
+      }
       const frames: Uint8Array[] = []
       let offset = 0
-      while (buffer.length - offset >= 4) {
-        const length = new DataView(buffer.buffer, buffer.byteOffset + offset).getUint32(0)
-        if (length > frameBytesMax)
-          throw new MessageRejectedError('too-large', `frame of ${length} bytes exceeds ${frameBytesMax}`)
-        if (buffer.length - offset - 4 < length) break
-        frames.push(buffer.slice(offset + 4, offset + 4 + length))
+      while (data.length - offset >= 4) {
+        const length = lengthAt(data, offset)
+        if (data.length - offset - 4 < length) break
+        // A copy (not `slice`: a Node Buffer's is a view).
+        frames.push(new Uint8Array(data.subarray(offset + 4, offset + 4 + length)))
         offset += 4 + length
       }
-      buffer = buffer.slice(offset)
+      if (offset < data.length) {
+        pending = [new Uint8Array(data.subarray(offset))]
+        pendingBytes = data.length - offset
+        pendingLength = pendingBytes >= 4 ? lengthAt(pending[0]!, 0) : -1
+      }
       return frames
     },
   }
+}
+
+/** The first `bytes` bytes of `parts`, as one array. */
+function join(parts: readonly Uint8Array[], bytes: number): Uint8Array {
+  if (parts.length === 1 || parts[0]!.length >= bytes) return parts[0]!.subarray(0, bytes)
+  const joined = new Uint8Array(bytes)
+  let offset = 0
+  for (const part of parts) {
+    if (offset >= bytes) break
+    const take = Math.min(part.length, bytes - offset)
+    joined.set(part.subarray(0, take), offset)
+    offset += take
+  }
+  return joined
 }
