@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, test } from 'vitest'
 import { joinPollMs } from '../fabric/runtime/node-runtime.ts'
 import { guestBytes } from './support/guests.ts'
-import { InProcessCluster } from './support/runtime-cluster.ts'
+import { collectOutput, InProcessCluster } from './support/runtime-cluster.ts'
 
 const childCount = 40
 const expected = `squares ${Array.from({ length: childCount }, (_, index) => index * index).join(',')}`
@@ -25,15 +25,12 @@ describe('joins of a resumed thread', () => {
         seed: 1,
         saveIntervalMs: 600_000,
       })
-    let output = ''
-    process.onOutput((chunk) => {
-      output += new TextDecoder().decode(chunk.bytes)
-    })
-    for (let waitedMs = 0; !output.includes('saved') && waitedMs < 30_000; waitedMs += 10)
+    const printed = collectOutput(process)
+    for (let waitedMs = 0; !printed.text.includes('saved') && waitedMs < 30_000; waitedMs += 10)
       await new Promise((resolve) => setTimeout(resolve, 10))
     // The children are tiny: they end while main computes.
     await new Promise((resolve) => setTimeout(resolve, 300))
-    expect(output).not.toContain('squares')
+    expect(printed.text).not.toContain('squares')
     const mainNode = cluster.ids().find((id) =>
       cluster
         .runtime(id)
@@ -46,7 +43,7 @@ describe('joins of a resumed thread', () => {
     cluster.kill(mainNode!)
     expect(await process.result).toEqual({ exitCode: 0, error: null })
     const afterKillMs = performance.now() - killedAt
-    expect(output).toContain(expected)
+    expect(printed.text).toContain(expected)
     expect(cluster.logs.some((line) => line.includes('resuming thread 0 '))).toBe(true)
     // Detection, the lease, the restore and main's computing again take a few seconds; a poll's
     // wait per join would add 40 of them (10 s).
