@@ -56,16 +56,16 @@ export function decodeEnvelope(payload: Uint8Array, protocols: ReadonlySet<strin
 
 /**
  * Splits a byte stream into frames; throws MessageRejectedError on an oversized length prefix.
- * Each frame comes out as bytes of its own (a decoded message may keep views into them). The bytes
- * of a frame that is not whole yet are kept as they came and joined once it is: a chunk that ends
- * on a frame boundary, the usual case, is read where it is, and a large frame arriving in many
- * chunks is copied once, not once per chunk.
+ * Each frame comes out as bytes of its own (a decoded message may keep views into them). A chunk
+ * that ends on a frame boundary, the usual case, is read where it is; the bytes of a frame that is
+ * not whole yet are kept in a buffer that grows by doubling, so a large frame arriving in many
+ * chunks (even of a byte each) is copied a bounded number of times, not once per chunk, and holds
+ * at most twice its size.
  */
 export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
-  let pending: Uint8Array[] = []
-  let pendingBytes = 0
-  /** The length prefix of the frame `pending` begins, once its 4 bytes are there (else -1). */
-  let pendingLength = -1
+  /** The bytes of the unfinished frame: the first `held` of `buffer`. */
+  let buffer = new Uint8Array(0)
+  let held = 0
   const lengthAt = (data: Uint8Array, offset: number): number => {
     const length = new DataView(data.buffer, data.byteOffset + offset, 4).getUint32(0)
     if (length > frameBytesMax)
@@ -74,25 +74,23 @@ export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
   }
   return {
     push(chunk) {
-      if (pendingBytes + chunk.length > readBufferBytesMax + 4)
+      if (held + chunk.length > readBufferBytesMax + 4)
         throw new MessageRejectedError(
           'too-large',
           `more than ${readBufferBytesMax} bytes buffered for one frame`,
         )
       let data = chunk
-      if (pendingBytes > 0) {
-        pending.push(chunk)
-        pendingBytes += chunk.length
-        if (pendingLength < 0 && pendingBytes >= 4) pendingLength = lengthAt(join(pending, 4), 0)
-        if (pendingLength < 0 || pendingBytes < 4 + pendingLength) {
-          // Kept until the frame is whole: a copy, as the chunk's buffer is not this reader's.
-          pending[pending.length - 1] = new Uint8Array(chunk)
-          return []
+      if (held > 0) {
+        if (held + chunk.length > buffer.length) {
+          const grown = new Uint8Array(Math.max(held + chunk.length, 2 * buffer.length))
+          grown.set(buffer.subarray(0, held))
+          buffer = grown
         }
-        data = join(pending, pendingBytes)
-        pending = []
-        pendingBytes = 0
-        pendingLength = -1
+        buffer.set(chunk, held)
+        held += chunk.length
+        if (held < 4 || held < 4 + lengthAt(buffer, 0)) return []
+        data = buffer.subarray(0, held)
+        held = 0
       }
       const frames: Uint8Array[] = []
       let offset = 0
@@ -103,26 +101,11 @@ export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
         frames.push(new Uint8Array(data.subarray(offset + 4, offset + 4 + length)))
         offset += 4 + length
       }
-      if (offset < data.length) {
-        pending = [new Uint8Array(data.subarray(offset))]
-        pendingBytes = data.length - offset
-        pendingLength = pendingBytes >= 4 ? lengthAt(pending[0]!, 0) : -1
-      }
+      // The rest is kept in a buffer of this reader's own (the chunk's belongs to the transport);
+      // a large one that held a finished frame is let go.
+      buffer = offset < data.length ? new Uint8Array(data.subarray(offset)) : new Uint8Array(0)
+      held = buffer.length
       return frames
     },
   }
-}
-
-/** The first `bytes` bytes of `parts`, as one array. */
-function join(parts: readonly Uint8Array[], bytes: number): Uint8Array {
-  if (parts.length === 1 || parts[0]!.length >= bytes) return parts[0]!.subarray(0, bytes)
-  const joined = new Uint8Array(bytes)
-  let offset = 0
-  for (const part of parts) {
-    if (offset >= bytes) break
-    const take = Math.min(part.length, bytes - offset)
-    joined.set(part.subarray(0, take), offset)
-    offset += take
-  }
-  return joined
 }
