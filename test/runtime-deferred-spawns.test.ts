@@ -61,12 +61,7 @@ describe('deferred spawns', () => {
       await new Promise((resolve) => setTimeout(resolve, 500))
       // The save taken after the spawns has not travelled: the children are not durable yet.
       expect(output).not.toContain('saved')
-      const mainNode = cluster.ids().find((id) =>
-        cluster
-          .runtime(id)
-          .localThreads()
-          .some((t) => t.tid === '0'),
-      )
+      const mainNode = cluster.nodeRunning('0')
       expect(mainNode).toBeDefined()
       expect(mainNode).not.toBe('node-a')
       cluster.kill(mainNode!)
@@ -118,12 +113,7 @@ describe('deferred spawns', () => {
       await new Promise((resolve) => setTimeout(resolve, 10))
     expect(held.length).toBe(1)
     await new Promise((resolve) => setTimeout(resolve, 500))
-    const mainNode = cluster.ids().find((id) =>
-      cluster
-        .runtime(id)
-        .localThreads()
-        .some((t) => t.tid === '0'),
-    )!
+    const mainNode = cluster.nodeRunning('0')!
     const node = cluster.runtime(mainNode) as unknown as NodeInternals
     const main = node.local.get(`${process.pid}/0`)!
     // The children are spawned and not durable yet (queued behind the held save).

@@ -31,12 +31,7 @@ describe('joins of a resumed thread', () => {
     // The children are tiny: they end while main computes.
     await new Promise((resolve) => setTimeout(resolve, 300))
     expect(printed.text).not.toContain('squares')
-    const mainNode = cluster.ids().find((id) =>
-      cluster
-        .runtime(id)
-        .localThreads()
-        .some((thread) => thread.tid === '0'),
-    )
+    const mainNode = cluster.nodeRunning('0')
     expect(mainNode).toBeDefined()
     expect(mainNode).not.toBe('node-a')
     const killedAt = performance.now()

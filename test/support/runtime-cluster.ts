@@ -71,6 +71,15 @@ export class InProcessCluster {
     return [...this.members.keys()]
   }
 
+  /** The node that runs thread `tid` (of any process) now, if one does. */
+  nodeRunning(tid: string): NodeId | undefined {
+    return this.ids().find((id) =>
+      this.runtime(id)
+        .localThreads()
+        .some((thread) => thread.tid === tid),
+    )
+  }
+
   liveIds(): NodeId[] {
     return [...this.members.values()].filter((member) => member.alive).map((member) => member.id)
   }
