@@ -20,8 +20,8 @@ describe('joins of a resumed thread', () => {
     for (const id of ['node-b', 'node-c', 'node-d']) await cluster.addNode(id)
     const process = await cluster
       .runtime('node-a')
-      .submit(guestBytes('test/fixtures/as/spawn-save-spin.ts'), {
-        args: ['spawn-save-spin', String(childCount), '1500'],
+      .submit(guestBytes('test/fixtures/as/spawn-then-save.ts'), {
+        args: ['spawn-then-save', String(childCount), 'spin', '1500'],
         seed: 1,
         saveIntervalMs: 600_000,
       })

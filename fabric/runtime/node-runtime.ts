@@ -1760,18 +1760,7 @@ export class NodeRuntime {
       // notices went to that one's node (lost, or elsewhere): their records are read at once, not
       // after a poll's wait each (50 such joins took 12 s).
       if (polls > 0 || thread.epoch === 1) {
-        const outcome = await new Promise<EndedOutcome | undefined>((resolve) => {
-          const waiters = this.joinWaiters.get(key) ?? new Set()
-          this.joinWaiters.set(key, waiters)
-          const wake = (ended?: EndedOutcome) => {
-            waiters.delete(wake)
-            if (waiters.size === 0) this.joinWaiters.delete(key)
-            timer.cancel()
-            resolve(ended)
-          }
-          const timer = this.components.timers.after(joinPollMs, () => wake())
-          waiters.add(wake)
-        })
+        const outcome = await this.endNotice(key)
         if (outcome !== undefined) return reply(outcome)
         if (thread.stopped) continue
       }
@@ -1786,6 +1775,22 @@ export class NodeRuntime {
       // again, should the notice be lost.
       if (polls % joinPollsPerHomeNotice === 0) this.tellHome(thread.pid, tid, record.node)
     }
+  }
+
+  /** The end notice of thread `key`, or undefined when none came within a poll's wait. */
+  private endNotice(key: string): Promise<EndedOutcome | undefined> {
+    return new Promise((resolve) => {
+      const waiters = this.joinWaiters.get(key) ?? new Set()
+      this.joinWaiters.set(key, waiters)
+      const wake = (ended?: EndedOutcome) => {
+        waiters.delete(wake)
+        if (waiters.size === 0) this.joinWaiters.delete(key)
+        timer.cancel()
+        resolve(ended)
+      }
+      const timer = this.components.timers.after(joinPollMs, () => wake())
+      waiters.add(wake)
+    })
   }
 
   private async finishThread(thread: LocalThread, outcome: ThreadOutcome): Promise<void> {
