@@ -1,6 +1,6 @@
 /**
- * The acceptor's durable log in the data directory: framed cbor records, compacted into a snapshot
- * when it grows. Records are collected and written with one write per turn of the event loop:
+ * The acceptor's durable log in the data directory: framed records (slot records in their binary
+ * form, store-codec.ts; the others cbor), compacted into a snapshot when it grows. Records are collected and written with one write per turn of the event loop:
  * `flush` runs before any bytes leave the node (the network's `beforeWrite`, see
  * write-coalescing.ts), so a record is in the kernel before the reply that depends on it leaves (a
  * SIGKILL cannot lose it; with `fsync` a power cut cannot either). A reply delivered inside the
@@ -22,6 +22,7 @@ import { join } from 'node:path'
 import { Decoder, Encoder } from 'cbor-x'
 import type { AcceptorRecord, AcceptorStorage } from '../coord/acceptor.ts'
 import { DataDirectoryError } from '../errors.ts'
+import { decodeAcceptorRecord, encodeAcceptorRecord, isBinaryPayload } from './store-codec.ts'
 
 export const acceptorLogBytesCompactAt = 16 * 1024 * 1024
 const fileName = 'acceptor.log'
@@ -36,7 +37,10 @@ export interface AcceptorLog extends AcceptorStorage {
   close(): void
 }
 
-function frame(record: AcceptorRecord): Buffer {
+function frame(record: AcceptorRecord): Uint8Array {
+  // Slot records, nearly all of them, in their binary form (store-codec.ts).
+  const binary = encodeAcceptorRecord(record, 4)
+  if (binary !== null) return binary
   const body = encoder.encode(record)
   const framed = Buffer.alloc(4 + body.length)
   framed.writeUInt32BE(body.length, 0)
@@ -48,7 +52,7 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
   const path = join(directory, fileName)
   let fd = openSync(path, 'a')
   let bytes = statSync(path).size
-  let collected: Buffer[] = []
+  let collected: Uint8Array[] = []
   let scheduled = false
   const flush = () => {
     scheduled = false
@@ -77,7 +81,11 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
         const length = data.readUInt32BE(offset)
         if (offset + 4 + length > data.length) break // a torn final write: the reply was never sent
         try {
-          records.push(decoder.decode(data.subarray(offset + 4, offset + 4 + length)) as AcceptorRecord)
+          // A Uint8Array, not a Buffer: values decoded from the binary form are views into it.
+          const body = new Uint8Array(data.buffer, data.byteOffset + offset + 4, length)
+          records.push(
+            isBinaryPayload(body) ? decodeAcceptorRecord(body) : (decoder.decode(body) as AcceptorRecord),
+          )
         } catch (error) {
           throw new DataDirectoryError(`${path} is corrupt at byte ${offset}: ${(error as Error).message}`)
         }

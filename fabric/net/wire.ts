@@ -5,9 +5,13 @@
  */
 
 import { Decoder, Encoder } from 'cbor-x'
+import type { StoreMessage } from '../coord/messages.ts'
 import { MessageRejectedError } from '../errors.ts'
+import { decodeStoreMessage, encodeStoreMessage, isBinaryPayload } from './store-codec.ts'
 
 export const wireVersion = 1
+/** The protocol whose messages `encodeFrame` writes in their binary form where they have one. */
+export const storeProtocol = 'store'
 export const frameBytesMax = 4 * 1024 * 1024
 /** Bytes buffered per stream while waiting for the rest of a frame. */
 export const readBufferBytesMax = frameBytesMax + 4
@@ -22,19 +26,32 @@ export interface Envelope {
 }
 
 export function encodeFrame(protocol: string, body: unknown): Uint8Array {
+  // The store's frequent messages have a binary form of their own (store-codec.ts).
+  if (protocol === storeProtocol) {
+    const frame = encodeStoreMessage(body as StoreMessage, 4)
+    if (frame !== null) return checkedFrameSize(frame, frame.length - 4)
+  }
   const payload = encoder.encode({ v: wireVersion, p: protocol, b: body } satisfies Envelope)
-  if (payload.length > frameBytesMax)
-    throw new MessageRejectedError(
-      'too-large',
-      `refusing to send a ${payload.length}-byte message (max ${frameBytesMax})`,
-    )
   const frame = new Uint8Array(4 + payload.length)
   new DataView(frame.buffer).setUint32(0, payload.length)
   frame.set(payload, 4)
+  return checkedFrameSize(frame, payload.length)
+}
+
+function checkedFrameSize(frame: Uint8Array, payloadBytes: number): Uint8Array {
+  if (payloadBytes > frameBytesMax)
+    throw new MessageRejectedError(
+      'too-large',
+      `refusing to send a ${payloadBytes}-byte message (max ${frameBytesMax})`,
+    )
   return frame
 }
 
 export function decodeEnvelope(payload: Uint8Array, protocols: ReadonlySet<string>): Envelope {
+  if (isBinaryPayload(payload)) {
+    if (!protocols.has(storeProtocol)) throw new MessageRejectedError('malformed', 'unexpected store message')
+    return { v: wireVersion, p: storeProtocol, b: decodeStoreMessage(payload) }
+  }
   let value: unknown
   try {
     value = decoder.decode(payload)

@@ -1,0 +1,250 @@
+/**
+ * Writing and reading fixed message shapes as bytes: unsigned integers as LEB128 varints, strings
+ * and byte strings with a varint length, and within one message a table of the strings already
+ * written, so a repeated string (a peer id that is a ballot's proposer, its next ballot's and the
+ * prefix of a write id) costs a byte or two after its first time. The shapes that a node sends and
+ * logs most (the store's accepts and replies, the acceptor's records, thread records) go this way
+ * instead of through a self-describing codec: measured on 3 local nodes running tiny threads, the
+ * generic CBOR encoder and decoder took about a fifth of the nodes' main-thread CPU.
+ *
+ * A reader treats its input as hostile: every length is checked against what is left, and a
+ * malformed input throws `MessageRejectedError('malformed', ...)` naming what was wrong.
+ *
+ *   const writer = new ByteWriter()
+ *   writer.uint(7); writer.string('key'); writer.bytes(value)
+ *   const encoded = writer.finish()
+ *   const reader = new ByteReader(encoded)
+ *   reader.uint(); reader.string(); reader.bytes(); reader.end()
+ */
+
+import { MessageRejectedError } from '../errors.ts'
+
+/** Strings a message remembers for back references; later strings are written out in full. */
+export const stringTableSize = 16
+/** A string's kind, in the low bits of its header: written out, a back reference, or a reference plus a suffix. */
+const literal = 0
+const reference = 1
+const referencePlusSuffix = 2
+const kindBits = 2
+
+/** The largest magnitude `int` takes: its zigzag form stays a safe integer. */
+const zigzagMagnitudeMax = Math.floor(Number.MAX_SAFE_INTEGER / 2)
+
+const textEncoder = new TextEncoder()
+const textDecoder = new TextDecoder()
+/** Shorter ASCII strings are decoded by `String.fromCharCode`, longer ones by the TextDecoder. */
+const shortStringBytesMax = 64
+
+export class ByteWriter {
+  private buffer: Uint8Array
+  private view: DataView
+  private position: number
+  private readonly strings: string[] = []
+
+  /** `headerBytes`: bytes left free at the start for the caller (a frame's length prefix). */
+  constructor(options: { headerBytes?: number; sizeHint?: number } = {}) {
+    this.position = options.headerBytes ?? 0
+    this.buffer = new Uint8Array(Math.max(64, this.position + (options.sizeHint ?? 256)))
+    this.view = new DataView(this.buffer.buffer)
+  }
+
+  private ensure(bytes: number): void {
+    if (this.position + bytes <= this.buffer.length) return
+    const grown = new Uint8Array(Math.max(this.buffer.length * 2, this.position + bytes))
+    grown.set(this.buffer.subarray(0, this.position))
+    this.buffer = grown
+    this.view = new DataView(grown.buffer)
+  }
+
+  byte(value: number): void {
+    this.ensure(1)
+    this.buffer[this.position++] = value
+  }
+
+  /** A non-negative safe integer. */
+  uint(value: number): void {
+    if (!Number.isSafeInteger(value) || value < 0)
+      throw new RangeError(`Expected a non-negative safe integer, got ${value}`)
+    this.ensure(8)
+    let rest = value
+    while (rest >= 0x80) {
+      this.buffer[this.position++] = (rest % 0x80) | 0x80
+      rest = Math.floor(rest / 0x80)
+    }
+    this.buffer[this.position++] = rest
+  }
+
+  /** A safe integer of either sign (zigzag: 0, -1, 1, -2, ... as 0, 1, 2, 3, ...). */
+  int(value: number): void {
+    if (!Number.isSafeInteger(value) || Math.abs(value) > zigzagMagnitudeMax)
+      throw new RangeError(`Expected an integer of magnitude at most ${zigzagMagnitudeMax}, got ${value}`)
+    this.uint(value >= 0 ? value * 2 : -value * 2 - 1)
+  }
+
+  float(value: number): void {
+    this.ensure(8)
+    this.view.setFloat64(this.position, value)
+    this.position += 8
+  }
+
+  bytes(value: Uint8Array): void {
+    this.uint(value.length)
+    this.ensure(value.length)
+    this.buffer.set(value, this.position)
+    this.position += value.length
+  }
+
+  /** A string: a back reference when this message wrote it (or a prefix of it) already. */
+  string(value: string): void {
+    const strings = this.strings
+    for (let index = 0; index < strings.length; index++) {
+      const known = strings[index]!
+      if (known === value) {
+        this.uint((index << kindBits) | reference)
+        return
+      }
+      if (value.length > known.length && known.length >= 8 && value.startsWith(known)) {
+        this.uint((index << kindBits) | referencePlusSuffix)
+        this.text(value.slice(known.length))
+        this.remember(value)
+        return
+      }
+    }
+    this.uint(literal)
+    this.text(value)
+    this.remember(value)
+  }
+
+  private remember(value: string): void {
+    if (this.strings.length < stringTableSize) this.strings.push(value)
+  }
+
+  /** UTF-8 with its length; ASCII without the TextEncoder's call. */
+  private text(value: string): void {
+    const length = value.length
+    this.ensure(length + 8)
+    const start = this.position
+    // Length first, assuming ASCII (1 byte per char); redone below when it is not.
+    this.uint(length)
+    const bodyAt = this.position
+    for (let index = 0; index < length; index++) {
+      const code = value.charCodeAt(index)
+      if (code >= 0x80) {
+        this.position = start
+        const encoded = textEncoder.encode(value)
+        this.bytes(encoded)
+        return
+      }
+      this.buffer[bodyAt + index] = code
+    }
+    this.position = bodyAt + length
+  }
+
+  /**
+   * The bytes written, in a buffer of their own; with a header, its first 4 bytes are the length
+   * of what follows them (big-endian), as a frame's prefix.
+   */
+  finish(options: { lengthPrefix?: boolean } = {}): Uint8Array {
+    const out = this.buffer.slice(0, this.position)
+    if (options.lengthPrefix === true) new DataView(out.buffer).setUint32(0, this.position - 4)
+    return out
+  }
+}
+
+export class ByteReader {
+  private readonly buffer: Uint8Array
+  private readonly view: DataView
+  private position: number
+  private readonly strings: string[] = []
+
+  constructor(buffer: Uint8Array, offset = 0) {
+    this.buffer = buffer
+    this.view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength)
+    this.position = offset
+  }
+
+  private malformed(what: string): never {
+    throw new MessageRejectedError('malformed', `malformed message: ${what} at byte ${this.position}`)
+  }
+
+  byte(): number {
+    if (this.position >= this.buffer.length) this.malformed('ends early')
+    return this.buffer[this.position++]!
+  }
+
+  uint(): number {
+    let value = 0
+    let scale = 1
+    for (let count = 0; count < 8; count++) {
+      const byte = this.byte()
+      value += (byte & 0x7f) * scale
+      if (byte < 0x80) {
+        if (!Number.isSafeInteger(value)) this.malformed('integer too large')
+        return value
+      }
+      scale *= 0x80
+    }
+    return this.malformed('integer too long')
+  }
+
+  int(): number {
+    const zigzag = this.uint()
+    return zigzag % 2 === 0 ? zigzag / 2 : -(zigzag + 1) / 2
+  }
+
+  float(): number {
+    if (this.position + 8 > this.buffer.length) this.malformed('ends early')
+    const value = this.view.getFloat64(this.position)
+    this.position += 8
+    return value
+  }
+
+  /** A byte string: a view into the input (which the caller owns). */
+  bytes(): Uint8Array {
+    const length = this.uint()
+    if (length > this.buffer.length - this.position) this.malformed('byte string longer than the message')
+    const value = this.buffer.subarray(this.position, this.position + length)
+    this.position += length
+    return value
+  }
+
+  string(): string {
+    const header = this.uint()
+    const kind = header % (1 << kindBits)
+    const index = Math.floor(header / (1 << kindBits))
+    if (kind === literal && index === 0) {
+      const value = this.text()
+      if (this.strings.length < stringTableSize) this.strings.push(value)
+      return value
+    }
+    if (index >= this.strings.length) this.malformed('reference to an unknown string')
+    const known = this.strings[index]!
+    if (kind === reference) return known
+    if (kind !== referencePlusSuffix) this.malformed('unknown string kind')
+    const value = known + this.text()
+    if (this.strings.length < stringTableSize) this.strings.push(value)
+    return value
+  }
+
+  private text(): string {
+    const length = this.uint()
+    if (length > this.buffer.length - this.position) this.malformed('string longer than the message')
+    const start = this.position
+    this.position += length
+    if (length <= shortStringBytesMax) {
+      let ascii = true
+      for (let index = start; index < start + length; index++)
+        if (this.buffer[index]! >= 0x80) {
+          ascii = false
+          break
+        }
+      if (ascii) return String.fromCharCode.apply(null, this.buffer.subarray(start, start + length) as never)
+    }
+    return textDecoder.decode(this.buffer.subarray(start, start + length))
+  }
+
+  /** Throws unless every byte was read. */
+  end(): void {
+    if (this.position !== this.buffer.length) this.malformed('bytes after the end')
+  }
+}

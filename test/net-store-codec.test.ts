@@ -1,0 +1,218 @@
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, test } from 'vitest'
+import type { AcceptorRecord } from '../fabric/coord/acceptor.ts'
+import type { StoreMessage } from '../fabric/coord/messages.ts'
+import { MessageRejectedError } from '../fabric/errors.ts'
+import { openAcceptorLog } from '../fabric/net/acceptor-log.ts'
+import { ByteReader, ByteWriter } from '../fabric/net/byte-codec.ts'
+import {
+  decodeAcceptorRecord,
+  decodeStoreMessage,
+  encodeAcceptorRecord,
+  encodeStoreMessage,
+} from '../fabric/net/store-codec.ts'
+import { decodeEnvelope, encodeFrame } from '../fabric/net/wire.ts'
+
+const proposer = '12D3KooWHVqRjtuxWUirxR2gYieKyH2xFR7Cxw3urQjWU5X19Cc5'
+const other = '12D3KooWLQXrnEqmHkEQgNfHzrLis3p6AAgP8apbr3dFndidkh5m'
+const record = new Uint8Array(279).map((_, index) => (index * 31) % 256)
+const ballot = { epoch: 2, round: 3582, proposer }
+
+/** The messages that have a binary form, with each optional part present and absent. */
+const binaryMessages: StoreMessage[] = [
+  { type: 'prepare', shard: 57, epoch: 2, key: 'threads/05d178da0ab44efb/0/7212', ballot },
+  { type: 'promise', shard: 0, key: 'k', ballot, accepted: null, leaseElapsedMs: 0 },
+  {
+    type: 'promise',
+    shard: 63,
+    key: 'locks/ä/€/𝄞',
+    ballot,
+    accepted: {
+      ballot: { epoch: 1, round: 0, proposer: other },
+      state: {
+        version: 9,
+        value: null,
+        lease: { holder: other, token: 12, grant: `${other}#7`, ttlMs: 3000 },
+        token: 12,
+      },
+    },
+    leaseElapsedMs: 1234.5678,
+  },
+  {
+    type: 'accept',
+    shard: 39,
+    epoch: 2,
+    key: 'threads/05d178da0ab44efb/0/7283',
+    ballot: { epoch: 2, round: 0, proposer },
+    state: {
+      version: 1,
+      value: record,
+      lease: null,
+      token: 0,
+      writers: [[proposer, `${proposer}#2q6hj#2831`]],
+    },
+    next: ballot,
+  },
+  {
+    type: 'accept',
+    shard: 1,
+    epoch: Number.MAX_SAFE_INTEGER,
+    key: 'big',
+    ballot: { epoch: 0, round: 0, proposer: '' },
+    state: { version: 2 ** 40, value: new Uint8Array(64 * 1024).fill(7), lease: null, token: 2 ** 33 },
+  },
+  { type: 'accepted', shard: 10, key: 'threads/p/0/8054', ballot, next: { ...ballot, round: 4000 } },
+  { type: 'accepted', shard: 10, key: 'threads/p/0/8054', ballot },
+]
+
+const slotRecords: AcceptorRecord[] = [
+  { type: 'slot', shard: 3, key: 'threads/p/main', slot: { promised: ballot, accepted: null } },
+  {
+    type: 'slot',
+    shard: 4,
+    key: 'threads/p/0/1',
+    slot: {
+      promised: { ...ballot, round: 9 },
+      accepted: {
+        ballot,
+        state: { version: 3, value: record, lease: null, token: 0, writers: [[proposer, `${proposer}#x#1`]] },
+      },
+    },
+  },
+]
+
+function expectRejected(decode: () => unknown): MessageRejectedError {
+  try {
+    decode()
+  } catch (error) {
+    expect(error).toBeInstanceOf(MessageRejectedError)
+    return error as MessageRejectedError
+  }
+  throw new Error('decoded what it should have refused')
+}
+
+describe('store messages in their binary form', () => {
+  test('each kind with a binary form decodes to the message encoded, also inside a frame', () => {
+    for (const message of binaryMessages) {
+      const encoded = encodeStoreMessage(message)
+      expect(encoded).not.toBeNull()
+      expect(decodeStoreMessage(encoded!)).toEqual(message)
+      const frame = encodeFrame('store', message)
+      expect(new DataView(frame.buffer).getUint32(0)).toBe(frame.length - 4)
+      expect(decodeEnvelope(frame.subarray(4), new Set(['store'])).b).toEqual(message)
+    }
+  })
+
+  test('an accept of a thread record writes its proposer once: its bytes are the record plus under 100', () => {
+    const accept = binaryMessages[3]!
+    expect(encodeStoreMessage(accept)!.length).toBeLessThan(record.length + proposer.length + 100)
+  })
+
+  test('the other store messages still travel, as CBOR', () => {
+    const reject: StoreMessage = {
+      type: 'reject',
+      shard: 2,
+      key: 'k',
+      ballot,
+      reason: 'ballot',
+      promised: ballot,
+      view: { epoch: 2, members: [proposer, other], installed: true, sealed: false },
+    }
+    expect(encodeStoreMessage(reject)).toBeNull()
+    const frame = encodeFrame('store', reject)
+    expect(decodeEnvelope(frame.subarray(4), new Set(['store'])).b).toEqual(reject)
+  })
+
+  test('every truncation and extension of an encoding is refused as malformed, not misread', () => {
+    for (const message of binaryMessages.filter((each) => each.type !== 'accept' || each.shard !== 1)) {
+      const encoded = encodeStoreMessage(message)!
+      for (let length = 0; length < encoded.length; length++)
+        expect(expectRejected(() => decodeStoreMessage(encoded.subarray(0, length))).code).toBe(
+          'MESSAGE_MALFORMED',
+        )
+      const longer = new Uint8Array(encoded.length + 1)
+      longer.set(encoded)
+      expect(expectRejected(() => decodeStoreMessage(longer)).message).toMatch(/bytes after the end/)
+    }
+  })
+
+  test('bytes changed at random give a message or a MessageRejectedError, nothing else', () => {
+    let state = 11
+    const random = (n: number) => {
+      state = (state * 1103515245 + 12345) & 0x7fffffff
+      return state % n
+    }
+    for (let trial = 0; trial < 5000; trial++) {
+      const encoded = encodeStoreMessage(binaryMessages[random(binaryMessages.length - 1)]!)!.slice()
+      for (let changes = 1 + random(4); changes > 0; changes--) encoded[random(encoded.length)] = random(256)
+      try {
+        decodeStoreMessage(encoded)
+      } catch (error) {
+        expect(error).toBeInstanceOf(MessageRejectedError)
+      }
+    }
+  })
+
+  test('a newer format, a length past the end, a reference to no string and an unsafe integer are refused', () => {
+    const encoded = encodeStoreMessage(binaryMessages[0]!)!
+    const newer = encoded.slice()
+    newer[1] = 2
+    expect(expectRejected(() => decodeStoreMessage(newer)).code).toBe('MESSAGE_UNKNOWN_VERSION')
+
+    const writer = new ByteWriter()
+    writer.uint(1000)
+    expect(() => new ByteReader(writer.finish()).bytes()).toThrow(/longer than the message/)
+    expect(() => new ByteReader(Uint8Array.of((5 << 2) | 1)).string()).toThrow(/unknown string/)
+    const unsafe = Uint8Array.of(0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f)
+    expect(() => new ByteReader(unsafe).uint()).toThrow(/too large/)
+    expect(() => new ByteReader(new Uint8Array(9).fill(0x80)).uint()).toThrow(/too long/)
+  })
+})
+
+describe('byte codec', () => {
+  test('integers of either sign, floats, strings that repeat or extend earlier ones read back as written', () => {
+    const integers = [0, 1, -1, 127, -128, 2 ** 31, -(2 ** 31), 2 ** 40 + 3, -(2 ** 50)]
+    const strings = [proposer, proposer, `${proposer}#1`, '', 'ü€𝄞', 'x'.repeat(300), proposer]
+    const writer = new ByteWriter()
+    for (const value of integers) writer.int(value)
+    writer.float(-0.125)
+    for (const value of strings) writer.string(value)
+    const bytes = writer.finish()
+    const reader = new ByteReader(bytes)
+    expect(integers.map(() => reader.int())).toEqual(integers)
+    expect(reader.float()).toBe(-0.125)
+    expect(strings.map(() => reader.string())).toEqual(strings)
+    reader.end()
+    expect(() => writer.uint(-1)).toThrow(RangeError)
+  })
+})
+
+describe('acceptor log records', () => {
+  test('slot records in their binary form and the others as CBOR are loaded back as written', () => {
+    const directory = mkdtempSync(join(tmpdir(), 'fabric-acceptor-log-'))
+    try {
+      const shard: AcceptorRecord = {
+        type: 'shard',
+        shard: 3,
+        epoch: 2,
+        members: [proposer, other],
+        installed: true,
+        sealBallot: null,
+        next: null,
+      }
+      for (const each of slotRecords) expect(decodeAcceptorRecord(encodeAcceptorRecord(each)!)).toEqual(each)
+      expect(encodeAcceptorRecord(shard)).toBeNull()
+      const log = openAcceptorLog(directory)
+      log.append([shard, slotRecords[0]!])
+      log.append([slotRecords[1]!])
+      log.close()
+      const reopened = openAcceptorLog(directory)
+      expect(reopened.load()).toEqual([shard, ...slotRecords])
+      reopened.close()
+    } finally {
+      rmSync(directory, { recursive: true, force: true })
+    }
+  })
+})
