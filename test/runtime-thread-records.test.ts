@@ -164,3 +164,49 @@ describe('thread records', () => {
     expect(bucket.value!.length).toBeLessThan(valueBytesMax)
   })
 })
+
+describe('thread record bytes', () => {
+  const node = '12D3KooWHVqRjtuxWUirxR2gYieKyH2xFR7Cxw3urQjWU5X19Cc5'
+
+  test('every field, optional ones present and absent, reads back as written', () => {
+    const variants: ThreadRecord[] = [
+      record('0.7283', { node, spawnerNode: node, arg: new TextEncoder().encode('7283') }),
+      record('0', { state: 'placed', node: '', epoch: 0 }),
+      record('0.1.2', {
+        state: 'done',
+        saveReplicas: [node, 'another-node'],
+        result: new Uint8Array(2000).fill(9),
+        exitCode: -3,
+        group: 'workers/ü',
+      }),
+      record('0.4', { state: 'failed', error: 'trap: unreachable €', exitCode: 2 ** 31 - 1, epoch: 2 ** 40 }),
+      { ...record('0.5', { result: null, error: null }), outcomeStored: true },
+    ]
+    for (const each of variants) {
+      const decoded = decodeThread(encodeRecord(each))
+      expect({ ...decoded, arg: plain(decoded.arg), result: plain(decoded.result) }).toStrictEqual(each)
+    }
+  })
+
+  test("a tiny thread's record takes under 110 bytes (its CBOR map took 279)", () => {
+    const tiny = record('0.7283', { node, spawnerNode: node, arg: new TextEncoder().encode('7283') })
+    expect(encodeRecord(tiny).length).toBeLessThan(110)
+  })
+
+  test('a record written as CBOR, before the binary form, still reads', async () => {
+    const { Encoder } = await import('cbor-x')
+    const cbor = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
+    const old = record('0.9', { node })
+    const decoded = decodeThread(cbor.encode(old) as Uint8Array)
+    expect({ ...decoded, arg: plain(decoded.arg) }).toEqual(old)
+  })
+
+  test('malformed bytes and an unknown format version are refused with what was wrong', () => {
+    const bytes = encodeRecord(record('0.7', { node }))
+    for (let length = 1; length < bytes.length; length++)
+      expect(() => decodeThread(bytes.subarray(0, length))).toThrow(/thread record is malformed/)
+    const newer = bytes.slice()
+    newer[1] = recordFormatVersion + 1
+    expect(() => decodeThread(newer)).toThrow(/format version 2; this node reads 1/)
+  })
+})

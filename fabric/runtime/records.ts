@@ -11,6 +11,7 @@
 
 import { Decoder, Encoder } from 'cbor-x'
 import { InvalidArgumentError } from '../errors.ts'
+import { ByteReader, ByteWriter } from '../net/byte-codec.ts'
 
 export const recordFormatVersion = 1
 
@@ -54,6 +55,8 @@ export interface ThreadRecord {
   spawnerNode?: string
   /** The thread's context group (`group` sync op); children inherit their spawner's. */
   group?: string
+  /** Set on a stored record whose result and error live on a key of their own (thread-records.ts). */
+  outcomeStored?: true
 }
 
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
@@ -83,8 +86,108 @@ export function threadNumber(tid: string): number {
   return (hash >>> 1) | 1
 }
 
+/**
+ * A record's bytes. A thread record, written and read several times in each thread's life (the
+ * claim, the end, the store's messages that carry it), has a binary form of its own (about half
+ * the bytes of its CBOR map, and cheaper to write and read); a process record is CBOR.
+ */
 export function encodeRecord(record: ProcessRecord | ThreadRecord): Uint8Array {
+  if ('tid' in record) return encodeThread(record)
   return encoder.encode(record) as Uint8Array
+}
+
+/** The first byte of a thread record's binary form; no CBOR map starts with it. */
+const threadRecordMarker = 0
+const threadStates: readonly ThreadState[] = ['placed', 'running', 'done', 'failed']
+/** Flags of a thread record's binary form: which optional fields follow. */
+const hasResult = 1
+const hasExitCode = 2
+const hasError = 4
+const hasSpawnerNode = 8
+const hasGroup = 16
+const outcomeStoredFlag = 32
+const threadFlagsAll = 63
+
+function encodeThread(record: ThreadRecord): Uint8Array {
+  const writer = new ByteWriter({ sizeHint: 160 + record.arg.length + (record.result?.length ?? 0) })
+  writer.byte(threadRecordMarker)
+  writer.uint(record.formatVersion)
+  writer.byte(
+    (record.result === null ? 0 : hasResult) |
+      (record.exitCode === null ? 0 : hasExitCode) |
+      (record.error === null ? 0 : hasError) |
+      (record.spawnerNode === undefined ? 0 : hasSpawnerNode) |
+      (record.group === undefined ? 0 : hasGroup) |
+      (record.outcomeStored === true ? outcomeStoredFlag : 0),
+  )
+  const state = threadStates.indexOf(record.state)
+  if (state < 0) throw new InvalidArgumentError(`thread record with state ${String(record.state)}`)
+  writer.byte(state)
+  writer.string(record.pid)
+  writer.string(record.tid)
+  writer.string(record.entry)
+  writer.bytes(record.arg)
+  writer.string(record.node)
+  writer.uint(record.epoch)
+  writer.uint(record.saveReplicas.length)
+  for (const node of record.saveReplicas) writer.string(node)
+  if (record.result !== null) writer.bytes(record.result)
+  if (record.exitCode !== null) writer.int(record.exitCode)
+  if (record.error !== null) writer.string(record.error)
+  if (record.spawnerNode !== undefined) writer.string(record.spawnerNode)
+  if (record.group !== undefined) writer.string(record.group)
+  return writer.finish()
+}
+
+/** Save replicas a record names are a handful; more is malformed. */
+const saveReplicasMax = 64
+
+function decodeThreadBinary(bytes: Uint8Array): ThreadRecord {
+  const reader = new ByteReader(bytes, 1)
+  const formatVersion = reader.uint()
+  if (formatVersion !== recordFormatVersion) throw unknownFormat('thread', formatVersion)
+  const flags = reader.byte()
+  if (flags > threadFlagsAll) throw new Error(`unknown flags ${flags}`)
+  const state = threadStates[reader.byte()]
+  if (state === undefined) throw new Error('unknown state')
+  const pid = reader.string()
+  const tid = reader.string()
+  const entry = reader.string()
+  const arg = reader.bytes()
+  const node = reader.string()
+  const epoch = reader.uint()
+  const saveReplicaCount = reader.uint()
+  if (saveReplicaCount > saveReplicasMax) throw new Error(`${saveReplicaCount} save replicas`)
+  const saveReplicas: string[] = []
+  for (let index = 0; index < saveReplicaCount; index++) saveReplicas.push(reader.string())
+  const result = (flags & hasResult) === 0 ? null : reader.bytes()
+  const exitCode = (flags & hasExitCode) === 0 ? null : reader.int()
+  const error = (flags & hasError) === 0 ? null : reader.string()
+  const record: ThreadRecord = {
+    formatVersion,
+    pid,
+    tid,
+    entry,
+    arg,
+    state,
+    node,
+    epoch,
+    saveReplicas,
+    result,
+    exitCode,
+    error,
+  }
+  if ((flags & hasSpawnerNode) !== 0) record.spawnerNode = reader.string()
+  if ((flags & hasGroup) !== 0) record.group = reader.string()
+  if ((flags & outcomeStoredFlag) !== 0) record.outcomeStored = true
+  reader.end()
+  return record
+}
+
+function unknownFormat(what: string, formatVersion: unknown): InvalidArgumentError {
+  return new InvalidArgumentError(
+    `${what} record has format version ${String(formatVersion)}; this node reads ${recordFormatVersion}`,
+  )
 }
 
 function decodeVersioned<T extends { formatVersion: number }>(bytes: Uint8Array, what: string): T {
@@ -94,11 +197,7 @@ function decodeVersioned<T extends { formatVersion: number }>(bytes: Uint8Array,
   } catch {
     throw new InvalidArgumentError(`${what} record is not valid CBOR`)
   }
-  if (record?.formatVersion !== recordFormatVersion) {
-    throw new InvalidArgumentError(
-      `${what} record has format version ${String(record?.formatVersion)}; this node reads ${recordFormatVersion}`,
-    )
-  }
+  if (record?.formatVersion !== recordFormatVersion) throw unknownFormat(what, record?.formatVersion)
   return record
 }
 
@@ -106,6 +205,14 @@ export function decodeProcess(bytes: Uint8Array): ProcessRecord {
   return decodeVersioned<ProcessRecord>(bytes, 'process')
 }
 
+/** A thread record from its binary form (or from CBOR, as records were written before it). */
 export function decodeThread(bytes: Uint8Array): ThreadRecord {
-  return decodeVersioned<ThreadRecord>(bytes, 'thread')
+  if (bytes.length === 0 || bytes[0] !== threadRecordMarker)
+    return decodeVersioned<ThreadRecord>(bytes, 'thread')
+  try {
+    return decodeThreadBinary(bytes)
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) throw error
+    throw new InvalidArgumentError(`thread record is malformed: ${(error as Error).message}`)
+  }
 }

@@ -55,11 +55,6 @@ export const entryOutcomeBytesMax = 1024
  */
 export const entryBytesMax = 3 * 1024
 
-/** A record entry whose result and error live at `result/<pid>/<tid>/<epoch>`. */
-interface StoredRecord extends ThreadRecord {
-  outcomeStored?: true
-}
-
 interface StoredOutcome {
   result: Uint8Array | null
   error: string | null
@@ -151,7 +146,7 @@ export class ThreadRecords {
         threadRecordKeys.outcome(pid, tid, record.epoch),
         encoder.encode(outcome) as Uint8Array,
       )
-      stored = encodeRecord({ ...record, result: null, error: null, outcomeStored: true } as StoredRecord)
+      stored = encodeRecord({ ...record, result: null, error: null, outcomeStored: true })
     }
     if (stored.length > entryBytesMax)
       throw new InvalidArgumentError(
@@ -176,7 +171,7 @@ export class ThreadRecords {
 
   /** A record entry as written: its outcome fetched back in when it lives apart. */
   private async resolve(pid: string, tid: string, entry: Register): Promise<Register> {
-    const stored = decodeThread(entry.value!) as StoredRecord
+    const stored = decodeThread(entry.value!)
     if (stored.outcomeStored !== true) return entry
     const read = await this.store.get(threadRecordKeys.outcome(pid, tid, stored.epoch))
     if (read.value === null) throw new Error(`the outcome of thread ${tid} of ${pid} is missing`)
