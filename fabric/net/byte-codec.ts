@@ -37,7 +37,7 @@ const shortStringBytesMax = 64
 
 export class ByteWriter {
   private buffer: Uint8Array
-  private view: DataView
+  private view: DataView | null = null
   private position: number
   private readonly strings: string[] = []
 
@@ -45,7 +45,6 @@ export class ByteWriter {
   constructor(options: { headerBytes?: number; sizeHint?: number } = {}) {
     this.position = options.headerBytes ?? 0
     this.buffer = new Uint8Array(Math.max(64, this.position + (options.sizeHint ?? 256)))
-    this.view = new DataView(this.buffer.buffer)
   }
 
   private ensure(bytes: number): void {
@@ -53,7 +52,7 @@ export class ByteWriter {
     const grown = new Uint8Array(Math.max(this.buffer.length * 2, this.position + bytes))
     grown.set(this.buffer.subarray(0, this.position))
     this.buffer = grown
-    this.view = new DataView(grown.buffer)
+    this.view = null
   }
 
   byte(value: number): void {
@@ -83,6 +82,7 @@ export class ByteWriter {
 
   float(value: number): void {
     this.ensure(8)
+    this.view ??= new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength)
     this.view.setFloat64(this.position, value)
     this.position += 8
   }
@@ -146,20 +146,25 @@ export class ByteWriter {
    */
   finish(options: { lengthPrefix?: boolean } = {}): Uint8Array {
     const out = this.buffer.slice(0, this.position)
-    if (options.lengthPrefix === true) new DataView(out.buffer).setUint32(0, this.position - 4)
+    if (options.lengthPrefix === true) {
+      const length = this.position - 4
+      out[0] = length >>> 24
+      out[1] = (length >>> 16) & 0xff
+      out[2] = (length >>> 8) & 0xff
+      out[3] = length & 0xff
+    }
     return out
   }
 }
 
 export class ByteReader {
   private readonly buffer: Uint8Array
-  private readonly view: DataView
+  private view: DataView | null = null
   private position: number
   private readonly strings: string[] = []
 
   constructor(buffer: Uint8Array, offset = 0) {
     this.buffer = buffer
-    this.view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength)
     this.position = offset
   }
 
@@ -194,6 +199,7 @@ export class ByteReader {
 
   float(): number {
     if (this.position + 8 > this.buffer.length) this.malformed('ends early')
+    this.view ??= new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength)
     const value = this.view.getFloat64(this.position)
     this.position += 8
     return value
