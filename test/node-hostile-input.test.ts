@@ -3,10 +3,12 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { Encoder } from 'cbor-x'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import type { StoreMessage } from '../fabric/coord/messages.ts'
 import { connectClient } from '../fabric/net/client.ts'
 import { generateClusterKey, loadClusterKey } from '../fabric/net/cluster-key.ts'
 import { createNetwork, type Network, wireProtocol } from '../fabric/net/network.ts'
 import { type FabricNode, startNode } from '../fabric/net/node.ts'
+import { encodeStoreMessage } from '../fabric/net/store-codec.ts'
 import { frameBytesMax } from '../fabric/net/wire.ts'
 
 const clusterKey = generateClusterKey()
@@ -39,9 +41,10 @@ afterAll(async () => {
   await node?.stop()
 })
 
-async function waitForLine(pattern: RegExp): Promise<string> {
+/** The first log line matching `pattern` (from line `from` on), waiting up to 5 s for it. */
+async function waitForLine(pattern: RegExp, from = 0): Promise<string> {
   for (let waited = 0; waited < 5000; waited += 20) {
-    const line = lines.find((text) => pattern.test(text))
+    const line = lines.slice(from).find((text) => pattern.test(text))
     if (line !== undefined) return line
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
@@ -121,6 +124,24 @@ describe('a node facing hostile input', () => {
   it('refuses a well-formed envelope whose store message is malformed, with a log line', async () => {
     await sendOnWire(frame(encoder.encode({ v: 1, p: 'store', b: { type: 'accept', shard: 0, epoch: 'x' } })))
     await waitForLine(/refused message .*malformed store message/)
+  })
+
+  it('refuses a binary store message that is cut short, or that names a shard the cluster lacks, with a log line', async () => {
+    const accept: StoreMessage = {
+      type: 'accept',
+      shard: 999_999,
+      epoch: 1,
+      key: 'k',
+      ballot: { epoch: 1, round: 1, proposer: 'p' },
+      state: { version: 1, value: new Uint8Array(40), lease: null, token: 0 },
+    }
+    const encoded = encodeStoreMessage(accept)!
+    let from = lines.length
+    await sendOnWire(frame(encoded.subarray(0, encoded.length - 10)))
+    await waitForLine(/refused message .*malformed message: byte string longer than the message/, from)
+    from = lines.length
+    await sendOnWire(frame(encoded))
+    await waitForLine(/refused message .*malformed store message/, from)
   })
 
   it('refuses a frame longer than the limit before reading its body, with a log line', async () => {
