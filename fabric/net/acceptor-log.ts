@@ -1,11 +1,12 @@
 /**
  * The acceptor's durable log in the data directory: framed records (slot records in their binary
- * form, store-codec.ts; the others cbor), compacted into a snapshot when it grows. Records are collected and written with one write per turn of the event loop:
- * `flush` runs before any bytes leave the node (the network's `beforeWrite`, see
- * write-coalescing.ts), so a record is in the kernel before the reply that depends on it leaves (a
- * SIGKILL cannot lose it; with `fsync` a power cut cannot either). A reply delivered inside the
- * node (to its own proposer) needs no write first: what it leads to reaches others only over the
- * network, after the flush. A crash before the flush loses votes nobody has heard of.
+ * form, store-codec.ts; the others cbor), compacted into a snapshot when it grows. Records are
+ * collected and written with one write per turn of the event loop: `flush` runs before any bytes
+ * leave the node (the network's `beforeWrite`, see write-coalescing.ts), so a record is in the
+ * kernel before the reply that depends on it leaves (a SIGKILL cannot lose it; with `fsync` a power
+ * cut cannot either). A reply delivered inside the node (to its own proposer) needs no write first:
+ * what it leads to reaches others only over the network, after the flush. A crash before the flush
+ * loses votes nobody has heard of.
  */
 
 import {

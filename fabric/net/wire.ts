@@ -1,7 +1,9 @@
 /**
  * The wire format: length-prefixed frames (4-byte big-endian length, then a cbor-x body) carrying
- * an envelope `{ v, p, b }` — format version, protocol, body. The length is checked against
- * `frameBytesMax` before a byte of the body is decoded; every decoder treats input as hostile.
+ * an envelope `{ v, p, b }` — format version, protocol, body. The store's frequent messages are
+ * the exception: their body is their binary form (store-codec.ts, with a version of its own),
+ * without the envelope. The length is checked against `frameBytesMax` before a byte of the body is
+ * decoded; every decoder treats input as hostile.
  */
 
 import { Decoder, Encoder } from 'cbor-x'
