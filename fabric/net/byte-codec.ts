@@ -20,8 +20,11 @@
 import { MessageRejectedError } from '../errors.ts'
 
 /** Strings a message remembers for back references; later strings are written out in full. */
-export const stringTableSize = 16
-/** A string's kind, in the low bits of its header: written out, a back reference, or a reference plus a suffix. */
+const stringTableSize = 16
+/**
+ * A string's kind, in the low bits of its header: written out, a back reference, or a reference
+ * followed by a suffix.
+ */
 const literal = 0
 const reference = 1
 const referencePlusSuffix = 2
