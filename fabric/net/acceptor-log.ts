@@ -40,7 +40,7 @@ export interface AcceptorLog extends AcceptorStorage {
 
 function frame(record: AcceptorRecord): Uint8Array {
   // Slot records, nearly all of them, in their binary form (store-codec.ts).
-  const binary = encodeAcceptorRecord(record, 4)
+  const binary = encodeAcceptorRecord(record, true)
   if (binary !== null) return binary
   const body = encoder.encode(record)
   const framed = Buffer.alloc(4 + body.length)

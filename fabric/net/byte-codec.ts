@@ -44,9 +44,15 @@ export class ByteWriter {
   private position: number
   private readonly strings: string[] = []
 
-  /** `headerBytes`: bytes left free at the start for the caller (a frame's length prefix). */
-  constructor(options: { headerBytes?: number; sizeHint?: number } = {}) {
-    this.position = options.headerBytes ?? 0
+  private readonly lengthPrefix: boolean
+
+  /**
+   * `lengthPrefix`: the bytes begin with 4 that `finish` fills with the length of the rest
+   * (big-endian), as a frame's prefix.
+   */
+  constructor(options: { lengthPrefix?: boolean; sizeHint?: number } = {}) {
+    this.lengthPrefix = options.lengthPrefix === true
+    this.position = this.lengthPrefix ? 4 : 0
     this.buffer = new Uint8Array(Math.max(64, this.position + (options.sizeHint ?? 256)))
   }
 
@@ -143,13 +149,10 @@ export class ByteWriter {
     this.position = bodyAt + length
   }
 
-  /**
-   * The bytes written, in a buffer of their own; with a header, its first 4 bytes are the length
-   * of what follows them (big-endian), as a frame's prefix.
-   */
-  finish(options: { lengthPrefix?: boolean } = {}): Uint8Array {
+  /** The bytes written, in a buffer of their own (after their length prefix, if asked for). */
+  finish(): Uint8Array {
     const out = this.buffer.slice(0, this.position)
-    if (options.lengthPrefix === true) {
+    if (this.lengthPrefix) {
       const length = this.position - 4
       out[0] = length >>> 24
       out[1] = (length >>> 16) & 0xff

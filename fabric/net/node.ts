@@ -26,7 +26,7 @@ import { joinMembersTopic, receiveMembershipMessage } from './members-topic.ts'
 import { clientProtocol, clientProtocols, createNetwork, type Log, type Network, short } from './network.ts'
 import { serverNoiseCrypto } from './noise-crypto.ts'
 import { isOperation, isStoreMessage } from './validate.ts'
-import { createFrameReader, decodeEnvelope, encodeFrame } from './wire.ts'
+import { createFrameReader, decodeEnvelope, encodeFrame, storeProtocol } from './wire.ts'
 import { FramesPerTurn } from './write-coalescing.ts'
 
 export const storeTickIntervalMs = 10
@@ -126,7 +126,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
     privateKey,
     listen: options.listen,
     clusterKey: options.clusterKey,
-    protocols: new Set(['membership', 'store']),
+    protocols: new Set(['membership', storeProtocol]),
     log,
     // Votes reach the disk before any reply that reports them leaves the node.
     beforeWrite: acceptorLog?.flush,
@@ -155,7 +155,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
       self,
       clock: systemClock,
       random: systemRandom,
-      send: (to, body) => network.send(to, 'store', body),
+      send: (to, body) => network.send(to, storeProtocol, body),
       servers: () => membership.liveServers(),
       storage,
     },
@@ -182,7 +182,7 @@ export async function startNode(options: NodeOptions): Promise<FabricNode> {
 
   network.onMessage((from, protocol, body) => {
     if (protocol === 'membership') receiveMembershipMessage(network, membership, from, body)
-    else if (protocol === 'store') {
+    else if (protocol === storeProtocol) {
       if (!isStoreMessage(body, shardCount)) return network.refuse(from, 'malformed store message')
       store.receive(from, body)
     }

@@ -19,6 +19,7 @@ import type { StoreMessage } from '../coord/messages.ts'
 import type { LeaseState, RegisterState } from '../coord/register.ts'
 import { MessageRejectedError } from '../errors.ts'
 import { ByteReader, ByteWriter } from './byte-codec.ts'
+import { writersReceivedMax } from './validate.ts'
 
 export const binaryMarker = 0
 export const storeCodecVersion = 1
@@ -72,9 +73,6 @@ function writeState(writer: ByteWriter, state: RegisterState): void {
   }
 }
 
-/** The most recent writes a register remembers is far below this; more is malformed. */
-const writersMax = 64
-
 function readState(reader: ByteReader): RegisterState {
   const flags = reader.byte()
   if (flags > (hasValue | hasLease | hasWriters)) malformed('unknown register flags')
@@ -91,7 +89,7 @@ function readState(reader: ByteReader): RegisterState {
   const state: RegisterState = { version, value, lease, token }
   if ((flags & hasWriters) !== 0) {
     const count = reader.uint()
-    if (count > writersMax) malformed(`${count} writers`)
+    if (count > writersReceivedMax) malformed(`${count} writers`)
     const writers: [string, string][] = []
     for (let index = 0; index < count; index++) {
       const proposer = reader.string()
@@ -106,8 +104,8 @@ function malformed(what: string): never {
   throw new MessageRejectedError('malformed', `malformed store message: ${what}`)
 }
 
-function startWriter(kind: number, sizeHint: number, headerBytes: number): ByteWriter {
-  const writer = new ByteWriter({ headerBytes, sizeHint })
+function startWriter(kind: number, sizeHint: number, lengthPrefix: boolean): ByteWriter {
+  const writer = new ByteWriter({ lengthPrefix, sizeHint })
   writer.byte(binaryMarker)
   writer.byte(storeCodecVersion)
   writer.byte(kind)
@@ -127,21 +125,21 @@ function startReader(payload: Uint8Array): { reader: ByteReader; kind: number } 
 }
 
 /**
- * `message` as bytes, or null for a message kind that has no binary form. `headerBytes` are left
- * free at the start and, when 4, hold the length of the rest (a frame's prefix).
+ * `message` as bytes, or null for a message kind that has no binary form; `lengthPrefix`: after a
+ * 4-byte length (a frame).
  */
-export function encodeStoreMessage(message: StoreMessage, headerBytes = 0): Uint8Array | null {
+export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false): Uint8Array | null {
   let writer: ByteWriter
   switch (message.type) {
     case 'prepare':
-      writer = startWriter(kinds.prepare, 96, headerBytes)
+      writer = startWriter(kinds.prepare, 96, lengthPrefix)
       writer.uint(message.shard)
       writer.uint(message.epoch)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
       break
     case 'promise':
-      writer = startWriter(kinds.promise, 128 + (message.accepted?.state.value?.length ?? 0), headerBytes)
+      writer = startWriter(kinds.promise, 128 + (message.accepted?.state.value?.length ?? 0), lengthPrefix)
       writer.uint(message.shard)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
@@ -153,7 +151,7 @@ export function encodeStoreMessage(message: StoreMessage, headerBytes = 0): Uint
       }
       break
     case 'accept':
-      writer = startWriter(kinds.accept, 128 + (message.state.value?.length ?? 0), headerBytes)
+      writer = startWriter(kinds.accept, 128 + (message.state.value?.length ?? 0), lengthPrefix)
       writer.uint(message.shard)
       writer.uint(message.epoch)
       writer.string(message.key)
@@ -163,7 +161,7 @@ export function encodeStoreMessage(message: StoreMessage, headerBytes = 0): Uint
       if (message.next !== undefined) writeBallot(writer, message.next)
       break
     case 'accepted':
-      writer = startWriter(kinds.accepted, 96, headerBytes)
+      writer = startWriter(kinds.accepted, 96, lengthPrefix)
       writer.uint(message.shard)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
@@ -173,7 +171,7 @@ export function encodeStoreMessage(message: StoreMessage, headerBytes = 0): Uint
     default:
       return null
   }
-  return writer.finish({ lengthPrefix: headerBytes === 4 })
+  return writer.finish()
 }
 
 /** Decodes what `encodeStoreMessage` wrote (without its header); throws MessageRejectedError. */
@@ -240,11 +238,11 @@ function readOptionalBallot(reader: ByteReader): Ballot | undefined {
   return readBallot(reader)
 }
 
-/** An acceptor's slot record as bytes (after `headerBytes` free ones), or null for other records. */
-export function encodeAcceptorRecord(record: AcceptorRecord, headerBytes = 0): Uint8Array | null {
+/** An acceptor's slot record as bytes (after a 4-byte length if `lengthPrefix`), or null for others. */
+export function encodeAcceptorRecord(record: AcceptorRecord, lengthPrefix = false): Uint8Array | null {
   if (record.type !== 'slot') return null
   const accepted = record.slot.accepted
-  const writer = startWriter(kinds.slot, 128 + (accepted?.state.value?.length ?? 0), headerBytes)
+  const writer = startWriter(kinds.slot, 128 + (accepted?.state.value?.length ?? 0), lengthPrefix)
   writer.uint(record.shard)
   writer.string(record.key)
   writeBallot(writer, record.slot.promised)
@@ -253,7 +251,7 @@ export function encodeAcceptorRecord(record: AcceptorRecord, headerBytes = 0): U
     writeBallot(writer, accepted.ballot)
     writeState(writer, accepted.state)
   }
-  return writer.finish({ lengthPrefix: headerBytes === 4 })
+  return writer.finish()
 }
 
 /** Decodes what `encodeAcceptorRecord` wrote (without its header); throws MessageRejectedError. */

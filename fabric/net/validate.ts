@@ -11,6 +11,8 @@ import type { Operation, RegisterState } from '../coord/register.ts'
 import { keyBytesMax, valueBytesMax } from '../coord/store.ts'
 
 export const registersPerMessageMax = 100_000
+/** Recent writes a received register state may list (a proposer keeps `writersMax`, fewer). */
+export const writersReceivedMax = 64
 const membersMax = 16
 
 const isInteger = (value: unknown, max = Number.MAX_SAFE_INTEGER): value is number =>
@@ -53,7 +55,7 @@ function isState(value: unknown): value is RegisterState {
       return false
   }
   if (value.writers !== undefined) {
-    if (!Array.isArray(value.writers) || value.writers.length > 64) return false
+    if (!Array.isArray(value.writers) || value.writers.length > writersReceivedMax) return false
     if (
       !value.writers.every(
         (pair) => Array.isArray(pair) && pair.length === 2 && pair.every((part) => typeof part === 'string'),

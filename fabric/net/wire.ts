@@ -30,7 +30,7 @@ export interface Envelope {
 export function encodeFrame(protocol: string, body: unknown): Uint8Array {
   // The store's frequent messages have a binary form of their own (store-codec.ts).
   if (protocol === storeProtocol) {
-    const frame = encodeStoreMessage(body as StoreMessage, 4)
+    const frame = encodeStoreMessage(body as StoreMessage, true)
     if (frame !== null) return checkedFrameSize(frame, frame.length - 4)
   }
   const payload = encoder.encode({ v: wireVersion, p: protocol, b: body } satisfies Envelope)
