@@ -9,7 +9,7 @@
  */
 
 import { type ChildProcess, spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { availableParallelism, tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -61,6 +61,33 @@ export interface LocalClusterOptions {
  */
 export const nodeV8Flags: readonly string[] = ['--min-semi-space-size=16', '--max-semi-space-size=16']
 
+/**
+ * Where Debian puts tcmalloc (package libtcmalloc-minimal4), per architecture. The node processes
+ * run with it when the machine has it: a node allocates and frees many small buffers per message
+ * (the muxer's frames, the cipher's output, the codecs'), and glibc's malloc took about 9% of the
+ * main threads' samples on 3 local nodes running tiny threads. With tcmalloc, in 6 alternate pairs
+ * (3 local nodes, 6 rounds of 1,000 tiny threads, runs after the first): 15% less CPU per tiny
+ * thread (0.40 against 0.46 ms), on the main threads and V8's helper threads alike. jemalloc
+ * measured about half that gain, mimalloc none.
+ */
+export const tcmallocPaths: readonly string[] = [
+  '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
+  '/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4',
+]
+
+/**
+ * The node processes' environment: this one's, with tcmalloc preloaded when the machine has it and
+ * `FABRIC_NODE_MALLOC` is not `system` (which keeps glibc's malloc, for comparisons).
+ */
+export function nodeEnvironment(environment: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  if (environment.FABRIC_NODE_MALLOC === 'system') return environment
+  const tcmalloc = tcmallocPaths.find((path) => existsSync(path))
+  if (tcmalloc === undefined) return environment
+  const preloaded = environment.LD_PRELOAD
+  if (preloaded?.includes('tcmalloc') === true) return environment
+  return { ...environment, LD_PRELOAD: preloaded ? `${tcmalloc}:${preloaded}` : tcmalloc }
+}
+
 export function defaultNodeCount(): number {
   return Math.max(3, availableParallelism())
 }
@@ -89,7 +116,10 @@ function startNodeProcess(
   ]
   if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
   if (options.childrenElsewhere === true) args.push('--children-elsewhere')
-  const child = spawn(process.execPath, [...nodeV8Flags, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(process.execPath, [...nodeV8Flags, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: nodeEnvironment(),
+  })
   return new Promise((resolve, reject) => {
     let peerId = ''
     let address = ''
