@@ -30,7 +30,7 @@ async function threadStarts(rows: BenchRow[]): Promise<void> {
     // runs on this shared machine).
     const batchCount = 1000
     const rounds = 5
-    const warmUpRounds = 3
+    const warmUpRounds = 10
     const run = async (args: string[]): Promise<string> => {
       let output = ''
       const result = await runOnCluster({
@@ -47,6 +47,10 @@ async function threadStarts(rows: BenchRow[]): Promise<void> {
     // As for the remote start below: a fresh cluster's first thousands of threads run code V8 has
     // not optimized yet (its first round is about half as fast as later ones), so the throughput is
     // measured after a warm-up run of the same rounds, as a cluster that has been up a while serves it.
+    // Ten rounds: V8 on the nodes is still optimizing through the first 10,000 threads or so (with
+    // --trace-opt, about 2,100 compile events in the first 6,000 threads, 700 in the next 6,000, 400
+    // in each 6,000 after), and after 3 warm-up rounds the measured rounds were still rising; in a
+    // run with 10, the warm-up rounds levelled from the eighth.
     const warmUp = roundsPerSecond(
       await run(['0', String(batch), String(batchCount), String(warmUpRounds)]),
       batchCount,
