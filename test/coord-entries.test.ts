@@ -6,7 +6,7 @@
  */
 
 import { describe, expect, test } from 'vitest'
-import { decodeEntries, encodeEntries, entryNameBytesMax } from '../fabric/coord/entries.ts'
+import { decodeEntries, encodeEntries, entryNameBytesMax, utf8BytesAtMost } from '../fabric/coord/entries.ts'
 import { applyOperation, emptyRegister, type Operation, valueBytesMax } from '../fabric/coord/register.ts'
 import { InvalidArgumentError } from '../fabric/errors.ts'
 import { isOperation } from '../fabric/net/validate.ts'
@@ -25,6 +25,19 @@ function applyAll(operations: Operation[]) {
   })
   return { state, results }
 }
+
+describe('UTF-8 length bound', () => {
+  test('counts the bytes a string takes, however its characters are written', () => {
+    expect(utf8BytesAtMost('x'.repeat(512), 512)).toBe(true)
+    expect(utf8BytesAtMost('x'.repeat(513), 512)).toBe(false)
+    // 2, 3 and 4 bytes a character: short strings whose bytes pass the bound.
+    expect(utf8BytesAtMost('ü'.repeat(257), 512)).toBe(false)
+    expect(utf8BytesAtMost('ü'.repeat(256), 512)).toBe(true)
+    expect(utf8BytesAtMost('€'.repeat(171), 512)).toBe(false)
+    expect(utf8BytesAtMost('𝄞'.repeat(128), 512)).toBe(true)
+    expect(utf8BytesAtMost('𝄞'.repeat(129), 512)).toBe(false)
+  })
+})
 
 describe('register of entries', () => {
   test('each entry has its own version; writers of different entries do not fail each other', () => {

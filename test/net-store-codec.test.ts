@@ -14,6 +14,7 @@ import {
   encodeStoreMessage,
 } from '../fabric/net/store-codec.ts'
 import { decodeEnvelope, encodeFrame } from '../fabric/net/wire.ts'
+import { seededRandom } from './support/run.ts'
 
 const proposer = '12D3KooWHVqRjtuxWUirxR2gYieKyH2xFR7Cxw3urQjWU5X19Cc5'
 const other = '12D3KooWLQXrnEqmHkEQgNfHzrLis3p6AAgP8apbr3dFndidkh5m'
@@ -186,6 +187,25 @@ describe('byte codec', () => {
     expect(strings.map(() => reader.string())).toEqual(strings)
     reader.end()
     expect(() => writer.uint(-1)).toThrow(RangeError)
+  })
+
+  test('short strings read again, and strings that share a hash slot, read back as written', () => {
+    // More strings than the reader keeps lately, so slots are shared and replaced; each written in
+    // a message of its own (no back references), and every one read twice, in another order.
+    const random = seededRandom(7)
+    const strings = Array.from({ length: 5000 }, (_, index) => {
+      const length = 1 + Math.floor(random() * 64)
+      const base = Array.from({ length }, () => String.fromCharCode(32 + Math.floor(random() * 95))).join('')
+      // Pairs of the same length one byte apart.
+      return index % 2 === 0 ? base : `${base.slice(0, -1)}${base.endsWith('a') ? 'b' : 'a'}`
+    })
+    const read = (value: string) => {
+      const writer = new ByteWriter()
+      writer.string(value)
+      return new ByteReader(writer.finish()).string()
+    }
+    expect(strings.map(read)).toEqual(strings)
+    expect([...strings].reverse().map(read)).toEqual([...strings].reverse())
   })
 })
 

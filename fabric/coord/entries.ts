@@ -106,5 +106,11 @@ export function encodeEntries(entries: Entries): Uint8Array {
 
 /** Whether `name` may name an entry: a non-empty string of at most `entryNameBytesMax` bytes. */
 export function isEntryName(name: unknown): name is string {
-  return typeof name === 'string' && name.length > 0 && textEncoder.encode(name).length <= entryNameBytesMax
+  return typeof name === 'string' && name.length > 0 && utf8BytesAtMost(name, entryNameBytesMax)
+}
+
+/** Whether `text` takes at most `bytes` bytes in UTF-8; encodes it only when its length leaves a doubt. */
+export function utf8BytesAtMost(text: string, bytes: number): boolean {
+  // A UTF-16 code unit takes at most 3 bytes in UTF-8 (a surrogate pair, 2 units, takes 4).
+  return text.length * 3 <= bytes || textEncoder.encode(text).length <= bytes
 }

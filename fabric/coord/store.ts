@@ -69,7 +69,7 @@ import { InvalidArgumentError, StoreOverloadedError, StoreTimeoutError } from '.
 import type { Clock, Random } from '../platform.ts'
 import { type Acceptor, type AcceptorStorage, createAcceptor } from './acceptor.ts'
 import { type Ballot, compareBallots } from './ballot.ts'
-import { entryNameBytesMax, isEntryName } from './entries.ts'
+import { entryNameBytesMax, isEntryName, utf8BytesAtMost } from './entries.ts'
 import type { RegisterEntry, ShardView, StoreMessage } from './messages.ts'
 import {
   applyOperation,
@@ -1044,17 +1044,15 @@ function dependsOnLeaseExpiry(state: RegisterState, requests: readonly Request[]
   )
 }
 
+/** Whether two lists of distinct members hold the same ones (in any order). */
 function sameMembers(a: readonly NodeId[], b: readonly NodeId[]): boolean {
   if (a.length !== b.length) return false
-  const sortedA = [...a].sort()
-  const sortedB = [...b].sort()
-  return sortedA.every((member, index) => member === sortedB[index])
+  for (const member of a) if (!b.includes(member)) return false
+  return true
 }
 
-const textEncoder = new TextEncoder()
-
 function validate(key: string, operation: Operation): void {
-  if (typeof key !== 'string' || key.length === 0 || textEncoder.encode(key).length > keyBytesMax)
+  if (typeof key !== 'string' || key.length === 0 || !utf8BytesAtMost(key, keyBytesMax))
     throw new InvalidArgumentError(`Expected key to be a non-empty string of at most ${keyBytesMax} bytes`)
   if ('value' in operation && !(operation.kind === 'entry-cas' && operation.value === null)) {
     if (!(operation.value instanceof Uint8Array) || operation.value.length > valueBytesMax)
