@@ -4,7 +4,7 @@ import { nodeEnvironment, tcmallocPaths } from '../fabric/cli/local-cluster.ts'
 
 const tcmalloc = tcmallocPaths.find((path) => existsSync(path))
 
-describe('the embedded cluster nodes environment', () => {
+describe("the embedded cluster's node environment", () => {
   test('keeps glibc malloc when asked to, and the rest of the environment as it is', () => {
     const environment = { FABRIC_NODE_MALLOC: 'system', PATH: '/bin' }
     expect(nodeEnvironment(environment)).toEqual(environment)
