@@ -65,10 +65,10 @@ export const nodeV8Flags: readonly string[] = ['--min-semi-space-size=16', '--ma
  * Where Debian puts tcmalloc (package libtcmalloc-minimal4), per architecture. The node processes
  * run with it when the machine has it: a node allocates and frees many small buffers per message
  * (the muxer's frames, the cipher's output, the codecs'), and glibc's malloc took about 9% of the
- * main threads' samples on 3 local nodes running tiny threads. With tcmalloc, in 6 alternate pairs
- * (3 local nodes, 6 rounds of 1,000 tiny threads, runs after the first): 15% less CPU per tiny
- * thread (0.40 against 0.46 ms), on the main threads and V8's helper threads alike. jemalloc
- * measured about half that gain, mimalloc none.
+ * main threads' samples on 3 local nodes running tiny threads. With tcmalloc, in 4 alternate pairs
+ * (3 local nodes, 6 rounds of 1,000 tiny threads, the 2 runs after the first in each): 15% less CPU
+ * per tiny thread (0.40 against 0.46 ms), on the main threads and V8's helper threads alike, and
+ * about the same memory. jemalloc measured about half that gain, mimalloc none (2 pairs each).
  */
 export const tcmallocPaths: readonly string[] = [
   '/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4',
