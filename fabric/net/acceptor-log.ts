@@ -23,7 +23,8 @@ import { join } from 'node:path'
 import { Decoder, Encoder } from 'cbor-x'
 import type { AcceptorRecord, AcceptorStorage } from '../coord/acceptor.ts'
 import { DataDirectoryError } from '../errors.ts'
-import { decodeAcceptorRecord, encodeAcceptorRecord, isBinaryPayload } from './store-codec.ts'
+import { isBinaryForm } from './byte-codec.ts'
+import { decodeAcceptorRecord, encodeAcceptorRecord } from './store-codec.ts'
 
 export const acceptorLogBytesCompactAt = 16 * 1024 * 1024
 const fileName = 'acceptor.log'
@@ -85,7 +86,7 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
           // A Uint8Array, not a Buffer: values decoded from the binary form are views into it.
           const body = new Uint8Array(data.buffer, data.byteOffset + offset + 4, length)
           records.push(
-            isBinaryPayload(body) ? decodeAcceptorRecord(body) : (decoder.decode(body) as AcceptorRecord),
+            isBinaryForm(body) ? decodeAcceptorRecord(body) : (decoder.decode(body) as AcceptorRecord),
           )
         } catch (error) {
           throw new DataDirectoryError(`${path} is corrupt at byte ${offset}: ${(error as Error).message}`)

@@ -19,6 +19,17 @@
 
 import { MessageRejectedError } from '../errors.ts'
 
+/**
+ * The first byte of every binary form (store messages, acceptor records, thread records): a zero,
+ * which no CBOR map starts with, so a reader of either tells them apart by it.
+ */
+export const binaryFormMarker = 0
+
+/** Whether `bytes` are a binary form (else CBOR). */
+export function isBinaryForm(bytes: Uint8Array): boolean {
+  return bytes.length > 0 && bytes[0] === binaryFormMarker
+}
+
 /** Strings a message remembers for back references; later strings are written out in full. */
 const stringTableSize = 16
 /**
@@ -256,16 +267,16 @@ export class ByteReader {
     const header = this.uint()
     const kind = header % (1 << kindBits)
     const index = Math.floor(header / (1 << kindBits))
-    if (kind === literal && index === 0) {
-      const value = this.text()
-      if (this.strings.length < stringTableSize) this.strings.push(value)
-      return value
-    }
+    if (kind === literal && index === 0) return this.remember(this.text())
     if (index >= this.strings.length) this.malformed('reference to an unknown string')
     const known = this.strings[index]!
     if (kind === reference) return known
     if (kind !== referencePlusSuffix) this.malformed('unknown string kind')
-    const value = known + this.text()
+    return this.remember(known + this.text())
+  }
+
+  /** Keeps `value` for back references (as the writer did), and returns it. */
+  private remember(value: string): string {
     if (this.strings.length < stringTableSize) this.strings.push(value)
     return value
   }

@@ -6,11 +6,11 @@
  * a tiny thread's record took 715 bytes; 221 now, with the record in its own binary form). The rarer
  * messages (rejects, reconfiguration) stay CBOR.
  *
- * An encoding starts with `binaryMarker` (a zero byte, which no CBOR map starts with), then the
+ * An encoding starts with `binaryFormMarker` (a zero byte, which no CBOR map starts with), then the
  * codec's version and the message kind:
  *
  *   const payload = encodeStoreMessage(message)        // null: the message has no binary form
- *   if (isBinaryPayload(payload)) decodeStoreMessage(payload)
+ *   if (isBinaryForm(payload)) decodeStoreMessage(payload)
  */
 
 import type { AcceptorRecord, Slot } from '../coord/acceptor.ts'
@@ -18,10 +18,9 @@ import type { Ballot } from '../coord/ballot.ts'
 import type { StoreMessage } from '../coord/messages.ts'
 import type { LeaseState, RegisterState } from '../coord/register.ts'
 import { MessageRejectedError } from '../errors.ts'
-import { ByteReader, ByteWriter } from './byte-codec.ts'
+import { ByteReader, ByteWriter, binaryFormMarker } from './byte-codec.ts'
 import { writersReceivedMax } from './validate.ts'
 
-export const binaryMarker = 0
 export const storeCodecVersion = 1
 
 const kinds = { prepare: 1, promise: 2, accept: 3, accepted: 4, slot: 16 } as const
@@ -33,10 +32,6 @@ const hasWriters = 4
 /** Flag of a message or record: an optional ballot (or accepted value) follows. */
 const hasOptional = 1
 
-export function isBinaryPayload(payload: Uint8Array): boolean {
-  return payload.length > 0 && payload[0] === binaryMarker
-}
-
 function writeBallot(writer: ByteWriter, ballot: Ballot): void {
   writer.uint(ballot.epoch)
   writer.uint(ballot.round)
@@ -47,6 +42,36 @@ function readBallot(reader: ByteReader): Ballot {
   const epoch = reader.uint()
   const round = reader.uint()
   return { epoch, round, proposer: reader.string() }
+}
+
+function writeOptionalBallot(writer: ByteWriter, ballot: Ballot | undefined): void {
+  writer.byte(ballot === undefined ? 0 : hasOptional)
+  if (ballot !== undefined) writeBallot(writer, ballot)
+}
+
+function readOptionalBallot(reader: ByteReader): Ballot | undefined {
+  const flags = reader.byte()
+  if (flags === 0) return undefined
+  if (flags !== hasOptional) malformed('unknown ballot flags')
+  return readBallot(reader)
+}
+
+/** A value accepted at a ballot, or none: a promise's `accepted`, a slot's. */
+type Accepted = { ballot: Ballot; state: RegisterState } | null
+
+function writeAccepted(writer: ByteWriter, accepted: Accepted): void {
+  writer.byte(accepted === null ? 0 : hasOptional)
+  if (accepted === null) return
+  writeBallot(writer, accepted.ballot)
+  writeState(writer, accepted.state)
+}
+
+function readAccepted(reader: ByteReader): Accepted {
+  const flags = reader.byte()
+  if (flags === 0) return null
+  if (flags !== hasOptional) malformed('unknown accepted-value flags')
+  const ballot = readBallot(reader)
+  return { ballot, state: readState(reader) }
 }
 
 function writeState(writer: ByteWriter, state: RegisterState): void {
@@ -106,7 +131,7 @@ function malformed(what: string): never {
 
 function startWriter(kind: number, sizeHint: number, lengthPrefix: boolean): ByteWriter {
   const writer = new ByteWriter({ lengthPrefix, sizeHint })
-  writer.byte(binaryMarker)
+  writer.byte(binaryFormMarker)
   writer.byte(storeCodecVersion)
   writer.byte(kind)
   return writer
@@ -114,7 +139,7 @@ function startWriter(kind: number, sizeHint: number, lengthPrefix: boolean): Byt
 
 function startReader(payload: Uint8Array): { reader: ByteReader; kind: number } {
   const reader = new ByteReader(payload)
-  if (reader.byte() !== binaryMarker) malformed('not a binary store message')
+  if (reader.byte() !== binaryFormMarker) malformed('not a binary store message')
   const version = reader.byte()
   if (version !== storeCodecVersion)
     throw new MessageRejectedError(
@@ -144,11 +169,7 @@ export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false):
       writer.string(message.key)
       writeBallot(writer, message.ballot)
       writer.float(message.leaseElapsedMs)
-      writer.byte(message.accepted === null ? 0 : hasOptional)
-      if (message.accepted !== null) {
-        writeBallot(writer, message.accepted.ballot)
-        writeState(writer, message.accepted.state)
-      }
+      writeAccepted(writer, message.accepted)
       break
     case 'accept':
       writer = startWriter(kinds.accept, 128 + (message.state.value?.length ?? 0), lengthPrefix)
@@ -157,16 +178,14 @@ export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false):
       writer.string(message.key)
       writeBallot(writer, message.ballot)
       writeState(writer, message.state)
-      writer.byte(message.next === undefined ? 0 : hasOptional)
-      if (message.next !== undefined) writeBallot(writer, message.next)
+      writeOptionalBallot(writer, message.next)
       break
     case 'accepted':
       writer = startWriter(kinds.accepted, 96, lengthPrefix)
       writer.uint(message.shard)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
-      writer.byte(message.next === undefined ? 0 : hasOptional)
-      if (message.next !== undefined) writeBallot(writer, message.next)
+      writeOptionalBallot(writer, message.next)
       break
     default:
       return null
@@ -191,12 +210,7 @@ export function decodeStoreMessage(payload: Uint8Array): StoreMessage {
       const key = reader.string()
       const ballot = readBallot(reader)
       const leaseElapsedMs = reader.float()
-      const flags = reader.byte()
-      let accepted: { ballot: Ballot; state: RegisterState } | null = null
-      if (flags === hasOptional) {
-        const acceptedBallot = readBallot(reader)
-        accepted = { ballot: acceptedBallot, state: readState(reader) }
-      } else if (flags !== 0) malformed('unknown promise flags')
+      const accepted = readAccepted(reader)
       message = { type: 'promise', shard, key, ballot, accepted, leaseElapsedMs }
       break
     }
@@ -231,13 +245,6 @@ export function decodeStoreMessage(payload: Uint8Array): StoreMessage {
   return message
 }
 
-function readOptionalBallot(reader: ByteReader): Ballot | undefined {
-  const flags = reader.byte()
-  if (flags === 0) return undefined
-  if (flags !== hasOptional) malformed('unknown ballot flags')
-  return readBallot(reader)
-}
-
 /** An acceptor's slot record as bytes (after a 4-byte length if `lengthPrefix`), or null for others. */
 export function encodeAcceptorRecord(record: AcceptorRecord, lengthPrefix = false): Uint8Array | null {
   if (record.type !== 'slot') return null
@@ -246,11 +253,7 @@ export function encodeAcceptorRecord(record: AcceptorRecord, lengthPrefix = fals
   writer.uint(record.shard)
   writer.string(record.key)
   writeBallot(writer, record.slot.promised)
-  writer.byte(accepted === null ? 0 : hasOptional)
-  if (accepted !== null) {
-    writeBallot(writer, accepted.ballot)
-    writeState(writer, accepted.state)
-  }
+  writeAccepted(writer, accepted)
   return writer.finish()
 }
 
@@ -260,14 +263,7 @@ export function decodeAcceptorRecord(payload: Uint8Array): AcceptorRecord {
   if (kind !== kinds.slot) malformed(`unknown record kind ${kind}`)
   const shard = reader.uint()
   const key = reader.string()
-  const promised = readBallot(reader)
-  const flags = reader.byte()
-  let slot: Slot
-  if (flags === hasOptional) {
-    const ballot = readBallot(reader)
-    slot = { promised, accepted: { ballot, state: readState(reader) } }
-  } else if (flags === 0) slot = { promised, accepted: null }
-  else return malformed('unknown slot flags')
+  const slot: Slot = { promised: readBallot(reader), accepted: readAccepted(reader) }
   reader.end()
   return { type: 'slot', shard, key, slot }
 }

@@ -9,7 +9,8 @@
 import { Decoder, Encoder } from 'cbor-x'
 import type { StoreMessage } from '../coord/messages.ts'
 import { MessageRejectedError } from '../errors.ts'
-import { decodeStoreMessage, encodeStoreMessage, isBinaryPayload } from './store-codec.ts'
+import { isBinaryForm } from './byte-codec.ts'
+import { decodeStoreMessage, encodeStoreMessage } from './store-codec.ts'
 
 export const wireVersion = 1
 /** The protocol whose messages `encodeFrame` writes in their binary form where they have one. */
@@ -50,7 +51,7 @@ function checkedFrameSize(frame: Uint8Array, payloadBytes: number): Uint8Array {
 }
 
 export function decodeEnvelope(payload: Uint8Array, protocols: ReadonlySet<string>): Envelope {
-  if (isBinaryPayload(payload)) {
+  if (isBinaryForm(payload)) {
     if (!protocols.has(storeProtocol)) throw new MessageRejectedError('malformed', 'unexpected store message')
     return { v: wireVersion, p: storeProtocol, b: decodeStoreMessage(payload) }
   }

@@ -11,7 +11,7 @@
 
 import { Decoder, Encoder } from 'cbor-x'
 import { InvalidArgumentError } from '../errors.ts'
-import { ByteReader, ByteWriter } from '../net/byte-codec.ts'
+import { ByteReader, ByteWriter, binaryFormMarker, isBinaryForm } from '../net/byte-codec.ts'
 
 export const recordFormatVersion = 1
 
@@ -96,8 +96,6 @@ export function encodeRecord(record: ProcessRecord | ThreadRecord): Uint8Array {
   return encoder.encode(record) as Uint8Array
 }
 
-/** The first byte of a thread record's binary form; no CBOR map starts with it. */
-const threadRecordMarker = 0
 const threadStates: readonly ThreadState[] = ['placed', 'running', 'done', 'failed']
 /** Flags of a thread record's binary form: which optional fields follow. */
 const hasResult = 1
@@ -110,7 +108,7 @@ const threadFlagsAll = 63
 
 function encodeThread(record: ThreadRecord): Uint8Array {
   const writer = new ByteWriter({ sizeHint: 160 + record.arg.length + (record.result?.length ?? 0) })
-  writer.byte(threadRecordMarker)
+  writer.byte(binaryFormMarker)
   writer.uint(record.formatVersion)
   writer.byte(
     (record.result === null ? 0 : hasResult) |
@@ -207,8 +205,7 @@ export function decodeProcess(bytes: Uint8Array): ProcessRecord {
 
 /** A thread record from its binary form (or from CBOR, as records were written before it). */
 export function decodeThread(bytes: Uint8Array): ThreadRecord {
-  if (bytes.length === 0 || bytes[0] !== threadRecordMarker)
-    return decodeVersioned<ThreadRecord>(bytes, 'thread')
+  if (!isBinaryForm(bytes)) return decodeVersioned<ThreadRecord>(bytes, 'thread')
   try {
     return decodeThreadBinary(bytes)
   } catch (error) {
