@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
 import { type LocalCluster, startLocalCluster, tcmallocPaths } from '../fabric/cli/local-cluster.ts'
-import { runOnCluster } from '../fabric/runtime/submit-client.ts'
+import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
 import { guestBytes, repositoryRoot } from './support/guests.ts'
 import { seededRandom } from './support/run.ts'
 
@@ -26,6 +26,29 @@ async function runPi(cluster: LocalCluster, onProgress?: (chunks: number) => voi
   return { output, result }
 }
 
+/**
+ * `runPi`, failing after `ms` with what `ps` and the nodes' last runtime lines show, rather than
+ * holding the suite until its timeout with nothing said.
+ */
+async function runPiWithin(cluster: LocalCluster, logs: string[], ms: number, where: string) {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(async () => {
+      const ps = await listProcesses({ node: cluster.nodes[0]!.address }).then(
+        (processes) => JSON.stringify(processes),
+        (error: Error) => `ps failed: ${error.message}`,
+      )
+      const recent = logs.filter((line) => line.includes('runtime:')).slice(-40)
+      reject(new Error(`${where}: no result after ${ms} ms; ps: ${ps}\n${recent.join('\n')}`))
+    }, ms)
+  })
+  try {
+    return await Promise.race([runPi(cluster), deadline])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
 describe('distributed processes on real node processes', () => {
   let cluster: LocalCluster | undefined
   afterEach(async () => {
@@ -43,15 +66,19 @@ describe('distributed processes on real node processes', () => {
     await cluster.stop()
     for (let seed = 1; seed <= seedCount; seed++) {
       const random = seededRandom(seed)
-      cluster = await startLocalCluster({ nodeCount: 5 })
+      const logs: string[] = []
+      cluster = await startLocalCluster({
+        nodeCount: 5,
+        log: (index, line) => logs.push(`node ${index}: ${line}`),
+      })
       // Two nodes other than the submitter's (node 0), each at a random moment of the run.
       const victims = [1, 2, 3, 4].sort(() => random() - 0.5).slice(0, 2)
       const timers = victims.map((index) =>
         setTimeout(() => cluster!.kill(index), (0.1 + random() * 0.5) * referenceMs),
       )
-      const run = await runPi(cluster)
-      for (const timer of timers) clearTimeout(timer)
       const where = `SEED=${seed} (killed nodes ${victims.join(', ')}); rerun: FABRIC_RUNTIME_SEEDS=${seed} npx vitest run test/runtime-cluster.test.ts`
+      const run = await runPiWithin(cluster, logs, Math.max(60_000, 20 * referenceMs), where)
+      for (const timer of timers) clearTimeout(timer)
       expect(run.result, where).toEqual({ exitCode: 0, error: null })
       expect(run.output, where).toBe(reference.output)
       await cluster.stop()
