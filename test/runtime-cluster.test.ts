@@ -1,9 +1,9 @@
 import { spawn, spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, test } from 'vitest'
-import { type LocalCluster, startLocalCluster, tcmallocPaths } from '../fabric/cli/local-cluster.ts'
+import { type LocalCluster, nodeEnvironment, startLocalCluster } from '../fabric/cli/local-cluster.ts'
 import { listProcesses, runOnCluster } from '../fabric/runtime/submit-client.ts'
 import { guestBytes, repositoryRoot } from './support/guests.ts'
 import { seededRandom } from './support/run.ts'
@@ -86,18 +86,18 @@ describe('distributed processes on real node processes', () => {
     }
   }, 600_000)
 
-  test.runIf(
-    process.platform === 'linux' &&
-      process.env.FABRIC_NODE_MALLOC !== 'system' &&
-      tcmallocPaths.some((path) => existsSync(path)),
-  )("the embedded cluster's nodes run with tcmalloc when the machine has it", async () => {
-    cluster = await startLocalCluster({ nodeCount: 3 })
-    for (const node of cluster.nodes)
-      expect(readFileSync(`/proc/${node.process.pid}/maps`, 'utf8')).toContain('libtcmalloc_minimal')
-    const { result, output } = await runPi(cluster)
-    expect(result).toEqual({ exitCode: 0, error: null })
-    expect(output).toContain('thread 49: ')
-  })
+  // Whenever the environment the nodes get preloads it (the machine has it, and it was not declined).
+  test.runIf(process.platform === 'linux' && nodeEnvironment().LD_PRELOAD?.includes('tcmalloc') === true)(
+    "the embedded cluster's nodes run with tcmalloc when the machine has it",
+    async () => {
+      cluster = await startLocalCluster({ nodeCount: 3 })
+      for (const node of cluster.nodes)
+        expect(readFileSync(`/proc/${node.process.pid}/maps`, 'utf8')).toContain('libtcmalloc_minimal')
+      const { result, output } = await runPi(cluster)
+      expect(result).toEqual({ exitCode: 0, error: null })
+      expect(output).toContain('thread 49: ')
+    },
+  )
 
   test('a submitter that disconnects gets the whole output when it attaches again', async () => {
     cluster = await startLocalCluster({ nodeCount: 3 })
