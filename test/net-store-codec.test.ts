@@ -235,4 +235,39 @@ describe('acceptor log records', () => {
       rmSync(directory, { recursive: true, force: true })
     }
   })
+
+  test('compaction rewrites the log only once it has grown to twice its last snapshot, and loses nothing', () => {
+    const directory = mkdtempSync(join(tmpdir(), 'fabric-log-'))
+    try {
+      const slot = (index: number): AcceptorRecord => ({
+        type: 'slot',
+        shard: index % 64,
+        key: `threads/p/0/${index}`,
+        slot: {
+          promised: ballot,
+          accepted: { ballot, state: { version: 1, value: record, lease: null, token: 0 } },
+        },
+      })
+      // A snapshot of 40 slots (about 13 KiB) is larger than the 4 KiB threshold.
+      const live = Array.from({ length: 40 }, (_, index) => slot(index))
+      const log = openAcceptorLog(directory, { compactAtBytes: 4096 })
+      log.append(live)
+      expect(log.compactIfLarge(() => live)).toBe(true)
+      // Past the threshold, but not yet twice the snapshot: left as it is (it was rewritten at
+      // every check before, each time in full).
+      log.append([slot(40)])
+      expect(log.compactIfLarge(() => [...live, slot(40)])).toBe(false)
+      const more = Array.from({ length: 40 }, (_, index) => slot(41 + index))
+      log.append(more)
+      const all = [...live, slot(40), ...more]
+      expect(log.compactIfLarge(() => all)).toBe(true)
+      log.append([slot(81)])
+      log.close()
+      const reopened = openAcceptorLog(directory)
+      expect(reopened.load()).toEqual([...all, slot(81)])
+      reopened.close()
+    } finally {
+      rmSync(directory, { recursive: true, force: true })
+    }
+  })
 })

@@ -27,6 +27,12 @@ import { isBinaryForm } from './byte-codec.ts'
 import { decodeAcceptorRecord, encodeAcceptorRecord } from './store-codec.ts'
 
 export const acceptorLogBytesCompactAt = 16 * 1024 * 1024
+/**
+ * The log is compacted once it is this many times the size of its last snapshot (and past
+ * `acceptorLogBytesCompactAt`): a snapshot larger than the threshold (the slots of some 50,000
+ * threads) would otherwise be rewritten at every check, each rewrite costing more than the last.
+ */
+export const acceptorLogGrowthBeforeCompaction = 2
 const fileName = 'acceptor.log'
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -34,8 +40,11 @@ const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
 export interface AcceptorLog extends AcceptorStorage {
   /** Writes the records appended since the last flush (one write); also runs on its own after this turn. */
   flush(): void
-  /** Rewrites the log as `records` (the acceptor's snapshot) if it has grown past the threshold. */
-  compactIfLarge(snapshot: () => AcceptorRecord[]): void
+  /**
+   * Rewrites the log as `records` (the acceptor's snapshot) if it has grown past the threshold and
+   * to `acceptorLogGrowthBeforeCompaction` times its last snapshot; returns whether it did.
+   */
+  compactIfLarge(snapshot: () => AcceptorRecord[]): boolean
   close(): void
 }
 
@@ -50,10 +59,17 @@ function frame(record: AcceptorRecord): Uint8Array {
   return framed
 }
 
-export function openAcceptorLog(directory: string, options: { fsync?: boolean } = {}): AcceptorLog {
+/** `compactAtBytes`: the threshold (acceptorLogBytesCompactAt; tests use less). */
+export function openAcceptorLog(
+  directory: string,
+  options: { fsync?: boolean; compactAtBytes?: number } = {},
+): AcceptorLog {
   const path = join(directory, fileName)
+  const compactAt = options.compactAtBytes ?? acceptorLogBytesCompactAt
   let fd = openSync(path, 'a')
   let bytes = statSync(path).size
+  // The size of the last snapshot written (unknown for a log opened from disk: taken as none).
+  let snapshotBytes = 0
   let collected: Uint8Array[] = []
   let scheduled = false
   const flush = () => {
@@ -97,7 +113,7 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
     },
     compactIfLarge(snapshot) {
       flush()
-      if (bytes < acceptorLogBytesCompactAt) return
+      if (bytes < Math.max(compactAt, snapshotBytes * acceptorLogGrowthBeforeCompaction)) return false
       const temporary = `${path}.tmp`
       const data = Buffer.concat(snapshot().map(frame))
       const out = openSync(temporary, 'w')
@@ -108,6 +124,8 @@ export function openAcceptorLog(directory: string, options: { fsync?: boolean } 
       renameSync(temporary, path)
       fd = openSync(path, 'a')
       bytes = data.length
+      snapshotBytes = data.length
+      return true
     },
     close() {
       flush()
