@@ -45,6 +45,7 @@ function storeOn(sim: Simulator, live: Map<string, SimFabricNode>, id: string): 
     entryCas: (key, entry, expectedVersion, value) =>
       submit(key, { kind: 'entry-cas', entry, expectedVersion, value }),
     entryGet: (key, entry) => submit(key, { kind: 'entry-get', entry }),
+    forget: (groups) => live.get(id)?.store.forget(groups),
   }
 }
 

@@ -11,6 +11,7 @@ import type { Clock } from '../platform.ts'
 import { type Ballot, compareBallots, zeroBallot } from './ballot.ts'
 import type { RegisterEntry, ShardView, StoreMessage } from './messages.ts'
 import type { NodeId, RegisterState } from './register.ts'
+import { Slots } from './slots.ts'
 
 export interface Slot {
   promised: Ballot
@@ -24,7 +25,7 @@ interface ShardReplica {
   /** Highest seal ballot promised; a sealed replica takes no more reads or writes in this epoch. */
   sealBallot: Ballot | null
   next: { ballot: Ballot; members: NodeId[] } | null
-  slots: Map<string, Slot>
+  slots: Slots
 }
 
 export type AcceptorRecord =
@@ -39,6 +40,8 @@ export type AcceptorRecord =
       next: { ballot: Ballot; members: NodeId[] } | null
     }
   | { type: 'install'; shard: number; epoch: number; members: NodeId[]; registers: RegisterEntry[] }
+  /** The slots of these key groups were dropped (`Acceptor.forget`). */
+  | { type: 'forget'; groups: string[] }
 
 /** Durable, synchronous, append-only storage: `append` returns only once the records would survive a crash. */
 export interface AcceptorStorage {
@@ -55,6 +58,13 @@ export interface Acceptor {
   /** Records that rebuild the current state; used to compact the storage. */
   snapshot(): AcceptorRecord[]
   slotCount(): number
+  /**
+   * Drops the slots of every key in `groups` (slots.ts: `threads/<pid>/` and the like), in every
+   * shard this node holds, for keys nobody reads or writes any more (an ended process's). No
+   * agreement is asked for: a read of such a key afterwards finds nothing, and a late write creates
+   * it again (and leaves it until the group is forgotten again). Returns how many slots went.
+   */
+  forget(groups: readonly string[]): number
 }
 
 export interface AcceptorComponents {
@@ -67,8 +77,8 @@ export interface AcceptorComponents {
 export function createAcceptor(components: AcceptorComponents): Acceptor {
   const { self, clock, storage, send } = components
   const replicas = new Map<number, ShardReplica>()
-  /** When this acceptor first saw each accepted lease grant, by its own clock. Volatile on purpose. */
-  const grantSeenAt = new Map<string, { grant: string; atMs: number }>()
+  /** When this acceptor first saw each accepted lease grant (by shard, then key), by its own clock. Volatile on purpose. */
+  const grantSeenAt = new Map<number, Map<string, { grant: string; atMs: number }>>()
 
   for (const record of storage.load()) replay(record)
 
@@ -77,6 +87,8 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
       const replica = replicas.get(record.shard)
       if (replica === undefined) throw new Error(`acceptor log: slot for unknown shard ${record.shard}`)
       replica.slots.set(record.key, record.slot)
+    } else if (record.type === 'forget') {
+      forgetGroups(record.groups)
     } else if (record.type === 'shard') {
       const replica = replicas.get(record.shard)
       replicas.set(record.shard, {
@@ -85,7 +97,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
         installed: record.installed,
         sealBallot: record.sealBallot,
         next: record.next,
-        slots: replica !== undefined && replica.epoch === record.epoch ? replica.slots : new Map(),
+        slots: replica !== undefined && replica.epoch === record.epoch ? replica.slots : new Slots(),
       })
     } else {
       replicas.set(record.shard, {
@@ -94,7 +106,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
         installed: true,
         sealBallot: null,
         next: null,
-        slots: new Map(
+        slots: Slots.of(
           record.registers.map((entry) => [
             entry.key,
             { promised: entry.ballot, accepted: { ballot: entry.ballot, state: entry.state } },
@@ -130,20 +142,46 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
     }
   }
 
+  function forget(groups: readonly string[]): number {
+    const forgotten = forgetGroups(groups)
+    if (forgotten > 0) persist({ type: 'forget', groups: [...groups] })
+    return forgotten
+  }
+
+  /** Drops the slots of `groups` in every replica; returns how many went. */
+  function forgetGroups(groups: readonly string[]): number {
+    let forgotten = 0
+    for (const [shard, replica] of replicas) {
+      const seenInShard = grantSeenAt.get(shard)
+      for (const group of groups) {
+        const keys = replica.slots.forget(group)
+        forgotten += keys.length
+        if (seenInShard !== undefined) for (const key of keys) seenInShard.delete(key)
+      }
+    }
+    return forgotten
+  }
+
   function noteGrant(shard: number, key: string, state: RegisterState, fresh: boolean): void {
-    const id = `${shard}/${key}`
+    // Per shard, by key: an accept of a register without a lease (most of them) costs a lookup in
+    // the shard's map, not a string built and hashed.
+    let seenInShard = grantSeenAt.get(shard)
     if (state.lease === null) {
-      grantSeenAt.delete(id)
+      seenInShard?.delete(key)
       return
     }
-    const seen = grantSeenAt.get(id)
+    if (seenInShard === undefined) {
+      seenInShard = new Map()
+      grantSeenAt.set(shard, seenInShard)
+    }
+    const seen = seenInShard.get(key)
     if (fresh || seen === undefined || seen.grant !== state.lease.grant)
-      grantSeenAt.set(id, { grant: state.lease.grant, atMs: clock.now() })
+      seenInShard.set(key, { grant: state.lease.grant, atMs: clock.now() })
   }
 
   function leaseElapsedMs(shard: number, key: string, state: RegisterState | undefined): number {
     if (state?.lease == null) return 0
-    const seen = grantSeenAt.get(`${shard}/${key}`)
+    const seen = grantSeenAt.get(shard)?.get(key)
     // Unknown (e.g. after a restart): count from now, which can only make the lease last longer.
     if (seen === undefined || seen.grant !== state.lease.grant) {
       noteGrant(shard, key, state, true)
@@ -279,7 +317,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
               installed: false,
               sealBallot: null,
               next: null,
-              slots: new Map(),
+              slots: new Slots(),
             }
             replicas.set(message.shard, notified)
             persist(shardRecord(message.shard, notified))
@@ -308,7 +346,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
             installed: true,
             sealBallot: null,
             next: null,
-            slots: new Map(),
+            slots: new Slots(),
           }
           for (const entry of message.registers) {
             installed.slots.set(entry.key, {
@@ -331,6 +369,9 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
       }
       case 'query':
         send(from, { type: 'view', shard: message.shard, view: viewOf(replicas.get(message.shard)) })
+        return true
+      case 'forget':
+        forget(message.groups)
         return true
       default:
         return false
@@ -400,7 +441,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
           installed: members.includes(self),
           sealBallot: null,
           next: null,
-          slots: new Map(),
+          slots: new Slots(),
         }
         replicas.set(shard, replica)
         persist({ type: 'install', shard, epoch: 1, members: replica.members, registers: [] })
@@ -416,6 +457,7 @@ export function createAcceptor(components: AcceptorComponents): Acceptor {
       }
       return records
     },
+    forget,
     slotCount() {
       let count = 0
       for (const replica of replicas.values()) count += replica.slots.size

@@ -75,6 +75,8 @@ export type StoreMessage =
   | { type: 'installed'; shard: number; epoch: number }
   | { type: 'query'; shard: number }
   | { type: 'view'; shard: number; view: ShardView | null }
+  /** To every acceptor: drop the slots of these key groups (Acceptor.forget); no reply. */
+  | { type: 'forget'; groups: string[] }
 
 export type StoreMessageType = StoreMessage['type']
 
@@ -93,4 +95,5 @@ export const storeMessageTypes: ReadonlySet<string> = new Set<StoreMessageType>(
   'installed',
   'query',
   'view',
+  'forget',
 ])

@@ -81,6 +81,7 @@ import {
   valueBytesMax,
 } from './register.ts'
 import { replicaCountDefault, replicasOfShard, shardCountDefault, shardOfKey } from './shards.ts'
+import { forgetGroupsPerMessageMax, isGroup } from './slots.ts'
 
 export const keyBytesMax = 512
 export { valueBytesMax }
@@ -185,6 +186,13 @@ export interface Store {
    * that is the only live server: there is nobody to hand them to).
    */
   shardsToHandOver(): number
+  /**
+   * Asks every replica to drop the slots of the keys in `groups` (each two path segments with
+   * their slashes, `threads/<pid>/`; Acceptor.forget): for keys nobody uses any more, whose slots
+   * would otherwise stay in every replica's memory and log for good. Best effort: a replica the
+   * message does not reach keeps them. No answer.
+   */
+  forget(groups: readonly string[]): void
   acceptor: Acceptor | undefined
   pendingCount(): number
   readonly shardCount: number
@@ -1012,6 +1020,22 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       acceptor.genesis(initial)
     },
     knownConfig: (shard) => configs.get(shard),
+    forget(groups) {
+      for (const group of groups)
+        if (!isGroup(group))
+          throw new InvalidArgumentError(`Expected a key group like "a/b/", got "${group}"`)
+      // Every node that replicates some shard, as far as this node knows, and the live servers.
+      const replicas = new Set<NodeId>(servers())
+      for (let shard = 0; shard < shardCount; shard++)
+        for (const member of knownConfigOf(shard)?.members ?? []) replicas.add(member)
+      for (let first = 0; first < groups.length; first += forgetGroupsPerMessageMax) {
+        const message: StoreMessage = {
+          type: 'forget',
+          groups: groups.slice(first, first + forgetGroupsPerMessageMax),
+        }
+        for (const replica of replicas) send(replica, message)
+      }
+    },
     leave() {
       leaving = true
     },

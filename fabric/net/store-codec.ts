@@ -32,6 +32,21 @@ const hasWriters = 4
 /** Flag of a message or record: an optional ballot (or accepted value) follows. */
 const hasOptional = 1
 
+/**
+ * About the most bytes a message or record with `key`, one ballot's proposer and `state` takes
+ * (ASCII strings; a longer one grows the buffer): the writer's first buffer, which a short guess
+ * made it copy into one twice as large for most accepts and slot records.
+ */
+function sizeHint(key: string, proposer: string, state: RegisterState | null | undefined): number {
+  let bytes = 128 + key.length + proposer.length
+  if (state == null) return bytes
+  bytes += 24 + (state.value?.length ?? 0)
+  if (state.lease !== null) bytes += 24 + state.lease.holder.length + state.lease.grant.length
+  if (state.writers !== undefined)
+    for (const [writer, write] of state.writers) bytes += 4 + writer.length + write.length
+  return bytes
+}
+
 function writeBallot(writer: ByteWriter, ballot: Ballot): void {
   writer.uint(ballot.epoch)
   writer.uint(ballot.round)
@@ -157,14 +172,18 @@ export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false):
   let writer: ByteWriter
   switch (message.type) {
     case 'prepare':
-      writer = startWriter(kinds.prepare, 96, lengthPrefix)
+      writer = startWriter(kinds.prepare, sizeHint(message.key, message.ballot.proposer, null), lengthPrefix)
       writer.uint(message.shard)
       writer.uint(message.epoch)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
       break
     case 'promise':
-      writer = startWriter(kinds.promise, 128 + (message.accepted?.state.value?.length ?? 0), lengthPrefix)
+      writer = startWriter(
+        kinds.promise,
+        sizeHint(message.key, message.ballot.proposer, message.accepted?.state),
+        lengthPrefix,
+      )
       writer.uint(message.shard)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
@@ -172,7 +191,11 @@ export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false):
       writeAccepted(writer, message.accepted)
       break
     case 'accept':
-      writer = startWriter(kinds.accept, 128 + (message.state.value?.length ?? 0), lengthPrefix)
+      writer = startWriter(
+        kinds.accept,
+        sizeHint(message.key, message.ballot.proposer, message.state),
+        lengthPrefix,
+      )
       writer.uint(message.shard)
       writer.uint(message.epoch)
       writer.string(message.key)
@@ -181,7 +204,7 @@ export function encodeStoreMessage(message: StoreMessage, lengthPrefix = false):
       writeOptionalBallot(writer, message.next)
       break
     case 'accepted':
-      writer = startWriter(kinds.accepted, 96, lengthPrefix)
+      writer = startWriter(kinds.accepted, sizeHint(message.key, message.ballot.proposer, null), lengthPrefix)
       writer.uint(message.shard)
       writer.string(message.key)
       writeBallot(writer, message.ballot)
@@ -249,7 +272,11 @@ export function decodeStoreMessage(payload: Uint8Array): StoreMessage {
 export function encodeAcceptorRecord(record: AcceptorRecord, lengthPrefix = false): Uint8Array | null {
   if (record.type !== 'slot') return null
   const accepted = record.slot.accepted
-  const writer = startWriter(kinds.slot, 128 + (accepted?.state.value?.length ?? 0), lengthPrefix)
+  const writer = startWriter(
+    kinds.slot,
+    sizeHint(record.key, record.slot.promised.proposer, accepted?.state),
+    lengthPrefix,
+  )
   writer.uint(record.shard)
   writer.string(record.key)
   writeBallot(writer, record.slot.promised)

@@ -8,6 +8,7 @@ import { isEntryName } from '../coord/entries.ts'
 import type { RegisterEntry, ShardView, StoreMessage } from '../coord/messages.ts'
 import { storeMessageTypes } from '../coord/messages.ts'
 import type { Operation, RegisterState } from '../coord/register.ts'
+import { forgetGroupsPerMessageMax, isGroup } from '../coord/slots.ts'
 import { keyBytesMax, valueBytesMax } from '../coord/store.ts'
 
 export const registersPerMessageMax = 100_000
@@ -91,8 +92,16 @@ function isEntries(value: unknown): value is RegisterEntry[] {
 
 export function isStoreMessage(value: unknown, shardCount: number): value is StoreMessage {
   if (!isObject(value) || typeof value.type !== 'string' || !storeMessageTypes.has(value.type)) return false
-  if (!isInteger(value.shard, shardCount - 1)) return false
   const m = value
+  // The one message of no shard (it names key groups of every shard).
+  if (m.type === 'forget')
+    return (
+      Array.isArray(m.groups) &&
+      m.groups.length > 0 &&
+      m.groups.length <= forgetGroupsPerMessageMax &&
+      m.groups.every((group) => isKey(group) && isGroup(group as string))
+    )
+  if (!isInteger(m.shard, shardCount - 1)) return false
   switch (m.type) {
     case 'prepare':
       return isInteger(m.epoch) && isKey(m.key) && isBallot(m.ballot)

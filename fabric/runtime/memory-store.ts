@@ -100,6 +100,11 @@ export class MemoryStore implements CoordinationClient {
       return true
     })
   }
+  /** As the store's forget, at once: the keys of `groups` go. */
+  forget(groups: readonly string[]) {
+    for (const key of [...this.cells.keys()])
+      if (groups.some((group) => key.startsWith(group))) this.cells.delete(key)
+  }
   /** As the store's entry operations, by the same code (fabric/coord/register.ts). */
   entryCas(key: string, entry: string, expectedVersion: number, value: Uint8Array | null) {
     return this.applyEntry(key, { kind: 'entry-cas', entry, expectedVersion, value })

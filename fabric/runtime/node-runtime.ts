@@ -192,6 +192,8 @@ export interface NodeRuntimeOptions {
   outputChunksKeptMax?: number
   /** Programs no running process uses that a node keeps compiled (`idleProgramsMaxDefault`). */
   idleProgramsMax?: number
+  /** How long after a process ends its home has the store forget its keys (`processKeysForgetDelayMsDefault`). */
+  processKeysForgetDelayMs?: number
 }
 
 export interface SubmitOptions {
@@ -358,7 +360,7 @@ export class NodeRuntime {
   /** Starts to other nodes, those of one turn to one node in one message. */
   private readonly starts: StartBatcher
   /** Threads' end records, written in groups (several per store frame and acceptor write under load). */
-  private readonly endWrites: GroupedWrites
+  private readonly endWrites: GroupedWrites<ThreadRecord>
   /** Where thread records live and the one way to read and write them. */
   private readonly threadRecords: ThreadRecords
 
@@ -373,7 +375,7 @@ export class NodeRuntime {
     this.threadRecords = new ThreadRecords(components.store)
     // The record itself says which thread it is, and so where it lives.
     this.endWrites = new GroupedWrites(
-      (version, value) => this.threadRecords.casRecord(version, value),
+      (version, value, record) => this.threadRecords.casRecord(version, value, record),
       components.timers,
     )
     this.starts = new StartBatcher(this.self, (to, message) => components.messenger.request(to, message))
@@ -390,6 +392,7 @@ export class NodeRuntime {
         keptEndedOutputBytesMax: options.keptEndedOutputBytesMax,
         endedThreadsKeptMax: options.endedThreadsKeptMax,
         outputChunksKeptMax: options.outputChunksKeptMax,
+        processKeysForgetDelayMs: options.processKeysForgetDelayMs,
       },
       {
         isStopped: () => this.stopped,
@@ -912,12 +915,14 @@ export class NodeRuntime {
     processRead: Promise<ProcessRecord | undefined>,
   ): Promise<RuntimeReply> {
     // A cas the store did not confirm in time may have applied: the record tells.
-    const written = await this.threadRecords.cas(pid, tid, version, encodeRecord(claimed)).catch(() =>
-      this.readRetrying(() => this.threadRecords.get(pid, tid)).then((read) => ({
-        ...read,
-        ok: this.isClaim(read, claimed),
-      })),
-    )
+    const written = await this.threadRecords
+      .cas(pid, tid, version, encodeRecord(claimed), claimed)
+      .catch(() =>
+        this.readRetrying(() => this.threadRecords.get(pid, tid)).then((read) => ({
+          ...read,
+          ok: this.isClaim(read, claimed),
+        })),
+      )
     if (!written.ok) {
       const existing = written.value === null ? null : decodeThread(written.value)
       if (existing === null) return { type: 'refused', reason: 'no such thread' }
@@ -1525,7 +1530,7 @@ export class NodeRuntime {
     for (let attempt = 1; ; attempt++) {
       let written: Register
       try {
-        written = await this.threadRecords.cas(pid, tid, thread.version, encoded)
+        written = await this.threadRecords.cas(pid, tid, thread.version, encoded, next)
       } catch (error) {
         if (attempt >= storeReadAttemptsMax || this.stopped || thread.stopped) throw error
         const read = await this.readRetrying(() => this.threadRecords.get(pid, tid))
@@ -1842,7 +1847,9 @@ export class NodeRuntime {
     // if another incarnation took it over.
     let written = false
     for (let attempt = 0; attempt < endWriteAttemptsMax; attempt++) {
-      const outcome = await this.endWrites.cas(thread.version, encodeRecord(done)).catch(() => undefined)
+      const outcome = await this.endWrites
+        .cas(thread.version, encodeRecord(done), done)
+        .catch(() => undefined)
       if (outcome !== undefined) {
         const current = outcome.ok || outcome.value === null ? null : decodeThread(outcome.value)
         written = outcome.ok || (current?.epoch === thread.epoch && current.state === done.state)

@@ -49,6 +49,7 @@ export function storeClient(node: FabricNode): CoordinationClient {
     entryCas: (key, entry, expectedVersion, value) =>
       run(key, { kind: 'entry-cas', entry, expectedVersion, value }),
     entryGet: (key, entry) => run(key, { kind: 'entry-get', entry }),
+    forget: (groups) => node.store.forget(groups),
   }
 }
 

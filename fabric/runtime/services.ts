@@ -42,6 +42,12 @@ export interface CoordinationClient {
   entryCas(key: string, entry: string, expectedVersion: number, value: Uint8Array | null): Promise<Register>
   /** Reads one entry of a register of entries: its version (0: absent) and value. */
   entryGet(key: string, entry: string): Promise<Register>
+  /**
+   * Drops the keys of `groups` (each two path segments with their slashes, `threads/<pid>/`) from
+   * the store for good, keys nobody uses any more (Store.forget): best effort, no answer. A read of
+   * such a key afterwards finds nothing; a write made after it creates the key again.
+   */
+  forget(groups: readonly string[]): void
 }
 
 export interface PeerInfo {

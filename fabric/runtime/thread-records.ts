@@ -83,6 +83,8 @@ export const threadRecordKeys = {
    * record write then fails cannot overwrite the outcome the record of the current one points to.
    */
   outcome: (pid: string, tid: string, epoch: number) => `result/${pid}/${tid}/${epoch}`,
+  /** The key groups (Store.forget) that hold the records of process `pid`'s threads and their outcomes. */
+  groups: (pid: string) => [`threads/${pid}/`, `thread/${pid}/`, `result/${pid}/`],
 }
 
 /** What the layer uses of the store (a node's own client, or a remote one in tests and tools). */
@@ -119,16 +121,28 @@ export class ThreadRecords {
    * `expectedVersion` (0: creates it). The result shows the record as it is after (its version, and
    * for a failed write the record another wrote).
    */
-  async cas(pid: string, tid: string, expectedVersion: number, value: Uint8Array): Promise<Register> {
-    const record = decodeThread(value)
+  async cas(
+    pid: string,
+    tid: string,
+    expectedVersion: number,
+    value: Uint8Array,
+    record: ThreadRecord = decodeThread(value),
+  ): Promise<Register> {
     if (record.pid !== pid || record.tid !== tid)
       throw new InvalidArgumentError(`record of ${record.pid}/${record.tid} written as ${pid}/${tid}`)
     return this.write(record, expectedVersion, value)
   }
 
-  /** As `cas`, for the thread the encoded record `value` names. */
-  casRecord(expectedVersion: number, value: Uint8Array): Promise<Register> {
-    return this.write(decodeThread(value), expectedVersion, value)
+  /**
+   * As `cas`, for the thread the encoded record `value` names; `record` is `value` decoded, when
+   * the caller has it (it encoded it), so that it is not decoded again.
+   */
+  casRecord(
+    expectedVersion: number,
+    value: Uint8Array,
+    record: ThreadRecord = decodeThread(value),
+  ): Promise<Register> {
+    return this.write(record, expectedVersion, value)
   }
 
   private async write(record: ThreadRecord, expectedVersion: number, value: Uint8Array): Promise<Register> {

@@ -282,7 +282,7 @@ export class SyncEngine {
    * resolves when done.
    */
   processEnded(pid: string): Promise<void> {
-    const prefix = `sync/${pid}/`
+    const prefix = syncKeyGroup(pid)
     this.endedProcesses.add(pid)
     if (this.endedProcesses.size > processesTrackedMax)
       this.endedProcesses.delete(this.endedProcesses.values().next().value!)
@@ -822,16 +822,21 @@ export function isSyncRead(payload: Uint8Array | null): boolean {
   return op === SyncOp.varGet || op === SyncOp.queueLength
 }
 
+/** The key group (Store.forget) of process `pid`'s objects: every `syncKey` of it begins with it. */
+export function syncKeyGroup(pid: string): string {
+  return `sync/${pid}/`
+}
+
 /** The store key of a named object: readable when it fits, else a digest of its parts. */
 export async function syncKey(pid: string, group: string, kind: SyncKind, name: string): Promise<string> {
   const context = group === '' ? '@global' : `g=${encodeURIComponent(group)}`
-  const readable = `sync/${pid}/${context}/${kind}/${encodeURIComponent(name)}`
+  const readable = `${syncKeyGroup(pid)}${context}/${kind}/${encodeURIComponent(name)}`
   if (new TextEncoder().encode(readable).length <= syncKeyBytesMax) return readable
   const digest = new Uint8Array(
     await crypto.subtle.digest('SHA-256', new TextEncoder().encode(`${group}\u0000${kind}\u0000${name}`)),
   )
   const hex = Array.from(digest, (byte) => byte.toString(16).padStart(2, '0')).join('')
-  return `sync/${pid}/#${hex}/${kind}`
+  return `${syncKeyGroup(pid)}#${hex}/${kind}`
 }
 
 /** Longest readable key (the store takes 512 bytes). */
