@@ -69,8 +69,9 @@ export const nodeV8Flags: readonly string[] = [
   // against 0.497 ms; V8's helper threads 0.096 against 0.120), the threads per second 5% higher
   // (within the noise); sequential remote starts as fast (one pair).
   '--no-concurrent-array-buffer-sweeping',
-  // A scavenge done by the main thread alone: on a machine whose cores the node processes keep
-  // busy, helper threads wait for a core while the main thread waits for them. 8 alternate pairs
+  // A scavenge done by the main thread alone. Tried because a scavenge's pause was about twice the
+  // work it listed (2.5 ms against 1.1 ms of phases, with --trace-gc-nvp): on cores the node
+  // processes keep busy, the main thread may wait for helpers that wait for a core. 8 alternate pairs
   // (with the flag above): 4.3% less CPU per tiny thread (0.463 against 0.484 ms), the threads per
   // second 2.5% higher (within the noise); sequential remote starts as fast (p50 1.14-1.17 against
   // 1.14-1.21 ms, two pairs).
