@@ -1,8 +1,8 @@
 /**
  * An acceptor replica's slots by key, with the keys of each group indexed so that a group can be
  * forgotten without a scan. A key's group is its first two path segments with their slashes
- * (`threads/<pid>/` for `threads/<pid>/0/7`); a key with fewer segments (`proc/<pid>`) has none and
- * is never forgotten.
+ * (`threads/<pid>/` for `threads/<pid>/0/7`); a key of fewer than three segments (`proc/<pid>`)
+ * has none and is never forgotten.
  *
  *   const slots = new Slots()
  *   slots.set('threads/p1/0/7', slot)
