@@ -20,7 +20,6 @@ let nextModuleId = 1
 /** The modules each worker holds, oldest first: the same list the worker keeps. */
 const workerModules = new WeakMap<HostWorker, number[]>()
 
-/** The module for a start on `worker`: null when the worker has it already. */
 /**
  * After the I/O of this turn of the event loop (Node): the ends of children that several messages
  * of one turn bring reach the worker in one message (after each message's own microtasks, they took
@@ -30,6 +29,7 @@ const workerModules = new WeakMap<HostWorker, number[]>()
 const afterThisTurn: (run: () => void) => void =
   typeof globalThis.setImmediate === 'function' ? (run) => setImmediate(run) : (run) => queueMicrotask(run)
 
+/** The module for a start on `worker`: null when the worker has it already. */
 function moduleFor(
   worker: HostWorker,
   module: WebAssembly.Module,
