@@ -9,7 +9,9 @@ import {
   type CallMessage,
   type FromWorker,
   type StartMessage,
+  type ThreadContext,
   type ThreadLimits,
+  workerContextsMax,
   workerModulesMax,
 } from './worker/protocol.ts'
 import type { HostWorker, Lease, WorkerPool } from './worker-pool.ts'
@@ -17,8 +19,27 @@ import type { HostWorker, Lease, WorkerPool } from './worker-pool.ts'
 /** A number per compiled module object, which workers key their copies by. */
 const moduleIds = new WeakMap<WebAssembly.Module, number>()
 let nextModuleId = 1
-/** The modules each worker holds, oldest first: the same list the worker keeps. */
+/** A number per distinct thread context (by its JSON), which workers key their copies by. */
+const contextIds = new Map<string, number>()
+/** Past this many, the numbering starts over (a context numbered again is sent to workers again). */
+const contextIdsMax = 4096
+let nextContextId = 1
+/** The modules and contexts each worker holds, oldest first: the same lists the worker keeps. */
 const workerModules = new WeakMap<HostWorker, number[]>()
+const workerContexts = new WeakMap<HostWorker, number[]>()
+
+/** Whether `worker` holds `id` by now; if not, it will once this start reaches it. */
+function heldBy(worker: HostWorker, lists: WeakMap<HostWorker, number[]>, id: number, max: number): boolean {
+  let held = lists.get(worker)
+  if (held === undefined) {
+    held = []
+    lists.set(worker, held)
+  }
+  if (held.includes(id)) return true
+  held.push(id)
+  if (held.length > max) held.shift()
+  return false
+}
 
 /**
  * After the I/O of this turn of the event loop (Node): the ends of children that several messages
@@ -39,12 +60,22 @@ function moduleFor(
     moduleId = nextModuleId++
     moduleIds.set(module, moduleId)
   }
-  const held = workerModules.get(worker) ?? []
-  workerModules.set(worker, held)
-  if (held.includes(moduleId)) return { module: null, moduleId }
-  held.push(moduleId)
-  if (held.length > workerModulesMax) held.shift()
-  return { module, moduleId }
+  return { module: heldBy(worker, workerModules, moduleId, workerModulesMax) ? null : module, moduleId }
+}
+
+/** The context for a start on `worker`: null when the worker has it already. */
+function contextFor(
+  worker: HostWorker,
+  context: ThreadContext,
+): { context: ThreadContext | null; contextId: number } {
+  const key = JSON.stringify(context)
+  let contextId = contextIds.get(key)
+  if (contextId === undefined) {
+    if (contextIds.size >= contextIdsMax) contextIds.clear()
+    contextId = nextContextId++
+    contextIds.set(key, contextId)
+  }
+  return { context: heldBy(worker, workerContexts, contextId, workerContextsMax) ? null : context, contextId }
 }
 
 /**
@@ -210,16 +241,30 @@ export class ThreadRunner {
     const { worker } = lease
     worker.onMessage((message) => this.onMessage(message))
     worker.onCrash((reason) => this.end({ kind: 'error', error: new WorkerLostError(reason) }, false))
-    const { limits, module, arg, restore, ...rest } = this.start
+    const start = this.start
     const message: StartMessage = {
       type: 'start',
-      ...rest,
-      arg: ownBytes(arg),
-      restore: restore === null ? null : restore.map(ownBytes),
-      ...moduleFor(worker, module),
-      instanceReusable: this.start.instanceReusable === true,
-      spawnsAheadMax: this.spawnsAheadMax,
-      limits: { memoryPagesMax: limits.memoryPagesMax },
+      ...moduleFor(worker, start.module),
+      ...contextFor(worker, {
+        instanceReusable: start.instanceReusable === true,
+        globalCount: start.globalCount,
+        moduleDigest: start.moduleDigest,
+        args: start.args,
+        env: start.env,
+        limits: { memoryPagesMax: start.limits.memoryPagesMax },
+        files: start.files,
+        preopens: start.preopens,
+        incrementalSaves: start.incrementalSaves,
+        spawnsAheadMax: this.spawnsAheadMax,
+      }),
+      entry: start.entry,
+      arg: ownBytes(start.arg),
+      threadId: start.threadId,
+      seed: start.seed,
+      saveIntervalMs: start.saveIntervalMs,
+      restore: start.restore === null ? null : start.restore.map(ownBytes),
+      replayLog: start.replayLog,
+      nextSaveSequence: start.nextSaveSequence,
     }
     this.computingSince = Date.now()
     this.armBudget()

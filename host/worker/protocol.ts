@@ -8,6 +8,33 @@ export interface ThreadLimits {
   memoryPagesMax: number
 }
 
+/**
+ * What the threads of one process have in common, which a start names by `contextId` once the worker
+ * holds it (sent the first time only: a worker's wake-up and the clone of a start message cost a
+ * tiny thread more than its run, and these fields were most of the message).
+ */
+export interface ThreadContext {
+  /** The worker may run this thread in an instance an earlier thread used (InstrumentedModule.instanceReusable). */
+  instanceReusable: boolean
+  globalCount: number
+  moduleDigest: string
+  args: string[]
+  env: string[]
+  limits: ThreadLimits
+  /** Whether the embedding serves file calls (a mapped directory, later the distributed fs). */
+  files: boolean
+  /** Guest names of the preopened directories (fds 3, 4, ...); wasi-libc reads them at start. */
+  preopens: string[]
+  /** Whether saves after the first carry only the pages written since the previous one. */
+  incrementalSaves: boolean
+  /**
+   * Spawns the worker may answer itself (the handle is the call sequence number) and send one way
+   * before the host acknowledges them (`ChildrenMessage.placed`); past it, a spawn is a host call that
+   * waits as the host decides. 0: every spawn is a host call (an embedding with other handles).
+   */
+  spawnsAheadMax: number
+}
+
 export interface StartMessage {
   type: 'start'
   /**
@@ -17,37 +44,22 @@ export interface StartMessage {
   module: WebAssembly.Module | null
   /** The host's number for `module`, unique per module object in the host. */
   moduleId: number
-  /** The worker may run this thread in an instance an earlier thread used (InstrumentedModule.instanceReusable). */
-  instanceReusable: boolean
-  globalCount: number
-  moduleDigest: string
+  /** The thread's context, sent the first time only like `module`; later starts name it by `contextId`. */
+  context: ThreadContext | null
+  /** The host's number for the context, unique per distinct context in the host. */
+  contextId: number
   entry: string
   arg: Uint8Array
   threadId: number
   seed: number
-  args: string[]
-  env: string[]
-  limits: ThreadLimits
-  /** Whether the embedding serves file calls (a mapped directory, later the distributed fs). */
-  files: boolean
-  /** Guest names of the preopened directories (fds 3, 4, ...); wasi-libc reads them at start. */
-  preopens: string[]
   /** Minimum time between automatic saves at blocking calls; 0 saves at every blocking call. */
   saveIntervalMs: number
-  /** Whether saves after the first carry only the pages written since the previous one. */
-  incrementalSaves: boolean
   /** A chain of encoded saves to restore from (full save first), or none for a fresh start. */
   restore: Uint8Array[] | null
   /** Results of non-deterministic calls made after the last save, by call sequence number. */
   replayLog: Array<[number, bigint]>
   /** Number of the save to take next (continues the chain after a restore). */
   nextSaveSequence: number
-  /**
-   * Spawns the worker may answer itself (the handle is the call sequence number) and send one way
-   * before the host acknowledges them (`ChildrenMessage.placed`); past it, a spawn is a host call that
-   * waits as the host decides. 0: every spawn is a host call (an embedding with other handles).
-   */
-  spawnsAheadMax: number
 }
 
 export interface ReplyMessage {
@@ -69,6 +81,8 @@ export interface ConfigureMessage {
 
 /** Compiled modules a worker keeps for later starts, oldest dropped first (the host keeps the same list). */
 export const workerModulesMax = 8
+/** Thread contexts a worker keeps for later starts, oldest dropped first (the host keeps the same list). */
+export const workerContextsMax = 32
 
 /**
  * News of the thread's children, gathered over one turn of the host: spawns sent one way that no

@@ -49,7 +49,9 @@ import {
   type FromWorker,
   type ReplyMessage,
   type StartMessage,
+  type ThreadContext,
   type WorkerPort,
+  workerContextsMax,
   workerModulesMax,
 } from './protocol.ts'
 
@@ -71,6 +73,9 @@ interface AsyncifyExports {
   asyncify_stop_rewind(): void
   asyncify_get_state(): number
 }
+
+/** A start with what the worker held for it (the module, the context) filled in. */
+type ThreadSpec = Omit<StartMessage, 'module' | 'context'> & ThreadContext & { module: WebAssembly.Module }
 
 interface Reply {
   result: number
@@ -131,7 +136,7 @@ function freshState(instance: WebAssembly.Instance): ReusedInstance['fresh'] {
 }
 
 export class GuestThread {
-  private readonly start: StartMessage & { module: WebAssembly.Module }
+  private readonly start: ThreadSpec
   private readonly port: WorkerPort
   private readonly shelf: InstanceShelf | null
   /** The reused instance this thread runs in, if it runs in one. */
@@ -171,11 +176,7 @@ export class GuestThread {
   private saving = false
   private saveIntervalMs: number
 
-  constructor(
-    start: StartMessage & { module: WebAssembly.Module },
-    port: WorkerPort,
-    shelf: InstanceShelf | null = null,
-  ) {
+  constructor(start: ThreadSpec, port: WorkerPort, shelf: InstanceShelf | null = null) {
     this.start = start
     this.port = port
     // Only fresh starts of modules whose whole state is memories and globals reuse instances.
@@ -786,31 +787,42 @@ export class GuestThread {
   }
 }
 
+/**
+ * Keeps `value` as `id` in `held`, dropping the oldest past `max` (the host counts the same way, so
+ * it knows which ids it need not send again); returns the dropped id.
+ */
+function hold<V>(held: Map<number, V>, id: number, value: V, max: number): number | undefined {
+  held.set(id, value)
+  if (held.size <= max) return undefined
+  const oldest = held.keys().next().value!
+  held.delete(oldest)
+  return oldest
+}
+
 /** Worker main: waits for `start`, runs the thread, routes replies. */
 export function serveThread(port: WorkerPort): void {
   let thread: GuestThread | null = null
-  // Modules of earlier starts, oldest first, as the host counts them (it sends each one once).
+  // Modules and contexts of earlier starts, oldest first, as the host counts them (it sends each once).
   const modules = new Map<number, WebAssembly.Module>()
+  const contexts = new Map<number, ThreadContext>()
   const shelf: InstanceShelf = new Map()
   port.onMessage((message) => {
     if (message.type === 'start') {
-      let module = message.module
-      if (module === null) module = modules.get(message.moduleId) ?? null
-      else {
-        modules.set(message.moduleId, module)
-        if (modules.size > workerModulesMax) {
-          const oldest = modules.keys().next().value!
-          modules.delete(oldest)
-          shelf.delete(oldest)
-        }
+      const { module: sentModule, context: sentContext, ...start } = message
+      if (sentModule !== null) {
+        const dropped = hold(modules, start.moduleId, sentModule, workerModulesMax)
+        if (dropped !== undefined) shelf.delete(dropped)
       }
-      if (module === null) {
-        // The host believes this worker holds a module it does not: a bug, reported as the thread's error.
-        const error = new FabricHostError(`worker has no module ${message.moduleId}`)
-        port.post({ type: 'error', error: serializeError(error) })
+      if (sentContext !== null) hold(contexts, start.contextId, sentContext, workerContextsMax)
+      const module = modules.get(start.moduleId)
+      const context = contexts.get(start.contextId)
+      if (module === undefined || context === undefined) {
+        // The host believes this worker holds what it does not: a bug, reported as the thread's error.
+        const missing = module === undefined ? `module ${start.moduleId}` : `context ${start.contextId}`
+        port.post({ type: 'error', error: serializeError(new FabricHostError(`worker has no ${missing}`)) })
         return
       }
-      thread = new GuestThread({ ...message, module }, port, shelf)
+      thread = new GuestThread({ ...start, ...context, module }, port, shelf)
       void thread.run()
     } else if (message.type === 'reply') {
       thread?.onReply(message)
