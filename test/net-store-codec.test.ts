@@ -5,7 +5,7 @@ import { describe, expect, test } from 'vitest'
 import type { AcceptorRecord } from '../fabric/coord/acceptor.ts'
 import type { StoreMessage } from '../fabric/coord/messages.ts'
 import { MessageRejectedError } from '../fabric/errors.ts'
-import { openAcceptorLog } from '../fabric/net/acceptor-log.ts'
+import { compactionRecordsPerTurn, openAcceptorLog } from '../fabric/net/acceptor-log.ts'
 import { ByteReader, ByteWriter } from '../fabric/net/byte-codec.ts'
 import {
   decodeAcceptorRecord,
@@ -236,7 +236,7 @@ describe('acceptor log records', () => {
     }
   })
 
-  test('compaction rewrites the log only once it has grown to twice its last snapshot, and loses nothing', () => {
+  test('compaction rewrites the log only once it has grown to twice its last snapshot, and loses nothing', async () => {
     const directory = mkdtempSync(join(tmpdir(), 'fabric-log-'))
     try {
       const slot = (index: number): AcceptorRecord => ({
@@ -252,19 +252,66 @@ describe('acceptor log records', () => {
       const live = Array.from({ length: 40 }, (_, index) => slot(index))
       const log = openAcceptorLog(directory, { compactAtBytes: 4096 })
       log.append(live)
-      expect(log.compactIfLarge(() => live)).toBe(true)
+      expect(await log.compactIfLarge(() => live)).toBe(true)
       // Past the threshold, but not yet twice the snapshot: left as it is (it was rewritten at
       // every check before, each time in full).
       log.append([slot(40)])
-      expect(log.compactIfLarge(() => [...live, slot(40)])).toBe(false)
+      expect(await log.compactIfLarge(() => [...live, slot(40)])).toBe(false)
       const more = Array.from({ length: 40 }, (_, index) => slot(41 + index))
       log.append(more)
       const all = [...live, slot(40), ...more]
-      expect(log.compactIfLarge(() => all)).toBe(true)
+      expect(await log.compactIfLarge(() => all)).toBe(true)
       log.append([slot(81)])
       log.close()
       const reopened = openAcceptorLog(directory)
       expect(reopened.load()).toEqual([...all, slot(81)])
+      reopened.close()
+    } finally {
+      rmSync(directory, { recursive: true, force: true })
+    }
+  })
+
+  test('a compaction takes turns of the event loop, and records appended meanwhile follow its snapshot', async () => {
+    const directory = mkdtempSync(join(tmpdir(), 'fabric-log-'))
+    try {
+      const slot = (index: number, version = 1): AcceptorRecord => ({
+        type: 'slot',
+        shard: index % 64,
+        key: `threads/p/0/${index}`,
+        slot: {
+          promised: ballot,
+          accepted: { ballot, state: { version, value: record, lease: null, token: 0 } },
+        },
+      })
+      const count = compactionRecordsPerTurn * 3
+      const live = Array.from({ length: count }, (_, index) => slot(index))
+      const log = openAcceptorLog(directory, { compactAtBytes: 4096 })
+      log.append(live)
+      const compacted = log.compactIfLarge(() => live)
+      // Turns run while it encodes: a record appended in one goes to the log in use at once (a
+      // reply may depend on it) and into the new log after the snapshot.
+      let turns = 0
+      let done = false
+      void compacted.then(() => {
+        done = true
+      })
+      while (!done) {
+        await new Promise((resolve) => setImmediate(resolve))
+        if (done) break
+        log.append([slot(count + turns), slot(turns, 2)])
+        log.flush()
+        turns++
+      }
+      expect(await compacted).toBe(true)
+      expect(turns).toBeGreaterThanOrEqual(2)
+      const appended = Array.from({ length: turns }, (_, index) => [
+        slot(count + index),
+        slot(index, 2),
+      ]).flat()
+      // What a restart reads: the snapshot, then what came after it, in order.
+      log.close()
+      const reopened = openAcceptorLog(directory)
+      expect(reopened.load()).toEqual([...live, ...appended])
       reopened.close()
     } finally {
       rmSync(directory, { recursive: true, force: true })

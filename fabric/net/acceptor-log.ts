@@ -12,10 +12,12 @@
 import {
   closeSync,
   existsSync,
+  fsync,
   fsyncSync,
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   statSync,
   writeSync,
 } from 'node:fs'
@@ -33,6 +35,12 @@ export const acceptorLogBytesCompactAt = 16 * 1024 * 1024
  * threads) would otherwise be rewritten at every check, each rewrite costing more than the last.
  */
 export const acceptorLogGrowthBeforeCompaction = 2
+/**
+ * Snapshot records encoded per turn of the event loop while compacting. Encoded in one go, the
+ * snapshot of a node that held the slots of some 25,000 threads stalled it for a round of tiny
+ * threads (the round's rate fell by half, at the moment its log shrank).
+ */
+export const compactionRecordsPerTurn = 2000
 const fileName = 'acceptor.log'
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false })
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true })
@@ -41,10 +49,13 @@ export interface AcceptorLog extends AcceptorStorage {
   /** Writes the records appended since the last flush (one write); also runs on its own after this turn. */
   flush(): void
   /**
-   * Rewrites the log as `records` (the acceptor's snapshot) if it has grown past the threshold and
-   * to `acceptorLogGrowthBeforeCompaction` times its last snapshot; returns whether it did.
+   * Rewrites the log as `snapshot()` (the acceptor's records, taken at once) followed by the records
+   * appended meanwhile, if it has grown past the threshold and to
+   * `acceptorLogGrowthBeforeCompaction` times its last snapshot: encoded over several turns and
+   * synced off the event loop, the log in use until the new one replaces it. Resolves with whether
+   * it did (false also while another compaction runs, or if the log closes first).
    */
-  compactIfLarge(snapshot: () => AcceptorRecord[]): boolean
+  compactIfLarge(snapshot: () => AcceptorRecord[]): Promise<boolean>
   close(): void
 }
 
@@ -72,6 +83,9 @@ export function openAcceptorLog(
   let snapshotBytes = 0
   let collected: Uint8Array[] = []
   let scheduled = false
+  let closed = false
+  /** While a compaction runs: what was written to the log since its snapshot, to follow it. */
+  let writtenSinceSnapshot: Uint8Array[] | null = null
   const flush = () => {
     scheduled = false
     if (collected.length === 0) return
@@ -79,6 +93,7 @@ export function openAcceptorLog(
     collected = []
     writeSync(fd, data)
     bytes += data.length
+    writtenSinceSnapshot?.push(data)
     if (options.fsync) fsyncSync(fd)
   }
   return {
@@ -112,23 +127,64 @@ export function openAcceptorLog(
       return records
     },
     compactIfLarge(snapshot) {
+      if (closed || writtenSinceSnapshot !== null) return Promise.resolve(false)
       flush()
-      if (bytes < Math.max(compactAt, snapshotBytes * acceptorLogGrowthBeforeCompaction)) return false
+      if (bytes < Math.max(compactAt, snapshotBytes * acceptorLogGrowthBeforeCompaction))
+        return Promise.resolve(false)
+      const records = snapshot()
+      const since: Uint8Array[] = []
+      writtenSinceSnapshot = since
       const temporary = `${path}.tmp`
-      const data = Buffer.concat(snapshot().map(frame))
-      const out = openSync(temporary, 'w')
-      writeSync(out, data)
-      fsyncSync(out)
-      closeSync(out)
-      closeSync(fd)
-      renameSync(temporary, path)
-      fd = openSync(path, 'a')
-      bytes = data.length
-      snapshotBytes = data.length
-      return true
+      const frames: Uint8Array[] = []
+      return new Promise<boolean>((resolve) => {
+        const abandon = (out?: number) => {
+          if (out !== undefined) closeSync(out)
+          rmSync(temporary, { force: true })
+          writtenSinceSnapshot = null
+          resolve(false)
+        }
+        const encodeSome = () => {
+          if (closed) return abandon()
+          const end = Math.min(records.length, frames.length + compactionRecordsPerTurn)
+          while (frames.length < end) frames.push(frame(records[frames.length]!))
+          if (frames.length < records.length) {
+            setImmediate(encodeSome)
+            return
+          }
+          const snapshotData = Buffer.concat(frames)
+          const out = openSync(temporary, 'w')
+          writeSync(out, snapshotData)
+          let sinceWritten = 0
+          let sinceBytes = 0
+          const writeSince = () => {
+            for (; sinceWritten < since.length; sinceWritten++) {
+              writeSync(out, since[sinceWritten]!)
+              sinceBytes += since[sinceWritten]!.length
+            }
+          }
+          writeSince()
+          // The long sync off the event loop; what was appended meanwhile follows, synced at once.
+          fsync(out, (error) => {
+            if (error !== null || closed) return abandon(out)
+            flush()
+            writeSince()
+            if (sinceWritten > 0) fsyncSync(out)
+            closeSync(out)
+            closeSync(fd)
+            renameSync(temporary, path)
+            fd = openSync(path, 'a')
+            bytes = snapshotData.length + sinceBytes
+            snapshotBytes = snapshotData.length
+            writtenSinceSnapshot = null
+            resolve(true)
+          })
+        }
+        encodeSome()
+      })
     },
     close() {
       flush()
+      closed = true
       closeSync(fd)
     },
   }
