@@ -28,11 +28,12 @@ async function threadStarts(rows: BenchRow[]): Promise<void> {
     // Threads in flight: the guest spawns this many, joins them all, and spawns the next. With 100,
     // the nodes' CPUs idled about a fifth of the time (160-170% busy of 200%, per /proc): each join
     // barrier drains the pipeline of spawn, claim, run and end notice. With 1,000, rounds varied
-    // more and each thread cost more CPU (more state in flight for the collector). Alternate runs on
+    // more and each thread cost more CPU (more of it on V8's helper threads). Alternate runs on
     // this machine, same code, 8 pairs: 250 against 100 in flight, 5,164 against 4,456 threads/s
     // on average (higher in 7); 5 pairs of 1,000 against 100: 4,688 against 4,801. Ray's figure
     // comes from asynchronous submission, with no barrier per 100 either. The other two levels are
-    // measured after the main row, on the same cluster, and shown in its note.
+    // measured after the main row, on the same cluster, and shown in its note (on a cluster warmed
+    // by 6,000 more threads than the main row's: V8 is still optimizing, see the warm-up below).
     const batch = 250
     const otherBatches = [100, 1000]
     // Throughput: the median of several rounds of many threads (one round of 300 varied 2x between
