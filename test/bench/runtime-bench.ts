@@ -32,8 +32,8 @@ async function threadStarts(rows: BenchRow[]): Promise<void> {
     // this machine, same code, 8 pairs: 250 against 100 in flight, 5,164 against 4,456 threads/s
     // on average (higher in 7); 5 pairs of 1,000 against 100: 4,688 against 4,801. Ray's figure
     // comes from asynchronous submission, with no barrier per 100 either. The other two levels are
-    // measured after the main row, on the same cluster, and shown in its note (on a cluster warmed
-    // by 6,000 more threads than the main row's: V8 is still optimizing, see the warm-up below).
+    // measured after the main row, on the same cluster, and shown in its note: on a cluster that ran
+    // 5,000 and 10,000 more threads than for the main row (V8 is still optimizing: see the warm-up).
     const batch = 250
     const otherBatches = [100, 1000]
     // Throughput: the median of several rounds of many threads (one round of 300 varied 2x between
