@@ -271,7 +271,7 @@ describe('acceptor log records', () => {
     }
   })
 
-  test('a compaction takes turns of the event loop, and records appended meanwhile follow its snapshot', async () => {
+  test('records appended while a compaction runs go to the log in use and follow the snapshot in the new one', async () => {
     const directory = mkdtempSync(join(tmpdir(), 'fabric-log-'))
     try {
       const slot = (index: number, version = 1): AcceptorRecord => ({
@@ -288,8 +288,9 @@ describe('acceptor log records', () => {
       const log = openAcceptorLog(directory, { compactAtBytes: 4096 })
       log.append(live)
       const compacted = log.compactIfLarge(() => live)
-      // Turns run while it encodes: a record appended in one goes to the log in use at once (a
-      // reply may depend on it) and into the new log after the snapshot.
+      // The event loop turns while it runs (it encodes a few thousand records per turn, then syncs
+      // off the loop): a record appended in a turn goes to the log in use at once (a reply may
+      // depend on it) and into the new log after the snapshot.
       let turns = 0
       let done = false
       void compacted.then(() => {
