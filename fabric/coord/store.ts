@@ -214,9 +214,10 @@ interface Round {
   phase: 'prepare' | 'accept' | 'waiting'
   ballot: Ballot
   members: NodeId[]
-  promises: Map<NodeId, Extract<StoreMessage, { type: 'promise' }>>
+  /** This attempt's promises and refusals, from the first one (most attempts get none). */
+  promises: Map<NodeId, Extract<StoreMessage, { type: 'promise' }>> | null
   accepted: Set<NodeId>
-  refused: Set<NodeId>
+  refused: Set<NodeId> | null
   attempts: number
   attemptDeadlineMs: number
   retryAtMs: number
@@ -235,7 +236,7 @@ interface Round {
   sentAccept: boolean
   /** The current phase's message, the members it went to, when, and when it goes to the rest. */
   phaseMessage: StoreMessage | null
-  targets: NodeId[]
+  targets: readonly NodeId[]
   phaseSentAtMs: number
   widenAtMs: number
 }
@@ -263,6 +264,9 @@ interface Reconfiguration {
   /** When the current phase's messages go again to the members that have not answered. */
   resendAtMs: number
 }
+
+/** A set of members that holds none (`thriftyTargets` without preferred members). */
+const noneOf: { has(member: NodeId): boolean } = { has: () => false }
 
 export function quorumOf(memberCount: number): number {
   return Math.floor(memberCount / 2) + 1
@@ -388,9 +392,9 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       phase: 'waiting',
       ballot: { epoch: 0, round: 0, proposer: self },
       members: [],
-      promises: new Map(),
+      promises: null,
       accepted: new Set(),
-      refused: new Set(),
+      refused: null,
       attempts: 0,
       attemptDeadlineMs: 0,
       retryAtMs: 0,
@@ -422,9 +426,10 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.attempts++
     round.create = false
     round.members = config.members
-    round.promises = new Map()
-    round.accepted = new Set()
-    round.refused = new Set()
+    // A new attempt starts from nothing heard (a round's first attempt has its empty set already).
+    round.promises = null
+    if (round.accepted.size > 0) round.accepted = new Set()
+    round.refused = null
     round.attemptDeadlineMs = clock.now() + attemptTimeoutMs
     const lead = leads.get(round.key)
     leads.delete(round.key)
@@ -471,18 +476,32 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     })
   }
 
-  /** This node's replica (if it is one) and the fewest others, fastest first, that make a quorum. */
-  function thriftyTargets(members: readonly NodeId[], preferred: ReadonlySet<NodeId> = new Set()): NodeId[] {
-    const own = members.includes(self) ? [self] : []
-    const needed = quorumOf(members.length) - own.length
-    const others = members.filter((member) => member !== self)
-    if (needed >= others.length) return [...members]
+  /**
+   * This node's replica (if it is one) and the fewest others, fastest first, that make a quorum
+   * (`preferred` first: the members that promised). The members themselves when all are needed.
+   */
+  function thriftyTargets(
+    members: readonly NodeId[],
+    preferred: { has(member: NodeId): boolean } = noneOf,
+  ): readonly NodeId[] {
+    const own = members.includes(self)
+    const needed = quorumOf(members.length) - (own ? 1 : 0)
+    const othersCount = members.length - (own ? 1 : 0)
+    if (needed >= othersCount) return members
     const rank = (member: NodeId) => (preferred.has(member) ? -1 : (answerMs.get(member) ?? 0))
-    others.sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0))
-    return [...own, ...others.slice(0, needed)]
+    const before = (a: NodeId, b: NodeId) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0)
+    if (needed === 1) {
+      // The common case (3 replicas, this node one of them): the best other, without a sort.
+      let best: NodeId | undefined
+      for (const member of members)
+        if (member !== self && (best === undefined || before(member, best) < 0)) best = member
+      return own ? [self, best!] : [best!]
+    }
+    const others = members.filter((member) => member !== self).sort(before)
+    return own ? [self, ...others.slice(0, needed)] : others.slice(0, needed)
   }
 
-  function sendPhase(round: Round, targets: NodeId[], message: StoreMessage): void {
+  function sendPhase(round: Round, targets: readonly NodeId[], message: StoreMessage): void {
     round.phaseMessage = message
     round.targets = targets
     round.phaseSentAtMs = clock.now()
@@ -500,7 +519,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   /** Members asked in this phase that have not answered: slow or gone, they rank last until they answer quickly again. */
   function noteMisses(round: Round, now: number): void {
     for (const member of round.targets) {
-      if (member === self || round.promises.has(member) || round.accepted.has(member)) continue
+      if (member === self || round.promises?.has(member) === true || round.accepted.has(member)) continue
       if (!missedAtMs.has(member) && missedAtMs.size >= answerTimesKeptMax) missedAtMs.clear()
       missedAtMs.set(member, now)
       answerMs.set(member, Math.max(answerMs.get(member) ?? 0, thriftyWidenMs * 2))
@@ -531,12 +550,13 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'prepare' || !round.members.includes(from)) return
     noteAnswer(from, round)
-    round.promises.set(from, message)
-    if (round.promises.size < quorumOf(round.members.length)) return
+    const promises = (round.promises ??= new Map())
+    promises.set(from, message)
+    if (promises.size < quorumOf(round.members.length)) return
     let chosen: { ballot: Ballot; state: typeof emptyRegister } | null = null
     let unanimous = true
     let first: Ballot | null | undefined
-    for (const promise of round.promises.values()) {
+    for (const promise of promises.values()) {
       const ballot = promise.accepted?.ballot ?? null
       // A create (round 0) is chosen only if every replica took it, which a quorum cannot tell.
       if (ballot?.round === 0) unanimous = false
@@ -556,7 +576,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     let leaseExpired = false
     if (current.lease !== null) {
       let elapsedMs = 0
-      for (const promise of round.promises.values())
+      for (const promise of promises.values())
         if (promise.accepted?.state.lease?.grant === current.lease.grant)
           elapsedMs = Math.max(elapsedMs, promise.leaseElapsedMs)
       leaseExpired = elapsedMs > current.lease.ttlMs * (1 + leaseMarginRatio)
@@ -611,12 +631,10 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.sentAccept = true
     round.proposed = state
     round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
-    round.nextPromised = new Set()
+    if (round.nextPromised.size > 0) round.nextPromised = new Set()
     // After a prepare, to the members that promised (they will not refuse for a newer promise); a
     // create to every member.
-    const targets = round.create
-      ? [...round.members]
-      : thriftyTargets(round.members, new Set(round.promises.keys()))
+    const targets = round.create ? round.members : thriftyTargets(round.members, round.promises ?? noneOf)
     sendPhase(round, targets, {
       type: 'accept',
       shard: round.shard,
@@ -672,21 +690,22 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       // the configuration that followed, or the next attempt meets the same refusal.
       for (const member of configQueryTargets(round.shard, round.attempts))
         send(member, { type: 'query', shard: round.shard })
-    round.refused.add(from)
-    if (round.refused.size > round.members.length - quorumOf(round.members.length)) backOff(round)
+    const refused = (round.refused ??= new Set())
+    refused.add(from)
+    if (refused.size > round.members.length - quorumOf(round.members.length)) backOff(round)
   }
 
   function tick(): void {
     const now = clock.now()
     for (const round of [...rounds.values()]) {
-      const live: Request[] = []
-      for (const request of round.requests) {
-        if (now >= request.deadlineMs && round.phase !== 'accept')
+      // Requests whose deadline passed outside an accept phase fail (the rest stay, in order).
+      if (round.phase !== 'accept' && round.requests.some((request) => now >= request.deadlineMs))
+        round.requests = round.requests.filter((request) => {
+          if (now < request.deadlineMs) return true
           finish(request, { ok: false, error: new StoreTimeoutError(request.key, request.timeoutMs) })
-        else live.push(request)
-      }
-      round.requests = live
-      if (live.length === 0 && round.phase !== 'accept') {
+          return false
+        })
+      if (round.requests.length === 0 && round.phase !== 'accept') {
         rounds.delete(round.key)
         startRound(round.key)
         continue

@@ -1126,21 +1126,15 @@ export class NodeRuntime {
         restoreSaves === null ? 'its start (no save held)' : `save ${restore!.sequences.at(-1) ?? '?'}`
       this.components.log?.(`runtime: thread ${thread.tid} of ${thread.pid} resumes from ${from}`)
     }
-    if (this.components.files !== undefined) {
-      // A resumed thread reopens its files as they were at the save it resumes from.
-      const resumed = thread.epoch > 1
-      await this.filesAbandoning.get(`${thread.pid}/${thread.tid}`)
-      thread.files = await this.components.files.session({
-        pid: thread.pid,
-        tid: thread.tid,
-        resumed,
-        restoredCallSequence:
-          resumed && restoreSaves !== null
-            ? (await decodeSave(restoreSaves[restoreSaves.length - 1]!)).callSequence
-            : null,
-        requestSave: () => thread.runner?.requestSave(),
-      })
-    }
+    // A resumed thread reopens its files as they were at the save it resumes from; a new one opens
+    // its session at its first file call (most threads make none).
+    if (this.components.files !== undefined && thread.epoch > 1)
+      await this.openFiles(
+        thread,
+        restoreSaves === null
+          ? null
+          : (await decodeSave(restoreSaves[restoreSaves.length - 1]!)).callSequence,
+      )
     if (thread.stopped) {
       this.abandonFiles(thread)
       return
@@ -1334,6 +1328,28 @@ export class NodeRuntime {
     }
   }
 
+  /**
+   * Opens the thread's file session: a resumed incarnation's as its journal says it was at the save
+   * it resumes from (`restoredCallSequence`, null: at its start), once a stopped incarnation's files
+   * here are discarded.
+   */
+  private async openFiles(
+    thread: LocalThread,
+    restoredCallSequence: number | null,
+  ): Promise<GuestFileSession> {
+    await this.filesAbandoning.get(`${thread.pid}/${thread.tid}`)
+    const resumed = thread.epoch > 1
+    const files = await this.components.files!.session({
+      pid: thread.pid,
+      tid: thread.tid,
+      resumed,
+      restoredCallSequence: resumed ? restoredCallSequence : null,
+      requestSave: () => thread.runner?.requestSave(),
+    })
+    thread.files = files
+    return files
+  }
+
   private launch(
     thread: LocalThread,
     process: ProcessRecord,
@@ -1356,8 +1372,8 @@ export class NodeRuntime {
         limits: { memoryPagesMax: process.memoryPagesMax, cpuBudgetMs: process.cpuBudgetMs },
         saveIntervalMs: process.saveIntervalMs,
         incrementalSaves: true,
-        files: thread.files !== null,
-        preopens: thread.files === null ? [] : [...this.components.files!.preopens],
+        files: this.components.files !== undefined,
+        preopens: this.components.files === undefined ? [] : [...this.components.files.preopens],
         restore,
         replayLog: thread.log.slice(),
         nextSaveSequence: 1,
@@ -1569,7 +1585,12 @@ export class NodeRuntime {
       // Replaced meanwhile: its call has no effect (its worker is stopped).
       if (thread.stopped) return new Promise(() => {})
     }
-    if (call.module === importModuleWasi && thread.files !== null) return thread.files.handle(call)
+    if (call.module === importModuleWasi && this.components.files !== undefined) {
+      const files = thread.files ?? (await this.openFiles(thread, null))
+      // Stopped meanwhile: as above (its session never opened a file).
+      if (thread.stopped) return new Promise(() => {})
+      return files.handle(call)
+    }
     if (call.name === 'spawn') {
       const program = await this.program(process.programDigest, process.home)
       const spawned = this.spawnChild(thread, program, call.callSequence, call.payload)
