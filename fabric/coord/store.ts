@@ -617,7 +617,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       round.results.push(applied.result)
     }
     if (state !== current) {
-      const writeId = `${self}#${incarnation}#${++writeCounter}`
+      // Unique with its proposer, which `writers` pairs it with: [self, writeId].
+      const writeId = `${incarnation}#${++writeCounter}`
       const writers = (current.writers ?? []).filter(([proposer]) => proposer !== self)
       writers.push([self, writeId])
       state = { ...state, writers: writers.slice(-writersMax) }

@@ -81,6 +81,17 @@ function recentString(buffer: Uint8Array, start: number, end: number, hash: numb
   return text
 }
 
+/**
+ * The buffer writers write into, one at a time (a writer made while another holds it gets a buffer
+ * of its own): `finish` copies the bytes out and hands it back. A buffer per message was a tenth of
+ * the bytes a node's main thread allocated on 3 local nodes running tiny threads, and each one larger
+ * than V8 keeps on its heap is an ArrayBuffer that scavenges sweep.
+ */
+let spareBuffer: Uint8Array | null = new Uint8Array(16 * 1024)
+const noBytes = new Uint8Array(0)
+/** Larger buffers are not kept as the spare (a rare large message would hold its memory). */
+const spareBufferBytesMax = 64 * 1024
+
 export class ByteWriter {
   private buffer: Uint8Array
   private view: DataView | null = null
@@ -96,13 +107,18 @@ export class ByteWriter {
   constructor(options: { lengthPrefix?: boolean; sizeHint?: number } = {}) {
     this.lengthPrefix = options.lengthPrefix === true
     this.position = this.lengthPrefix ? 4 : 0
-    this.buffer = new Uint8Array(Math.max(64, this.position + (options.sizeHint ?? 256)))
+    const size = Math.max(64, this.position + (options.sizeHint ?? 256))
+    if (spareBuffer !== null && spareBuffer.length >= size) {
+      this.buffer = spareBuffer
+      spareBuffer = null
+    } else this.buffer = new Uint8Array(size)
   }
 
   private ensure(bytes: number): void {
     if (this.position + bytes <= this.buffer.length) return
     const grown = new Uint8Array(Math.max(this.buffer.length * 2, this.position + bytes))
     grown.set(this.buffer.subarray(0, this.position))
+    this.release()
     this.buffer = grown
     this.view = null
   }
@@ -202,7 +218,15 @@ export class ByteWriter {
       out[2] = (length >>> 8) & 0xff
       out[3] = length & 0xff
     }
+    this.release()
     return out
+  }
+
+  /** Hands the buffer back as the spare (this writer writes no more). */
+  private release(): void {
+    if (spareBuffer === null && this.buffer.length <= spareBufferBytesMax) spareBuffer = this.buffer
+    this.buffer = noBytes
+    this.view = null
   }
 }
 
