@@ -78,11 +78,12 @@ function parseEntries(value: Uint8Array): Entries | null {
 
 /** The bytes of `entries`, as `decodeEntries` reads them. */
 export function encodeEntries(entries: Entries): Uint8Array {
-  const names = new Map<string, Uint8Array>()
+  // The names' bytes, in the entries' order (a map's order is its insertion order, both times).
+  const names: Uint8Array[] = []
   let size = headerBytes
   for (const [name, entry] of entries) {
     const nameBytes = textEncoder.encode(name)
-    names.set(name, nameBytes)
+    names.push(nameBytes)
     size += entryOverheadBytes + nameBytes.length + entry.value.length
   }
   const out = new Uint8Array(size)
@@ -90,8 +91,9 @@ export function encodeEntries(entries: Entries): Uint8Array {
   out[0] = entriesMagic
   view.setUint32(1, entries.size)
   let offset = headerBytes
-  for (const [name, entry] of entries) {
-    const nameBytes = names.get(name)!
+  let index = 0
+  for (const entry of entries.values()) {
+    const nameBytes = names[index++]!
     view.setUint16(offset, nameBytes.length)
     out.set(nameBytes, offset + 2)
     offset += 2 + nameBytes.length

@@ -74,6 +74,9 @@ export function decodeEnvelope(payload: Uint8Array, protocols: ReadonlySet<strin
   return envelope
 }
 
+/** No bytes held (shared: a reader only ever replaces its buffer, never writes into an empty one). */
+const noBytes = new Uint8Array(0)
+
 /**
  * Splits a byte stream into frames; throws MessageRejectedError on an oversized length prefix.
  * Each frame comes out as bytes of its own (a decoded message may keep views into them). A chunk
@@ -87,7 +90,8 @@ export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
   let buffer = new Uint8Array(0)
   let held = 0
   const lengthAt = (data: Uint8Array, offset: number): number => {
-    const length = new DataView(data.buffer, data.byteOffset + offset, 4).getUint32(0)
+    const length =
+      ((data[offset]! << 24) | (data[offset + 1]! << 16) | (data[offset + 2]! << 8) | data[offset + 3]!) >>> 0
     if (length > frameBytesMax)
       throw new MessageRejectedError('too-large', `frame of ${length} bytes exceeds ${frameBytesMax}`)
     return length
@@ -123,7 +127,7 @@ export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
       }
       // The rest is kept in a buffer of this reader's own (the chunk's belongs to the transport);
       // a large one that held a finished frame is let go.
-      buffer = offset < data.length ? new Uint8Array(data.subarray(offset)) : new Uint8Array(0)
+      buffer = offset < data.length ? new Uint8Array(data.subarray(offset)) : noBytes
       held = buffer.length
       return frames
     },

@@ -1887,9 +1887,8 @@ export class NodeRuntime {
     const process = await this.processRecord(thread.pid).catch(() => undefined)
     if (process === undefined) return
     // The home, and the spawning node if not told yet (a parent that moved finds out by polling).
-    const notify = new Set<NodeId>([process.home])
-    if (spawner !== undefined && !toldSpawner) notify.add(spawner)
-    for (const node of notify) this.notices.send(node, ended)
+    this.notices.send(process.home, ended)
+    if (spawner !== undefined && !toldSpawner && spawner !== process.home) this.notices.send(spawner, ended)
     for (const node of thread.replicas)
       this.notices.send(node, { type: 'drop-saves', pid: thread.pid, tid: thread.tid })
   }

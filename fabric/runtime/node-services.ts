@@ -28,12 +28,14 @@ export const runtimeInboundStreamsMax = 256
 const encoder = new Encoder({ useRecords: false, mapsAsObjects: true, tagUint8Array: false } as never)
 const decoder = new Decoder({ useRecords: false, mapsAsObjects: true } as never)
 
+const submitOptions = { timeoutMs: storeOperationTimeoutMs }
+
 export function storeClient(node: FabricNode): CoordinationClient {
   let grants = 0
   const grant = () => `${node.peerId}/${grants++}`
   const run = (key: string, operation: Operation) =>
     new Promise<Register>((resolve, reject) => {
-      node.store.submit(key, operation, { timeoutMs: storeOperationTimeoutMs }, (outcome) => {
+      node.store.submit(key, operation, submitOptions, (outcome) => {
         if (outcome.ok) resolve(outcome.result satisfies OperationResult)
         else reject(outcome.error)
       })
