@@ -57,7 +57,10 @@ export interface LocalClusterOptions {
  * steadily, then faults each page in again (12 faults per tiny thread, 17% of the main threads'
  * samples in the kernel clearing pages, on 3 local nodes running tiny threads). Fixed, in 5 alternate
  * pairs: 6.5% less CPU per tiny thread, 8% more threads per second, the same memory, and sequential
- * remote starts as fast (p99 no worse in 4 more pairs).
+ * remote starts as fast (p99 no worse in 4 more pairs). Other sizes, 6 alternate pairs each against
+ * 16 (tiny threads, 250 in flight): 8 MiB no faster (3 of 6 higher, 6% more CPU per thread), 32 MiB
+ * slower in all 6 (4,564 against 5,049 threads/s), 64 MiB (on earlier code) no less CPU and slower
+ * in 5 of 6.
  */
 export const nodeV8Flags: readonly string[] = [
   '--min-semi-space-size=16',

@@ -665,7 +665,11 @@ export class NodeRuntime {
         return { type: 'ok' }
       }
       case 'notices':
-        for (const notice of message.notices) await this.handle(from, notice)
+        // In order; the ends (most notices) are taken at once, without a turn of their own each.
+        for (const notice of message.notices)
+          if (notice.type === 'ended')
+            this.threadEnded(notice.pid, notice.tid, notice.outcome, notice.early === true)
+          else await this.handle(from, notice)
         return { type: 'ok' }
       case 'ended':
         this.threadEnded(message.pid, message.tid, message.outcome, message.early === true)
@@ -1100,6 +1104,12 @@ export class NodeRuntime {
     }
   }
 
+  /** The process record `loading` reads and its program, for a new thread (no saves to fetch). */
+  private async processAndProgram(loading: Promise<ProcessRecord>): Promise<[ProcessRecord, Program, null]> {
+    const process = await loading
+    return [process, await this.program(process.programDigest, process.home), null]
+  }
+
   private async runOnce(thread: LocalThread, previous: ThreadRecord): Promise<void> {
     const loading = this.processRecord(thread.pid)
     // A thread that ran before resumes from its saves and replays its log; they are on the nodes
@@ -1113,12 +1123,16 @@ export class NodeRuntime {
               ...chooseSaveReplicas(previous.node, this.components.cluster.live(), this.replicaCount),
             ]),
           ]
-    // The program and the saves come from different nodes: fetch them at once.
-    const [process, program, restore] = await Promise.all([
-      loading,
-      loading.then((process) => this.program(process.programDigest, process.home)),
-      holders.length > 0 ? this.fetchChain(thread.pid, thread.tid, holders) : null,
-    ])
+    // The program and the saves come from different nodes: fetch them at once (a new thread has
+    // no saves to fetch).
+    const [process, program, restore] =
+      holders.length === 0
+        ? await this.processAndProgram(loading)
+        : await Promise.all([
+            loading,
+            loading.then((process) => this.program(process.programDigest, process.home)),
+            this.fetchChain(thread.pid, thread.tid, holders),
+          ])
     const restoreSaves = restore === null || restore.saves.length === 0 ? null : restore.saves
     if (thread.epoch > 1) {
       // Which save a moved thread resumes from: what a hand-over or a recovery kept of its work.
@@ -1827,13 +1841,14 @@ export class NodeRuntime {
     await thread.outputQueue
     await this.flushLog(thread)
     // Its files are closed (committed) before anyone learns that it ended, so a join sees them.
-    await thread.files
-      ?.end()
-      .catch((error: Error) =>
-        this.components.log?.(
-          `runtime: closing files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
-        ),
-      )
+    if (thread.files !== null)
+      await thread.files
+        .end()
+        .catch((error: Error) =>
+          this.components.log?.(
+            `runtime: closing files of thread ${thread.tid} of ${thread.pid}: ${error.message}`,
+          ),
+        )
     const ended: Notice = {
       type: 'ended',
       pid: thread.pid,
