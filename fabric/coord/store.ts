@@ -214,9 +214,11 @@ interface Round {
   phase: 'prepare' | 'accept' | 'waiting'
   ballot: Ballot
   members: NodeId[]
-  /** This attempt's promises and refusals, from the first one (most attempts get none). */
+  /** This attempt's promises, from the first one (most attempts, a create's or a lead's, get none). */
   promises: Map<NodeId, Extract<StoreMessage, { type: 'promise' }>> | null
-  accepted: Set<NodeId>
+  /** The members that accepted this attempt's accept (a few: an array is smaller than a set). */
+  accepted: NodeId[]
+  /** The members that refused this attempt, from the first one. */
   refused: Set<NodeId> | null
   attempts: number
   attemptDeadlineMs: number
@@ -231,7 +233,8 @@ interface Round {
   /** The state sent in this attempt's accept, and the next ballot the accept asks to be promised. */
   proposed: RegisterState | null
   next: Ballot | null
-  nextPromised: Set<NodeId>
+  /** The members that promised `next` with their accept. */
+  nextPromised: NodeId[]
   /** An earlier attempt of this round sent an accept, which some acceptor may hold. */
   sentAccept: boolean
   /** The current phase's message, the members it went to, when, and when it goes to the rest. */
@@ -393,7 +396,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       ballot: { epoch: 0, round: 0, proposer: self },
       members: [],
       promises: null,
-      accepted: new Set(),
+      accepted: [],
       refused: null,
       attempts: 0,
       attemptDeadlineMs: 0,
@@ -404,7 +407,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       create: false,
       proposed: null,
       next: null,
-      nextPromised: new Set(),
+      nextPromised: [],
       sentAccept: false,
       phaseMessage: null,
       targets: [],
@@ -428,7 +431,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.members = config.members
     // A new attempt starts from nothing heard (a round's first attempt has its empty set already).
     round.promises = null
-    if (round.accepted.size > 0) round.accepted = new Set()
+    if (round.accepted.length > 0) round.accepted = []
     round.refused = null
     round.attemptDeadlineMs = clock.now() + attemptTimeoutMs
     const lead = leads.get(round.key)
@@ -519,7 +522,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
   /** Members asked in this phase that have not answered: slow or gone, they rank last until they answer quickly again. */
   function noteMisses(round: Round, now: number): void {
     for (const member of round.targets) {
-      if (member === self || round.promises?.has(member) === true || round.accepted.has(member)) continue
+      if (member === self || round.promises?.has(member) === true || round.accepted.includes(member)) continue
       if (!missedAtMs.has(member) && missedAtMs.size >= answerTimesKeptMax) missedAtMs.clear()
       missedAtMs.set(member, now)
       answerMs.set(member, Math.max(answerMs.get(member) ?? 0, thriftyWidenMs * 2))
@@ -632,7 +635,7 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     round.sentAccept = true
     round.proposed = state
     round.next = { epoch: round.ballot.epoch, round: ++highestRound, proposer: self }
-    if (round.nextPromised.size > 0) round.nextPromised = new Set()
+    if (round.nextPromised.length > 0) round.nextPromised = []
     // After a prepare, to the members that promised (they will not refuse for a newer promise); a
     // create to every member.
     const targets = round.create ? round.members : thriftyTargets(round.members, round.promises ?? noneOf)
@@ -651,12 +654,12 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'accept' || !round.members.includes(from)) return
     noteAnswer(from, round)
-    round.accepted.add(from)
+    if (!round.accepted.includes(from)) round.accepted.push(from)
     if (message.next !== undefined && round.next !== null && compareBallots(message.next, round.next) === 0)
-      round.nextPromised.add(from)
+      if (!round.nextPromised.includes(from)) round.nextPromised.push(from)
     const quorum = round.create ? round.members.length : quorumOf(round.members.length)
-    if (round.accepted.size < quorum) return
-    if (round.nextPromised.size >= quorum && round.proposed !== null)
+    if (round.accepted.length < quorum) return
+    if (round.nextPromised.length >= quorum && round.proposed !== null)
       remember(round.key, { ballot: round.next!, members: round.members, state: round.proposed })
     complete(round)
   }
