@@ -75,7 +75,9 @@ describe('process runtime, nodes coming and going', () => {
   async function runWaves(onStart: (cluster: InProcessCluster) => void) {
     const home = cluster.runtime('node-a')
     const process = await home.submit(guestBytes('test/fixtures/as/waves.ts'), {
-      args: ['waves', '6', '4'],
+      // Threads of 100 blocks (5 times the default): one still runs when the leaver's hand-over comes,
+      // on a loaded machine too (with 20, a thread ended first in one run of the whole suite).
+      args: ['waves', '6', '4', '100'],
       seed: 1,
       saveIntervalMs: 0,
     })

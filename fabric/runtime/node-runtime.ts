@@ -221,7 +221,10 @@ interface LocalThread {
   replicationQueue: Promise<void>
   restarts: number
   stopped: boolean
-  /** The thread's open files, when the node serves files; kept across restarts of its worker here. */
+  /**
+   * The thread's open files, when the node serves files: a new thread's from its first file call, a
+   * resumed one's from its start; kept across restarts of its worker here.
+   */
   files: GuestFileSession | null
   /** Values the guest saw (clock readings) since its last save, replayed should it restart. */
   log: Array<[number, bigint]>
