@@ -553,7 +553,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
     const round = currentRound(message.key, message.ballot)
     if (round === undefined || round.phase !== 'prepare' || !round.members.includes(from)) return
     noteAnswer(from, round)
-    const promises = (round.promises ??= new Map())
+    round.promises ??= new Map()
+    const promises = round.promises
     promises.set(from, message)
     if (promises.size < quorumOf(round.members.length)) return
     let chosen: { ballot: Ballot; state: typeof emptyRegister } | null = null
@@ -694,7 +695,8 @@ export function createStore(components: StoreComponents, options: StoreOptions =
       // the configuration that followed, or the next attempt meets the same refusal.
       for (const member of configQueryTargets(round.shard, round.attempts))
         send(member, { type: 'query', shard: round.shard })
-    const refused = (round.refused ??= new Set())
+    round.refused ??= new Set()
+    const refused = round.refused
     refused.add(from)
     if (refused.size > round.members.length - quorumOf(round.members.length)) backOff(round)
   }
