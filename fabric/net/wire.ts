@@ -87,7 +87,7 @@ const noBytes = new Uint8Array(0)
  */
 export function createFrameReader(): { push(chunk: Uint8Array): Uint8Array[] } {
   /** The bytes of the unfinished frame: the first `held` of `buffer`. */
-  let buffer = new Uint8Array(0)
+  let buffer = noBytes
   let held = 0
   const lengthAt = (data: Uint8Array, offset: number): number => {
     const length =

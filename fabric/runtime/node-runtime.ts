@@ -1107,12 +1107,6 @@ export class NodeRuntime {
     }
   }
 
-  /** The process record `loading` reads and its program, for a new thread (no saves to fetch). */
-  private async processAndProgram(loading: Promise<ProcessRecord>): Promise<[ProcessRecord, Program, null]> {
-    const process = await loading
-    return [process, await this.program(process.programDigest, process.home), null]
-  }
-
   private async runOnce(thread: LocalThread, previous: ThreadRecord): Promise<void> {
     const loading = this.processRecord(thread.pid)
     // A thread that ran before resumes from its saves and replays its log; they are on the nodes
@@ -1126,16 +1120,12 @@ export class NodeRuntime {
               ...chooseSaveReplicas(previous.node, this.components.cluster.live(), this.replicaCount),
             ]),
           ]
-    // The program and the saves come from different nodes: fetch them at once (a new thread has
-    // no saves to fetch).
-    const [process, program, restore] =
-      holders.length === 0
-        ? await this.processAndProgram(loading)
-        : await Promise.all([
-            loading,
-            loading.then((process) => this.program(process.programDigest, process.home)),
-            this.fetchChain(thread.pid, thread.tid, holders),
-          ])
+    // The program and the saves come from different nodes: fetch them at once.
+    const [process, program, restore] = await Promise.all([
+      loading,
+      loading.then((process) => this.program(process.programDigest, process.home)),
+      holders.length > 0 ? this.fetchChain(thread.pid, thread.tid, holders) : null,
+    ])
     const restoreSaves = restore === null || restore.saves.length === 0 ? null : restore.saves
     if (thread.epoch > 1) {
       // Which save a moved thread resumes from: what a hand-over or a recovery kept of its work.
